@@ -1,0 +1,1 @@
+"""Gemini-style chat backend."""

@@ -1,0 +1,1 @@
+"""Authentication: OTP sign-in-or-up, passwords, JWT access tokens, rotating refresh tokens."""

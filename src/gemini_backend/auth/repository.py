@@ -1,0 +1,289 @@
+"""Queries of the auth domain. Every check-and-change is one conditional statement, so that
+concurrent requests cannot both win (one OTP use, one refresh rotation)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from gemini_backend.auth.models import AuthSession, LoginGuard, OtpCode, RefreshToken
+from gemini_backend.core.sql import insert_for
+from gemini_backend.users.models import User
+
+# --- OTPs ---------------------------------------------------------------------------------
+
+
+async def store_otp(
+    session: AsyncSession,
+    *,
+    mobile_number: str,
+    purpose: str,
+    code_digest: str,
+    now: datetime,
+    ttl: timedelta,
+    resend_after: timedelta,
+) -> bool:
+    """Store a new code, replacing the previous one unless it is younger than `resend_after`.
+
+    Returns False (nothing stored) during the resend cooldown.
+    """
+    table = OtpCode.__table__
+    stmt = insert_for(session, table).values(
+        mobile_number=mobile_number,
+        purpose=purpose,
+        code_digest=code_digest,
+        failed_attempts=0,
+        created_at=now,
+        expires_at=now + ttl,
+    )
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[table.c.mobile_number, table.c.purpose],
+        set_={
+            "code_digest": stmt.excluded.code_digest,
+            "failed_attempts": 0,
+            "created_at": stmt.excluded.created_at,
+            "expires_at": stmt.excluded.expires_at,
+        },
+        where=table.c.created_at <= now - resend_after,
+    ).returning(table.c.id)
+    return (await session.execute(stmt)).scalar_one_or_none() is not None
+
+
+async def otp_created_at(
+    session: AsyncSession, mobile_number: str, purpose: str
+) -> datetime | None:
+    return (
+        await session.execute(
+            select(OtpCode.created_at).where(
+                OtpCode.mobile_number == mobile_number, OtpCode.purpose == purpose
+            )
+        )
+    ).scalar_one_or_none()
+
+
+async def consume_otp(
+    session: AsyncSession,
+    *,
+    mobile_number: str,
+    purpose: str,
+    code_digest: str,
+    now: datetime,
+    max_attempts: int,
+) -> bool:
+    """Use the code if it matches, is unexpired and not burned; one caller wins, ever."""
+    stmt = (
+        delete(OtpCode)
+        .where(
+            OtpCode.mobile_number == mobile_number,
+            OtpCode.purpose == purpose,
+            OtpCode.code_digest == code_digest,
+            OtpCode.expires_at > now,
+            OtpCode.failed_attempts < max_attempts,
+        )
+        .returning(OtpCode.id)
+    )
+    return (await session.execute(stmt)).scalar_one_or_none() is not None
+
+
+async def count_wrong_otp(
+    session: AsyncSession, *, mobile_number: str, purpose: str, now: datetime
+) -> None:
+    await session.execute(
+        update(OtpCode)
+        .where(
+            OtpCode.mobile_number == mobile_number,
+            OtpCode.purpose == purpose,
+            OtpCode.expires_at > now,
+        )
+        .values(failed_attempts=OtpCode.failed_attempts + 1)
+    )
+
+
+# --- lockout ------------------------------------------------------------------------------
+
+
+async def locked_until(session: AsyncSession, mobile_number: str, now: datetime) -> datetime | None:
+    until = (
+        await session.execute(
+            select(LoginGuard.locked_until).where(LoginGuard.mobile_number == mobile_number)
+        )
+    ).scalar_one_or_none()
+    return until if until is not None and until > now else None
+
+
+async def record_failure(
+    session: AsyncSession,
+    *,
+    mobile_number: str,
+    now: datetime,
+    threshold: int,
+    lockout: timedelta,
+) -> datetime | None:
+    """Count one failed sign-in on the number; lock it when the count reaches `threshold`."""
+    table = LoginGuard.__table__
+    stmt = insert_for(session, table).values(
+        mobile_number=mobile_number, consecutive_failures=1, locked_until=None
+    )
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[table.c.mobile_number],
+        set_={"consecutive_failures": table.c.consecutive_failures + 1},
+    ).returning(table.c.consecutive_failures)
+    failures = (await session.execute(stmt)).scalar_one()
+    if failures < threshold:
+        return None
+    until = now + lockout
+    await session.execute(
+        update(LoginGuard)
+        .where(LoginGuard.mobile_number == mobile_number)
+        .values(consecutive_failures=0, locked_until=until)
+    )
+    return until
+
+
+async def clear_failures(session: AsyncSession, mobile_number: str) -> None:
+    await session.execute(delete(LoginGuard).where(LoginGuard.mobile_number == mobile_number))
+
+
+# --- users --------------------------------------------------------------------------------
+
+
+async def user_by_number(session: AsyncSession, mobile_number: str) -> User | None:
+    return (
+        await session.execute(select(User).where(User.mobile_number == mobile_number))
+    ).scalar_one_or_none()
+
+
+async def user_with_live_session(
+    session: AsyncSession, user_id: int, session_id: int
+) -> User | None:
+    stmt = (
+        select(User)
+        .join(AuthSession, AuthSession.user_id == User.id)
+        .where(
+            User.id == user_id,
+            AuthSession.id == session_id,
+            AuthSession.revoked_at.is_(None),
+        )
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def insert_user(
+    session: AsyncSession,
+    *,
+    mobile_number: str,
+    now: datetime,
+    name: str | None = None,
+    email: str | None = None,
+    password_hash: str | None = None,
+) -> int | None:
+    """Create the account; None if the number is already registered."""
+    table = User.__table__
+    stmt = (
+        insert_for(session, table)
+        .values(
+            mobile_number=mobile_number,
+            name=name,
+            email=email,
+            password_hash=password_hash,
+            created_at=now,
+            updated_at=now,
+        )
+        .on_conflict_do_nothing(index_elements=[table.c.mobile_number])
+        .returning(table.c.id)
+    )
+    result: int | None = (await session.execute(stmt)).scalar_one_or_none()
+    return result
+
+
+async def set_password_hash(
+    session: AsyncSession, user_id: int, password_hash: str, now: datetime
+) -> None:
+    await session.execute(
+        update(User).where(User.id == user_id).values(password_hash=password_hash, updated_at=now)
+    )
+
+
+# --- sessions and refresh tokens ----------------------------------------------------------
+
+
+async def create_session(session: AsyncSession, user_id: int, now: datetime) -> int:
+    stmt = (
+        insert_for(session, AuthSession.__table__)
+        .values(user_id=user_id, created_at=now)
+        .returning(AuthSession.__table__.c.id)
+    )
+    session_id: int = (await session.execute(stmt)).scalar_one()
+    return session_id
+
+
+async def add_refresh_token(
+    session: AsyncSession, session_id: int, token_digest: str, now: datetime, ttl: timedelta
+) -> None:
+    await session.execute(
+        insert_for(session, RefreshToken.__table__).values(
+            session_id=session_id, token_digest=token_digest, created_at=now, expires_at=now + ttl
+        )
+    )
+
+
+async def spend_refresh_token(
+    session: AsyncSession, token_digest: str, now: datetime
+) -> tuple[int, int] | None:
+    """Mark a live refresh token used; (session id, user id) for the one caller that wins."""
+    live_sessions = select(AuthSession.id).where(AuthSession.revoked_at.is_(None))
+    stmt = (
+        update(RefreshToken)
+        .where(
+            RefreshToken.token_digest == token_digest,
+            RefreshToken.used_at.is_(None),
+            RefreshToken.expires_at > now,
+            RefreshToken.session_id.in_(live_sessions),
+        )
+        .values(used_at=now)
+        .returning(RefreshToken.session_id)
+    )
+    session_id = (await session.execute(stmt)).scalar_one_or_none()
+    if session_id is None:
+        return None
+    user_id = (
+        await session.execute(select(AuthSession.user_id).where(AuthSession.id == session_id))
+    ).scalar_one()
+    return session_id, user_id
+
+
+async def refresh_token_record(
+    session: AsyncSession, token_digest: str
+) -> tuple[int, datetime | None] | None:
+    row = (
+        await session.execute(
+            select(RefreshToken.session_id, RefreshToken.used_at).where(
+                RefreshToken.token_digest == token_digest
+            )
+        )
+    ).one_or_none()
+    return (row[0], row[1]) if row else None
+
+
+async def session_owner(session: AsyncSession, session_id: int) -> int | None:
+    return (
+        await session.execute(select(AuthSession.user_id).where(AuthSession.id == session_id))
+    ).scalar_one_or_none()
+
+
+async def revoke_session(session: AsyncSession, session_id: int, now: datetime) -> None:
+    await session.execute(
+        update(AuthSession)
+        .where(AuthSession.id == session_id, AuthSession.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )
+
+
+async def revoke_all_sessions(session: AsyncSession, user_id: int, now: datetime) -> None:
+    await session.execute(
+        update(AuthSession)
+        .where(AuthSession.user_id == user_id, AuthSession.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )

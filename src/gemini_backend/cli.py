@@ -1,0 +1,90 @@
+"""`gemini-backend serve | worker | migrate`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from gemini_backend.config import Settings
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    settings = Settings()
+    host = args.host or settings.host
+    port = args.port or settings.port
+    migrate = args.migrate if args.migrate is not None else not settings.is_production_mode
+    if migrate:
+        from gemini_backend.migrate import upgrade_to_head
+
+        upgrade_to_head(settings)
+    workers = args.workers
+    if workers > 1 and not settings.is_production_mode:
+        print(
+            "embedded mode runs one API process (its queue and cache live in it); "
+            "set DATABASE_URL to PostgreSQL and REDIS_URL to run several",
+            file=sys.stderr,
+        )
+        return 2
+    uvicorn.run(
+        "gemini_backend.main:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        proxy_headers=True,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+def _migrate(_args: argparse.Namespace) -> int:
+    from gemini_backend.migrate import upgrade_to_head
+
+    upgrade_to_head(Settings())
+    print("database is at the latest migration")
+    return 0
+
+
+def _worker(_args: argparse.Namespace) -> int:
+    settings = Settings()
+    if not settings.is_production_mode:
+        print(
+            "the queue worker is for production mode (PostgreSQL DATABASE_URL and REDIS_URL); "
+            "in embedded mode `serve` runs the worker inside the API process",
+            file=sys.stderr,
+        )
+        return 2
+    print("the reply queue is not built yet: there is no worker to run", file=sys.stderr)
+    return 3
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gemini-backend", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the API (embedded mode: with its worker in-process)")
+    serve.add_argument("--host", default=None, help="default: HOST (127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="default: PORT (8000)")
+    serve.add_argument("--workers", type=int, default=1, help="API processes (production mode)")
+    serve.add_argument(
+        "--migrate",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="apply migrations first (default: yes in embedded mode, no in production mode)",
+    )
+    serve.set_defaults(func=_serve)
+
+    sub.add_parser("migrate", help="apply database migrations").set_defaults(func=_migrate)
+    sub.add_parser("worker", help="run a queue worker (production mode)").set_defaults(func=_worker)
+
+    args = parser.parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

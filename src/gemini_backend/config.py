@@ -1,0 +1,199 @@
+"""All configuration, read from the environment (and an optional `.env` file).
+
+The mode follows from the settings: PostgreSQL + `REDIS_URL` is production mode (Redis broker,
+cache and throttles, separate workers); anything else runs embedded (SQLite file, in-process queue,
+cache and throttles).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from enum import StrEnum
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MIN_SECRET_BYTES = 32
+
+
+class Environment(StrEnum):
+    DEVELOPMENT = "development"
+    TEST = "test"
+    PRODUCTION = "production"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    # --- process -------------------------------------------------------------------------
+    environment: Environment = Environment.DEVELOPMENT
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    data_dir: Path = Path("data")
+    log_level: str = "INFO"
+    log_format: Literal["auto", "json", "console"] = "auto"
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    public_base_url: str | None = None
+
+    # --- storage -------------------------------------------------------------------------
+    database_url: str | None = None
+    db_pool_size: int = Field(default=10, ge=1)
+    db_max_overflow: int = Field(default=10, ge=0)
+    db_pool_timeout_seconds: float = Field(default=10.0, gt=0)
+    redis_url: str | None = None
+    redis_key_prefix: str = "gb"
+
+    # --- auth ----------------------------------------------------------------------------
+    jwt_secret: SecretStr | None = None
+    otp_secret: SecretStr | None = None
+    access_token_ttl_seconds: int = Field(default=900, ge=30)
+    refresh_token_ttl_seconds: int = Field(default=30 * 24 * 3600, ge=60)
+    default_phone_region: str = "IN"
+    otp_delivery: Literal["response", "log"] = "response"
+    otp_ttl_seconds: int = Field(default=300, ge=30)
+    otp_resend_seconds: int = Field(default=30, ge=0)
+    otp_max_attempts: int = Field(default=5, ge=1)
+    otp_lockout_threshold: int = Field(default=10, ge=1)
+    otp_lockout_seconds: int = Field(default=900, ge=1)
+    otp_sends_per_number_per_hour: int = Field(default=10, ge=1)
+    otp_sends_per_ip_per_hour: int = Field(default=100, ge=1)
+    otp_test_numbers: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    password_hash_concurrency: int = Field(default=4, ge=1)
+
+    # --- chat, queue, AI (used by the chat capability) -------------------------------------
+    chatroom_cache_ttl: int = Field(default=300, ge=0)
+    max_message_chars: int = Field(default=8000, ge=1)
+    ai_provider: Literal["auto", "gemini", "openai", "demo"] = "auto"
+    gemini_api_key: SecretStr | None = None
+    gemini_model: str = "gemini-2.5-flash"
+    openai_base_url: str | None = None
+    openai_api_key: SecretStr | None = None
+    openai_model: str = "gpt-4o-mini"
+    demo_chunk_delay_ms: int = Field(default=30, ge=0)
+    context_max_tokens: int = Field(default=8000, ge=256)
+    ai_max_attempts: int = Field(default=4, ge=1)
+    ai_timeout_seconds: float = Field(default=60.0, gt=0)
+    reply_stale_seconds: int = Field(default=60, ge=1)
+    reply_stream_ttl_seconds: int = Field(default=3600, ge=1)
+
+    # --- quota and billing (used by the subscriptions capability) --------------------------
+    quota_timezone: str = "UTC"
+    basic_daily_limit: int = Field(default=5, ge=0)
+    pro_daily_limit: int | None = None
+    send_per_minute: int = Field(default=20, ge=1)
+    stripe_secret_key: SecretStr | None = None
+    stripe_webhook_secret: SecretStr = SecretStr("whsec_dev_insecure_local_mock_secret")
+    stripe_pro_price_id: str = "price_pro_monthly"
+    checkout_success_url: str | None = None
+    checkout_cancel_url: str | None = None
+    past_due_grace_days: int = Field(default=3, ge=0)
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("otp_test_numbers", mode="before")
+    @classmethod
+    def _parse_test_numbers(cls, value: object) -> object:
+        """`+15555550100:123456,+15555550101:654321` -> {number: code}."""
+        if not isinstance(value, str):
+            return value
+        pairs: dict[str, str] = {}
+        for item in value.split(","):
+            item = item.strip()
+            if not item:
+                continue
+            number, sep, code = item.partition(":")
+            code = code.strip()
+            if not sep or len(code) != 6 or not code.isdigit():
+                raise ValueError(f"OTP_TEST_NUMBERS entry {item!r} must be '<number>:<6 digits>'")
+            pairs[number.strip()] = code
+        return pairs
+
+    @model_validator(mode="after")
+    def _production_rules(self) -> Settings:
+        if self.environment is Environment.PRODUCTION:
+            secret = self.jwt_secret.get_secret_value() if self.jwt_secret else ""
+            if len(secret.encode()) < MIN_SECRET_BYTES:
+                raise ValueError(
+                    f"JWT_SECRET must be set to at least {MIN_SECRET_BYTES} bytes in production"
+                )
+            if self.otp_test_numbers:
+                raise ValueError("OTP_TEST_NUMBERS is refused when ENVIRONMENT=production")
+            if "*" in self.cors_origins:
+                raise ValueError("CORS_ORIGINS may not be '*' in production")
+        return self
+
+    # --- derived -------------------------------------------------------------------------
+    @cached_property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            url = self.database_url
+            # Accept the URLs hosting providers hand out and pick the async drivers.
+            for prefix in ("postgres://", "postgresql://"):
+                if url.startswith(prefix):
+                    return "postgresql+asyncpg://" + url[len(prefix) :]
+            if url.startswith("sqlite:///"):
+                return "sqlite+aiosqlite:///" + url[len("sqlite:///") :]
+            return url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'gemini_backend.db').as_posix()}"
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.resolved_database_url.startswith("postgresql")
+
+    @property
+    def is_production_mode(self) -> bool:
+        """Production mode: PostgreSQL and Redis, with separate worker processes."""
+        return self.is_postgres and bool(self.redis_url)
+
+    @property
+    def base_url(self) -> str:
+        return (self.public_base_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    def jwt_secret_value(self) -> str:
+        """The JWT signing key; outside production one is generated once and kept in DATA_DIR."""
+        if self.jwt_secret is not None:
+            return self.jwt_secret.get_secret_value()
+        return _persisted_secret(self.data_dir / "jwt_secret")
+
+    def otp_secret_value(self) -> bytes:
+        if self.otp_secret is not None:
+            return self.otp_secret.get_secret_value().encode()
+        # A separate key derived from the JWT key, so one leaked OTP hash table reveals nothing
+        # about token signing and vice versa.
+        return hmac.new(self.jwt_secret_value().encode(), b"otp-hmac-key", hashlib.sha256).digest()
+
+
+def _persisted_secret(path: Path) -> str:
+    """Read the secret at `path`, creating it once; safe when several processes start at once."""
+    try:
+        value = path.read_text().strip()
+        if len(value) >= MIN_SECRET_BYTES:
+            return value
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(48)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(value)
+    tmp.chmod(0o600)
+    try:
+        os.link(tmp, path)  # atomic create-if-absent: the first process wins
+    except FileExistsError:
+        value = path.read_text().strip()
+    finally:
+        tmp.unlink(missing_ok=True)
+    return value

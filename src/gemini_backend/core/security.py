@@ -1,0 +1,134 @@
+"""Tokens, password hashing and OTP digests.
+
+- Access tokens: HS256 JWTs (no other algorithm is accepted) with `sub`, `sid` (the session),
+  `typ`, `iat`, `exp`; expiry is checked against the injected clock.
+- Refresh tokens: opaque random strings, stored only as SHA-256 digests.
+- Passwords: Argon2id via pwdlib, computed in a worker thread with bounded concurrency so the
+  event loop never blocks and memory stays bounded under a login storm.
+- OTPs: 6 digits from `secrets`, stored as an HMAC keyed with a server-side secret.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import anyio
+import jwt
+from pwdlib import PasswordHash
+from pwdlib.hashers.argon2 import Argon2Hasher
+
+from gemini_backend.core.errors import Unauthorized
+
+JWT_ALGORITHM = "HS256"
+ACCESS_TOKEN_TYPE = "access"  # noqa: S105 - a claim value, not a secret
+
+
+class InvalidToken(Unauthorized):
+    code = "invalid_token"
+    detail = "The access token is invalid or has been revoked."
+
+
+class ExpiredToken(Unauthorized):
+    code = "token_expired"
+    detail = "The access token has expired."
+
+
+@dataclass(frozen=True, slots=True)
+class AccessClaims:
+    user_id: int
+    session_id: int
+    issued_at: datetime
+    expires_at: datetime
+
+
+class TokenCodec:
+    def __init__(self, secret: str, ttl_seconds: int) -> None:
+        self._secret = secret
+        self.ttl_seconds = ttl_seconds
+
+    def issue_access_token(self, user_id: int, session_id: int, now: datetime) -> str:
+        payload = {
+            "sub": str(user_id),
+            "sid": session_id,
+            "typ": ACCESS_TOKEN_TYPE,
+            "iat": int(now.timestamp()),
+            "exp": int((now + timedelta(seconds=self.ttl_seconds)).timestamp()),
+            "jti": secrets.token_hex(8),
+        }
+        return jwt.encode(payload, self._secret, algorithm=JWT_ALGORITHM)
+
+    def decode_access_token(self, token: str, now: datetime) -> AccessClaims:
+        try:
+            claims = jwt.decode(
+                token,
+                self._secret,
+                algorithms=[JWT_ALGORITHM],
+                # Expiry is checked below against the injected clock, not the wall clock.
+                options={
+                    "require": ["exp", "iat", "sub", "typ"],
+                    "verify_exp": False,
+                    "verify_iat": False,
+                },
+            )
+        except jwt.PyJWTError as exc:
+            raise InvalidToken() from exc
+        try:
+            if claims["typ"] != ACCESS_TOKEN_TYPE:
+                raise InvalidToken()
+            user_id = int(claims["sub"])
+            session_id = int(claims["sid"])
+            expires_at = datetime.fromtimestamp(int(claims["exp"]), tz=now.tzinfo)
+            issued_at = datetime.fromtimestamp(int(claims["iat"]), tz=now.tzinfo)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidToken() from exc
+        if now >= expires_at:
+            raise ExpiredToken()
+        return AccessClaims(user_id, session_id, issued_at, expires_at)
+
+
+def new_refresh_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def digest_token(token: str) -> str:
+    """SHA-256 of a high-entropy token: enough for lookup, useless to whoever reads the table."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_otp() -> str:
+    return f"{secrets.randbelow(1_000_000):06d}"
+
+
+def otp_digest(key: bytes, mobile_number: str, purpose: str, code: str) -> str:
+    message = f"{purpose}\x00{mobile_number}\x00{code}".encode()
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+class PasswordHasher:
+    """Argon2id hashing off the event loop, at most `concurrency` hashes at a time."""
+
+    def __init__(self, concurrency: int) -> None:
+        self._hasher = PasswordHash((Argon2Hasher(),))
+        self._limiter = anyio.CapacityLimiter(concurrency)
+        self._dummy_hash: str | None = None
+
+    async def hash(self, password: str) -> str:
+        return await anyio.to_thread.run_sync(self._hasher.hash, password, limiter=self._limiter)
+
+    async def verify(self, password: str, password_hash: str | None) -> bool:
+        """Check a password; with no stored hash, burn the same time and answer False."""
+        if password_hash is None:
+            if self._dummy_hash is None:
+                self._dummy_hash = await self.hash(secrets.token_urlsafe(16))
+            password_hash = self._dummy_hash
+            await anyio.to_thread.run_sync(
+                self._hasher.verify, password, password_hash, limiter=self._limiter
+            )
+            return False
+        return await anyio.to_thread.run_sync(
+            self._hasher.verify, password, password_hash, limiter=self._limiter
+        )

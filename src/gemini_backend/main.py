@@ -1,0 +1,115 @@
+"""The application factory: routers, middleware, error handlers; the lifespan owns the engines
+and clients of the process."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import structlog
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from gemini_backend.auth.phone import normalize_test_number
+from gemini_backend.auth.router import router as auth_router
+from gemini_backend.auth.service import AuthDeps
+from gemini_backend.config import Settings
+from gemini_backend.core.clock import Clock, SystemClock
+from gemini_backend.core.db import Database
+from gemini_backend.core.errors import install_error_handlers
+from gemini_backend.core.logging import configure_logging
+from gemini_backend.core.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from gemini_backend.core.redis import create_redis
+from gemini_backend.core.security import PasswordHasher, TokenCodec
+from gemini_backend.core.throttle import Throttle
+from gemini_backend.ops.router import router as ops_router
+from gemini_backend.users.router import router as users_router
+
+log = structlog.get_logger(__name__)
+
+
+class TrailingSlashMiddleware:
+    """`/chatroom/` is served as `/chatroom`, without a redirect."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path: str = scope["path"]
+            if len(path) > 1 and path.endswith("/"):
+                scope = dict(scope, path=path.rstrip("/") or "/")
+        await self.app(scope, receive, send)
+
+
+def create_app(settings: Settings | None = None, clock: Clock | None = None) -> FastAPI:
+    settings = settings or Settings()
+    clock = clock or SystemClock()
+    configure_logging(settings)
+    test_numbers = {
+        normalize_test_number(number, settings.default_phone_region): code
+        for number, code in settings.otp_test_numbers.items()
+    }
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        database = Database(settings)
+        redis = create_redis(settings)
+        throttle = Throttle.from_settings(settings)
+        app.state.settings = settings
+        app.state.clock = clock
+        app.state.database = database
+        app.state.redis = redis
+        app.state.throttle = throttle
+        app.state.auth = AuthDeps(
+            settings=settings,
+            clock=clock,
+            hasher=PasswordHasher(settings.password_hash_concurrency),
+            tokens=TokenCodec(settings.jwt_secret_value(), settings.access_token_ttl_seconds),
+            throttle=throttle,
+            test_numbers=test_numbers,
+        )
+        log.info(
+            "startup",
+            mode="production" if settings.is_production_mode else "embedded",
+            database=settings.resolved_database_url.split("://", 1)[0],
+            environment=settings.environment.value,
+        )
+        try:
+            yield
+        finally:
+            await database.dispose()
+            if redis is not None:
+                await redis.aclose()
+            log.info("shutdown")
+
+    app = FastAPI(
+        title="Gemini-style chat backend",
+        version="0.1.0",
+        description=(
+            "Mobile OTP sign-in, chatrooms with AI replies, Basic/Pro subscriptions. "
+            'Errors are always `{"detail", "code"}`.'
+        ),
+        lifespan=lifespan,
+        redirect_slashes=False,
+    )
+    install_error_handlers(app)
+    app.include_router(auth_router)
+    app.include_router(users_router)
+    app.include_router(ops_router)
+
+    # Added last = outermost.
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_credentials="*" not in settings.cors_origins,
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=["X-Request-ID", "Retry-After"],
+        )
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(TrailingSlashMiddleware)
+    app.add_middleware(RequestContextMiddleware)
+    return app

@@ -1,0 +1,1 @@
+"""Users: the account record and `GET /user/me`."""

@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from gemini_backend.users.models import User
+
+Tier = Literal["basic", "pro"]
+
+
+class UserOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "id": 1,
+                "mobile_number": "+919876543210",
+                "name": "Asha",
+                "email": "asha@example.com",
+                "tier": "basic",
+                "has_password": True,
+                "created_at": "2026-11-22T10:00:00Z",
+            }
+        }
+    )
+
+    id: int
+    mobile_number: str = Field(description="E.164")
+    name: str | None
+    email: str | None
+    tier: Tier
+    has_password: bool
+    created_at: datetime
+
+    @classmethod
+    def from_user(cls, user: User, tier: Tier) -> UserOut:
+        return cls(
+            id=user.id,
+            mobile_number=user.mobile_number,
+            name=user.name,
+            email=user.email,
+            tier=tier,
+            has_password=user.password_hash is not None,
+            created_at=user.created_at,
+        )

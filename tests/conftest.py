@@ -1,0 +1,171 @@
+"""Test harness: the same suite runs embedded (SQLite, in-process everything) or against
+PostgreSQL + Redis (`GB_TEST_BACKEND=production`).
+
+- embedded: one migrated SQLite template per run, copied for every test.
+- production: one throwaway database per run on TEST_DATABASE_URL's server, migrated once and
+  truncated before every test; Redis keys are namespaced per test on TEST_REDIS_URL.
+A production run whose services are unreachable fails; it never skips.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+import redis
+
+from gemini_backend.config import Settings
+from gemini_backend.core.clock import ManualClock
+from gemini_backend.main import create_app
+from gemini_backend.migrate import upgrade_to_head
+from gemini_backend.models import metadata
+
+BACKEND = os.environ.get("GB_TEST_BACKEND", "embedded")
+TEST_DATABASE_URL = os.environ.get(
+    "TEST_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+)
+TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+JWT_SECRET = "test-secret-" + "x" * 40
+START = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
+
+
+def _asyncpg_dsn(url: str) -> str:
+    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+def _with_database(url: str, name: str) -> str:
+    base, _, _ = url.rpartition("/")
+    return f"{base}/{name}"
+
+
+def pytest_report_header() -> str:
+    return f"gemini-backend test backend: {BACKEND}"
+
+
+@dataclass
+class Storage:
+    """Where the tests of this run keep their data."""
+
+    backend: str
+    database_url: str | None = None  # production: the run's database
+    redis_url: str | None = None
+    template: Path | None = None  # embedded: the migrated SQLite file
+
+
+@pytest.fixture(scope="session")
+def storage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Storage]:
+    if BACKEND == "embedded":
+        template = tmp_path_factory.mktemp("template") / "template.db"
+        upgrade_to_head(_settings(database_url=f"sqlite+aiosqlite:///{template}"))
+        yield Storage("embedded", template=template)
+        return
+    if BACKEND != "production":
+        raise pytest.UsageError(f"GB_TEST_BACKEND must be embedded or production, not {BACKEND}")
+    name = f"gb_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    try:
+        redis.Redis.from_url(TEST_REDIS_URL, socket_connect_timeout=3).ping()
+        asyncio.run(_admin(TEST_DATABASE_URL, f'CREATE DATABASE "{name}"'))
+    except Exception as exc:
+        pytest.exit(
+            f"production-mode tests need PostgreSQL at {TEST_DATABASE_URL} and Redis at "
+            f"{TEST_REDIS_URL}: {exc!r}",
+            returncode=1,
+        )
+    url = _with_database(TEST_DATABASE_URL, name)
+    upgrade_to_head(_settings(database_url=url, redis_url=TEST_REDIS_URL))
+    try:
+        yield Storage("production", database_url=url, redis_url=TEST_REDIS_URL)
+    finally:
+        asyncio.run(_admin(TEST_DATABASE_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+async def _admin(url: str, sql: str) -> None:
+    conn = await asyncpg.connect(_asyncpg_dsn(url))
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+def _settings(**overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "environment": "test",
+        "jwt_secret": JWT_SECRET,
+        "log_level": "INFO",
+        "log_format": "console",
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@pytest.fixture
+def database_url(storage: Storage, tmp_path: Path) -> Iterator[str]:
+    """A clean database for this test."""
+    if storage.backend == "embedded":
+        assert storage.template is not None
+        path = tmp_path / "test.db"
+        shutil.copyfile(storage.template, path)
+        yield f"sqlite+aiosqlite:///{path}"
+        return
+    assert storage.database_url is not None
+    tables = ", ".join(f'"{t.name}"' for t in metadata.sorted_tables)
+    asyncio.run(_admin(storage.database_url, f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    yield storage.database_url
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(START)
+
+
+@pytest.fixture
+def make_settings(
+    storage: Storage, database_url: str, tmp_path: Path
+) -> Callable[..., Settings]:
+    prefix = f"gbtest:{uuid.uuid4().hex[:12]}"
+
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "database_url": database_url,
+            "redis_url": storage.redis_url,
+            "redis_key_prefix": prefix,
+            "data_dir": tmp_path / "data",
+        }
+        values.update(overrides)
+        return _settings(**values)
+
+    return make
+
+
+@pytest.fixture
+def settings_overrides() -> dict[str, Any]:
+    """Override in a module or test to change the app's settings."""
+    return {}
+
+
+@pytest.fixture
+async def app(
+    make_settings: Callable[..., Settings],
+    clock: ManualClock,
+    settings_overrides: dict[str, Any],
+) -> AsyncIterator[Any]:
+    application = create_app(make_settings(**settings_overrides), clock=clock)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@pytest.fixture
+async def client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app, client=("198.51.100.7", 40000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+        yield c

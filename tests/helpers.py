@@ -1,0 +1,36 @@
+"""Small client-side steps the tests share (what a mobile app would do)."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import httpx
+
+_numbers = itertools.count(1000)
+
+
+def new_number() -> str:
+    """A fresh valid Indian mobile number for each call (+91 98xxx xxxxx)."""
+    return f"+9198765{next(_numbers):05d}"
+
+
+async def request_otp(client: httpx.AsyncClient, number: str) -> str:
+    response = await client.post("/auth/send-otp", json={"mobile_number": number})
+    assert response.status_code == 200, response.text
+    otp: str = response.json()["otp"]
+    return otp
+
+
+async def sign_in(client: httpx.AsyncClient, number: str | None = None) -> dict[str, Any]:
+    """OTP sign-in-or-up; returns the token response."""
+    number = number or new_number()
+    otp = await request_otp(client, number)
+    response = await client.post("/auth/verify-otp", json={"mobile_number": number, "otp": otp})
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def bearer(tokens: dict[str, Any]) -> dict[str, str]:
+    return {"Authorization": f"Bearer {tokens['access_token']}"}
