@@ -129,9 +129,7 @@ def clock() -> ManualClock:
 
 
 @pytest.fixture
-def make_settings(
-    storage: Storage, database_url: str, tmp_path: Path
-) -> Callable[..., Settings]:
+def make_settings(storage: Storage, database_url: str, tmp_path: Path) -> Callable[..., Settings]:
     prefix = f"gbtest:{uuid.uuid4().hex[:12]}"
 
     def make(**overrides: Any) -> Settings:

@@ -12,7 +12,6 @@ import pytest
 from tests.conftest import JWT_SECRET
 from tests.helpers import bearer, sign_in
 
-
 # The tests' clock is not the wall clock; PyJWT would check times against the latter.
 UNCHECKED_TIMES = {"verify_exp": False, "verify_iat": False, "verify_nbf": False}
 
@@ -39,8 +38,9 @@ async def test_access_token_claims(client, clock):
     assert tokens["expires_in"] == 900
     header = jwt.get_unverified_header(tokens["access_token"])
     assert header["alg"] == "HS256"
-    claims = jwt.decode(tokens["access_token"], JWT_SECRET, algorithms=["HS256"],
-                        options=UNCHECKED_TIMES)
+    claims = jwt.decode(
+        tokens["access_token"], JWT_SECRET, algorithms=["HS256"], options=UNCHECKED_TIMES
+    )
     assert claims["sub"] == str(tokens["user"]["id"])
     assert claims["typ"] == "access"
     assert claims["iat"] == int(clock.now().timestamp())
@@ -74,8 +74,9 @@ async def test_tampered_token_is_refused(client):
 
 async def test_other_algorithms_and_secrets_are_refused(client, clock):
     tokens = await sign_in(client)
-    claims = jwt.decode(tokens["access_token"], JWT_SECRET, algorithms=["HS256"],
-                        options=UNCHECKED_TIMES)
+    claims = jwt.decode(
+        tokens["access_token"], JWT_SECRET, algorithms=["HS256"], options=UNCHECKED_TIMES
+    )
     unsigned = jwt.encode(claims, None, algorithm="none")
     assert_401(await me(client, unsigned), "invalid_token")
     hs512 = jwt.encode(claims, JWT_SECRET + "-long-enough-for-hs512" * 2, algorithm="HS512")
@@ -86,8 +87,9 @@ async def test_other_algorithms_and_secrets_are_refused(client, clock):
 
 async def test_tokens_missing_required_claims_are_refused(client):
     tokens = await sign_in(client)
-    claims = jwt.decode(tokens["access_token"], JWT_SECRET, algorithms=["HS256"],
-                        options=UNCHECKED_TIMES)
+    claims = jwt.decode(
+        tokens["access_token"], JWT_SECRET, algorithms=["HS256"], options=UNCHECKED_TIMES
+    )
     for missing in ("exp", "sub", "typ", "iat"):
         partial = {k: v for k, v in claims.items() if k != missing}
         token = jwt.encode(partial, JWT_SECRET, algorithm="HS256")
@@ -141,9 +143,7 @@ async def test_unknown_and_expired_refresh_tokens(client, clock):
 
 async def test_concurrent_refreshes_of_one_token_succeed_once(client):
     tokens = await sign_in(client)
-    responses = await asyncio.gather(
-        *(refresh(client, tokens["refresh_token"]) for _ in range(20))
-    )
+    responses = await asyncio.gather(*(refresh(client, tokens["refresh_token"]) for _ in range(20)))
     statuses = [r.status_code for r in responses]
     assert statuses.count(200) == 1, statuses
     assert statuses.count(401) == 19
@@ -200,6 +200,13 @@ async def test_token_from_a_deleted_user_is_refused(client, app):
 async def test_me_shape(client):
     tokens = await sign_in(client)
     body = (await me(client, tokens["access_token"])).json()
-    assert set(body) == {"id", "mobile_number", "name", "email", "tier", "has_password",
-                         "created_at"}
+    assert set(body) == {
+        "id",
+        "mobile_number",
+        "name",
+        "email",
+        "tier",
+        "has_password",
+        "created_at",
+    }
     assert body["created_at"].endswith(("Z", "+00:00"))

@@ -320,12 +320,16 @@ class AuthService:
         self, user: User, current_password: str | None, new_password: str
     ) -> TokenOut:
         check_password_policy(new_password)
-        await release_connection(self.session)
         if user.password_hash is not None:
             if not current_password:
                 raise CurrentPasswordRequired()
+            # A stolen access token must not allow unlimited guesses of the password.
+            await self._ensure_not_locked(user.mobile_number)
+        await release_connection(self.session)
+        if user.password_hash is not None:
+            assert current_password is not None
             if not await self.deps.hasher.verify(current_password, user.password_hash):
-                raise InvalidCredentials()
+                raise await self._fail(user.mobile_number)
         new_hash = await self.deps.hasher.hash(new_password)
         now = self._now()
         await repo.set_password_hash(self.session, user.id, new_hash, now)
