@@ -3,14 +3,33 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+from collections.abc import Iterator
+from typing import Any
+
+import uvicorn
 
 from gemini_backend.config import Settings
 
 
-def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
+class _GracefulServer(uvicorn.Server):
+    """A SIGTERM/SIGINT-driven graceful shutdown ends the process with status 0.
 
+    uvicorn re-raises the captured signal after shutting down, so the process would die by it
+    (status 143); process managers and CI read a clean shutdown as exit 0.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                self._captured_signals.clear()
+
+
+def _serve(args: argparse.Namespace) -> int:
     settings = Settings()
     host = args.host or settings.host
     port = args.port or settings.port
@@ -27,17 +46,19 @@ def _serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    uvicorn.run(
-        "gemini_backend.main:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        proxy_headers=True,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=10,
-    )
+    options: dict[str, Any] = {
+        "factory": True,
+        "host": host,
+        "port": port,
+        "proxy_headers": True,
+        "log_config": None,
+        "access_log": False,
+        "timeout_graceful_shutdown": 10,
+    }
+    if workers > 1:
+        uvicorn.run("gemini_backend.main:create_app", workers=workers, **options)
+    else:
+        _GracefulServer(uvicorn.Config("gemini_backend.main:create_app", **options)).run()
     return 0
 
 

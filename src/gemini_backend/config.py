@@ -178,22 +178,36 @@ class Settings(BaseSettings):
 
 
 def _persisted_secret(path: Path) -> str:
-    """Read the secret at `path`, creating it once; safe when several processes start at once."""
-    try:
-        value = path.read_text().strip()
-        if len(value) >= MIN_SECRET_BYTES:
-            return value
-    except FileNotFoundError:
-        pass
+    """Read the secret at `path`, creating it once; safe when several processes or threads
+    start at once (the file appears whole, by a hard link, or not at all)."""
+    existing = _read_secret(path)
+    if existing is not None:
+        return existing
     path.parent.mkdir(parents=True, exist_ok=True)
     value = secrets.token_urlsafe(48)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(value)
-    tmp.chmod(0o600)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(value)
     try:
-        os.link(tmp, path)  # atomic create-if-absent: the first process wins
+        os.link(tmp, path)  # atomic create-if-absent: the first writer wins
     except FileExistsError:
-        value = path.read_text().strip()
+        winner = _read_secret(path)
+        assert winner is not None
+        value = winner
     finally:
         tmp.unlink(missing_ok=True)
+    return value
+
+
+def _read_secret(path: Path) -> str | None:
+    try:
+        value = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    if len(value.encode()) < MIN_SECRET_BYTES:
+        raise ValueError(
+            f"{path} holds a key shorter than {MIN_SECRET_BYTES} bytes: delete the file "
+            "(a new key is generated; everyone is signed out) or set JWT_SECRET"
+        )
     return value

@@ -22,6 +22,7 @@ _SECRET_KEY = re.compile(
 )
 _JWT_LIKE = re.compile(r"eyJ[\w-]+\.[\w-]+\.[\w-]+")
 REDACTED = "[redacted]"
+_PARAMETER_LOGGERS = ("aiosqlite", "asyncpg", "sqlalchemy", "redis", "httpcore", "httpx")
 
 
 def _scrub(value: Any) -> Any:
@@ -89,6 +90,10 @@ def configure_logging(settings: Settings) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # Libraries that log SQL with its parameters (password hashes, token digests) or request
+    # URLs stay at WARNING whatever LOG_LEVEL says.
+    for name in _PARAMETER_LOGGERS:
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True

@@ -1,0 +1,215 @@
+"""`gemini-backend migrate | serve | worker` as real processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gemini_backend.config import Settings
+from gemini_backend.models import metadata
+from tests.conftest import BACKEND, Storage
+from tests.helpers import new_number
+
+SCRIPT = Path(sys.executable).parent / "gemini-backend"
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 15.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def clean_env(**values: str) -> dict[str, str]:
+    """The current environment without any setting of the service, plus `values`."""
+    names = {name.upper() for name in Settings.model_fields}
+    env = {k: v for k, v in os.environ.items() if k.upper() not in names}
+    env.update(values)
+    return env
+
+
+def run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(SCRIPT), *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_script_is_installed():
+    assert SCRIPT.is_file(), f"{SCRIPT} is missing; install the project into the venv"
+
+
+def test_migrate_creates_the_schema(tmp_path):
+    db = tmp_path / "cli.db"
+    result = run_cli(
+        "migrate",
+        env=clean_env(DATABASE_URL=f"sqlite:///{db}", DATA_DIR=str(tmp_path / "data")),
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "latest migration" in result.stdout
+    with sqlite3.connect(db) as conn:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    assert set(metadata.tables) <= tables
+    assert "alembic_version" in tables
+
+    # Running it again is harmless.
+    again = run_cli(
+        "migrate",
+        env=clean_env(DATABASE_URL=f"sqlite:///{db}", DATA_DIR=str(tmp_path / "data")),
+        cwd=tmp_path,
+    )
+    assert again.returncode == 0, again.stderr
+
+
+def test_worker_refuses_embedded_mode(tmp_path):
+    result = run_cli(
+        "worker",
+        env=clean_env(
+            DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'w.db'}", DATA_DIR=str(tmp_path)
+        ),
+        cwd=tmp_path,
+    )
+    assert result.returncode != 0
+    assert "embedded" in result.stderr or "production mode" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_command_is_a_usage_error(tmp_path):
+    result = run_cli("frobnicate", env=clean_env(), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "usage" in result.stderr.lower()
+
+
+# --- serve ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def serve_env(storage: Storage, database_url: str, tmp_path: Path) -> dict[str, str]:
+    values = {"DATA_DIR": str(tmp_path / "data"), "LOG_FORMAT": "json"}
+    if BACKEND == "production":
+        assert storage.redis_url is not None
+        values.update(
+            DATABASE_URL=database_url,
+            REDIS_URL=storage.redis_url,
+            REDIS_KEY_PREFIX=f"gbtest:{uuid.uuid4().hex[:12]}",
+        )
+    else:
+        values["DATABASE_URL"] = f"sqlite+aiosqlite:///{tmp_path / 'serve.db'}"
+    return clean_env(**values)
+
+
+class Server:
+    def __init__(self, process: subprocess.Popen[bytes], base_url: str, log: Path) -> None:
+        self.process = process
+        self.base_url = base_url
+        self.log = log
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+
+@pytest.fixture
+def server(serve_env: dict[str, str], tmp_path: Path) -> Iterator[Server]:
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [str(SCRIPT), "serve", "--host", "127.0.0.1", "--port", str(port)],
+            env=serve_env,
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    server = Server(process, f"http://127.0.0.1:{port}", log)
+    try:
+        _wait_until_healthy(server)
+        yield server
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=STOP_TIMEOUT)
+
+
+def _wait_until_healthy(server: Server) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    with httpx.Client(base_url=server.base_url, timeout=2.0) as client:
+        while True:
+            try:
+                if client.get("/health").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"the server did not answer /health in time:\n{server.output()}")
+            # Wait for the process a little: this both paces the polling and notices a crash.
+            try:
+                code = server.process.wait(timeout=0.1)
+            except subprocess.TimeoutExpired:
+                continue
+            pytest.fail(f"the server exited with {code} before it was ready:\n{server.output()}")
+
+
+def _exercise(server: Server) -> None:
+    with httpx.Client(base_url=server.base_url, timeout=10.0) as client:
+        number = new_number()
+        sent = client.post("/auth/send-otp", json={"mobile_number": number})
+        assert sent.status_code == 200, sent.text
+        verified = client.post(
+            "/auth/verify-otp", json={"mobile_number": number, "otp": sent.json()["otp"]}
+        )
+        assert verified.status_code == 200, verified.text
+        token = verified.json()["access_token"]
+        me = client.get("/user/me", headers={"Authorization": f"Bearer {token}"})
+        assert me.status_code == 200, me.text
+        assert me.json()["mobile_number"] == number
+        ready = client.get("/ready")
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["mode"] == BACKEND
+        assert len(me.headers["X-Request-ID"]) == 32
+
+
+def test_serve_answers_over_http(server):
+    _exercise(server)
+
+
+def test_serve_exits_cleanly_on_sigterm(server):
+    _exercise(server)
+    server.process.send_signal(signal.SIGTERM)
+    try:
+        code = server.process.wait(timeout=STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the server did not stop within {STOP_TIMEOUT}s:\n{server.output()}")
+    assert code == 0, f"exit status {code}:\n{server.output()}"
+
+
+def test_serve_shuts_down_gracefully_on_sigterm(server):
+    """Whatever its exit status, SIGTERM stops the server promptly, through its lifespan."""
+    _exercise(server)
+    server.process.send_signal(signal.SIGTERM)
+    try:
+        code = server.process.wait(timeout=STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the server did not stop within {STOP_TIMEOUT}s:\n{server.output()}")
+    assert code in (0, -signal.SIGTERM), server.output()
+    output = server.output()
+    assert '"shutdown"' in output, output
+    assert "Traceback" not in output, output

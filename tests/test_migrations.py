@@ -1,0 +1,160 @@
+"""The Alembic migrations build exactly the schema of the models, and go down and up again."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import inspect
+from sqlalchemy.engine import Connection
+
+from gemini_backend.config import Settings
+from gemini_backend.core.db import create_engine
+from gemini_backend.migrate import alembic_config, upgrade_to_head
+from gemini_backend.models import metadata
+from tests.conftest import BACKEND, JWT_SECRET, TEST_DATABASE_URL
+
+KINDS = ["sqlite", "postgresql"] if BACKEND == "production" else ["sqlite"]
+
+
+def _settings(url: str, data_dir: Path) -> Settings:
+    return Settings(  # type: ignore[call-arg]
+        _env_file=None,
+        environment="test",
+        jwt_secret=JWT_SECRET,
+        database_url=url,
+        data_dir=data_dir,
+        log_format="console",
+    )
+
+
+def _asyncpg_dsn(url: str) -> str:
+    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+async def _admin(sql: str) -> None:
+    conn = await asyncpg.connect(_asyncpg_dsn(TEST_DATABASE_URL))
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(params=KINDS)
+def fresh_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Settings]:
+    """Settings on a database of its own that has never seen a migration."""
+    if request.param == "sqlite":
+        yield _settings(f"sqlite+aiosqlite:///{tmp_path / 'fresh.db'}", tmp_path / "data")
+        return
+    name = f"gb_migrations_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+    try:
+        base, _, _ = TEST_DATABASE_URL.rpartition("/")
+        yield _settings(f"{base}/{name}", tmp_path / "data")
+    finally:
+        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def _inspect(settings: Settings) -> dict[str, Any]:
+    """Tables, the Alembic revision and the differences between the database and the models."""
+
+    def work(conn: Connection) -> dict[str, Any]:
+        context = MigrationContext.configure(
+            conn, opts={"compare_type": True, "compare_server_default": True}
+        )
+        return {
+            "tables": set(inspect(conn).get_table_names()),
+            "revision": context.get_current_revision(),
+            "diff": compare_metadata(context, metadata),
+        }
+
+    async def run() -> dict[str, Any]:
+        engine = create_engine(settings)
+        try:
+            async with engine.connect() as conn:
+                return await conn.run_sync(work)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+def _head(settings: Settings) -> str:
+    head = ScriptDirectory.from_config(alembic_config(settings)).get_current_head()
+    assert head is not None
+    return head
+
+
+def test_upgrade_builds_the_schema_of_the_models(fresh_settings):
+    before = _inspect(fresh_settings)
+    assert before["tables"] == set()
+    assert before["revision"] is None
+
+    upgrade_to_head(fresh_settings)
+
+    after = _inspect(fresh_settings)
+    assert after["tables"] == {*metadata.tables, "alembic_version"}
+    assert after["revision"] == _head(fresh_settings)
+    assert after["diff"] == [], "the migrations and the models differ; run autogenerate"
+
+
+def test_upgrade_twice_is_a_no_op(fresh_settings):
+    upgrade_to_head(fresh_settings)
+    upgrade_to_head(fresh_settings)
+    state = _inspect(fresh_settings)
+    assert state["revision"] == _head(fresh_settings)
+    assert state["diff"] == []
+
+
+def test_downgrade_to_base_and_upgrade_again(fresh_settings):
+    config = alembic_config(fresh_settings)
+    upgrade_to_head(fresh_settings)
+
+    command.downgrade(config, "base")
+    down = _inspect(fresh_settings)
+    assert down["tables"] <= {"alembic_version"}, down["tables"]
+    assert down["revision"] is None
+
+    upgrade_to_head(fresh_settings)
+    up = _inspect(fresh_settings)
+    assert up["tables"] == {*metadata.tables, "alembic_version"}
+    assert up["revision"] == _head(fresh_settings)
+    assert up["diff"] == []
+
+
+def test_every_revision_steps_down_and_up(fresh_settings):
+    """Each migration's downgrade undoes its upgrade, one step at a time."""
+    config = alembic_config(fresh_settings)
+    script = ScriptDirectory.from_config(config)
+    revisions = [r.revision for r in script.walk_revisions("base", "heads")]
+    upgrade_to_head(fresh_settings)
+    for _ in revisions:
+        command.downgrade(config, "-1")
+    assert _inspect(fresh_settings)["revision"] is None
+    for _ in revisions:
+        command.upgrade(config, "+1")
+    final = _inspect(fresh_settings)
+    assert final["revision"] == _head(fresh_settings)
+    assert final["diff"] == []
+
+
+async def test_upgrade_from_a_running_event_loop_via_a_thread(fresh_settings):
+    # upgrade_to_head uses asyncio.run: from async code it must run in a worker thread.
+    await asyncio.to_thread(upgrade_to_head, fresh_settings)
+    state = await asyncio.to_thread(_inspect, fresh_settings)
+    assert state["revision"] == _head(fresh_settings)
+
+
+def test_single_head():
+    settings = _settings("sqlite+aiosqlite:///unused.db", Path("unused"))
+    assert len(ScriptDirectory.from_config(alembic_config(settings)).get_heads()) == 1

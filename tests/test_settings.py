@@ -1,0 +1,304 @@
+"""Settings: documented defaults, production rules, OTP test numbers, the embedded JWT secret and
+the mode that follows from the storage URLs."""
+
+from __future__ import annotations
+
+import stat
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from gemini_backend.config import Environment, Settings
+
+STRONG_SECRET = "s" * 32
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No variable of the developer's shell or CI may leak into these settings."""
+    for name in Settings.model_fields:
+        monkeypatch.delenv(name.upper(), raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    # A relative DATA_DIR (the default) must never land in the repository.
+    monkeypatch.chdir(tmp_path)
+
+
+def settings(**values: Any) -> Settings:
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+# --- defaults ------------------------------------------------------------------------------
+
+
+def test_defaults_match_the_documentation():
+    s = settings()
+    assert s.environment is Environment.DEVELOPMENT
+    assert s.host == "127.0.0.1"
+    assert s.port == 8000
+    assert s.max_body_bytes == 1_048_576
+    assert s.access_token_ttl_seconds == 900
+    assert s.otp_ttl_seconds == 300
+    assert s.otp_resend_seconds == 30
+    assert s.otp_max_attempts == 5
+    assert s.otp_lockout_threshold == 10
+    assert s.otp_lockout_seconds == 900
+    assert s.default_phone_region == "IN"
+    assert s.otp_delivery == "response"
+    assert s.otp_test_numbers == {}
+    assert s.chatroom_cache_ttl == 300
+    assert s.max_message_chars == 8000
+    assert s.basic_daily_limit == 5
+    assert s.send_per_minute == 20
+    assert s.reply_stale_seconds == 60
+    assert s.ai_max_attempts == 4
+    assert s.gemini_model == "gemini-2.5-flash"
+    assert s.database_url is None
+    assert s.redis_url is None
+    assert s.jwt_secret is None
+    assert s.base_url == "http://127.0.0.1:8000"
+
+
+def test_values_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("PORT", "9123")
+    monkeypatch.setenv("ACCESS_TOKEN_TTL_SECONDS", "600")
+    monkeypatch.setenv("DEFAULT_PHONE_REGION", "US")
+    monkeypatch.setenv("CORS_ORIGINS", "https://a.example, https://b.example")
+    s = settings()
+    assert s.port == 9123
+    assert s.access_token_ttl_seconds == 600
+    assert s.default_phone_region == "US"
+    assert s.cors_origins == ["https://a.example", "https://b.example"]
+
+
+# --- production rules ----------------------------------------------------------------------
+
+
+def test_production_requires_a_jwt_secret():
+    with pytest.raises(ValidationError, match="JWT_SECRET"):
+        settings(environment="production")
+
+
+def test_production_refuses_a_short_jwt_secret(monkeypatch):
+    with pytest.raises(ValidationError, match="JWT_SECRET"):
+        settings(environment="production", jwt_secret="s" * 31)
+    monkeypatch.setenv("ENVIRONMENT", "production")
+    monkeypatch.setenv("JWT_SECRET", "s" * 31)
+    with pytest.raises(ValidationError, match="JWT_SECRET"):
+        settings()
+
+
+def test_production_accepts_a_32_byte_jwt_secret(monkeypatch):
+    s = settings(environment="production", jwt_secret=STRONG_SECRET)
+    assert s.environment is Environment.PRODUCTION
+    assert s.jwt_secret_value() == STRONG_SECRET
+    monkeypatch.setenv("ENVIRONMENT", "production")
+    monkeypatch.setenv("JWT_SECRET", STRONG_SECRET)
+    assert settings().jwt_secret_value() == STRONG_SECRET
+
+
+def test_secret_length_is_counted_in_bytes():
+    # 17 characters but 32 bytes of UTF-8.
+    secret = "é" * 15 + "xx"
+    assert len(secret) < 32
+    assert len(secret.encode()) == 32
+    assert settings(environment="production", jwt_secret=secret).jwt_secret_value() == secret
+
+
+def test_production_refuses_otp_test_numbers(monkeypatch):
+    with pytest.raises(ValidationError, match="OTP_TEST_NUMBERS"):
+        settings(
+            environment="production",
+            jwt_secret=STRONG_SECRET,
+            otp_test_numbers={"+15555550100": "123456"},
+        )
+    monkeypatch.setenv("ENVIRONMENT", "production")
+    monkeypatch.setenv("JWT_SECRET", STRONG_SECRET)
+    monkeypatch.setenv("OTP_TEST_NUMBERS", "+15555550100:123456")
+    with pytest.raises(ValidationError, match="OTP_TEST_NUMBERS"):
+        settings()
+
+
+def test_development_needs_no_jwt_secret():
+    assert settings(environment="development").jwt_secret is None
+    assert settings(environment="test").jwt_secret is None
+
+
+# --- OTP test numbers ----------------------------------------------------------------------
+
+
+def test_otp_test_numbers_from_the_environment(monkeypatch):
+    monkeypatch.setenv("OTP_TEST_NUMBERS", "+15555550100:123456,+15555550101:654321")
+    assert settings().otp_test_numbers == {
+        "+15555550100": "123456",
+        "+15555550101": "654321",
+    }
+
+
+def test_otp_test_numbers_tolerate_spaces_and_empty_items(monkeypatch):
+    monkeypatch.setenv("OTP_TEST_NUMBERS", " +15555550100 : 123456 , ,+15555550101:654321,")
+    assert settings().otp_test_numbers == {
+        "+15555550100": "123456",
+        "+15555550101": "654321",
+    }
+
+
+def test_otp_test_numbers_empty_string_is_empty(monkeypatch):
+    monkeypatch.setenv("OTP_TEST_NUMBERS", "")
+    assert settings().otp_test_numbers == {}
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "+15555550100",  # no code
+        "+15555550100:12345",  # 5 digits
+        "+15555550100:1234567",  # 7 digits
+        "+15555550100:12345a",  # not digits
+        "+15555550100:123456,+15555550101",  # one good, one bad
+        "+15555550100;123456",  # wrong separator
+    ],
+)
+def test_malformed_otp_test_numbers_are_refused(monkeypatch, value):
+    monkeypatch.setenv("OTP_TEST_NUMBERS", value)
+    with pytest.raises(ValidationError, match="OTP_TEST_NUMBERS"):
+        settings()
+
+
+# --- the embedded JWT secret ---------------------------------------------------------------
+
+
+def test_embedded_jwt_secret_is_generated_and_kept(tmp_path):
+    data_dir = tmp_path / "data"
+    first = settings(data_dir=data_dir).jwt_secret_value()
+    path = data_dir / "jwt_secret"
+    assert path.is_file()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert len(first.encode()) >= 32
+    assert path.read_text().strip() == first
+    # Another Settings (another process start) reads the same key.
+    assert settings(data_dir=data_dir).jwt_secret_value() == first
+    # No temporary file is left behind.
+    assert sorted(p.name for p in data_dir.iterdir()) == ["jwt_secret"]
+
+
+def test_embedded_jwt_secret_is_distinct_per_data_dir(tmp_path):
+    one = settings(data_dir=tmp_path / "one").jwt_secret_value()
+    two = settings(data_dir=tmp_path / "two").jwt_secret_value()
+    assert one != two
+
+
+@pytest.mark.parametrize("stored", ["too-short\n", "", "\n"])
+def test_a_short_stored_jwt_secret_is_never_used(tmp_path, stored):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "jwt_secret").write_text(stored)
+    try:
+        value = settings(data_dir=data_dir).jwt_secret_value()
+    except (ValueError, RuntimeError, OSError):
+        return  # refusing to start is as good as replacing it
+    assert len(value.encode()) >= 32
+    assert settings(data_dir=data_dir).jwt_secret_value() == value
+
+
+def test_an_explicit_jwt_secret_writes_no_file(tmp_path):
+    data_dir = tmp_path / "data"
+    assert settings(data_dir=data_dir, jwt_secret=STRONG_SECRET).jwt_secret_value() == STRONG_SECRET
+    assert not (data_dir / "jwt_secret").exists()
+
+
+def test_otp_key_differs_from_the_jwt_key(tmp_path):
+    s = settings(data_dir=tmp_path / "data")
+    assert s.otp_secret_value() != s.jwt_secret_value().encode()
+    assert settings(data_dir=tmp_path / "data").otp_secret_value() == s.otp_secret_value()
+
+
+THREADS = 8
+ROUNDS = 50
+
+
+def _race_for_secret(data_dir: Path) -> list[str | BaseException]:
+    barrier = threading.Barrier(THREADS)
+
+    def create() -> str | BaseException:
+        instance = settings(data_dir=data_dir)
+        barrier.wait(timeout=10)
+        try:
+            return instance.jwt_secret_value()
+        except Exception as exc:  # reported by the assertion below
+            return exc
+
+    with ThreadPoolExecutor(THREADS) as pool:
+        return list(pool.map(lambda _: create(), range(THREADS)))
+
+
+def test_embedded_jwt_secret_concurrent_creation_yields_one_value(tmp_path):
+    for round_ in range(ROUNDS):
+        data_dir = tmp_path / f"round{round_}"
+        results = _race_for_secret(data_dir)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        assert not errors, f"round {round_}: {errors!r}"
+        stored = (data_dir / "jwt_secret").read_text().strip()
+        assert set(results) == {stored}, f"round {round_}: {len(set(results))} values"
+        assert len(stored.encode()) >= 32
+        assert stat.S_IMODE((data_dir / "jwt_secret").stat().st_mode) == 0o600
+        assert [p.name for p in data_dir.iterdir()] == ["jwt_secret"], "temporary files left"
+
+
+# --- mode ----------------------------------------------------------------------------------
+
+
+def test_sqlite_is_the_embedded_default(tmp_path):
+    s = settings(data_dir=tmp_path / "data")
+    expected = (tmp_path / "data" / "gemini_backend.db").as_posix()
+    assert s.resolved_database_url == f"sqlite+aiosqlite:///{expected}"
+    assert not s.is_postgres
+    assert not s.is_production_mode
+
+
+def test_sqlite_with_redis_is_still_embedded():
+    s = settings(database_url="sqlite+aiosqlite:///x.db", redis_url="redis://127.0.0.1:6379/0")
+    assert not s.is_production_mode
+
+
+def test_postgres_without_redis_is_not_production_mode():
+    s = settings(database_url="postgresql+asyncpg://u:p@db:5432/app")
+    assert s.is_postgres
+    assert not s.is_production_mode
+
+
+def test_postgres_with_redis_is_production_mode():
+    s = settings(
+        database_url="postgresql+asyncpg://u:p@db:5432/app", redis_url="redis://cache:6379/0"
+    )
+    assert s.is_postgres
+    assert s.is_production_mode
+
+
+def test_mode_from_environment_variables(monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", "postgres://u:p@db:5432/app")
+    monkeypatch.setenv("REDIS_URL", "redis://cache:6379/0")
+    s = settings()
+    assert s.resolved_database_url == "postgresql+asyncpg://u:p@db:5432/app"
+    assert s.is_production_mode
+
+
+@pytest.mark.parametrize(
+    ("given", "resolved"),
+    [
+        ("postgres://u:p@db:5432/app", "postgresql+asyncpg://u:p@db:5432/app"),
+        ("postgresql://u:p@db:5432/app", "postgresql+asyncpg://u:p@db:5432/app"),
+        ("postgresql+asyncpg://u:p@db:5432/app", "postgresql+asyncpg://u:p@db:5432/app"),
+        (
+            "postgres://u:p@db:5432/app?sslmode=require",
+            "postgresql+asyncpg://u:p@db:5432/app?sslmode=require",
+        ),
+        ("sqlite:///data/app.db", "sqlite+aiosqlite:///data/app.db"),
+        ("sqlite+aiosqlite:///data/app.db", "sqlite+aiosqlite:///data/app.db"),
+    ],
+)
+def test_database_urls_are_rewritten_to_async_drivers(given, resolved):
+    assert settings(database_url=given).resolved_database_url == resolved
