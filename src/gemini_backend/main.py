@@ -14,7 +14,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from gemini_backend.auth.phone import normalize_test_number
 from gemini_backend.auth.router import router as auth_router
 from gemini_backend.auth.service import AuthDeps
+from gemini_backend.chat.cache import ChatroomListCache
+from gemini_backend.chat.router import router as chat_router
 from gemini_backend.config import Settings
+from gemini_backend.core.cache import Cache, MemoryCache, RedisCache
 from gemini_backend.core.clock import Clock, SystemClock
 from gemini_backend.core.db import Database
 from gemini_backend.core.errors import install_error_handlers
@@ -62,6 +65,11 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
         app.state.database = database
         app.state.redis = redis
         app.state.throttle = throttle
+        cache: Cache = (
+            RedisCache(redis, settings.redis_key_prefix) if redis is not None else MemoryCache()
+        )
+        app.state.cache = cache
+        app.state.chatroom_cache = ChatroomListCache(cache, settings.chatroom_cache_ttl)
         app.state.auth = AuthDeps(
             settings=settings,
             clock=clock,
@@ -97,6 +105,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
     install_error_handlers(app)
     app.include_router(auth_router)
     app.include_router(users_router)
+    app.include_router(chat_router)
     app.include_router(ops_router)
 
     # Added last = outermost.

@@ -1,9 +1,19 @@
 """Every table of the service, imported in one place for Alembic and the tests."""
 
 from gemini_backend.auth.models import AuthSession, LoginGuard, OtpCode, RefreshToken
+from gemini_backend.chat.models import Chatroom, Message
 from gemini_backend.core.db import Base
 from gemini_backend.users.models import User
 
 metadata = Base.metadata
 
-__all__ = ["AuthSession", "LoginGuard", "OtpCode", "RefreshToken", "User", "metadata"]
+__all__ = [
+    "AuthSession",
+    "Chatroom",
+    "LoginGuard",
+    "Message",
+    "OtpCode",
+    "RefreshToken",
+    "User",
+    "metadata",
+]

@@ -7,11 +7,12 @@ SQLite (embedded mode) runs in WAL mode with foreign keys on, and every transact
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
+import structlog
 from fastapi import Depends, Request
 from sqlalchemy import BigInteger, DateTime, Dialect, Integer, MetaData, event, text
 from sqlalchemy.ext.asyncio import (
@@ -25,6 +26,8 @@ from sqlalchemy.types import TypeDecorator
 
 from gemini_backend.config import Settings
 from gemini_backend.core.errors import AppError
+
+log = structlog.get_logger(__name__)
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -131,7 +134,7 @@ async def _request_session(request: Request) -> AsyncIterator[AsyncSession]:
             yield session
         except AppError as exc:
             if exc.keeps_changes:
-                await session.commit()
+                await _commit(session)
             else:
                 await session.rollback()
             raise
@@ -139,7 +142,31 @@ async def _request_session(request: Request) -> AsyncIterator[AsyncSession]:
             await session.rollback()
             raise
         else:
-            await session.commit()
+            await _commit(session)
+
+
+AfterCommit = Callable[[], Awaitable[None]]
+_AFTER_COMMIT_KEY = "after_commit"
+
+
+def after_commit(session: AsyncSession, action: AfterCommit) -> None:
+    """Run `action` once the request's transaction has committed (never if it rolls back).
+
+    For effects outside the database that must not happen for a rolled-back write: enqueuing a
+    job, invalidating a cache entry. They run before the response is sent.
+    """
+    session.info.setdefault(_AFTER_COMMIT_KEY, []).append(action)
+
+
+async def _commit(session: AsyncSession) -> None:
+    await session.commit()
+    actions: list[AfterCommit] = session.info.pop(_AFTER_COMMIT_KEY, [])
+    for action in actions:
+        try:
+            await action()
+        except Exception:
+            # The write stands; a failed side effect is logged, not turned into an error reply.
+            log.exception("after_commit_failed", action=getattr(action, "__qualname__", "?"))
 
 
 DbSession = Annotated[AsyncSession, Depends(_request_session, scope="function")]

@@ -1,0 +1,1 @@
+"""Chatrooms and their messages."""

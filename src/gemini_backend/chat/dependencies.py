@@ -1,0 +1,42 @@
+"""Dependencies that load and check chat resources, reused by every route that needs them."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Path, Request
+
+from gemini_backend.auth.dependencies import CurrentUser
+from gemini_backend.chat import repository as repo
+from gemini_backend.chat.models import Chatroom
+from gemini_backend.chat.service import ChatroomService
+from gemini_backend.core.db import DbSession
+from gemini_backend.core.errors import NotFound
+
+MAX_ID = 2**63 - 1
+
+
+class ChatroomNotFound(NotFound):
+    code = "chatroom_not_found"
+    detail = "No such chatroom."
+
+
+async def _owned_chatroom(
+    session: DbSession,
+    user: CurrentUser,
+    chatroom_id: Annotated[int, Path(ge=1, le=MAX_ID, description="Chatroom id")],
+) -> Chatroom:
+    """The caller's chatroom; another user's room is 404, exactly like a missing one."""
+    room = await repo.owned_room(session, user.id, chatroom_id)
+    if room is None:
+        raise ChatroomNotFound()
+    return room
+
+
+def _chatroom_service(request: Request, session: DbSession) -> ChatroomService:
+    state = request.app.state
+    return ChatroomService(session, state.clock, state.chatroom_cache)
+
+
+OwnedChatroom = Annotated[Chatroom, Depends(_owned_chatroom)]
+ChatroomServiceDep = Annotated[ChatroomService, Depends(_chatroom_service)]

@@ -1,0 +1,102 @@
+"""Thin HTTP layer of chatrooms; the rules live in `service.py`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Response, status
+
+from gemini_backend.auth.dependencies import CurrentUser
+from gemini_backend.chat.dependencies import MAX_ID, ChatroomServiceDep, OwnedChatroom
+from gemini_backend.chat.schemas import (
+    ChatroomCreate,
+    ChatroomDetail,
+    ChatroomOut,
+    ChatroomPage,
+    ChatroomUpdate,
+    MessagePage,
+)
+from gemini_backend.core.openapi import AUTH_ERRORS, BODY_ERRORS, error_doc
+
+router = APIRouter(prefix="/chatroom", tags=["Chatrooms"], responses=AUTH_ERRORS)
+
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: error_doc("No such chatroom, or not yours")}
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    summary="Create a chatroom",
+    responses=BODY_ERRORS,
+)
+async def create_chatroom(
+    body: ChatroomCreate, user: CurrentUser, chat: ChatroomServiceDep
+) -> ChatroomOut:
+    return await chat.create(user.id, body)
+
+
+@router.get(
+    "",
+    summary="List my chatrooms, newest activity first (cached per user)",
+    response_model=ChatroomPage,
+    responses={
+        200: {"headers": {"X-Cache": {"description": "HIT or MISS", "schema": {"type": "string"}}}},
+        400: error_doc("Invalid cursor"),
+    },
+)
+async def list_chatrooms(
+    user: CurrentUser,
+    chat: ChatroomServiceDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> Response:
+    page_key = f"{limit}:{cursor or ''}"
+    version = await chat.cache.version(user.id)
+    cached = await chat.cache.get(user.id, version, page_key)
+    if cached is not None:
+        return Response(cached, media_type="application/json", headers={"X-Cache": "HIT"})
+    page = await chat.list_page(user.id, limit, cursor)
+    body = page.model_dump_json().encode()
+    await chat.cache.put(user.id, version, page_key, body)
+    return Response(body, media_type="application/json", headers={"X-Cache": "MISS"})
+
+
+@router.get("/{chatroom_id}", summary="A chatroom with its latest 50 messages", responses=NOT_FOUND)
+async def get_chatroom(room: OwnedChatroom, chat: ChatroomServiceDep) -> ChatroomDetail:
+    return await chat.detail(room)
+
+
+@router.patch(
+    "/{chatroom_id}",
+    summary="Rename a chatroom or change its system prompt",
+    responses={**NOT_FOUND, **BODY_ERRORS},
+)
+async def update_chatroom(
+    body: ChatroomUpdate, room: OwnedChatroom, chat: ChatroomServiceDep
+) -> ChatroomOut:
+    return await chat.update(room, body)
+
+
+@router.delete(
+    "/{chatroom_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Delete a chatroom and its messages",
+    responses=NOT_FOUND,
+)
+async def delete_chatroom(room: OwnedChatroom, chat: ChatroomServiceDep) -> Response:
+    await chat.delete(room)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get(
+    "/{chatroom_id}/messages",
+    summary="Message history, newest page first (each page oldest first)",
+    responses=NOT_FOUND,
+)
+async def list_messages(
+    room: OwnedChatroom,
+    chat: ChatroomServiceDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    before: Annotated[int | None, Query(ge=1, le=MAX_ID, description="A message id")] = None,
+) -> MessagePage:
+    return await chat.messages(room, limit, before)

@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StringConstraints
+
+from gemini_backend.chat.models import Chatroom, Message
+
+RoomName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+SystemPrompt = Annotated[str, StringConstraints(strip_whitespace=True, max_length=8000)]
+
+
+class ChatroomCreate(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    name: Annotated[
+        RoomName | None,
+        Field(
+            validation_alias=AliasChoices("name", "title"),
+            description='Omit to get "New chat" until the first exchange gives a title.',
+        ),
+    ] = None
+    system_prompt: SystemPrompt | None = None
+
+
+class ChatroomUpdate(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    name: Annotated[RoomName | None, Field(validation_alias=AliasChoices("name", "title"))] = None
+    system_prompt: Annotated[
+        SystemPrompt | None, Field(description="An empty string or null clears it.")
+    ] = None
+
+
+class Usage(BaseModel):
+    prompt_tokens: int | None
+    output_tokens: int | None
+    thinking_tokens: int | None
+
+
+class MessageOut(BaseModel):
+    id: int
+    chatroom_id: int
+    role: Literal["user", "assistant"]
+    content: str
+    status: str = Field(description="queued, generating, completed, failed, blocked, cancelled")
+    error: str | None
+    finish_reason: str | None
+    usage: Usage
+    model: str | None
+    reply_to: int | None
+    created_at: datetime
+    completed_at: datetime | None
+
+    @classmethod
+    def from_row(cls, m: Message) -> MessageOut:
+        return cls(
+            id=m.id,
+            chatroom_id=m.chatroom_id,
+            role="user" if m.role == "user" else "assistant",
+            content=m.content,
+            status=m.status,
+            error=m.error,
+            finish_reason=m.finish_reason,
+            usage=Usage(
+                prompt_tokens=m.prompt_tokens,
+                output_tokens=m.output_tokens,
+                thinking_tokens=m.thinking_tokens,
+            ),
+            model=m.model,
+            reply_to=m.reply_to,
+            created_at=m.created_at,
+            completed_at=m.completed_at,
+        )
+
+
+class ChatroomOut(BaseModel):
+    id: int
+    name: str
+    title: str = Field(description="Same as name.")
+    system_prompt: str | None
+    message_count: int
+    last_message_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_row(cls, room: Chatroom) -> ChatroomOut:
+        return cls(
+            id=room.id,
+            name=room.name,
+            title=room.name,
+            system_prompt=room.system_prompt,
+            message_count=room.message_count,
+            last_message_at=room.last_message_at,
+            created_at=room.created_at,
+            updated_at=room.updated_at,
+        )
+
+
+class ChatroomDetail(ChatroomOut):
+    messages: list[MessageOut] = Field(description="The latest 50 messages, oldest first.")
+
+
+class ChatroomPage(BaseModel):
+    chatrooms: list[ChatroomOut]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page.")
+
+
+class MessagePage(BaseModel):
+    messages: list[MessageOut] = Field(description="Oldest first.")
+    next_cursor: str | None = Field(description="Pass as `before` for older messages.")

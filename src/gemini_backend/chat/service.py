@@ -1,0 +1,126 @@
+"""Chatroom rules. Services never commit; cache invalidation runs after the commit."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from gemini_backend.chat import repository as repo
+from gemini_backend.chat.cache import ChatroomListCache
+from gemini_backend.chat.models import DEFAULT_ROOM_NAME, Chatroom
+from gemini_backend.chat.schemas import (
+    ChatroomCreate,
+    ChatroomDetail,
+    ChatroomOut,
+    ChatroomPage,
+    ChatroomUpdate,
+    MessageOut,
+    MessagePage,
+)
+from gemini_backend.core.clock import Clock
+from gemini_backend.core.db import after_commit
+from gemini_backend.core.errors import BadRequest, ValidationFailed
+
+ROOM_DETAIL_MESSAGES = 50
+
+
+class InvalidCursor(BadRequest):
+    code = "invalid_cursor"
+    detail = "The cursor is not one this server issued."
+
+
+def encode_room_cursor(room: Chatroom) -> str:
+    raw = json.dumps([room.activity_at.isoformat(), room.id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_room_cursor(cursor: str) -> tuple[datetime, int]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        when, room_id = json.loads(raw)
+        parsed = datetime.fromisoformat(when)
+        if parsed.tzinfo is None or not isinstance(room_id, int):
+            raise ValueError
+        return parsed, room_id
+    except (ValueError, TypeError, binascii.Error, json.JSONDecodeError) as exc:
+        raise InvalidCursor() from exc
+
+
+class ChatroomService:
+    def __init__(self, session: AsyncSession, clock: Clock, cache: ChatroomListCache) -> None:
+        self.session = session
+        self.clock = clock
+        self.cache = cache
+
+    def _invalidate_list_after_commit(self, user_id: int) -> None:
+        async def invalidate() -> None:
+            await self.cache.invalidate(user_id)
+
+        after_commit(self.session, invalidate)
+
+    async def create(self, user_id: int, body: ChatroomCreate) -> ChatroomOut:
+        now = self.clock.now()
+        room = await repo.add_room(
+            self.session,
+            Chatroom(
+                user_id=user_id,
+                name=body.name or DEFAULT_ROOM_NAME,
+                auto_title=body.name is None,
+                system_prompt=body.system_prompt or None,
+                message_count=0,
+                activity_at=now,
+                created_at=now,
+                updated_at=now,
+            ),
+        )
+        self._invalidate_list_after_commit(user_id)
+        return ChatroomOut.from_row(room)
+
+    async def list_page(self, user_id: int, limit: int, cursor: str | None) -> ChatroomPage:
+        after = decode_room_cursor(cursor) if cursor else None
+        rooms = await repo.rooms_page(self.session, user_id, limit + 1, after)
+        more = len(rooms) > limit
+        rooms = rooms[:limit]
+        return ChatroomPage(
+            chatrooms=[ChatroomOut.from_row(r) for r in rooms],
+            next_cursor=encode_room_cursor(rooms[-1]) if more else None,
+        )
+
+    async def detail(self, room: Chatroom) -> ChatroomDetail:
+        messages = await repo.messages_page(self.session, room.id, ROOM_DETAIL_MESSAGES, None)
+        return ChatroomDetail(
+            **ChatroomOut.from_row(room).model_dump(),
+            messages=[MessageOut.from_row(m) for m in messages],
+        )
+
+    async def update(self, room: Chatroom, body: ChatroomUpdate) -> ChatroomOut:
+        fields = body.model_fields_set
+        if "name" in fields and body.name is None:
+            raise ValidationFailed("A chatroom's name cannot be null.")
+        if "name" in fields and body.name is not None:
+            room.name = body.name
+            room.auto_title = False
+        if "system_prompt" in fields:
+            room.system_prompt = body.system_prompt or None
+        if fields:
+            room.updated_at = self.clock.now()
+            await self.session.flush()
+            self._invalidate_list_after_commit(room.user_id)
+        return ChatroomOut.from_row(room)
+
+    async def delete(self, room: Chatroom) -> None:
+        await repo.delete_room(self.session, room.id)
+        self._invalidate_list_after_commit(room.user_id)
+
+    async def messages(self, room: Chatroom, limit: int, before: int | None) -> MessagePage:
+        rows = await repo.messages_page(self.session, room.id, limit + 1, before)
+        more = len(rows) > limit
+        rows = rows[-limit:] if more else rows
+        return MessagePage(
+            messages=[MessageOut.from_row(m) for m in rows],
+            next_cursor=str(rows[0].id) if more and rows else None,
+        )
