@@ -29,6 +29,7 @@ from gemini_backend.core.clock import ManualClock
 from gemini_backend.main import create_app
 from gemini_backend.migrate import upgrade_to_head
 from gemini_backend.models import metadata
+from gemini_backend.worker.main import run_worker
 
 BACKEND = os.environ.get("GB_TEST_BACKEND", "embedded")
 TEST_DATABASE_URL = os.environ.get(
@@ -103,6 +104,7 @@ def _settings(**overrides: Any) -> Settings:
         "jwt_secret": JWT_SECRET,
         "log_level": "INFO",
         "log_format": "console",
+        "demo_chunk_delay_ms": 0,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
@@ -157,9 +159,29 @@ async def app(
     clock: ManualClock,
     settings_overrides: dict[str, Any],
 ) -> AsyncIterator[Any]:
-    application = create_app(make_settings(**settings_overrides), clock=clock)
+    settings = make_settings(**settings_overrides)
+    application = create_app(settings, clock=clock)
     async with application.router.lifespan_context(application):
-        yield application
+        if not settings.is_production_mode:
+            yield application
+            return
+        # Production mode: replies are produced by a queue worker, here one in this event loop
+        # (the same code as `gemini-backend worker`, against the same Redis Streams).
+        stop = asyncio.Event()
+        worker = asyncio.create_task(
+            run_worker(
+                settings,
+                clock=clock,
+                stop=stop,
+                shutdown_grace_seconds=3,
+                on_started=lambda services: setattr(application.state, "worker", services),
+            )
+        )
+        try:
+            yield application
+        finally:
+            stop.set()
+            await asyncio.wait_for(worker, 30)
 
 
 @pytest.fixture

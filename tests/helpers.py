@@ -34,3 +34,29 @@ async def sign_in(client: httpx.AsyncClient, number: str | None = None) -> dict[
 
 def bearer(tokens: dict[str, Any]) -> dict[str, str]:
     return {"Authorization": f"Bearer {tokens['access_token']}"}
+
+
+async def read_sse(
+    client: httpx.AsyncClient, url: str, headers: dict[str, str], last_event_id: str | None = None
+) -> list[tuple[str, str, str]]:
+    """The events (id, event, data) of a reply stream, up to its done/error event."""
+    if last_event_id is not None:
+        headers = {**headers, "Last-Event-ID": last_event_id}
+    events: list[tuple[str, str, str]] = []
+    async with client.stream("GET", url, headers=headers) as response:
+        assert response.status_code == 200, await response.aread()
+        assert response.headers["content-type"].startswith("text/event-stream")
+        fields: dict[str, str] = {}
+        async for line in response.aiter_lines():
+            if line == "":
+                if "event" in fields:
+                    events.append((fields.get("id", ""), fields["event"], fields.get("data", "")))
+                    if fields["event"] in {"done", "error"}:
+                        break
+                fields = {}
+                continue
+            if line.startswith(":"):
+                continue
+            name, _, value = line.partition(":")
+            fields[name] = value[1:] if value.startswith(" ") else value
+    return events

@@ -71,6 +71,11 @@ def _migrate(_args: argparse.Namespace) -> int:
 
 
 def _worker(_args: argparse.Namespace) -> int:
+    import asyncio
+
+    from gemini_backend.core.logging import configure_logging
+    from gemini_backend.worker.main import run_worker
+
     settings = Settings()
     if not settings.is_production_mode:
         print(
@@ -79,8 +84,9 @@ def _worker(_args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    print("the reply queue is not built yet: there is no worker to run", file=sys.stderr)
-    return 3
+    configure_logging(settings)
+    asyncio.run(run_worker(settings))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,19 +14,15 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from gemini_backend.auth.phone import normalize_test_number
 from gemini_backend.auth.router import router as auth_router
 from gemini_backend.auth.service import AuthDeps
-from gemini_backend.chat.cache import ChatroomListCache
 from gemini_backend.chat.router import router as chat_router
 from gemini_backend.config import Settings
-from gemini_backend.core.cache import Cache, MemoryCache, RedisCache
 from gemini_backend.core.clock import Clock, SystemClock
-from gemini_backend.core.db import Database
 from gemini_backend.core.errors import install_error_handlers
 from gemini_backend.core.logging import configure_logging
 from gemini_backend.core.middleware import BodyLimitMiddleware, RequestContextMiddleware
-from gemini_backend.core.redis import create_redis
 from gemini_backend.core.security import PasswordHasher, TokenCodec
-from gemini_backend.core.throttle import Throttle
 from gemini_backend.ops.router import router as ops_router
+from gemini_backend.services import Services
 from gemini_backend.users.router import router as users_router
 
 log = structlog.get_logger(__name__)
@@ -57,39 +53,49 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        database = Database(settings)
-        redis = create_redis(settings)
-        throttle = Throttle.from_settings(settings)
-        app.state.settings = settings
-        app.state.clock = clock
-        app.state.database = database
-        app.state.redis = redis
-        app.state.throttle = throttle
-        cache: Cache = (
-            RedisCache(redis, settings.redis_key_prefix) if redis is not None else MemoryCache()
-        )
-        app.state.cache = cache
-        app.state.chatroom_cache = ChatroomListCache(cache, settings.chatroom_cache_ttl)
-        app.state.auth = AuthDeps(
+        services = Services.build(settings, clock)
+        state = app.state
+        state.services = services
+        state.settings = settings
+        state.clock = clock
+        state.database = services.database
+        state.redis = services.redis
+        state.throttle = services.throttle
+        state.cache = services.cache
+        state.chatroom_cache = services.chatroom_cache
+        state.reply_streams = services.reply_streams
+        state.quota = services.quota
+        state.pipeline = services.pipeline
+        state.auth = AuthDeps(
             settings=settings,
             clock=clock,
             hasher=PasswordHasher(settings.password_hash_concurrency),
             tokens=TokenCodec(settings.jwt_secret_value(), settings.access_token_ttl_seconds),
-            throttle=throttle,
+            throttle=services.throttle,
             test_numbers=test_numbers,
         )
+        embedded = not settings.is_production_mode
+        # Embedded mode: this process is the worker too. Replies left queued or generating by a
+        # previous run (its in-process queue died with it) are taken up again at once.
+        await services.pipeline.start(run_sweeper=embedded)
+        if embedded:
+            try:
+                await services.pipeline.sweep_once(stale_seconds=0)
+            except Exception:
+                # Start anyway (/ready reports the database); the periodic sweep retries.
+                log.exception("startup_sweep_failed")
         log.info(
             "startup",
-            mode="production" if settings.is_production_mode else "embedded",
+            mode="embedded" if embedded else "production",
             database=settings.resolved_database_url.split("://", 1)[0],
             environment=settings.environment.value,
+            ai_provider=services.provider.name,
+            ai_model=services.provider.model,
         )
         try:
             yield
         finally:
-            await database.dispose()
-            if redis is not None:
-                await redis.aclose()
+            await services.aclose()
             log.info("shutdown")
 
     app = FastAPI(

@@ -1,8 +1,9 @@
 """Every table of the service, imported in one place for Alembic and the tests."""
 
 from gemini_backend.auth.models import AuthSession, LoginGuard, OtpCode, RefreshToken
-from gemini_backend.chat.models import Chatroom, Message
+from gemini_backend.chat.models import Chatroom, IdempotencyKey, Message
 from gemini_backend.core.db import Base
+from gemini_backend.quota.models import DailyUsage
 from gemini_backend.users.models import User
 
 metadata = Base.metadata
@@ -10,6 +11,8 @@ metadata = Base.metadata
 __all__ = [
     "AuthSession",
     "Chatroom",
+    "DailyUsage",
+    "IdempotencyKey",
     "LoginGuard",
     "Message",
     "OtpCode",

@@ -9,6 +9,7 @@ from fastapi import Depends, Path, Request
 from gemini_backend.auth.dependencies import CurrentUser
 from gemini_backend.chat import repository as repo
 from gemini_backend.chat.models import Chatroom
+from gemini_backend.chat.sending import MessageSender
 from gemini_backend.chat.service import ChatroomService
 from gemini_backend.core.db import DbSession
 from gemini_backend.core.errors import NotFound
@@ -38,5 +39,19 @@ def _chatroom_service(request: Request, session: DbSession) -> ChatroomService:
     return ChatroomService(session, state.clock, state.chatroom_cache)
 
 
+def _message_sender(request: Request, session: DbSession) -> MessageSender:
+    state = request.app.state
+    return MessageSender(
+        session=session,
+        settings=state.settings,
+        clock=state.clock,
+        quota=state.quota,
+        throttle=state.throttle,
+        pipeline=state.pipeline,
+        list_cache=state.chatroom_cache,
+    )
+
+
 OwnedChatroom = Annotated[Chatroom, Depends(_owned_chatroom)]
 ChatroomServiceDep = Annotated[ChatroomService, Depends(_chatroom_service)]
+MessageSenderDep = Annotated[MessageSender, Depends(_message_sender)]

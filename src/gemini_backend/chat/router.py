@@ -4,19 +4,32 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Header, Path, Query, Request, Response, status
+from sse_starlette import EventSourceResponse
 
 from gemini_backend.auth.dependencies import CurrentUser
-from gemini_backend.chat.dependencies import MAX_ID, ChatroomServiceDep, OwnedChatroom
+from gemini_backend.chat import repository as repo
+from gemini_backend.chat.dependencies import (
+    MAX_ID,
+    ChatroomServiceDep,
+    MessageSenderDep,
+    OwnedChatroom,
+)
+from gemini_backend.chat.replies import reply_events
 from gemini_backend.chat.schemas import (
     ChatroomCreate,
     ChatroomDetail,
     ChatroomOut,
     ChatroomPage,
     ChatroomUpdate,
+    MessageCreate,
+    MessageOut,
     MessagePage,
+    SendReceipt,
 )
-from gemini_backend.core.openapi import AUTH_ERRORS, BODY_ERRORS, error_doc
+from gemini_backend.core.db import DbSession
+from gemini_backend.core.errors import BadRequest, NotFound
+from gemini_backend.core.openapi import AUTH_ERRORS, BODY_ERRORS, RATE_LIMIT_ERRORS, error_doc
 
 router = APIRouter(prefix="/chatroom", tags=["Chatrooms"], responses=AUTH_ERRORS)
 
@@ -100,3 +113,84 @@ async def list_messages(
     before: Annotated[int | None, Query(ge=1, le=MAX_ID, description="A message id")] = None,
 ) -> MessagePage:
     return await chat.messages(room, limit, before)
+
+
+class MessageNotFound(NotFound):
+    code = "message_not_found"
+    detail = "No such message in this chatroom."
+
+
+class NotAReply(BadRequest):
+    code = "not_a_reply"
+    detail = "Only assistant replies have a stream."
+
+
+MessageId = Annotated[int, Path(ge=1, le=MAX_ID, description="Message id")]
+
+
+@router.post(
+    "/{chatroom_id}/message",
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Send a message; the reply is produced by a worker and streamed",
+    responses={**NOT_FOUND, **BODY_ERRORS, **RATE_LIMIT_ERRORS},
+)
+async def send_message(
+    body: MessageCreate,
+    room: OwnedChatroom,
+    user: CurrentUser,
+    sender: MessageSenderDep,
+    response: Response,
+    idempotency_key: Annotated[
+        str | None,
+        Header(alias="Idempotency-Key", description="Same key (24 h) = same receipt"),
+    ] = None,
+) -> SendReceipt:
+    receipt, quota = await sender.send(user, room, body.content, idempotency_key)
+    now = sender.clock.now()
+    if quota is None:
+        quota = await sender.quota.state(sender.session, user.id, sender.tier(user), now)
+    response.headers.update(quota.headers(now))
+    return receipt
+
+
+@router.get(
+    "/{chatroom_id}/messages/{message_id}",
+    summary="One message (a reply's current state)",
+    responses=NOT_FOUND,
+)
+async def get_message(room: OwnedChatroom, message_id: MessageId, session: DbSession) -> MessageOut:
+    message = await repo.room_message(session, room.id, message_id)
+    if message is None:
+        raise MessageNotFound()
+    return MessageOut.from_row(message)
+
+
+@router.get(
+    "/{chatroom_id}/messages/{message_id}/stream",
+    summary="A reply as Server-Sent Events (delta..., then done or error)",
+    response_class=EventSourceResponse,
+    responses={**NOT_FOUND, 200: {"content": {"text/event-stream": {}}}},
+)
+async def stream_reply(
+    request: Request,
+    room: OwnedChatroom,
+    message_id: MessageId,
+    session: DbSession,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=64)] = None,
+) -> EventSourceResponse:
+    message = await repo.room_message(session, room.id, message_id)
+    if message is None:
+        raise MessageNotFound()
+    if message.role != "assistant":
+        raise NotAReply()
+    state = request.app.state
+    # The request's session ends when this returns: no connection is held while streaming.
+    return EventSourceResponse(
+        reply_events(
+            streams=state.reply_streams,
+            sessionmaker=state.database.sessionmaker,
+            snapshot=MessageOut.from_row(message),
+            last_event_id=last_event_id,
+        ),
+        ping=15,
+    )

@@ -111,3 +111,27 @@ class ChatroomPage(BaseModel):
 class MessagePage(BaseModel):
     messages: list[MessageOut] = Field(description="Oldest first.")
     next_cursor: str | None = Field(description="Pass as `before` for older messages.")
+
+
+MessageContent = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+
+
+class MessageCreate(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    content: Annotated[
+        MessageContent,
+        Field(
+            validation_alias=AliasChoices("content", "message", "text"),
+            description="1..MAX_MESSAGE_CHARS characters after trimming.",
+        ),
+    ]
+
+
+class SendReceipt(BaseModel):
+    status: Literal["queued"] = "queued"
+    message_id: int = Field(description="The user's message.")
+    reply_id: int = Field(description="The assistant message being produced.")
+    stream_url: str
+    user_message: MessageOut
+    reply: MessageOut

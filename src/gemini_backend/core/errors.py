@@ -36,6 +36,10 @@ class AppError(Exception):
         self.headers = dict(headers or {})
         super().__init__(self.detail)
 
+    def with_headers(self, headers: Mapping[str, str]) -> AppError:
+        self.headers.update(headers)
+        return self
+
 
 class BadRequest(AppError):
     status_code = 400

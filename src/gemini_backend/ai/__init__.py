@@ -1,0 +1,1 @@
+"""AI providers behind one small interface, and the conversation sent to them."""

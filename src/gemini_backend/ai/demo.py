@@ -1,0 +1,51 @@
+"""The offline `demo` model: deterministic, streamed in chunks, and it says how much of the
+conversation it was given, so the plumbing can be observed without any provider."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from gemini_backend.ai.base import Conversation, Delta, Finished, Usage, estimate_tokens
+
+PROMPT_PREVIEW_CHARS = 80
+
+
+class DemoProvider:
+    name = "demo"
+    model = "demo"
+
+    def __init__(self, chunk_delay_ms: int) -> None:
+        self.chunk_delay = chunk_delay_ms / 1000
+
+    @staticmethod
+    def reply_text(conversation: Conversation) -> str:
+        earlier = len(conversation.turns) - 1
+        noun = "message" if earlier == 1 else "messages"
+        preview = conversation.prompt[:PROMPT_PREVIEW_CHARS]
+        return f'Demo reply (context: {earlier} earlier {noun}) to: "{preview}"'
+
+    async def stream(self, conversation: Conversation) -> AsyncIterator[Delta | Finished]:
+        text = self.reply_text(conversation)
+        words = text.split(" ")
+        size = max(1, len(words) // 4)
+        chunks = [" ".join(words[i : i + size]) for i in range(0, len(words), size)]
+        for index, chunk in enumerate(chunks):
+            if index and self.chunk_delay:
+                await asyncio.sleep(self.chunk_delay)
+            yield Delta(chunk if index == 0 else " " + chunk)
+        prompt_tokens = sum(estimate_tokens(t.text) for t in conversation.turns)
+        if conversation.system_prompt:
+            prompt_tokens += estimate_tokens(conversation.system_prompt)
+        yield Finished(
+            "stop",
+            Usage(
+                prompt_tokens=prompt_tokens, output_tokens=estimate_tokens(text), thinking_tokens=0
+            ),
+        )
+
+    @staticmethod
+    def title_for(prompt: str) -> str:
+        words = prompt.split()
+        title = " ".join(words[:6])
+        return (title[:60] or "New chat").strip()

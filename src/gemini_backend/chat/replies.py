@@ -1,0 +1,72 @@
+"""Reading a reply as Server-Sent Events, from any API process.
+
+Events: `delta` ({"text"}), then exactly one `done` or `error` (the final message); `reset` if
+an attempt died and the reply starts over. Each has an id; `Last-Event-ID` resumes after it. A
+stream opened after the reply finished (and its stream expired) is replayed from the database.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sse_starlette import ServerSentEvent
+
+from gemini_backend.chat.models import Message
+from gemini_backend.chat.schemas import MessageOut
+from gemini_backend.core.streams import ReplyStream
+from gemini_backend.worker.replies import COMPLETED, FINAL_STATES
+
+READ_BLOCK_MS = 5000
+TERMINAL_EVENTS = frozenset({"done", "error"})
+
+
+def _replay(message: MessageOut) -> list[ServerSentEvent]:
+    events = []
+    if message.content:
+        events.append(
+            ServerSentEvent(json.dumps({"text": message.content}), event="delta", id="db-1")
+        )
+    final = "done" if message.status == COMPLETED else "error"
+    events.append(ServerSentEvent(message.model_dump_json(), event=final, id="db-2"))
+    return events
+
+
+async def reply_events(
+    *,
+    streams: ReplyStream,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    snapshot: MessageOut,
+    last_event_id: str | None,
+) -> AsyncIterator[ServerSentEvent]:
+    reply_id = snapshot.id
+    if snapshot.status in FINAL_STATES and not await streams.exists(reply_id):
+        for replayed in _replay(snapshot):
+            yield replayed
+        return
+    after = last_event_id if last_event_id and not last_event_id.startswith("db-") else None
+    while True:
+        events = await streams.read(reply_id, after, READ_BLOCK_MS)
+        for item in events:
+            yield ServerSentEvent(item.data, event=item.type, id=item.id)
+            after = item.id
+            if item.type in TERMINAL_EVENTS:
+                return
+        if events:
+            continue
+        # Quiet for a while: make sure the reply did not end without its final event reaching
+        # the stream (a worker killed between its commit and the append).
+        async with sessionmaker() as session:
+            current = await session.get(Message, reply_id)
+        if current is None:
+            return
+        if current.status in FINAL_STATES:
+            pending = await streams.read(reply_id, after, 0)
+            if not any(e.type in TERMINAL_EVENTS for e in pending):
+                final = MessageOut.from_row(current)
+                for item in pending:
+                    yield ServerSentEvent(item.data, event=item.type, id=item.id)
+                kind = "done" if final.status == COMPLETED else "error"
+                yield ServerSentEvent(final.model_dump_json(), event=kind, id=after or "db-2")
+                return

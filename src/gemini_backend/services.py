@@ -1,0 +1,80 @@
+"""The long-lived objects of a process (API or worker), built once from the settings.
+
+This is the one place that chooses between the embedded and the production implementations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from gemini_backend.ai.base import Provider
+from gemini_backend.ai.factory import create_provider
+from gemini_backend.chat.cache import ChatroomListCache
+from gemini_backend.config import Settings
+from gemini_backend.core.cache import Cache, MemoryCache, RedisCache
+from gemini_backend.core.clock import Clock
+from gemini_backend.core.db import Database
+from gemini_backend.core.queue import create_broker
+from gemini_backend.core.redis import create_redis
+from gemini_backend.core.streams import MemoryReplyStream, RedisReplyStream, ReplyStream
+from gemini_backend.core.throttle import Throttle
+from gemini_backend.quota.service import Quota
+from gemini_backend.worker.replies import ReplyGenerator
+from gemini_backend.worker.runtime import ReplyPipeline
+
+
+@dataclass
+class Services:
+    settings: Settings
+    clock: Clock
+    database: Database
+    redis: Redis | None
+    throttle: Throttle
+    cache: Cache
+    chatroom_cache: ChatroomListCache
+    reply_streams: ReplyStream
+    provider: Provider
+    quota: Quota
+    pipeline: ReplyPipeline
+
+    @classmethod
+    def build(cls, settings: Settings, clock: Clock) -> Services:
+        database = Database(settings)
+        redis = create_redis(settings)
+        prefix = settings.redis_key_prefix
+        cache: Cache = RedisCache(redis, prefix) if redis is not None else MemoryCache()
+        streams: ReplyStream = (
+            RedisReplyStream(redis, prefix) if redis is not None else MemoryReplyStream()
+        )
+        provider = create_provider(settings)
+        quota = Quota(settings)
+        generator = ReplyGenerator(
+            settings=settings,
+            clock=clock,
+            sessionmaker=database.sessionmaker,
+            provider=provider,
+            streams=streams,
+            cache=cache,
+            quota=quota,
+        )
+        return cls(
+            settings=settings,
+            clock=clock,
+            database=database,
+            redis=redis,
+            throttle=Throttle.from_settings(settings),
+            cache=cache,
+            chatroom_cache=ChatroomListCache(cache, settings.chatroom_cache_ttl),
+            reply_streams=streams,
+            provider=provider,
+            quota=quota,
+            pipeline=ReplyPipeline(settings, create_broker(settings), generator),
+        )
+
+    async def aclose(self) -> None:
+        await self.pipeline.stop()
+        await self.database.dispose()
+        if self.redis is not None:
+            await self.redis.aclose()

@@ -1,0 +1,1 @@
+"""Reply generation: the job, the claim, the provider call, the sweeper."""

@@ -1,0 +1,291 @@
+"""Producing one reply: claim it, rebuild the conversation, stream from the provider into the
+reply stream, write the outcome. Every database step is its own short transaction: no
+connection is held while the provider is streaming."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+import structlog
+from sqlalchemy import or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from gemini_backend.ai.base import (
+    Conversation,
+    Delta,
+    Provider,
+    ProviderError,
+    Turn,
+    Usage,
+    estimate_tokens,
+)
+from gemini_backend.chat.models import Chatroom, Message
+from gemini_backend.chat.schemas import MessageOut
+from gemini_backend.config import Settings
+from gemini_backend.core.cache import Cache
+from gemini_backend.core.clock import Clock
+from gemini_backend.core.streams import ReplyStream
+from gemini_backend.quota.service import Quota
+
+log = structlog.get_logger(__name__)
+
+QUEUED, GENERATING, COMPLETED = "queued", "generating", "completed"
+FAILED, BLOCKED, CANCELLED = "failed", "blocked", "cancelled"
+FINAL_STATES = frozenset({COMPLETED, FAILED, BLOCKED, CANCELLED})
+CANCEL_POLL_SECONDS = 0.25
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    reply_id: int
+    attempt: int
+    chatroom_id: int
+    user_message_id: int | None
+
+
+@dataclass
+class Outcome:
+    status: str
+    text: str
+    error: str | None = None
+    finish_reason: str | None = None
+    usage: Usage | None = None
+
+
+def cancel_key(reply_id: int) -> str:
+    return f"reply-cancel:{reply_id}"
+
+
+class ReplyGenerator:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        clock: Clock,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        provider: Provider,
+        streams: ReplyStream,
+        cache: Cache,
+        quota: Quota,
+        on_room_changed: Callable[[int], Awaitable[None]] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.sessionmaker = sessionmaker
+        self.provider = provider
+        self.streams = streams
+        self.cache = cache
+        self.quota = quota
+        self.on_room_changed = on_room_changed
+
+    # --- the job --------------------------------------------------------------------------------
+    async def run(self, reply_id: int) -> None:
+        claim = await self._claim(reply_id)
+        if claim is None:
+            log.info("reply_claim_skipped", reply_id=reply_id)
+            return
+        structlog.contextvars.bind_contextvars(reply_id=reply_id, chatroom_id=claim.chatroom_id)
+        if claim.attempt > 1:
+            # An earlier attempt died part-way: its chunks are void. Clients are told to start over.
+            await self.streams.clear(reply_id)
+            await self.streams.append(reply_id, "reset", json.dumps({"attempt": claim.attempt}))
+        conversation = await self._conversation(claim)
+        outcome = await self._generate(claim, conversation)
+        await self._finish(claim, outcome)
+
+    async def _claim(self, reply_id: int) -> Claim | None:
+        now = self.clock.now()
+        async with self.sessionmaker() as session, session.begin():
+            row = (
+                await session.execute(
+                    update(Message)
+                    .where(
+                        Message.id == reply_id,
+                        Message.status == QUEUED,
+                        Message.role == "assistant",
+                    )
+                    .values(
+                        status=GENERATING,
+                        attempts=Message.attempts + 1,
+                        updated_at=now,
+                        model=self.provider.model,
+                    )
+                    .returning(Message.attempts, Message.chatroom_id, Message.reply_to)
+                )
+            ).one_or_none()
+        if row is None:
+            return None
+        return Claim(reply_id, row[0], row[1], row[2])
+
+    async def _conversation(self, claim: Claim) -> Conversation:
+        async with self.sessionmaker() as session, session.begin():
+            room = await session.get(Chatroom, claim.chatroom_id)
+            rows = (
+                await session.execute(
+                    select(Message.id, Message.role, Message.content)
+                    .where(
+                        Message.chatroom_id == claim.chatroom_id,
+                        Message.id < claim.reply_id,
+                        or_(Message.status == COMPLETED, Message.id == claim.user_message_id),
+                    )
+                    .order_by(Message.id.desc())
+                    .limit(500)
+                )
+            ).all()
+        system_prompt = room.system_prompt if room else None
+        budget = self.settings.context_max_tokens - estimate_tokens(system_prompt or "")
+        turns: list[Turn] = []
+        for _id, role, content in rows:  # newest first: keep the newest within the budget
+            cost = estimate_tokens(content)
+            if turns and cost > budget:
+                break
+            budget -= cost
+            turns.append(Turn("user" if role == "user" else "assistant", content))
+        turns.reverse()
+        # The conversation must end with the user's message being answered.
+        while turns and turns[-1].role != "user":
+            turns.pop()
+        return Conversation(system_prompt, turns)
+
+    async def _generate(self, claim: Claim, conversation: Conversation) -> Outcome:
+        parts: list[str] = []
+        attempt = 0
+        deadline_heartbeat = time.monotonic() + self._heartbeat_interval()
+        last_cancel_check = 0.0
+        while True:
+            attempt += 1
+            try:
+                async with asyncio.timeout(self.settings.ai_timeout_seconds) as scope:
+                    async for item in self.provider.stream(conversation):
+                        scope.reschedule(
+                            asyncio.get_running_loop().time() + self.settings.ai_timeout_seconds
+                        )
+                        if isinstance(item, Delta):
+                            if not item.text:
+                                continue
+                            parts.append(item.text)
+                            await self.streams.append(
+                                claim.reply_id, "delta", json.dumps({"text": item.text})
+                            )
+                        else:
+                            status = BLOCKED if item.blocked else COMPLETED
+                            return Outcome(
+                                status,
+                                "".join(parts),
+                                error="safety_block" if item.blocked else None,
+                                finish_reason=item.finish_reason,
+                                usage=item.usage,
+                            )
+                        now = time.monotonic()
+                        if now - last_cancel_check >= CANCEL_POLL_SECONDS:
+                            last_cancel_check = now
+                            if await self.cache.get(cancel_key(claim.reply_id)):
+                                return Outcome(CANCELLED, "".join(parts), error="cancelled")
+                        if now >= deadline_heartbeat:
+                            deadline_heartbeat = now + self._heartbeat_interval()
+                            await self._heartbeat(claim)
+                return Outcome(FAILED, "".join(parts), error="provider_incomplete")
+            except TimeoutError:
+                error = ProviderError("provider_timeout", "timed out", retryable=True)
+            except ProviderError as exc:
+                error = exc
+            # Retried only before the first chunk: a client may already show the partial text.
+            if parts or not error.retryable or attempt >= self.settings.ai_max_attempts:
+                return Outcome(FAILED, "".join(parts), error=error.code)
+            delay = error.retry_after or min(30.0, 0.5 * 2 ** (attempt - 1))
+            await asyncio.sleep(delay * random.uniform(0.8, 1.2))  # noqa: S311 - jitter
+
+    def _heartbeat_interval(self) -> float:
+        return max(1.0, self.settings.reply_stale_seconds / 3)
+
+    async def _heartbeat(self, claim: Claim) -> None:
+        async with self.sessionmaker() as session, session.begin():
+            await session.execute(
+                update(Message)
+                .where(
+                    Message.id == claim.reply_id,
+                    Message.status == GENERATING,
+                    Message.attempts == claim.attempt,
+                )
+                .values(updated_at=self.clock.now())
+            )
+
+    async def _finish(self, claim: Claim, outcome: Outcome) -> None:
+        now = self.clock.now()
+        usage = outcome.usage or Usage()
+        async with self.sessionmaker() as session, session.begin():
+            reply = (
+                await session.execute(
+                    update(Message)
+                    .where(
+                        Message.id == claim.reply_id,
+                        Message.status == GENERATING,
+                        Message.attempts == claim.attempt,
+                    )
+                    .values(
+                        status=outcome.status,
+                        content=outcome.text,
+                        error=outcome.error,
+                        finish_reason=outcome.finish_reason,
+                        prompt_tokens=usage.prompt_tokens,
+                        output_tokens=usage.output_tokens,
+                        thinking_tokens=usage.thinking_tokens,
+                        completed_at=now,
+                        updated_at=now,
+                    )
+                    .returning(Message)
+                )
+            ).scalar_one_or_none()
+            if reply is None:
+                # Another attempt took over (this one was swept as stale): it owns the outcome.
+                log.warning("reply_finish_superseded", reply_id=claim.reply_id)
+                return
+            if outcome.status in {FAILED, BLOCKED} and reply.quota_day is not None:
+                user_id = (
+                    await session.execute(
+                        select(Chatroom.user_id).where(Chatroom.id == claim.chatroom_id)
+                    )
+                ).scalar_one()
+                await self.quota.release_daily_slot(session, user_id, reply.quota_day)
+            final = MessageOut.from_row(reply).model_dump_json()
+        event = "done" if outcome.status == COMPLETED else "error"
+        await self.streams.append(claim.reply_id, event, final)
+        await self.streams.expire(claim.reply_id, self.settings.reply_stream_ttl_seconds)
+        log.info("reply_finished", status=outcome.status, error=outcome.error)
+
+    # --- the sweeper ---------------------------------------------------------------------------
+    async def sweep(
+        self, enqueue: Callable[[int], Awaitable[None]], *, stale_seconds: float | None = None
+    ) -> list[int]:
+        """Re-enqueue replies stuck in `queued` or `generating` past REPLY_STALE_SECONDS."""
+        now = self.clock.now()
+        if stale_seconds is None:
+            stale_seconds = self.settings.reply_stale_seconds
+        cutoff = now - timedelta(seconds=stale_seconds)
+        async with self.sessionmaker() as session, session.begin():
+            stale = (
+                (
+                    await session.execute(
+                        update(Message)
+                        .where(
+                            Message.role == "assistant",
+                            Message.status.in_([QUEUED, GENERATING]),
+                            Message.updated_at < cutoff,
+                        )
+                        .values(status=QUEUED, updated_at=now)
+                        .returning(Message.id)
+                    )
+                )
+                .scalars()
+                .all()
+            )
+        for reply_id in stale:
+            log.warning("reply_swept", reply_id=reply_id)
+            await enqueue(reply_id)
+        return list(stale)
