@@ -75,6 +75,8 @@ class Settings(BaseSettings):
     ai_provider: Literal["auto", "gemini", "openai", "demo"] = "auto"
     gemini_api_key: SecretStr | None = None
     gemini_model: str = "gemini-2.5-flash"
+    # Another endpoint for the Gemini API (a proxy, or the tests' local fake server).
+    gemini_base_url: str | None = None
     openai_base_url: str | None = None
     openai_api_key: SecretStr | None = None
     openai_model: str = "gpt-4o-mini"

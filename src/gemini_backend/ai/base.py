@@ -58,7 +58,13 @@ class Provider(Protocol):
     name: str
     model: str
 
-    def stream(self, conversation: Conversation) -> AsyncIterator[Delta | Finished]: ...
+    def stream(self, conversation: Conversation) -> AsyncIterator[Delta | Finished]:
+        """Text deltas, then exactly one `Finished`; raises `ProviderError`."""
+        ...
+
+    async def title(self, first_message: str) -> str:
+        """A short chatroom title (a few words) for a conversation that starts with this."""
+        ...
 
 
 def estimate_tokens(text: str) -> int:

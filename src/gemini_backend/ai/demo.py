@@ -44,8 +44,6 @@ class DemoProvider:
             ),
         )
 
-    @staticmethod
-    def title_for(prompt: str) -> str:
-        words = prompt.split()
-        title = " ".join(words[:6])
-        return (title[:60] or "New chat").strip()
+    async def title(self, first_message: str) -> str:
+        words = first_message.split()
+        return " ".join(words[:6])[:60].strip() or "New chat"

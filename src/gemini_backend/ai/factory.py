@@ -22,9 +22,24 @@ def create_provider(settings: Settings) -> Provider:
             choice = "demo"
     if choice == "demo":
         return DemoProvider(settings.demo_chunk_delay_ms)
-    # The Gemini and OpenAI-compatible providers are not built yet: refuse to start rather than
-    # pretend, so a configured key never silently gets demo replies.
-    raise ProviderNotAvailable(
-        f"AI provider {choice!r} is configured but not implemented yet; "
-        "unset GEMINI_API_KEY / OPENAI_BASE_URL or set AI_PROVIDER=demo"
+    if choice == "gemini":
+        if settings.gemini_api_key is None:
+            raise ProviderNotAvailable("AI_PROVIDER=gemini needs GEMINI_API_KEY")
+        from gemini_backend.ai.gemini import GeminiProvider
+
+        return GeminiProvider(
+            api_key=settings.gemini_api_key.get_secret_value(),
+            model=settings.gemini_model,
+            timeout_seconds=settings.ai_timeout_seconds,
+            base_url=settings.gemini_base_url,
+        )
+    if not settings.openai_base_url:
+        raise ProviderNotAvailable("AI_PROVIDER=openai needs OPENAI_BASE_URL")
+    from gemini_backend.ai.openai_compat import OpenAIProvider
+
+    return OpenAIProvider(
+        base_url=settings.openai_base_url,
+        api_key=settings.openai_api_key.get_secret_value() if settings.openai_api_key else None,
+        model=settings.openai_model,
+        timeout_seconds=settings.ai_timeout_seconds,
     )
