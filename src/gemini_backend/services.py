@@ -50,6 +50,7 @@ class Services:
         )
         provider = create_provider(settings)
         quota = Quota(settings)
+        chatroom_cache = ChatroomListCache(cache, settings.chatroom_cache_ttl)
         generator = ReplyGenerator(
             settings=settings,
             clock=clock,
@@ -58,6 +59,7 @@ class Services:
             streams=streams,
             cache=cache,
             quota=quota,
+            list_cache=chatroom_cache,
         )
         return cls(
             settings=settings,
@@ -66,7 +68,7 @@ class Services:
             redis=redis,
             throttle=Throttle.from_settings(settings),
             cache=cache,
-            chatroom_cache=ChatroomListCache(cache, settings.chatroom_cache_ttl),
+            chatroom_cache=chatroom_cache,
             reply_streams=streams,
             provider=provider,
             quota=quota,

@@ -49,6 +49,8 @@ def _message_sender(request: Request, session: DbSession) -> MessageSender:
         throttle=state.throttle,
         pipeline=state.pipeline,
         list_cache=state.chatroom_cache,
+        streams=state.reply_streams,
+        cache=state.cache,
     )
 
 

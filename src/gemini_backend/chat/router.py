@@ -194,3 +194,41 @@ async def stream_reply(
         ),
         ping=15,
     )
+
+
+@router.post(
+    "/{chatroom_id}/messages/{message_id}/cancel",
+    summary="Stop a reply (in any process); partial text is kept",
+    responses={**NOT_FOUND, 409: error_doc("The reply already finished")},
+)
+async def cancel_reply(
+    room: OwnedChatroom, message_id: MessageId, session: DbSession, sender: MessageSenderDep
+) -> MessageOut:
+    message = await repo.room_message(session, room.id, message_id)
+    if message is None:
+        raise MessageNotFound()
+    if message.role != "assistant":
+        raise NotAReply()
+    return MessageOut.from_row(await sender.cancel(message))
+
+
+@router.post(
+    "/{chatroom_id}/messages/{message_id}/retry",
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="A new reply to the same user message (a slot of the daily quota)",
+    responses={**NOT_FOUND, **RATE_LIMIT_ERRORS, 409: error_doc("A reply is still in progress")},
+)
+async def retry_reply(
+    room: OwnedChatroom,
+    message_id: MessageId,
+    user: CurrentUser,
+    session: DbSession,
+    sender: MessageSenderDep,
+    response: Response,
+) -> SendReceipt:
+    message = await repo.room_message(session, room.id, message_id)
+    if message is None:
+        raise MessageNotFound()
+    receipt, quota = await sender.retry(user, room, message)
+    response.headers.update(quota.headers(sender.clock.now()))
+    return receipt

@@ -9,23 +9,31 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gemini_backend.chat.cache import ChatroomListCache
 from gemini_backend.chat.models import Chatroom, IdempotencyKey, Message
 from gemini_backend.chat.schemas import MessageOut, SendReceipt
 from gemini_backend.config import Settings
+from gemini_backend.core.cache import Cache
 from gemini_backend.core.clock import Clock
 from gemini_backend.core.db import after_commit
-from gemini_backend.core.errors import ValidationFailed
+from gemini_backend.core.errors import BadRequest, Conflict, ValidationFailed
 from gemini_backend.core.sql import insert_for
+from gemini_backend.core.streams import ReplyStream
 from gemini_backend.core.throttle import Throttle
 from gemini_backend.quota.service import Quota, QuotaState
 from gemini_backend.users.models import User
 from gemini_backend.users.schemas import Tier
 from gemini_backend.users.service import tier_of
-from gemini_backend.worker.replies import QUEUED
+from gemini_backend.worker.replies import (
+    ACTIVE_STATES,
+    CANCELLED,
+    FINAL_STATES,
+    QUEUED,
+    cancel_key,
+)
 from gemini_backend.worker.runtime import ReplyPipeline
 
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
@@ -34,6 +42,21 @@ MAX_IDEMPOTENCY_KEY = 255
 
 class MessageTooLong(ValidationFailed):
     code = "message_too_long"
+
+
+class ReplyInProgress(Conflict):
+    code = "reply_in_progress"
+    detail = "A reply to this message is still being produced."
+
+
+class ReplyAlreadyFinished(Conflict):
+    code = "reply_already_finished"
+    detail = "The reply has already finished."
+
+
+class NothingToRetry(BadRequest):
+    code = "nothing_to_retry"
+    detail = "This reply answers no message of this chatroom."
 
 
 class InvalidIdempotencyKey(ValidationFailed):
@@ -56,6 +79,8 @@ class MessageSender:
         throttle: Throttle,
         pipeline: ReplyPipeline,
         list_cache: ChatroomListCache,
+        streams: ReplyStream,
+        cache: Cache,
     ) -> None:
         self.session = session
         self.settings = settings
@@ -64,6 +89,8 @@ class MessageSender:
         self.throttle = throttle
         self.pipeline = pipeline
         self.list_cache = list_cache
+        self.streams = streams
+        self.cache = cache
 
     @staticmethod
     def tier(user: User) -> Tier:
@@ -110,6 +137,108 @@ class MessageSender:
         )
         self.session.add(user_message)
         await self.session.flush()
+        reply = self._queue_reply(room, user_message, quota, now)
+        await self.session.execute(
+            update(Chatroom)
+            .where(Chatroom.id == room.id)
+            .values(
+                message_count=Chatroom.message_count + 2,
+                last_message_at=now,
+                activity_at=now,
+                updated_at=now,
+            )
+        )
+        await self.session.flush()
+        receipt = self._receipt(room, user_message, reply)
+        if key_row is not None:
+            await self.session.execute(
+                update(IdempotencyKey)
+                .where(IdempotencyKey.id == key_row)
+                .values(receipt=receipt.model_dump_json())
+            )
+        self._after_commit(user.id, reply)
+        return receipt, quota
+
+    async def retry(
+        self, user: User, room: Chatroom, message: Message
+    ) -> tuple[SendReceipt, QuotaState]:
+        """A new reply to the user message that `message` is (or answers)."""
+        user_message = message
+        if message.role != "user":
+            found = await self.session.get(Message, message.reply_to) if message.reply_to else None
+            if found is None or found.chatroom_id != room.id:
+                raise NothingToRetry()
+            user_message = found
+        busy = (
+            await self.session.execute(
+                select(func.count())
+                .select_from(Message)
+                .where(Message.reply_to == user_message.id, Message.status.in_(ACTIVE_STATES))
+            )
+        ).scalar_one()
+        if busy:
+            raise ReplyInProgress()
+        now = self.clock.now()
+        await self.throttle.hit(
+            f"{self.settings.send_per_minute}/minute",
+            "send",
+            str(user.id),
+            detail="Too many messages in a minute; slow down.",
+        )
+        quota = await self.quota.reserve_daily_slot(self.session, user.id, tier_of(user), now)
+        reply = self._queue_reply(room, user_message, quota, now)
+        await self.session.execute(
+            update(Chatroom)
+            .where(Chatroom.id == room.id)
+            .values(
+                message_count=Chatroom.message_count + 1,
+                last_message_at=now,
+                activity_at=now,
+                updated_at=now,
+            )
+        )
+        await self.session.flush()
+        self._after_commit(user.id, reply)
+        return self._receipt(room, user_message, reply), quota
+
+    async def cancel(self, reply: Message) -> Message:
+        """Stop a reply: a queued one is cancelled in this transaction; a generating one is told
+        to stop through the shared cache, which the worker producing it (in any process) polls,
+        and ends `cancelled` with its partial text."""
+        if reply.status in FINAL_STATES:
+            if reply.status == CANCELLED:
+                return reply
+            raise ReplyAlreadyFinished()
+        now = self.clock.now()
+        cancelled = (
+            await self.session.execute(
+                update(Message)
+                .where(Message.id == reply.id, Message.status == QUEUED)
+                .values(status=CANCELLED, error="cancelled", completed_at=now, updated_at=now)
+                .returning(Message)
+                .execution_options(populate_existing=True)
+            )
+        ).scalar_one_or_none()
+        reply_id, ttl = reply.id, self.settings.reply_stream_ttl_seconds
+        if cancelled is not None:
+            final = MessageOut.from_row(cancelled).model_dump_json()
+
+            async def announce() -> None:
+                await self.streams.append(reply_id, "error", final)
+                await self.streams.expire(reply_id, ttl)
+
+            after_commit(self.session, announce)
+            return cancelled
+
+        async def signal() -> None:
+            await self.cache.set(cancel_key(reply_id), b"1", max(60, ttl))
+
+        after_commit(self.session, signal)
+        return reply
+
+    def _queue_reply(
+        self, room: Chatroom, user_message: Message, quota: QuotaState, now: datetime
+    ) -> Message:
         reply = Message(
             chatroom_id=room.id,
             role="assistant",
@@ -122,31 +251,20 @@ class MessageSender:
             updated_at=now,
         )
         self.session.add(reply)
-        await self.session.execute(
-            update(Chatroom)
-            .where(Chatroom.id == room.id)
-            .values(
-                message_count=Chatroom.message_count + 2,
-                last_message_at=now,
-                activity_at=now,
-                updated_at=now,
-            )
-        )
-        await self.session.flush()
-        receipt = SendReceipt(
+        return reply
+
+    @staticmethod
+    def _receipt(room: Chatroom, user_message: Message, reply: Message) -> SendReceipt:
+        return SendReceipt(
             message_id=user_message.id,
             reply_id=reply.id,
             stream_url=stream_url(room.id, reply.id),
             user_message=MessageOut.from_row(user_message),
             reply=MessageOut.from_row(reply),
         )
-        if key_row is not None:
-            await self.session.execute(
-                update(IdempotencyKey)
-                .where(IdempotencyKey.id == key_row)
-                .values(receipt=receipt.model_dump_json())
-            )
-        reply_id, user_id = reply.id, user.id
+
+    def _after_commit(self, user_id: int, reply: Message) -> None:
+        reply_id = reply.id
 
         async def enqueue() -> None:
             await self.pipeline.enqueue(reply_id)
@@ -156,7 +274,6 @@ class MessageSender:
 
         after_commit(self.session, enqueue)
         after_commit(self.session, invalidate)
-        return receipt, quota
 
     async def _claim_key(
         self, user_id: int, room_id: int, key: str, now: datetime

@@ -25,6 +25,7 @@ from gemini_backend.ai.base import (
     Usage,
     estimate_tokens,
 )
+from gemini_backend.chat.cache import ChatroomListCache
 from gemini_backend.chat.models import Chatroom, Message
 from gemini_backend.chat.schemas import MessageOut
 from gemini_backend.config import Settings
@@ -38,6 +39,7 @@ log = structlog.get_logger(__name__)
 QUEUED, GENERATING, COMPLETED = "queued", "generating", "completed"
 FAILED, BLOCKED, CANCELLED = "failed", "blocked", "cancelled"
 FINAL_STATES = frozenset({COMPLETED, FAILED, BLOCKED, CANCELLED})
+ACTIVE_STATES = frozenset({QUEUED, GENERATING})
 CANCEL_POLL_SECONDS = 0.25
 
 
@@ -73,7 +75,7 @@ class ReplyGenerator:
         streams: ReplyStream,
         cache: Cache,
         quota: Quota,
-        on_room_changed: Callable[[int], Awaitable[None]] | None = None,
+        list_cache: ChatroomListCache,
     ) -> None:
         self.settings = settings
         self.clock = clock
@@ -82,7 +84,9 @@ class ReplyGenerator:
         self.streams = streams
         self.cache = cache
         self.quota = quota
-        self.on_room_changed = on_room_changed
+        self.list_cache = list_cache
+        # How often a generating reply looks for a cancel request (a cache read).
+        self.cancel_poll_seconds = CANCEL_POLL_SECONDS
 
     # --- the job --------------------------------------------------------------------------------
     async def run(self, reply_id: int) -> None:
@@ -95,9 +99,32 @@ class ReplyGenerator:
             # An earlier attempt died part-way: its chunks are void. Clients are told to start over.
             await self.streams.clear(reply_id)
             await self.streams.append(reply_id, "reset", json.dumps({"attempt": claim.attempt}))
-        conversation = await self._conversation(claim)
+        conversation, room = await self._conversation(claim)
+        # A room still called "New chat" gets a title from its first exchange, made alongside
+        # the reply (a second, cheap call) so the reply does not wait for it.
+        titling = None
+        if room is not None and room.auto_title and len(conversation.turns) == 1:
+            titling = asyncio.create_task(self._title(room.id, room.user_id, conversation.prompt))
         outcome = await self._generate(claim, conversation)
+        if titling is not None:
+            await titling
         await self._finish(claim, outcome)
+
+    async def _title(self, room_id: int, user_id: int, first_message: str) -> None:
+        try:
+            title = (await self.provider.title(first_message)).strip()[:200]
+            if not title:
+                return
+            async with self.sessionmaker() as session, session.begin():
+                changed = await session.execute(
+                    update(Chatroom)
+                    .where(Chatroom.id == room_id, Chatroom.auto_title.is_(True))
+                    .values(name=title, auto_title=False)
+                )
+            if changed.rowcount:  # type: ignore[attr-defined]
+                await self.list_cache.invalidate(user_id)
+        except Exception:
+            log.exception("title_failed", chatroom_id=room_id)
 
     async def _claim(self, reply_id: int) -> Claim | None:
         now = self.clock.now()
@@ -123,7 +150,7 @@ class ReplyGenerator:
             return None
         return Claim(reply_id, row[0], row[1], row[2])
 
-    async def _conversation(self, claim: Claim) -> Conversation:
+    async def _conversation(self, claim: Claim) -> tuple[Conversation, Chatroom | None]:
         async with self.sessionmaker() as session, session.begin():
             room = await session.get(Chatroom, claim.chatroom_id)
             rows = (
@@ -151,7 +178,7 @@ class ReplyGenerator:
         # The conversation must end with the user's message being answered.
         while turns and turns[-1].role != "user":
             turns.pop()
-        return Conversation(system_prompt, turns)
+        return Conversation(system_prompt, turns), room
 
     async def _generate(self, claim: Claim, conversation: Conversation) -> Outcome:
         parts: list[str] = []
@@ -183,7 +210,7 @@ class ReplyGenerator:
                                 usage=item.usage,
                             )
                         now = time.monotonic()
-                        if now - last_cancel_check >= CANCEL_POLL_SECONDS:
+                        if now - last_cancel_check >= self.cancel_poll_seconds:
                             last_cancel_check = now
                             if await self.cache.get(cancel_key(claim.reply_id)):
                                 return Outcome(CANCELLED, "".join(parts), error="cancelled")
