@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import sqlite3
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,29 +13,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gemini_backend.config import Settings
 from gemini_backend.models import metadata
 from tests.conftest import BACKEND, Storage
 from tests.helpers import new_number
-
-SCRIPT = Path(sys.executable).parent / "gemini-backend"
-START_TIMEOUT = 30.0
-STOP_TIMEOUT = 15.0
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
-def clean_env(**values: str) -> dict[str, str]:
-    """The current environment without any setting of the service, plus `values`."""
-    names = {name.upper() for name in Settings.model_fields}
-    env = {k: v for k, v in os.environ.items() if k.upper() not in names}
-    env.update(values)
-    return env
+from tests.processes import SCRIPT, START_TIMEOUT, STOP_TIMEOUT, clean_env, free_port
 
 
 def run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -1,0 +1,83 @@
+"""Running the service's real processes (`gemini-backend serve | worker`) in tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gemini_backend.config import Settings
+
+SCRIPT = Path(sys.executable).parent / "gemini-backend"
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 15.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def clean_env(**values: str) -> dict[str, str]:
+    """The current environment without any setting of the service, plus `values`."""
+    names = {name.upper() for name in Settings.model_fields}
+    env = {k: v for k, v in os.environ.items() if k.upper() not in names}
+    env.update(values)
+    return env
+
+
+class ServiceProcess:
+    """One `gemini-backend` process with its output in a log file."""
+
+    def __init__(self, args: list[str], env: dict[str, str], cwd: Path, log: Path) -> None:
+        self.log = log
+        with log.open("wb") as out:
+            self.process = subprocess.Popen(
+                [str(SCRIPT), *args], env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT
+            )
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-6000:]
+
+    def wait_healthy(self, base_url: str) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        with httpx.Client(base_url=base_url, timeout=2.0) as client:
+            while True:
+                try:
+                    if client.get("/health").status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    pytest.fail(f"no /health answer in time:\n{self.output()}")
+                # Waiting on the process paces the polling and notices a crash at once.
+                try:
+                    code = self.process.wait(timeout=0.1)
+                except subprocess.TimeoutExpired:
+                    continue
+                pytest.fail(f"the process exited with {code} before it was ready:\n{self.output()}")
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs, as when a machine or container dies."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=STOP_TIMEOUT)
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                return self.process.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=STOP_TIMEOUT)
+        return self.process.returncode

@@ -1,0 +1,186 @@
+"""Killed processes lose no reply and duplicate none (SIGKILL: no shutdown code runs).
+
+- production mode: an API process and a worker on PostgreSQL + Redis; the worker is killed
+  mid-reply and another one started: the reply completes exactly once, and the client's open
+  stream sees it through (a `reset` event, then the whole reply).
+- embedded mode: the API process (its own worker) is killed mid-reply and restarted on the
+  same SQLite file: the reply completes exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from tests.conftest import BACKEND, Storage
+from tests.helpers import new_number
+from tests.processes import ServiceProcess, clean_env, free_port
+
+DEMO_TEXT = 'Demo reply (context: 0 earlier messages) to: "Tell me something slowly"'
+
+
+def sse_events(response: httpx.Response) -> Iterator[tuple[str, str, str]]:
+    fields: dict[str, str] = {}
+    for line in response.iter_lines():
+        if line == "":
+            if "event" in fields:
+                yield fields.get("id", ""), fields["event"], fields.get("data", "")
+            fields = {}
+        elif not line.startswith(":"):
+            name, _, value = line.partition(":")
+            fields[name] = value[1:] if value.startswith(" ") else value
+
+
+def sign_in_and_send(client: httpx.Client) -> tuple[dict[str, str], dict]:
+    number = new_number()
+    otp = client.post("/auth/send-otp", json={"mobile_number": number}).json()["otp"]
+    token = client.post("/auth/verify-otp", json={"mobile_number": number, "otp": otp}).json()
+    auth = {"Authorization": f"Bearer {token['access_token']}"}
+    room = client.post("/chatroom", json={"name": "kill"}, headers=auth).json()["id"]
+    sent = client.post(
+        f"/chatroom/{room}/message", json={"content": "Tell me something slowly"}, headers=auth
+    )
+    assert sent.status_code == 202, sent.text
+    return auth, sent.json()
+
+
+def replies_in_db(url: str, user_message_id: int) -> list[tuple[str, str, int]]:
+    sync_url = url.replace("+aiosqlite", "").replace("+asyncpg", "+psycopg")
+    if sync_url.startswith("postgresql"):
+        return _pg_replies(url, user_message_id)
+    engine = sa.create_engine(sync_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                sa.text("SELECT status, content, attempts FROM messages WHERE reply_to = :m"),
+                {"m": user_message_id},
+            ).all()
+    finally:
+        engine.dispose()
+    return [tuple(r) for r in rows]
+
+
+def _pg_replies(url: str, user_message_id: int) -> list[tuple[str, str, int]]:
+    import asyncio
+
+    import asyncpg
+
+    async def fetch() -> list[tuple[str, str, int]]:
+        conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+        try:
+            rows = await conn.fetch(
+                "SELECT status, content, attempts FROM messages WHERE reply_to = $1",
+                user_message_id,
+            )
+        finally:
+            await conn.close()
+        return [(r["status"], r["content"], r["attempts"]) for r in rows]
+
+    return asyncio.run(fetch())
+
+
+@pytest.fixture
+def env(storage: Storage, database_url: str, tmp_path: Path) -> dict[str, str]:
+    values = {
+        "DATA_DIR": str(tmp_path / "data"),
+        "LOG_FORMAT": "json",
+        "DEMO_CHUNK_DELAY_MS": "400",
+        "REPLY_STALE_SECONDS": "3",
+        "JWT_SECRET": "k" * 40,
+    }
+    if BACKEND == "production":
+        assert storage.redis_url is not None
+        values.update(
+            DATABASE_URL=database_url,
+            REDIS_URL=storage.redis_url,
+            REDIS_KEY_PREFIX=f"gbtest:{uuid.uuid4().hex[:12]}",
+        )
+    else:
+        values["DATABASE_URL"] = f"sqlite+aiosqlite:///{tmp_path / 'kill.db'}"
+    return clean_env(**values)
+
+
+@pytest.mark.skipif(BACKEND != "production", reason="separate workers exist in production mode")
+def test_worker_killed_mid_reply(env: dict[str, str], tmp_path: Path) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    api = ServiceProcess(
+        ["serve", "--port", str(port), "--no-migrate"], env, tmp_path, tmp_path / "api.log"
+    )
+    first = ServiceProcess(["worker"], env, tmp_path, tmp_path / "worker1.log")
+    second: ServiceProcess | None = None
+    try:
+        api.wait_healthy(base)
+        with httpx.Client(base_url=base, timeout=30.0) as client:
+            auth, receipt = sign_in_and_send(client)
+            seen: list[tuple[str, str, str]] = []
+            with client.stream("GET", receipt["stream_url"], headers=auth) as response:
+                events = sse_events(response)
+                for event in events:
+                    seen.append(event)
+                    if event[1] == "delta":
+                        break
+                first.kill()  # mid-reply: the job is unacknowledged, the reply `generating`
+                second = ServiceProcess(["worker"], env, tmp_path, tmp_path / "worker2.log")
+                for event in events:
+                    seen.append(event)
+                    if event[1] in {"done", "error"}:
+                        break
+        kinds = [kind for _, kind, _ in seen]
+        assert kinds[0] == "delta"
+        assert "reset" in kinds, kinds
+        assert kinds[-1] == "done", (kinds, second.output() if second else "")
+        after_reset = seen[kinds.index("reset") + 1 :]
+        text = "".join(json.loads(d)["text"] for _, k, d in after_reset if k == "delta")
+        assert text == DEMO_TEXT
+        final = json.loads(seen[-1][2])
+        assert final["status"] == "completed"
+        assert final["content"] == DEMO_TEXT
+        rows = replies_in_db(env["DATABASE_URL"], receipt["message_id"])
+        assert rows == [("completed", DEMO_TEXT, 2)]  # one reply, produced by a second attempt
+    finally:
+        for process in (api, first, second):
+            if process is not None:
+                process.kill()
+
+
+@pytest.mark.skipif(BACKEND != "embedded", reason="the API process is the worker in embedded mode")
+def test_api_process_killed_mid_reply(env: dict[str, str], tmp_path: Path) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    args = ["serve", "--port", str(port)]
+    api = ServiceProcess(args, env, tmp_path, tmp_path / "api1.log")
+    restarted: ServiceProcess | None = None
+    try:
+        api.wait_healthy(base)
+        with httpx.Client(base_url=base, timeout=30.0) as client:
+            auth, receipt = sign_in_and_send(client)
+            with client.stream("GET", receipt["stream_url"], headers=auth) as response:
+                for _id, kind, _data in sse_events(response):
+                    if kind == "delta":
+                        break
+                api.kill()
+        restarted = ServiceProcess(args, env, tmp_path, tmp_path / "api2.log")
+        restarted.wait_healthy(base)
+        with httpx.Client(base_url=base, timeout=30.0) as client:
+            with client.stream("GET", receipt["stream_url"], headers=auth) as response:
+                kinds = []
+                for _id, kind, data in sse_events(response):
+                    kinds.append(kind)
+                    if kind in {"done", "error"}:
+                        final = json.loads(data)
+                        break
+        assert kinds[-1] == "done", (kinds, restarted.output())
+        assert final["content"] == DEMO_TEXT
+        rows = replies_in_db(env["DATABASE_URL"], receipt["message_id"])
+        assert rows == [("completed", DEMO_TEXT, 2)]
+    finally:
+        for process in (api, restarted):
+            if process is not None:
+                process.kill()
