@@ -168,14 +168,16 @@ def test_api_process_killed_mid_reply(env: dict[str, str], tmp_path: Path) -> No
                 api.kill()
         restarted = ServiceProcess(args, env, tmp_path, tmp_path / "api2.log")
         restarted.wait_healthy(base)
-        with httpx.Client(base_url=base, timeout=30.0) as client:
-            with client.stream("GET", receipt["stream_url"], headers=auth) as response:
-                kinds = []
-                for _id, kind, data in sse_events(response):
-                    kinds.append(kind)
-                    if kind in {"done", "error"}:
-                        final = json.loads(data)
-                        break
+        with (
+            httpx.Client(base_url=base, timeout=30.0) as client,
+            client.stream("GET", receipt["stream_url"], headers=auth) as response,
+        ):
+            kinds = []
+            for _id, kind, data in sse_events(response):
+                kinds.append(kind)
+                if kind in {"done", "error"}:
+                    final = json.loads(data)
+                    break
         assert kinds[-1] == "done", (kinds, restarted.output())
         assert final["content"] == DEMO_TEXT
         rows = replies_in_db(env["DATABASE_URL"], receipt["message_id"])
