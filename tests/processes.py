@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -33,6 +34,29 @@ def clean_env(**values: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k.upper() not in names}
     env.update(values)
     return env
+
+
+def service_env(
+    backend: str,
+    *,
+    database_url: str,
+    redis_url: str | None,
+    tmp_path: Path,
+    **values: str,
+) -> dict[str, str]:
+    """The environment of a service process of this test: the test's database (a SQLite file
+    in tmp_path when embedded), its own Redis key prefix in production mode."""
+    env = {"DATA_DIR": str(tmp_path / "data"), "LOG_FORMAT": "json", **values}
+    if backend == "production":
+        assert redis_url is not None
+        env.update(
+            DATABASE_URL=database_url,
+            REDIS_URL=redis_url,
+            REDIS_KEY_PREFIX=f"gbtest:{uuid.uuid4().hex[:12]}",
+        )
+    else:
+        env["DATABASE_URL"] = f"sqlite+aiosqlite:///{tmp_path / 'service.db'}"
+    return clean_env(**env)
 
 
 class ServiceProcess:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import signal
 import sqlite3
 import subprocess
-import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +14,14 @@ import pytest
 from gemini_backend.models import metadata
 from tests.conftest import BACKEND, Storage
 from tests.helpers import new_number
-from tests.processes import SCRIPT, START_TIMEOUT, STOP_TIMEOUT, clean_env, free_port
+from tests.processes import (
+    SCRIPT,
+    STOP_TIMEOUT,
+    ServiceProcess,
+    clean_env,
+    free_port,
+    service_env,
+)
 
 
 def run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -82,68 +87,26 @@ def test_unknown_command_is_a_usage_error(tmp_path):
 
 @pytest.fixture
 def serve_env(storage: Storage, database_url: str, tmp_path: Path) -> dict[str, str]:
-    values = {"DATA_DIR": str(tmp_path / "data"), "LOG_FORMAT": "json"}
-    if BACKEND == "production":
-        assert storage.redis_url is not None
-        values.update(
-            DATABASE_URL=database_url,
-            REDIS_URL=storage.redis_url,
-            REDIS_KEY_PREFIX=f"gbtest:{uuid.uuid4().hex[:12]}",
-        )
-    else:
-        values["DATABASE_URL"] = f"sqlite+aiosqlite:///{tmp_path / 'serve.db'}"
-    return clean_env(**values)
+    return service_env(
+        BACKEND, database_url=database_url, redis_url=storage.redis_url, tmp_path=tmp_path
+    )
 
 
-class Server:
-    def __init__(self, process: subprocess.Popen[bytes], base_url: str, log: Path) -> None:
-        self.process = process
-        self.base_url = base_url
-        self.log = log
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
+class Server(ServiceProcess):
+    base_url: str
 
 
 @pytest.fixture
 def server(serve_env: dict[str, str], tmp_path: Path) -> Iterator[Server]:
     port = free_port()
-    log = tmp_path / "serve.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [str(SCRIPT), "serve", "--host", "127.0.0.1", "--port", str(port)],
-            env=serve_env,
-            cwd=tmp_path,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    server = Server(process, f"http://127.0.0.1:{port}", log)
+    args = ["serve", "--host", "127.0.0.1", "--port", str(port)]
+    server = Server(args, serve_env, tmp_path, tmp_path / "serve.log")
+    server.base_url = f"http://127.0.0.1:{port}"
     try:
-        _wait_until_healthy(server)
+        server.wait_healthy(server.base_url)
         yield server
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=STOP_TIMEOUT)
-
-
-def _wait_until_healthy(server: Server) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    with httpx.Client(base_url=server.base_url, timeout=2.0) as client:
-        while True:
-            try:
-                if client.get("/health").status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the server did not answer /health in time:\n{server.output()}")
-            # Wait for the process a little: this both paces the polling and notices a crash.
-            try:
-                code = server.process.wait(timeout=0.1)
-            except subprocess.TimeoutExpired:
-                continue
-            pytest.fail(f"the server exited with {code} before it was ready:\n{server.output()}")
+        server.kill()
 
 
 def _exercise(server: Server) -> None:

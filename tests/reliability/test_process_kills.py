@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import sqlalchemy as sa
 
 from tests.conftest import BACKEND, Storage
 from tests.helpers import new_number
-from tests.processes import ServiceProcess, clean_env, free_port
+from tests.processes import ServiceProcess, free_port, service_env
 
 DEMO_TEXT = 'Demo reply (context: 0 earlier messages) to: "Tell me something slowly"'
 
@@ -87,23 +86,15 @@ def _pg_replies(url: str, user_message_id: int) -> list[tuple[str, str, int]]:
 
 @pytest.fixture
 def env(storage: Storage, database_url: str, tmp_path: Path) -> dict[str, str]:
-    values = {
-        "DATA_DIR": str(tmp_path / "data"),
-        "LOG_FORMAT": "json",
-        "DEMO_CHUNK_DELAY_MS": "400",
-        "REPLY_STALE_SECONDS": "3",
-        "JWT_SECRET": "k" * 40,
-    }
-    if BACKEND == "production":
-        assert storage.redis_url is not None
-        values.update(
-            DATABASE_URL=database_url,
-            REDIS_URL=storage.redis_url,
-            REDIS_KEY_PREFIX=f"gbtest:{uuid.uuid4().hex[:12]}",
-        )
-    else:
-        values["DATABASE_URL"] = f"sqlite+aiosqlite:///{tmp_path / 'kill.db'}"
-    return clean_env(**values)
+    return service_env(
+        BACKEND,
+        database_url=database_url,
+        redis_url=storage.redis_url,
+        tmp_path=tmp_path,
+        DEMO_CHUNK_DELAY_MS="400",
+        REPLY_STALE_SECONDS="3",
+        JWT_SECRET="k" * 40,
+    )
 
 
 @pytest.mark.skipif(BACKEND != "production", reason="separate workers exist in production mode")

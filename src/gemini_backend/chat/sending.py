@@ -117,13 +117,7 @@ class MessageSender:
             if isinstance(replay, SendReceipt):
                 return replay, None
             key_row = replay
-        await self.throttle.hit(
-            f"{self.settings.send_per_minute}/minute",
-            "send",
-            str(user.id),
-            detail="Too many messages in a minute; slow down.",
-        )
-        quota = await self.quota.reserve_daily_slot(self.session, user.id, tier_of(user), now)
+        quota = await self._take_slot(user, now)
 
         user_message = Message(
             chatroom_id=room.id,
@@ -138,17 +132,7 @@ class MessageSender:
         self.session.add(user_message)
         await self.session.flush()
         reply = self._queue_reply(room, user_message, quota, now)
-        await self.session.execute(
-            update(Chatroom)
-            .where(Chatroom.id == room.id)
-            .values(
-                message_count=Chatroom.message_count + 2,
-                last_message_at=now,
-                activity_at=now,
-                updated_at=now,
-            )
-        )
-        await self.session.flush()
+        await self._touch_room(room, added_messages=2, now=now)
         receipt = self._receipt(room, user_message, reply)
         if key_row is not None:
             await self.session.execute(
@@ -179,25 +163,9 @@ class MessageSender:
         if busy:
             raise ReplyInProgress()
         now = self.clock.now()
-        await self.throttle.hit(
-            f"{self.settings.send_per_minute}/minute",
-            "send",
-            str(user.id),
-            detail="Too many messages in a minute; slow down.",
-        )
-        quota = await self.quota.reserve_daily_slot(self.session, user.id, tier_of(user), now)
+        quota = await self._take_slot(user, now)
         reply = self._queue_reply(room, user_message, quota, now)
-        await self.session.execute(
-            update(Chatroom)
-            .where(Chatroom.id == room.id)
-            .values(
-                message_count=Chatroom.message_count + 1,
-                last_message_at=now,
-                activity_at=now,
-                updated_at=now,
-            )
-        )
-        await self.session.flush()
+        await self._touch_room(room, added_messages=1, now=now)
         self._after_commit(user.id, reply)
         return self._receipt(room, user_message, reply), quota
 
@@ -235,6 +203,29 @@ class MessageSender:
 
         after_commit(self.session, signal)
         return reply
+
+    async def _take_slot(self, user: User, now: datetime) -> QuotaState:
+        """The per-minute throttle, then one slot of today's quota (in this transaction)."""
+        await self.throttle.hit(
+            f"{self.settings.send_per_minute}/minute",
+            "send",
+            str(user.id),
+            detail="Too many messages in a minute; slow down.",
+        )
+        return await self.quota.reserve_daily_slot(self.session, user.id, tier_of(user), now)
+
+    async def _touch_room(self, room: Chatroom, *, added_messages: int, now: datetime) -> None:
+        await self.session.execute(
+            update(Chatroom)
+            .where(Chatroom.id == room.id)
+            .values(
+                message_count=Chatroom.message_count + added_messages,
+                last_message_at=now,
+                activity_at=now,
+                updated_at=now,
+            )
+        )
+        await self.session.flush()
 
     def _queue_reply(
         self, room: Chatroom, user_message: Message, quota: QuotaState, now: datetime

@@ -41,5 +41,8 @@ async def ready(request: Request) -> JSONResponse:
         "status": "ready" if ok else "unavailable",
         "mode": "production" if state.settings.is_production_mode else "embedded",
         "checks": checks,
+        "ai": {"provider": state.services.provider.name, "model": state.services.provider.model},
+        # Embedded mode: jobs run in this process. Production: Redis Streams (the redis check).
+        "queue": "redis-streams" if state.settings.is_production_mode else "in-process",
     }
     return JSONResponse(body, status_code=200 if ok else 503)
