@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     access_token_ttl_seconds: int = Field(default=900, ge=30)
     refresh_token_ttl_seconds: int = Field(default=30 * 24 * 3600, ge=60)
     default_phone_region: str = "IN"
-    otp_delivery: Literal["response", "log"] = "response"
+    otp_delivery: Literal["response"] = "response"
     otp_ttl_seconds: int = Field(default=300, ge=30)
     otp_resend_seconds: int = Field(default=30, ge=0)
     otp_max_attempts: int = Field(default=5, ge=1)
