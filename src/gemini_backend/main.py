@@ -22,6 +22,7 @@ from gemini_backend.core.logging import configure_logging
 from gemini_backend.core.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from gemini_backend.core.security import PasswordHasher, TokenCodec
 from gemini_backend.ops.router import router as ops_router
+from gemini_backend.quota.router import router as quota_router
 from gemini_backend.services import Services
 from gemini_backend.users.router import router as users_router
 
@@ -111,6 +112,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
     install_error_handlers(app)
     app.include_router(auth_router)
     app.include_router(users_router)
+    app.include_router(quota_router)  # before chat: /chatroom/usage is not /chatroom/{id}
     app.include_router(chat_router)
     app.include_router(ops_router)
 

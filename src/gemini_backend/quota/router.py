@@ -1,0 +1,47 @@
+"""`GET /chatroom/usage` and `GET /user/usage`: today's quota of the caller."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, Field
+
+from gemini_backend.auth.dependencies import CurrentUser
+from gemini_backend.core.db import DbSession
+from gemini_backend.core.openapi import AUTH_ERRORS
+from gemini_backend.users.schemas import Tier
+from gemini_backend.users.service import tier_of
+
+router = APIRouter(tags=["Subscriptions"], responses=AUTH_ERRORS)
+
+
+class UsageOut(BaseModel):
+    tier: Tier
+    daily_limit: int | None = Field(description="null = unlimited")
+    used_today: int
+    remaining_today: int | None = Field(description="null = unlimited")
+    resets_at: datetime = Field(description="The next local midnight in QUOTA_TIMEZONE")
+
+
+async def _usage(request: Request, user: CurrentUser, session: DbSession) -> UsageOut:
+    state = request.app.state
+    tier = tier_of(user)
+    quota = await state.quota.state(session, user.id, tier, state.clock.now())
+    return UsageOut(
+        tier=tier,
+        daily_limit=quota.limit,
+        used_today=quota.used,
+        remaining_today=quota.remaining,
+        resets_at=quota.resets_at,
+    )
+
+
+@router.get("/chatroom/usage", summary="Today's message quota")
+async def chatroom_usage(request: Request, user: CurrentUser, session: DbSession) -> UsageOut:
+    return await _usage(request, user, session)
+
+
+@router.get("/user/usage", summary="Today's message quota (same as /chatroom/usage)")
+async def user_usage(request: Request, user: CurrentUser, session: DbSession) -> UsageOut:
+    return await _usage(request, user, session)
