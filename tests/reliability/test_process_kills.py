@@ -177,3 +177,61 @@ def test_api_process_killed_mid_reply(env: dict[str, str], tmp_path: Path) -> No
         for process in (api, restarted):
             if process is not None:
                 process.kill()
+
+
+def _read_until_final(client: httpx.Client, url: str, auth: dict[str, str]) -> dict:
+    with client.stream("GET", url, headers=auth) as response:
+        for _id, kind, data in sse_events(response):
+            if kind in {"done", "error"}:
+                final: dict = json.loads(data)
+                return final
+    raise AssertionError("the stream ended without a final event")
+
+
+@pytest.mark.skipif(BACKEND != "production", reason="separate workers exist in production mode")
+def test_two_workers_share_the_queue_and_sigterm_finishes_in_flight_replies(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {**env, "DEMO_CHUNK_DELAY_MS": "100"}
+    api = ServiceProcess(
+        ["serve", "--port", str(port), "--no-migrate"], env, tmp_path, tmp_path / "api.log"
+    )
+    workers = [
+        ServiceProcess(["worker"], env, tmp_path, tmp_path / f"worker{i}.log") for i in range(2)
+    ]
+    try:
+        api.wait_healthy(base)
+        with httpx.Client(base_url=base, timeout=30.0) as client:
+            receipts = []
+            for _ in range(4):  # four users, five messages each (the Basic limit)
+                auth, first = sign_in_and_send(client)
+                room = first["user_message"]["chatroom_id"]
+                receipts.append((auth, first))
+                for i in range(4):
+                    sent = client.post(
+                        f"/chatroom/{room}/message", json={"content": f"m{i}"}, headers=auth
+                    )
+                    assert sent.status_code == 202, sent.text
+                    receipts.append((auth, sent.json()))
+            # Stop one worker while replies are in flight: SIGTERM lets it finish its replies.
+            auth, receipt = receipts[0]
+            with client.stream("GET", receipt["stream_url"], headers=auth) as response:
+                for _id, kind, _data in sse_events(response):
+                    if kind == "delta":
+                        break
+            workers[0].process.send_signal(15)
+            finals = [_read_until_final(client, r["stream_url"], a) for a, r in receipts]
+        assert workers[0].process.wait(timeout=60) == 0, workers[0].output()
+        assert [f["status"] for f in finals] == ["completed"] * len(receipts)
+        for _auth, receipt in receipts:
+            rows = replies_in_db(env["DATABASE_URL"], receipt["message_id"])
+            assert len(rows) == 1
+            status, _content, attempts = rows[0]
+            assert (status, attempts) == ("completed", 1)  # finished, not abandoned and swept
+        logs = workers[0].output() + workers[1].output()
+        assert logs.count('"reply_finished"') == len(receipts), logs[-3000:]
+    finally:
+        for process in (api, *workers):
+            process.kill()
