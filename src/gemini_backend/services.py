@@ -77,6 +77,9 @@ class Services:
 
     async def aclose(self) -> None:
         await self.pipeline.stop()
+        close_provider = getattr(self.provider, "aclose", None)
+        if close_provider is not None:  # SDK clients own pooled HTTP connections
+            await close_provider()
         await self.database.dispose()
         if self.redis is not None:
             await self.redis.aclose()

@@ -1,0 +1,534 @@
+"""A small Gemini API server on loopback for tests: `POST /v1beta/models/{model}:generateContent`
+and `:streamGenerateContent?alt=sse`, plain HTTP, the real JSON shapes (camelCase
+`GenerateContentResponse`, `usageMetadata` on every chunk, `promptFeedback`, Google's error body
+with `google.rpc` details such as `QuotaFailure` and `RetryInfo`).
+
+It runs a Starlette app under uvicorn in a background thread on a free 127.0.0.1 port, records
+every request, and is scripted per test: `fake.script(...)` for streaming calls (the replies),
+`fake.script_plain(...)` for non-streaming ones (the titles). Each request takes the next
+behaviour of its script; the last one repeats. Requests without the expected API key get the
+real "API key not valid" 400.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import socket
+import threading
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+API_KEY = "test-key"
+API_VERSION = "v1beta"
+
+
+# --- behaviours ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Reply:
+    """A `GenerateContentResponse`. Streamed: one SSE event per item of `chunks` (after one
+    event per item of `thoughts`, as thought parts), the last carrying `finish_reason`.
+
+    `block_reason` answers with `promptFeedback.blockReason` and no candidates (a blocked
+    prompt). `break_after` drops the connection after the chunks; `stall_after` sends nothing
+    more until the client gives up; `error_event` sends an in-stream `{"error": ...}` after them;
+    `finish_reason=None` ends the stream cleanly without one."""
+
+    chunks: Sequence[str] = ("Hello", " from", " Gemini.")
+    finish_reason: str | None = "STOP"
+    thoughts: Sequence[str] = ()
+    prompt_tokens: int = 12
+    output_tokens: int = 7
+    thoughts_tokens: int | None = None
+    block_reason: str | None = None
+    break_after: bool = False
+    stall_after: bool = False
+    error_event: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Fail:
+    """An error response with Google's error body (`{"error": {code, message, status,
+    details}}`)."""
+
+    status: int
+    message: str = "An internal error has occurred. Please retry or report it."
+    grpc_status: str = "INTERNAL"
+    details: Sequence[Mapping[str, Any]] = ()
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Hang:
+    """Accept the request and never answer (until the client leaves or the server stops)."""
+
+
+Behaviour = Reply | Fail | Hang
+
+_QUOTA_METRIC = "generativelanguage.googleapis.com/generate_content_free_tier_requests"
+_HELP = {
+    "@type": "type.googleapis.com/google.rpc.Help",
+    "links": [
+        {
+            "description": "Learn more about Gemini API quotas",
+            "url": "https://ai.google.dev/gemini-api/docs/rate-limits",
+        }
+    ],
+}
+
+
+def _quota_failure(quota_id: str, value: str) -> dict[str, Any]:
+    return {
+        "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+        "violations": [
+            {
+                "quotaMetric": _QUOTA_METRIC,
+                "quotaId": quota_id,
+                "quotaDimensions": {"location": "global", "model": "gemini-2.5-flash"},
+                "quotaValue": value,
+            }
+        ],
+    }
+
+
+def rate_limited(retry_delay: str | None = "0.05s", **headers: str) -> Fail:
+    """The per-minute free-tier limit, as Gemini words it (with a `RetryInfo`)."""
+    details: list[Mapping[str, Any]] = [
+        _quota_failure("GenerateRequestsPerMinutePerProjectPerModel-FreeTier", "10"),
+        _HELP,
+    ]
+    if retry_delay is not None:
+        details.append(
+            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": retry_delay}
+        )
+    return Fail(
+        429,
+        "You exceeded your current quota, please check your plan and billing details. "
+        "For more information on this error, head to: "
+        "https://ai.google.dev/gemini-api/docs/rate-limits.",
+        "RESOURCE_EXHAUSTED",
+        details,
+        headers,
+    )
+
+
+def daily_quota_exhausted() -> Fail:
+    """The per-day quota: Gemini still adds a `RetryInfo`, but waiting seconds cannot help."""
+    return Fail(
+        429,
+        "You exceeded your current quota, please check your plan and billing details. "
+        "* Quota exceeded for metric: "
+        f"{_QUOTA_METRIC}, limit: 250",
+        "RESOURCE_EXHAUSTED",
+        [
+            _quota_failure("GenerateRequestsPerDayPerProjectPerModel-FreeTier", "250"),
+            _HELP,
+            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "31s"},
+        ],
+    )
+
+
+def server_error(status: int = 500) -> Fail:
+    if status == 503:
+        return Fail(503, "The model is overloaded. Please try again later.", "UNAVAILABLE")
+    return Fail(status)
+
+
+def bad_request(
+    message: str = "* GenerateContentRequest.contents: contents is not specified",
+) -> Fail:
+    return Fail(400, message, "INVALID_ARGUMENT")
+
+
+def invalid_api_key() -> Fail:
+    return Fail(
+        400,
+        "API key not valid. Please pass a valid API key.",
+        "INVALID_ARGUMENT",
+        [
+            {
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": "API_KEY_INVALID",
+                "domain": "googleapis.com",
+                "metadata": {"service": "generativelanguage.googleapis.com"},
+            }
+        ],
+    )
+
+
+def permission_denied() -> Fail:
+    return Fail(403, "Method doesn't allow unregistered callers.", "PERMISSION_DENIED")
+
+
+def model_not_found(model: str = "gemini-0-nonexistent") -> Fail:
+    return Fail(
+        404,
+        f"models/{model} is not found for API version v1beta, or is not supported for "
+        "generateContent.",
+        "NOT_FOUND",
+    )
+
+
+def prompt_blocked(reason: str = "SAFETY") -> Reply:
+    return Reply(chunks=(), finish_reason=None, block_reason=reason, output_tokens=0)
+
+
+def safety_stop(chunks: Sequence[str] = ()) -> Reply:
+    return Reply(chunks=chunks, finish_reason="SAFETY", output_tokens=len(chunks))
+
+
+def internal_error_event() -> dict[str, Any]:
+    return {"code": 500, "message": "An internal error has occurred.", "status": "INTERNAL"}
+
+
+# --- the recording ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Recorded:
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: Any
+
+    @property
+    def stream(self) -> bool:
+        return self.path.endswith(":streamGenerateContent")
+
+    @property
+    def model(self) -> str:
+        return self.path.rsplit("/", 1)[-1].split(":", 1)[0]
+
+    @property
+    def contents(self) -> list[dict[str, Any]]:
+        contents = self.body.get("contents") if isinstance(self.body, dict) else None
+        return contents if isinstance(contents, list) else []
+
+    @property
+    def turns(self) -> list[tuple[str, str]]:
+        """(role, text) of every content, the texts of its parts joined."""
+        return [
+            (c.get("role", ""), "".join(p.get("text", "") for p in c.get("parts", [])))
+            for c in self.contents
+        ]
+
+    @property
+    def system_instruction(self) -> str | None:
+        system = self.body.get("systemInstruction") if isinstance(self.body, dict) else None
+        if not isinstance(system, dict):
+            return None
+        return "".join(p.get("text", "") for p in system.get("parts", []))
+
+    @property
+    def generation_config(self) -> dict[str, Any]:
+        """`generationConfig` with its keys in lowerCamelCase, as the server reads them (proto
+        JSON accepts both spellings, and the SDK sends nested configs in snake_case)."""
+        config = self.body.get("generationConfig") if isinstance(self.body, dict) else None
+        return _camel_keys(config) if isinstance(config, dict) else {}
+
+
+class Script:
+    def __init__(self, default: Behaviour) -> None:
+        self._items: list[Behaviour] = [default]
+        self._lock = threading.Lock()
+
+    def set(self, items: Sequence[Behaviour]) -> None:
+        assert items, "a script needs at least one behaviour"
+        with self._lock:
+            self._items = list(items)
+
+    def take(self) -> Behaviour:
+        with self._lock:
+            return self._items.pop(0) if len(self._items) > 1 else self._items[0]
+
+
+class BrokenStream(Exception):
+    """Raised inside a streaming response: uvicorn drops the connection mid-body."""
+
+
+class _QuietBrokenStream(logging.Filter):
+    """uvicorn logs the exception that drops a connection; for `BrokenStream` it is the point."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], BrokenStream))
+
+
+logging.getLogger("uvicorn.error").addFilter(_QuietBrokenStream())
+
+
+# --- the server ---------------------------------------------------------------------------------
+class _Server(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, fake: FakeGemini) -> None:
+        super().__init__(config)
+        self.fake = fake
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        self.fake._loop = asyncio.get_running_loop()
+        self.fake._release = asyncio.Event()
+        await super().startup(sockets)
+        self.fake._ready.set()
+
+
+class FakeGemini:
+    def __init__(self, api_key: str = API_KEY) -> None:
+        self.api_key = api_key
+        self.requests: list[Recorded] = []
+        self.streamed = Script(Reply())
+        self.plain = Script(Reply(chunks=['"Trip Ideas For Paris."']))
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._release: asyncio.Event | None = None
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._socket.bind(("127.0.0.1", 0))
+        self.port: int = self._socket.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        app = Starlette(
+            routes=[
+                Route(f"/{API_VERSION}/models/{{call:path}}", self._models, methods=["POST"]),
+            ]
+        )
+        config = uvicorn.Config(
+            app,
+            log_config=None,  # leave the test process's logging alone
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=2,
+        )
+        self._server = _Server(config, self)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True
+        )
+
+    # --- control --------------------------------------------------------------------------------
+    def start(self) -> FakeGemini:
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("the fake Gemini server did not start")
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._release is not None:
+            self._loop.call_soon_threadsafe(self._release.set)  # let hanging handlers end
+        self._server.should_exit = True
+        self._thread.join(15)
+        self._socket.close()
+
+    def script(self, *behaviours: Behaviour) -> None:
+        """What the next streaming requests get, in order; the last one repeats."""
+        self.streamed.set(behaviours)
+
+    def script_plain(self, *behaviours: Behaviour) -> None:
+        """What the next non-streaming requests get, in order; the last one repeats."""
+        self.plain.set(behaviours)
+
+    @property
+    def streams(self) -> list[Recorded]:
+        """The streaming requests (the replies), oldest first."""
+        return [r for r in self.requests if r.stream]
+
+    @property
+    def plain_calls(self) -> list[Recorded]:
+        """The non-streaming requests (the titles), oldest first."""
+        return [r for r in self.requests if not r.stream]
+
+    # --- the endpoint ---------------------------------------------------------------------------
+    async def _models(self, request: Request) -> Response:
+        raw = await request.body()
+        try:
+            body: Any = json.loads(raw)
+        except ValueError:
+            body = raw.decode(errors="replace")
+        call: str = request.path_params["call"]
+        self.requests.append(
+            Recorded(
+                request.method,
+                request.url.path,
+                dict(request.query_params),
+                dict(request.headers),
+                body,
+            )
+        )
+        model, _, method = call.partition(":")
+        if method not in {"generateContent", "streamGenerateContent"}:
+            return _error(Fail(404, f"Method {method!r} not found.", "NOT_FOUND"))
+        if request.headers.get("x-goog-api-key") != self.api_key:
+            return _error(invalid_api_key())
+        stream = method == "streamGenerateContent"
+        if stream and request.query_params.get("alt") != "sse":
+            return _error(bad_request("this fake streams only with alt=sse"))
+        if not isinstance(body, dict) or not body.get("contents"):
+            return _error(bad_request())
+        behaviour = (self.streamed if stream else self.plain).take()
+        if isinstance(behaviour, Fail):
+            return _error(behaviour)
+        if isinstance(behaviour, Hang):
+            await self._until_gone(request)
+            return Response(status_code=503)
+        if not stream:
+            return JSONResponse(_whole(behaviour, model))
+        return StreamingResponse(
+            self._events(behaviour, model, request), media_type="text/event-stream"
+        )
+
+    async def _events(self, reply: Reply, model: str, request: Request) -> AsyncIterator[str]:
+        response_id = uuid.uuid4().hex[:22]
+
+        def event(
+            parts: list[dict[str, Any]] | None,
+            finish_reason: str | None = None,
+            *,
+            final: bool = False,
+        ) -> str:
+            payload: dict[str, Any] = {}
+            if parts is not None or finish_reason is not None:
+                candidate: dict[str, Any] = {"index": 0}
+                if parts:
+                    candidate["content"] = {"parts": parts, "role": "model"}
+                if finish_reason is not None:
+                    candidate["finishReason"] = finish_reason
+                    if finish_reason == "SAFETY":
+                        candidate["safetyRatings"] = _blocking_ratings()
+                payload["candidates"] = [candidate]
+            payload["usageMetadata"] = _usage(reply, final=final)
+            payload["modelVersion"] = model
+            payload["responseId"] = response_id
+            return _sse(payload)
+
+        if reply.block_reason is not None:
+            yield _sse(
+                {
+                    "promptFeedback": {
+                        "blockReason": reply.block_reason,
+                        "safetyRatings": _blocking_ratings(),
+                    },
+                    "usageMetadata": _usage(reply, final=True),
+                    "modelVersion": model,
+                    "responseId": response_id,
+                }
+            )
+            return
+        for thought in reply.thoughts:
+            yield event([{"text": thought, "thought": True}])
+        chunks = list(reply.chunks)
+        ends_here = reply.error_event is None and not reply.break_after and not reply.stall_after
+        for index, text in enumerate(chunks):
+            last = ends_here and index == len(chunks) - 1
+            yield event([{"text": text}], reply.finish_reason if last else None, final=last)
+        if reply.error_event is not None:
+            yield _sse({"error": dict(reply.error_event)})
+            return
+        if reply.break_after:
+            raise BrokenStream("the fake drops the connection mid-stream")
+        if reply.stall_after:
+            await self._until_gone(request)
+            return
+        if not chunks and reply.finish_reason is not None:
+            yield event(None, reply.finish_reason, final=True)
+
+    async def _until_gone(self, request: Request) -> None:
+        """Wait until the client disconnects or the server is stopping."""
+        assert self._release is not None
+
+        async def disconnected() -> None:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+
+        waiters = {
+            asyncio.ensure_future(disconnected()),
+            asyncio.ensure_future(self._release.wait()),
+        }
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+
+def _camel_keys(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {
+            re.sub(r"_([a-z])", lambda m: m.group(1).upper(), str(k)): _camel_keys(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_camel_keys(v) for v in value]
+    return value
+
+
+def _sse(payload: Mapping[str, Any]) -> str:
+    # The real API separates events with CRLF pairs.
+    return f"data: {json.dumps(payload)}\r\n\r\n"
+
+
+def _blocking_ratings() -> list[dict[str, Any]]:
+    return [
+        {"category": "HARM_CATEGORY_HATE_SPEECH", "probability": "NEGLIGIBLE"},
+        {"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH", "blocked": True},
+        {"category": "HARM_CATEGORY_HARASSMENT", "probability": "NEGLIGIBLE"},
+        {"category": "HARM_CATEGORY_SEXUALLY_EXPLICIT", "probability": "NEGLIGIBLE"},
+    ]
+
+
+def _usage(reply: Reply, *, final: bool) -> dict[str, Any]:
+    """Gemini sends the running usage with every chunk; the output counts come at the end."""
+    usage: dict[str, Any] = {
+        "promptTokenCount": reply.prompt_tokens,
+        "promptTokensDetails": [{"modality": "TEXT", "tokenCount": reply.prompt_tokens}],
+    }
+    total = reply.prompt_tokens
+    if final:
+        if reply.output_tokens:
+            usage["candidatesTokenCount"] = reply.output_tokens
+            total += reply.output_tokens
+        if reply.thoughts_tokens is not None:
+            usage["thoughtsTokenCount"] = reply.thoughts_tokens
+            total += reply.thoughts_tokens
+    usage["totalTokenCount"] = total
+    return usage
+
+
+def _whole(reply: Reply, model: str) -> dict[str, Any]:
+    if reply.block_reason is not None:
+        return {
+            "promptFeedback": {
+                "blockReason": reply.block_reason,
+                "safetyRatings": _blocking_ratings(),
+            },
+            "usageMetadata": _usage(reply, final=True),
+            "modelVersion": model,
+            "responseId": uuid.uuid4().hex[:22],
+        }
+    parts = [{"text": t, "thought": True} for t in reply.thoughts]
+    parts += [{"text": "".join(reply.chunks)}] if reply.chunks else []
+    candidate: dict[str, Any] = {"index": 0}
+    if parts:
+        candidate["content"] = {"parts": parts, "role": "model"}
+    if reply.finish_reason is not None:
+        candidate["finishReason"] = reply.finish_reason
+    return {
+        "candidates": [candidate],
+        "usageMetadata": _usage(reply, final=True),
+        "modelVersion": model,
+        "responseId": uuid.uuid4().hex[:22],
+    }
+
+
+def _error(fail: Fail) -> JSONResponse:
+    error: dict[str, Any] = {
+        "code": fail.status,
+        "message": fail.message,
+        "status": fail.grpc_status,
+    }
+    if fail.details:
+        error["details"] = [dict(d) for d in fail.details]
+    return JSONResponse({"error": error}, status_code=fail.status, headers=dict(fail.headers))
