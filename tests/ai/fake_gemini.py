@@ -3,31 +3,26 @@ and `:streamGenerateContent?alt=sse`, plain HTTP, the real JSON shapes (camelCas
 `GenerateContentResponse`, `usageMetadata` on every chunk, `promptFeedback`, Google's error body
 with `google.rpc` details such as `QuotaFailure` and `RetryInfo`).
 
-It runs a Starlette app under uvicorn in a background thread on a free 127.0.0.1 port, records
-every request, and is scripted per test: `fake.script(...)` for streaming calls (the replies),
-`fake.script_plain(...)` for non-streaming ones (the titles). Each request takes the next
-behaviour of its script; the last one repeats. Requests without the expected API key get the
-real "API key not valid" 400.
+It is a `LoopbackServer` (tests/ai/fake_server.py): uvicorn on a free 127.0.0.1 port, every
+request recorded, scripted per test with `fake.script(...)` for the streaming calls (the
+replies) and `fake.script_plain(...)` for the others (the titles). Requests without the
+expected API key get the real "API key not valid" 400.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
 import re
-import socket
-import threading
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import uvicorn
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from tests.ai.fake_server import Hang, LoopbackServer, cut_short, read_body
 
 API_KEY = "test-key"
 API_VERSION = "v1beta"
@@ -66,11 +61,6 @@ class Fail:
     grpc_status: str = "INTERNAL"
     details: Sequence[Mapping[str, Any]] = ()
     headers: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Hang:
-    """Accept the request and never answer (until the client leaves or the server stops)."""
 
 
 Behaviour = Reply | Fail | Hang
@@ -236,118 +226,24 @@ class Recorded:
         return _camel_keys(config) if isinstance(config, dict) else {}
 
 
-class Script:
-    def __init__(self, default: Behaviour) -> None:
-        self._items: list[Behaviour] = [default]
-        self._lock = threading.Lock()
-
-    def set(self, items: Sequence[Behaviour]) -> None:
-        assert items, "a script needs at least one behaviour"
-        with self._lock:
-            self._items = list(items)
-
-    def take(self) -> Behaviour:
-        with self._lock:
-            return self._items.pop(0) if len(self._items) > 1 else self._items[0]
-
-
-class BrokenStream(Exception):
-    """Raised inside a streaming response: uvicorn drops the connection mid-body."""
-
-
-class _QuietBrokenStream(logging.Filter):
-    """uvicorn logs the exception that drops a connection; for `BrokenStream` it is the point."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.exc_info and isinstance(record.exc_info[1], BrokenStream))
-
-
-logging.getLogger("uvicorn.error").addFilter(_QuietBrokenStream())
-
-
 # --- the server ---------------------------------------------------------------------------------
-class _Server(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, fake: FakeGemini) -> None:
-        super().__init__(config)
-        self.fake = fake
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        self.fake._loop = asyncio.get_running_loop()
-        self.fake._release = asyncio.Event()
-        await super().startup(sockets)
-        self.fake._ready.set()
-
-
-class FakeGemini:
+class FakeGemini(LoopbackServer[Reply | Fail, Recorded]):
     def __init__(self, api_key: str = API_KEY) -> None:
         self.api_key = api_key
-        self.requests: list[Recorded] = []
-        self.streamed = Script(Reply())
-        self.plain = Script(Reply(chunks=['"Trip Ideas For Paris."']))
-        self._ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._release: asyncio.Event | None = None
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._socket.bind(("127.0.0.1", 0))
-        self.port: int = self._socket.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        app = Starlette(
-            routes=[
-                Route(f"/{API_VERSION}/models/{{call:path}}", self._models, methods=["POST"]),
-            ]
-        )
-        config = uvicorn.Config(
-            app,
-            log_config=None,  # leave the test process's logging alone
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            timeout_graceful_shutdown=2,
-        )
-        self._server = _Server(config, self)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True
+        super().__init__(
+            "Gemini",
+            [Route(f"/{API_VERSION}/models/{{call:path}}", self._models, methods=["POST"])],
+            streamed=Reply(),
+            plain=Reply(chunks=['"Trip Ideas For Paris."']),
         )
 
-    # --- control --------------------------------------------------------------------------------
-    def start(self) -> FakeGemini:
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("the fake Gemini server did not start")
-        return self
-
-    def stop(self) -> None:
-        if self._loop is not None and self._release is not None:
-            self._loop.call_soon_threadsafe(self._release.set)  # let hanging handlers end
-        self._server.should_exit = True
-        self._thread.join(15)
-        self._socket.close()
-
-    def script(self, *behaviours: Behaviour) -> None:
-        """What the next streaming requests get, in order; the last one repeats."""
-        self.streamed.set(behaviours)
-
-    def script_plain(self, *behaviours: Behaviour) -> None:
-        """What the next non-streaming requests get, in order; the last one repeats."""
-        self.plain.set(behaviours)
-
-    @property
-    def streams(self) -> list[Recorded]:
-        """The streaming requests (the replies), oldest first."""
-        return [r for r in self.requests if r.stream]
-
-    @property
-    def plain_calls(self) -> list[Recorded]:
-        """The non-streaming requests (the titles), oldest first."""
-        return [r for r in self.requests if not r.stream]
+    # what was asked, under the names the tests use
+    streams = LoopbackServer.streamed_requests
+    plain_calls = LoopbackServer.plain_requests
 
     # --- the endpoint ---------------------------------------------------------------------------
     async def _models(self, request: Request) -> Response:
-        raw = await request.body()
-        try:
-            body: Any = json.loads(raw)
-        except ValueError:
-            body = raw.decode(errors="replace")
+        body = await read_body(request)
         call: str = request.path_params["call"]
         self.requests.append(
             Recorded(
@@ -368,12 +264,11 @@ class FakeGemini:
             return _error(bad_request("this fake streams only with alt=sse"))
         if not isinstance(body, dict) or not body.get("contents"):
             return _error(bad_request())
-        behaviour = (self.streamed if stream else self.plain).take()
+        behaviour = await self._next(request, stream)
+        if behaviour is None:  # after a Hang
+            return Response(status_code=503)
         if isinstance(behaviour, Fail):
             return _error(behaviour)
-        if isinstance(behaviour, Hang):
-            await self._until_gone(request)
-            return Response(status_code=503)
         if not stream:
             return JSONResponse(_whole(behaviour, model))
         return StreamingResponse(
@@ -420,38 +315,16 @@ class FakeGemini:
         for thought in reply.thoughts:
             yield event([{"text": thought, "thought": True}])
         chunks = list(reply.chunks)
-        ends_here = reply.error_event is None and not reply.break_after and not reply.stall_after
+        ends_here = not cut_short(reply)
         for index, text in enumerate(chunks):
             last = ends_here and index == len(chunks) - 1
             yield event([{"text": text}], reply.finish_reason if last else None, final=last)
-        if reply.error_event is not None:
-            yield _sse({"error": dict(reply.error_event)})
-            return
-        if reply.break_after:
-            raise BrokenStream("the fake drops the connection mid-stream")
-        if reply.stall_after:
-            await self._until_gone(request)
+        if not ends_here:
+            async for line in self._cut_off(reply, request, _sse):
+                yield line
             return
         if not chunks and reply.finish_reason is not None:
             yield event(None, reply.finish_reason, final=True)
-
-    async def _until_gone(self, request: Request) -> None:
-        """Wait until the client disconnects or the server is stopping."""
-        assert self._release is not None
-
-        async def disconnected() -> None:
-            while (await request.receive())["type"] != "http.disconnect":
-                pass
-
-        waiters = {
-            asyncio.ensure_future(disconnected()),
-            asyncio.ensure_future(self._release.wait()),
-        }
-        try:
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
 
 
 def _camel_keys(value: Any) -> Any:

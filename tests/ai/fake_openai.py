@@ -2,30 +2,26 @@
 HTTP, the real JSON and SSE shapes (role chunk, content chunks, finish chunk, usage chunk when
 `stream_options.include_usage` is asked, `data: [DONE]`).
 
-It runs a Starlette app under uvicorn in a background thread on a free 127.0.0.1 port, records
-every request, and is scripted per test: `fake.script(...)` for streaming calls (the replies),
-`fake.script_plain(...)` for non-streaming ones (the titles). Each request takes the next
-behaviour of its script; the last one repeats.
+It is a `LoopbackServer` (tests/ai/fake_server.py): uvicorn on a free 127.0.0.1 port, every
+request recorded, scripted per test with `fake.script(...)` for the streaming calls (the
+replies) and `fake.script_plain(...)` for the others (the titles).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
-import socket
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import uvicorn
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from uvicorn.config import LOGGING_CONFIG
+
+from tests.ai.fake_server import Hang, LoopbackServer, cut_short, read_body
 
 
 # --- behaviours ---------------------------------------------------------------------------------
@@ -56,11 +52,6 @@ class Fail:
     type: str | None = "server_error"
     code: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Hang:
-    """Accept the request and never answer (until the client leaves or the server stops)."""
 
 
 Behaviour = Reply | Fail | Hang
@@ -106,112 +97,24 @@ class Recorded:
         return isinstance(self.body, dict) and self.body.get("stream") is True
 
 
-class Script:
-    def __init__(self, default: Behaviour) -> None:
-        self._items: list[Behaviour] = [default]
-        self._lock = threading.Lock()
-
-    def set(self, items: Sequence[Behaviour]) -> None:
-        assert items, "a script needs at least one behaviour"
-        with self._lock:
-            self._items = list(items)
-
-    def take(self) -> Behaviour:
-        with self._lock:
-            return self._items.pop(0) if len(self._items) > 1 else self._items[0]
-
-
-class BrokenStream(Exception):
-    """Raised inside a streaming response: uvicorn drops the connection mid-body."""
-
-
-class _QuietBrokenStream(logging.Filter):
-    """uvicorn logs the exception that drops a connection; for `BrokenStream` it is the point."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.exc_info and isinstance(record.exc_info[1], BrokenStream))
-
-
-logging.getLogger("uvicorn.error").addFilter(_QuietBrokenStream())
-
-
 # --- the server ---------------------------------------------------------------------------------
-class _Server(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, fake: FakeOpenAI) -> None:
-        super().__init__(config)
-        self.fake = fake
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        self.fake._loop = asyncio.get_running_loop()
-        self.fake._release = asyncio.Event()
-        await super().startup(sockets)
-        self.fake._ready.set()
-
-
-class FakeOpenAI:
+class FakeOpenAI(LoopbackServer[Reply | Fail, Recorded]):
     def __init__(self) -> None:
-        self.requests: list[Recorded] = []
-        self.streamed = Script(Reply())
-        self.plain = Script(Reply(chunks=['"Paris Trip Ideas."']))
-        self._ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._release: asyncio.Event | None = None
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._socket.bind(("127.0.0.1", 0))
-        self.port: int = self._socket.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        app = Starlette(routes=[Route("/v1/chat/completions", self._completions, methods=["POST"])])
-        config = uvicorn.Config(
-            app,
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            timeout_graceful_shutdown=2,
-        )
-        self._server = _Server(config, self)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True
+        super().__init__(
+            "OpenAI",
+            [Route("/v1/chat/completions", self._completions, methods=["POST"])],
+            streamed=Reply(),
+            plain=Reply(chunks=['"Paris Trip Ideas."']),
+            log_config=LOGGING_CONFIG,  # uvicorn's default, which this fake has always used
         )
 
-    # --- control --------------------------------------------------------------------------------
-    def start(self) -> FakeOpenAI:
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("the fake OpenAI server did not start")
-        return self
-
-    def stop(self) -> None:
-        if self._loop is not None and self._release is not None:
-            self._loop.call_soon_threadsafe(self._release.set)  # let hanging handlers end
-        self._server.should_exit = True
-        self._thread.join(15)
-        self._socket.close()
-
-    def script(self, *behaviours: Behaviour) -> None:
-        """What the next streaming requests get, in order; the last one repeats."""
-        self.streamed.set(behaviours)
-
-    def script_plain(self, *behaviours: Behaviour) -> None:
-        """What the next non-streaming requests get, in order; the last one repeats."""
-        self.plain.set(behaviours)
-
-    @property
-    def completions(self) -> list[Recorded]:
-        """The streaming chat completion requests (the replies), oldest first."""
-        return [r for r in self.requests if r.stream]
-
-    @property
-    def plain_completions(self) -> list[Recorded]:
-        """The non-streaming chat completion requests (the titles), oldest first."""
-        return [r for r in self.requests if not r.stream]
+    # what was asked, under the names the tests use
+    completions = LoopbackServer.streamed_requests
+    plain_completions = LoopbackServer.plain_requests
 
     # --- the endpoint ---------------------------------------------------------------------------
     async def _completions(self, request: Request) -> Response:
-        raw = await request.body()
-        try:
-            body: Any = json.loads(raw)
-        except ValueError:
-            body = raw.decode(errors="replace")
+        body = await read_body(request)
         self.requests.append(
             Recorded(request.method, request.url.path, dict(request.headers), body)
         )
@@ -224,12 +127,11 @@ class FakeOpenAI:
             return _error(
                 Fail(400, "stream_options is only allowed with stream.", "invalid_request_error")
             )
-        behaviour = (self.streamed if stream else self.plain).take()
+        behaviour = await self._next(request, stream)
+        if behaviour is None:  # after a Hang
+            return Response(status_code=503)
         if isinstance(behaviour, Fail):
             return _error(behaviour)
-        if isinstance(behaviour, Hang):
-            await self._until_gone(request)
-            return Response(status_code=503)
         model = str(body["model"])
         if not stream:
             return JSONResponse(_completion(behaviour, model))
@@ -259,13 +161,9 @@ class FakeOpenAI:
         yield chunk({"role": "assistant", "content": "", "refusal": None})
         for text in reply.chunks:
             yield chunk({"content": text})
-        if reply.error_event is not None:
-            yield _sse({"error": dict(reply.error_event)})
-            return
-        if reply.break_after:
-            raise BrokenStream("the fake drops the connection mid-stream")
-        if reply.stall_after:
-            await self._until_gone(request)
+        if cut_short(reply):
+            async for line in self._cut_off(reply, request, _sse):
+                yield line
             return
         if reply.done_early:
             yield "data: [DONE]\n\n"
@@ -274,24 +172,6 @@ class FakeOpenAI:
         if include_usage:
             yield _sse({**base, "choices": [], "usage": _usage(reply)})
         yield "data: [DONE]\n\n"
-
-    async def _until_gone(self, request: Request) -> None:
-        """Wait until the client disconnects or the server is stopping."""
-        assert self._release is not None
-
-        async def disconnected() -> None:
-            while (await request.receive())["type"] != "http.disconnect":
-                pass
-
-        waiters = {
-            asyncio.ensure_future(disconnected()),
-            asyncio.ensure_future(self._release.wait()),
-        }
-        try:
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
 
 
 def _sse(payload: Mapping[str, Any]) -> str:
