@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -58,7 +58,7 @@ class Provider(Protocol):
     name: str
     model: str
 
-    def stream(self, conversation: Conversation) -> AsyncIterator[Delta | Finished]:
+    def stream(self, conversation: Conversation) -> AsyncGenerator[Delta | Finished, None]:
         """Text deltas, then exactly one `Finished`; raises `ProviderError`."""
         ...
 

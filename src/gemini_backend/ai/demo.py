@@ -4,7 +4,7 @@ conversation it was given, so the plumbing can be observed without any provider.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from gemini_backend.ai.base import Conversation, Delta, Finished, Usage, estimate_tokens
 
@@ -25,7 +25,7 @@ class DemoProvider:
         preview = conversation.prompt[:PROMPT_PREVIEW_CHARS]
         return f'Demo reply (context: {earlier} earlier {noun}) to: "{preview}"'
 
-    async def stream(self, conversation: Conversation) -> AsyncIterator[Delta | Finished]:
+    async def stream(self, conversation: Conversation) -> AsyncGenerator[Delta | Finished, None]:
         text = self.reply_text(conversation)
         words = text.split(" ")
         size = max(1, len(words) // 4)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -92,7 +92,7 @@ class GeminiProvider:
         await self._http.aclose()
 
     # --- the reply ------------------------------------------------------------------------------
-    async def stream(self, conversation: Conversation) -> AsyncIterator[Delta | Finished]:
+    async def stream(self, conversation: Conversation) -> AsyncGenerator[Delta | Finished, None]:
         produced = False  # a Delta has been yielded: a failure now ends a partial reply
         finish_reason: str | None = None
         block_reason: str | None = None

@@ -9,7 +9,7 @@ The API key is handed to the SDK and never kept on this object or written to a l
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
 import openai
@@ -71,7 +71,7 @@ class OpenAIProvider:
         await self._client.close()
 
     # --- the reply ------------------------------------------------------------------------------
-    async def stream(self, conversation: Conversation) -> AsyncIterator[Delta | Finished]:
+    async def stream(self, conversation: Conversation) -> AsyncGenerator[Delta | Finished, None]:
         produced = False  # a Delta has been yielded: a failure now ends a partial reply
         finish_reason: str | None = None
         usage = Usage()

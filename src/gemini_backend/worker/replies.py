@@ -5,6 +5,7 @@ connection is held while the provider is streaming."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import time
@@ -188,8 +189,13 @@ class ReplyGenerator:
         while True:
             attempt += 1
             try:
-                async with asyncio.timeout(self.settings.ai_timeout_seconds) as scope:
-                    async for item in self.provider.stream(conversation):
+                async with (
+                    asyncio.timeout(self.settings.ai_timeout_seconds) as scope,
+                    # Closed at once when we stop early (cancel), releasing the provider's
+                    # connection, rather than whenever the generator is collected.
+                    contextlib.aclosing(self.provider.stream(conversation)) as items,
+                ):
+                    async for item in items:
                         scope.reschedule(
                             asyncio.get_running_loop().time() + self.settings.ai_timeout_seconds
                         )
