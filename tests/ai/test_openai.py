@@ -47,14 +47,16 @@ def settings_overrides(fake: FakeOpenAI) -> dict[str, Any]:
         "openai_base_url": fake.url + "/v1",
         "openai_api_key": KEY,
         "openai_model": MODEL,
-        "ai_timeout_seconds": 1,
+        # Generous enough that a loaded CI machine never times out a healthy call, so the
+        # request counts below are exact; hang tests pay it per attempt.
+        "ai_timeout_seconds": 3,
         "ai_max_attempts": MAX_ATTEMPTS,
     }
 
 
 @pytest.fixture
 async def provider(fake: FakeOpenAI) -> AsyncIterator[OpenAIProvider]:
-    made = OpenAIProvider(base_url=fake.url + "/v1", api_key=KEY, model=MODEL, timeout_seconds=1)
+    made = OpenAIProvider(base_url=fake.url + "/v1", api_key=KEY, model=MODEL, timeout_seconds=2)
     yield made
     await made.aclose()
 
