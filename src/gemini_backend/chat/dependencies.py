@@ -8,13 +8,18 @@ from fastapi import Depends, Path, Request
 
 from gemini_backend.auth.dependencies import CurrentUser
 from gemini_backend.chat import repository as repo
-from gemini_backend.chat.models import Chatroom
+from gemini_backend.chat.models import Chatroom, Message
 from gemini_backend.chat.sending import MessageSender
 from gemini_backend.chat.service import ChatroomService
 from gemini_backend.core.db import DbSession
 from gemini_backend.core.errors import NotFound
 
 MAX_ID = 2**63 - 1
+
+
+class MessageNotFound(NotFound):
+    code = "message_not_found"
+    detail = "No such message in this chatroom."
 
 
 class ChatroomNotFound(NotFound):
@@ -32,6 +37,18 @@ async def _owned_chatroom(
     if room is None:
         raise ChatroomNotFound()
     return room
+
+
+async def _room_message(
+    session: DbSession,
+    room: Annotated[Chatroom, Depends(_owned_chatroom)],
+    message_id: Annotated[int, Path(ge=1, le=MAX_ID, description="Message id")],
+) -> Message:
+    """A message of the caller's chatroom (404 for another room's, or another user's)."""
+    message = await repo.room_message(session, room.id, message_id)
+    if message is None:
+        raise MessageNotFound()
+    return message
 
 
 def _chatroom_service(request: Request, session: DbSession) -> ChatroomService:
@@ -55,5 +72,6 @@ def _message_sender(request: Request, session: DbSession) -> MessageSender:
 
 
 OwnedChatroom = Annotated[Chatroom, Depends(_owned_chatroom)]
+RoomMessage = Annotated[Message, Depends(_room_message)]
 ChatroomServiceDep = Annotated[ChatroomService, Depends(_chatroom_service)]
 MessageSenderDep = Annotated[MessageSender, Depends(_message_sender)]

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Path, Query, Request, Response, status
+from fastapi import APIRouter, Header, Query, Request, Response, status
 from sse_starlette import EventSourceResponse
 
 from gemini_backend.auth.dependencies import CurrentUser
-from gemini_backend.chat import repository as repo
 from gemini_backend.chat.dependencies import (
     MAX_ID,
     ChatroomServiceDep,
     MessageSenderDep,
     OwnedChatroom,
+    RoomMessage,
 )
 from gemini_backend.chat.replies import reply_events
 from gemini_backend.chat.schemas import (
@@ -27,8 +27,7 @@ from gemini_backend.chat.schemas import (
     MessagePage,
     SendReceipt,
 )
-from gemini_backend.core.db import DbSession
-from gemini_backend.core.errors import BadRequest, NotFound
+from gemini_backend.core.errors import BadRequest
 from gemini_backend.core.openapi import AUTH_ERRORS, BODY_ERRORS, RATE_LIMIT_ERRORS, error_doc
 
 router = APIRouter(prefix="/chatroom", tags=["Chatrooms"], responses=AUTH_ERRORS)
@@ -115,17 +114,9 @@ async def list_messages(
     return await chat.messages(room, limit, before)
 
 
-class MessageNotFound(NotFound):
-    code = "message_not_found"
-    detail = "No such message in this chatroom."
-
-
 class NotAReply(BadRequest):
     code = "not_a_reply"
     detail = "Only assistant replies have a stream."
-
-
-MessageId = Annotated[int, Path(ge=1, le=MAX_ID, description="Message id")]
 
 
 @router.post(
@@ -146,10 +137,7 @@ async def send_message(
     ] = None,
 ) -> SendReceipt:
     receipt, quota = await sender.send(user, room, body.content, idempotency_key)
-    now = sender.clock.now()
-    if quota is None:
-        quota = await sender.quota.state(sender.session, user.id, sender.tier(user), now)
-    response.headers.update(quota.headers(now))
+    response.headers.update(quota.headers(sender.clock.now()))
     return receipt
 
 
@@ -158,10 +146,7 @@ async def send_message(
     summary="One message (a reply's current state)",
     responses=NOT_FOUND,
 )
-async def get_message(room: OwnedChatroom, message_id: MessageId, session: DbSession) -> MessageOut:
-    message = await repo.room_message(session, room.id, message_id)
-    if message is None:
-        raise MessageNotFound()
+async def get_message(message: RoomMessage) -> MessageOut:
     return MessageOut.from_row(message)
 
 
@@ -173,14 +158,9 @@ async def get_message(room: OwnedChatroom, message_id: MessageId, session: DbSes
 )
 async def stream_reply(
     request: Request,
-    room: OwnedChatroom,
-    message_id: MessageId,
-    session: DbSession,
+    message: RoomMessage,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=64)] = None,
 ) -> EventSourceResponse:
-    message = await repo.room_message(session, room.id, message_id)
-    if message is None:
-        raise MessageNotFound()
     if message.role != "assistant":
         raise NotAReply()
     state = request.app.state
@@ -201,12 +181,7 @@ async def stream_reply(
     summary="Stop a reply (in any process); partial text is kept",
     responses={**NOT_FOUND, 409: error_doc("The reply already finished")},
 )
-async def cancel_reply(
-    room: OwnedChatroom, message_id: MessageId, session: DbSession, sender: MessageSenderDep
-) -> MessageOut:
-    message = await repo.room_message(session, room.id, message_id)
-    if message is None:
-        raise MessageNotFound()
+async def cancel_reply(message: RoomMessage, sender: MessageSenderDep) -> MessageOut:
     if message.role != "assistant":
         raise NotAReply()
     return MessageOut.from_row(await sender.cancel(message))
@@ -220,15 +195,11 @@ async def cancel_reply(
 )
 async def retry_reply(
     room: OwnedChatroom,
-    message_id: MessageId,
+    message: RoomMessage,
     user: CurrentUser,
-    session: DbSession,
     sender: MessageSenderDep,
     response: Response,
 ) -> SendReceipt:
-    message = await repo.room_message(session, room.id, message_id)
-    if message is None:
-        raise MessageNotFound()
     receipt, quota = await sender.retry(user, room, message)
     response.headers.update(quota.headers(sender.clock.now()))
     return receipt

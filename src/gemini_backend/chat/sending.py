@@ -25,7 +25,6 @@ from gemini_backend.core.streams import ReplyStream
 from gemini_backend.core.throttle import Throttle
 from gemini_backend.quota.service import Quota, QuotaState
 from gemini_backend.users.models import User
-from gemini_backend.users.schemas import Tier
 from gemini_backend.users.service import tier_of
 from gemini_backend.worker.replies import (
     ACTIVE_STATES,
@@ -92,14 +91,10 @@ class MessageSender:
         self.streams = streams
         self.cache = cache
 
-    @staticmethod
-    def tier(user: User) -> Tier:
-        return tier_of(user)
-
     async def send(
         self, user: User, room: Chatroom, content: str, idempotency_key: str | None
-    ) -> tuple[SendReceipt, QuotaState | None]:
-        """The receipt, and the quota state (None when the receipt is a replay)."""
+    ) -> tuple[SendReceipt, QuotaState]:
+        """The receipt and the caller's quota after it (a replay spends nothing)."""
         if len(content) > self.settings.max_message_chars:
             raise MessageTooLong(
                 f"A message may have at most {self.settings.max_message_chars} characters."
@@ -115,7 +110,8 @@ class MessageSender:
                 raise InvalidIdempotencyKey()
             replay = await self._claim_key(user.id, room.id, idempotency_key, now)
             if isinstance(replay, SendReceipt):
-                return replay, None
+                quota = await self.quota.state(self.session, user.id, tier_of(user), now)
+                return replay, quota
             key_row = replay
         quota = await self._take_slot(user, now)
 
