@@ -60,6 +60,20 @@ def test_defaults_match_the_documentation():
     assert s.redis_url is None
     assert s.jwt_secret is None
     assert s.base_url == "http://127.0.0.1:8000"
+    assert s.stripe_secret_key is None
+    assert s.stripe_mock_enabled
+    assert s.stripe_pro_price_id == "price_pro_monthly"
+    assert s.past_due_grace_days == 3
+    assert s.success_url == "http://127.0.0.1:8000/subscribe/success"
+    assert s.cancel_url == "http://127.0.0.1:8000/subscribe/cancelled"
+    assert s.portal_return_target == "http://127.0.0.1:8000/subscribe/return"
+
+
+def test_billing_urls_follow_the_public_base_url():
+    s = settings(public_base_url="https://chat.example.com/")
+    assert s.success_url == "https://chat.example.com/subscribe/success"
+    s = settings(checkout_success_url="https://app.example.com/paid")
+    assert s.success_url == "https://app.example.com/paid"
 
 
 def test_values_come_from_the_environment(monkeypatch):
@@ -120,6 +134,23 @@ def test_production_refuses_otp_test_numbers(monkeypatch):
     monkeypatch.setenv("OTP_TEST_NUMBERS", "+15555550100:123456")
     with pytest.raises(ValidationError, match="OTP_TEST_NUMBERS"):
         settings()
+
+
+def test_production_refuses_the_public_webhook_secret_with_a_stripe_key():
+    with pytest.raises(ValidationError, match="STRIPE_WEBHOOK_SECRET"):
+        settings(environment="production", jwt_secret=STRONG_SECRET, stripe_secret_key="sk_live_x")
+    s = settings(
+        environment="production",
+        jwt_secret=STRONG_SECRET,
+        stripe_secret_key="sk_live_x",
+        stripe_webhook_secret="whsec_real",
+    )
+    assert not s.stripe_mock_enabled
+
+
+def test_the_stripe_mock_is_never_on_in_production():
+    assert not settings(environment="production", jwt_secret=STRONG_SECRET).stripe_mock_enabled
+    assert not settings(stripe_secret_key="sk_test_x").stripe_mock_enabled
 
 
 def test_development_needs_no_jwt_secret():

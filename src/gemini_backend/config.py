@@ -20,6 +20,8 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MIN_SECRET_BYTES = 32
+# The signing secret the built-in Stripe mock and the Postman environment use by default.
+DEV_WEBHOOK_SECRET = "whsec_dev_insecure_local_mock_secret"  # noqa: S105 (public on purpose)
 
 
 class Environment(StrEnum):
@@ -30,7 +32,13 @@ class Environment(StrEnum):
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        # `STRIPE_SECRET_KEY=` (empty, as compose and hosting dashboards pass unset values)
+        # means unset, not an empty key.
+        env_ignore_empty=True,
     )
 
     # --- process -------------------------------------------------------------------------
@@ -43,6 +51,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     public_base_url: str | None = None
+    worker_metrics_port: int | None = Field(default=None, ge=1, le=65535)
 
     # --- storage -------------------------------------------------------------------------
     database_url: str | None = None
@@ -93,10 +102,11 @@ class Settings(BaseSettings):
     pro_daily_limit: int | None = None
     send_per_minute: int = Field(default=20, ge=1)
     stripe_secret_key: SecretStr | None = None
-    stripe_webhook_secret: SecretStr = SecretStr("whsec_dev_insecure_local_mock_secret")
+    stripe_webhook_secret: SecretStr = SecretStr(DEV_WEBHOOK_SECRET)
     stripe_pro_price_id: str = "price_pro_monthly"
     checkout_success_url: str | None = None
     checkout_cancel_url: str | None = None
+    portal_return_url: str | None = None
     past_due_grace_days: int = Field(default=3, ge=0)
 
     @field_validator("cors_origins", mode="before")
@@ -136,6 +146,13 @@ class Settings(BaseSettings):
                 raise ValueError("OTP_TEST_NUMBERS is refused when ENVIRONMENT=production")
             if "*" in self.cors_origins:
                 raise ValueError("CORS_ORIGINS may not be '*' in production")
+            if (
+                self.stripe_secret_key is not None
+                and self.stripe_webhook_secret.get_secret_value() == DEV_WEBHOOK_SECRET
+            ):
+                raise ValueError(
+                    "STRIPE_WEBHOOK_SECRET must be the endpoint's signing secret in production"
+                )
         return self
 
     # --- derived -------------------------------------------------------------------------
@@ -164,6 +181,24 @@ class Settings(BaseSettings):
     @property
     def base_url(self) -> str:
         return (self.public_base_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    @property
+    def stripe_mock_enabled(self) -> bool:
+        """The built-in Stripe mock serves payments when no Stripe key is set (never in
+        production, where payments are unavailable until STRIPE_SECRET_KEY is set)."""
+        return self.stripe_secret_key is None and self.environment is not Environment.PRODUCTION
+
+    @property
+    def success_url(self) -> str:
+        return self.checkout_success_url or f"{self.base_url}/subscribe/success"
+
+    @property
+    def cancel_url(self) -> str:
+        return self.checkout_cancel_url or f"{self.base_url}/subscribe/cancelled"
+
+    @property
+    def portal_return_target(self) -> str:
+        return self.portal_return_url or f"{self.base_url}/subscribe/return"
 
     def jwt_secret_value(self) -> str:
         """The JWT signing key; outside production one is generated once and kept in DATA_DIR."""

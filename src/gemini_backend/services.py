@@ -11,6 +11,8 @@ from redis.asyncio import Redis
 
 from gemini_backend.ai.base import Provider
 from gemini_backend.ai.factory import create_provider
+from gemini_backend.billing.gateway import StripeGateway, create_gateway
+from gemini_backend.billing.mock import MockStripe
 from gemini_backend.chat.cache import ChatroomListCache
 from gemini_backend.config import Settings
 from gemini_backend.core.cache import Cache, MemoryCache, RedisCache
@@ -38,6 +40,9 @@ class Services:
     provider: Provider
     quota: Quota
     pipeline: ReplyPipeline
+    stripe: StripeGateway | None
+    # The built-in Stripe mock (served by the API when no Stripe key is set).
+    stripe_mock: MockStripe | None
 
     @classmethod
     def build(cls, settings: Settings, clock: Clock) -> Services:
@@ -73,6 +78,14 @@ class Services:
             provider=provider,
             quota=quota,
             pipeline=ReplyPipeline(settings, create_broker(settings), generator),
+            stripe=create_gateway(settings),
+            stripe_mock=(
+                MockStripe(
+                    RedisCache(redis, prefix) if redis is not None else MemoryCache(), settings
+                )
+                if settings.stripe_mock_enabled
+                else None
+            ),
         )
 
     async def aclose(self) -> None:
@@ -80,6 +93,8 @@ class Services:
         close_provider = getattr(self.provider, "aclose", None)
         if close_provider is not None:  # SDK clients own pooled HTTP connections
             await close_provider()
+        if self.stripe is not None:
+            await self.stripe.aclose()
         await self.database.dispose()
         if self.redis is not None:
             await self.redis.aclose()

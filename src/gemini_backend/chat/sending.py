@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+import structlog
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -19,7 +20,8 @@ from gemini_backend.config import Settings
 from gemini_backend.core.cache import Cache
 from gemini_backend.core.clock import Clock
 from gemini_backend.core.db import after_commit
-from gemini_backend.core.errors import BadRequest, Conflict, ValidationFailed
+from gemini_backend.core.errors import BadRequest, Conflict, TooManyRequests, ValidationFailed
+from gemini_backend.core.metrics import QUOTA_REJECTIONS
 from gemini_backend.core.sql import insert_for
 from gemini_backend.core.streams import ReplyStream
 from gemini_backend.core.throttle import Throttle
@@ -110,7 +112,9 @@ class MessageSender:
                 raise InvalidIdempotencyKey()
             replay = await self._claim_key(user.id, room.id, idempotency_key, now)
             if isinstance(replay, SendReceipt):
-                quota = await self.quota.state(self.session, user.id, tier_of(user), now)
+                quota = await self.quota.state(
+                    self.session, user.id, tier_of(user, now, self.settings), now
+                )
                 return replay, quota
             key_row = replay
         quota = await self._take_slot(user, now)
@@ -201,14 +205,25 @@ class MessageSender:
         return reply
 
     async def _take_slot(self, user: User, now: datetime) -> QuotaState:
-        """The per-minute throttle, then one slot of today's quota (in this transaction)."""
-        await self.throttle.hit(
-            f"{self.settings.send_per_minute}/minute",
-            "send",
-            str(user.id),
-            detail="Too many messages in a minute; slow down.",
+        """One slot of today's quota (in this transaction), then the per-minute throttle.
+
+        In that order so that a send refused by the daily limit spends no per-minute slot, and
+        one refused by the throttle rolls the quota upsert back with its transaction.
+        """
+        quota = await self.quota.reserve_daily_slot(
+            self.session, user.id, tier_of(user, now, self.settings), now
         )
-        return await self.quota.reserve_daily_slot(self.session, user.id, tier_of(user), now)
+        try:
+            await self.throttle.hit(
+                f"{self.settings.send_per_minute}/minute",
+                "send",
+                str(user.id),
+                detail="Too many messages in a minute; slow down.",
+            )
+        except TooManyRequests:
+            QUOTA_REJECTIONS.labels("per_minute").inc()
+            raise
+        return quota
 
     async def _touch_room(self, room: Chatroom, *, added_messages: int, now: datetime) -> None:
         await self.session.execute(
@@ -252,6 +267,7 @@ class MessageSender:
 
     def _after_commit(self, user_id: int, reply: Message) -> None:
         reply_id = reply.id
+        structlog.contextvars.bind_contextvars(reply_id=reply_id)
 
         async def enqueue() -> None:
             await self.pipeline.enqueue(reply_id)

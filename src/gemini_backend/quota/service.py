@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from gemini_backend.config import Settings
 from gemini_backend.core.errors import TooManyRequests
+from gemini_backend.core.metrics import QUOTA_REJECTIONS
 from gemini_backend.core.sql import insert_for
 from gemini_backend.quota.models import DailyUsage
 from gemini_backend.users.schemas import Tier
@@ -79,6 +80,7 @@ class Quota:
         used = (await session.execute(stmt)).scalar_one_or_none()
         resets_at = self.next_reset(now)
         if used is None or (limit is not None and used > limit):
+            QUOTA_REJECTIONS.labels("daily_limit").inc()
             state = QuotaState(limit, limit or 0, day, resets_at)
             raise DailyLimitReached(
                 (resets_at - now).total_seconds(),

@@ -1,11 +1,15 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy import String
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from gemini_backend.core.db import Base, BigIntId, UTCDateTime
+
+if TYPE_CHECKING:
+    from gemini_backend.billing.models import Subscription
 
 
 class User(Base):
@@ -19,3 +23,7 @@ class User(Base):
     password_hash: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # Loaded with the user in the same query (a LEFT JOIN): the tier is needed on most requests.
+    subscription: Mapped[Subscription | None] = relationship(
+        lazy="joined", viewonly=True, uselist=False
+    )

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -10,20 +10,19 @@ from gemini_backend.users.models import User
 Tier = Literal["basic", "pro"]
 
 
+USER_EXAMPLE: dict[str, Any] = {
+    "id": 1,
+    "mobile_number": "+919876543210",
+    "name": "Asha",
+    "email": "asha@example.com",
+    "tier": "basic",
+    "has_password": True,
+    "created_at": "2026-11-22T10:00:00Z",
+}
+
+
 class UserOut(BaseModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "example": {
-                "id": 1,
-                "mobile_number": "+919876543210",
-                "name": "Asha",
-                "email": "asha@example.com",
-                "tier": "basic",
-                "has_password": True,
-                "created_at": "2026-11-22T10:00:00Z",
-            }
-        }
-    )
+    model_config = ConfigDict(json_schema_extra={"example": USER_EXAMPLE})
 
     id: int
     mobile_number: str = Field(description="E.164")

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
+from gemini_backend.billing.plans import tier_for
+from gemini_backend.config import Settings
 from gemini_backend.users.models import User
 from gemini_backend.users.schemas import Tier, UserOut
 
 
-def tier_of(user: User) -> Tier:
-    # Subscriptions are not built yet: every account is on the Basic tier until billing derives
-    # the tier from the subscription status.
-    return "basic"
+def tier_of(user: User, now: datetime, settings: Settings) -> Tier:
+    """Basic or Pro right now, from the subscription loaded with the user."""
+    return tier_for(user.subscription, now, settings.past_due_grace_days)
 
 
-def user_out(user: User) -> UserOut:
-    return UserOut.from_user(user, tier_of(user))
+def user_out(user: User, now: datetime, settings: Settings) -> UserOut:
+    return UserOut.from_user(user, tier_of(user, now, settings))

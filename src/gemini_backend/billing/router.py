@@ -1,0 +1,283 @@
+"""`/subscribe/pro`, `/webhook/stripe`, `/subscription/status`, `/subscription/portal`, and the
+small pages Stripe Checkout returns to."""
+
+from __future__ import annotations
+
+import html
+from datetime import datetime
+from typing import Annotated
+
+import structlog
+from fastapi import APIRouter, Depends, Header, Request, status
+from fastapi.responses import HTMLResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from gemini_backend.auth.dependencies import CurrentUser
+from gemini_backend.billing.events import HANDLED_TYPES, verify
+from gemini_backend.billing.service import BillingService, subscription_fields
+from gemini_backend.core.db import DbSession
+from gemini_backend.core.errors import AppError
+from gemini_backend.core.metrics import WEBHOOK_EVENTS
+from gemini_backend.core.openapi import AUTH_ERRORS, Responses, error_doc
+from gemini_backend.users.schemas import Tier
+from gemini_backend.users.service import tier_of
+
+log = structlog.get_logger(__name__)
+
+router = APIRouter(tags=["Subscriptions"])
+
+PROVIDER_ERRORS: Responses = {
+    502: error_doc(
+        "Stripe refused the request or could not be reached (`payment_provider_error`)",
+        "payment_provider_error",
+        "The payment provider could not be reached or refused the request; try again.",
+    ),
+    503: error_doc(
+        "Payments are not configured: production without STRIPE_SECRET_KEY "
+        "(`payments_unavailable`)",
+        "payments_unavailable",
+        "Payments are not configured on this server (STRIPE_SECRET_KEY is unset).",
+    ),
+}
+
+
+class CheckoutOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "checkout_url": "https://checkout.stripe.com/c/pay/cs_test_a1b2",
+                "url": "https://checkout.stripe.com/c/pay/cs_test_a1b2",
+                "session_id": "cs_test_a1b2",
+            }
+        }
+    )
+
+    checkout_url: str = Field(description="Open this page to pay (Stripe Checkout or the mock)")
+    url: str = Field(description="The same as checkout_url")
+    session_id: str
+
+
+class SubscriptionOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "tier": "pro",
+                "status": "active",
+                "stripe_status": "active",
+                "subscription_id": "sub_1a2b",
+                "current_period_end": "2026-12-22T10:00:00Z",
+                "cancel_at_period_end": False,
+                "daily_limit": None,
+                "used_today": 7,
+                "remaining_today": None,
+            }
+        }
+    )
+
+    tier: Tier
+    status: str = Field(description="none | active | trialing | past_due | canceled")
+    stripe_status: str | None = Field(description="Stripe's own status, verbatim")
+    subscription_id: str | None
+    current_period_end: datetime | None
+    cancel_at_period_end: bool
+    daily_limit: int | None = Field(description="null = unlimited")
+    used_today: int
+    remaining_today: int | None = Field(description="null = unlimited")
+
+
+class PortalOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"example": {"url": "https://billing.stripe.com/p/session/test_a1b2"}}
+    )
+
+    url: str = Field(description="Where the user manages or cancels the plan")
+
+
+class WebhookAck(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"example": {"received": True, "outcome": "applied"}}
+    )
+
+    received: bool = True
+    outcome: str = Field(description="applied | stale | ignored | duplicate")
+
+
+def _billing(request: Request, session: DbSession) -> BillingService:
+    state = request.app.state
+    return BillingService(session, state.settings, state.stripe, state.clock.now())
+
+
+Billing = Annotated[BillingService, Depends(_billing)]
+
+
+@router.post(
+    "/subscribe/pro",
+    status_code=status.HTTP_201_CREATED,
+    summary="Start a Stripe Checkout session for the Pro plan",
+    description=(
+        "No body. Answers the Checkout page to open (`checkout_url`, also as `url`). The user "
+        "becomes Pro only when Stripe's signed events reach `POST /webhook/stripe`, usually "
+        "seconds after paying; poll `GET /subscription/status` to see it. Without a Stripe key "
+        "(and outside production) the page is the built-in mock under `/mock-stripe`."
+    ),
+    responses={
+        **AUTH_ERRORS,
+        409: error_doc(
+            "Already on the Pro plan (`already_pro`)",
+            "already_pro",
+            "You are already on the Pro plan; manage it at POST /subscription/portal.",
+        ),
+        **PROVIDER_ERRORS,
+    },
+)
+async def subscribe_pro(user: CurrentUser, billing: Billing) -> CheckoutOut:
+    started = await billing.start_checkout(user)
+    return CheckoutOut(checkout_url=started.url, url=started.url, session_id=started.session_id)
+
+
+@router.post(
+    "/webhook/stripe",
+    summary="Stripe events (signed with STRIPE_WEBHOOK_SECRET)",
+    description=(
+        "The raw Stripe event, verified with the `Stripe-Signature` header (HMAC-SHA256, 300 s "
+        "tolerance). Each event id is applied once; replays answer 200 with outcome duplicate; "
+        "an event of another type, or for no known user, is acknowledged with outcome ignored, "
+        "and an older state than the one applied with outcome stale. Called by Stripe (or the "
+        "built-in mock), not by clients."
+    ),
+    responses={
+        400: error_doc(
+            "Bad or missing signature or stale timestamp (`invalid_signature`), or a body that "
+            "is not a Stripe event (`invalid_payload`)",
+            "invalid_signature",
+            "The Stripe-Signature header does not verify.",
+        ),
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        }
+    },
+)
+async def stripe_webhook(
+    request: Request,
+    billing: Billing,
+    stripe_signature: Annotated[str | None, Header(alias="Stripe-Signature")] = None,
+) -> WebhookAck:
+    payload = await request.body()
+    secret = request.app.state.settings.stripe_webhook_secret.get_secret_value()
+    try:
+        event = verify(payload, stripe_signature, secret, billing.now)
+    except AppError as exc:
+        WEBHOOK_EVENTS.labels("unknown", exc.code).inc()
+        log.warning("stripe_event_refused", code=exc.code)
+        raise
+    kind = event.type if event.type in HANDLED_TYPES else "other"
+    try:
+        outcome = await billing.apply_event(event)
+    except Exception:
+        WEBHOOK_EVENTS.labels(kind, "error").inc()
+        raise
+    WEBHOOK_EVENTS.labels(kind, outcome).inc()
+    log.info("stripe_event", event_id=event.id, event_type=event.type, outcome=outcome)
+    return WebhookAck(outcome=outcome)
+
+
+@router.get(
+    "/subscription/status",
+    summary="My plan, its Stripe status, and today's usage",
+    description=(
+        "`tier` is what the quota uses now; `status` is the subscription's state in the "
+        "contract's terms (none, active, trialing, past_due, canceled) and `stripe_status` "
+        "Stripe's own. `daily_limit` and `remaining_today` are null when unlimited."
+    ),
+    responses=AUTH_ERRORS,
+)
+async def subscription_status(
+    request: Request, user: CurrentUser, session: DbSession
+) -> SubscriptionOut:
+    state = request.app.state
+    now = state.clock.now()
+    tier = tier_of(user, now, state.settings)
+    quota = await state.quota.state(session, user.id, tier, now)
+    return SubscriptionOut(
+        tier=tier,
+        **subscription_fields(user.subscription),
+        daily_limit=quota.limit,
+        used_today=quota.used,
+        remaining_today=quota.remaining,
+    )
+
+
+@router.post(
+    "/subscription/portal",
+    summary="A Stripe Billing Portal link to manage or cancel the plan",
+    description="No body. Changes made there reach the server as webhook events.",
+    responses={
+        **AUTH_ERRORS,
+        409: error_doc(
+            "No Stripe customer yet (`no_subscription`)",
+            "no_subscription",
+            "There is no subscription to manage yet; start one with POST /subscribe/pro.",
+        ),
+        **PROVIDER_ERRORS,
+    },
+)
+async def subscription_portal(user: CurrentUser, billing: Billing) -> PortalOut:
+    return PortalOut(url=await billing.portal_url(user))
+
+
+def page(title: str, body: str) -> HTMLResponse:
+    """A minimal HTML page (the landing pages here, the mock's checkout and portal)."""
+    return HTMLResponse(
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width,initial-scale=1'>"
+        f"<title>{html.escape(title)}</title>"
+        "<style>body{font-family:system-ui,sans-serif;max-width:32rem;margin:3rem auto;"
+        "padding:0 1rem}button{font-size:1rem;padding:.5rem 1.2rem;margin:.3rem}</style>"
+        f"</head><body><h1>{html.escape(title)}</h1>{body}</body></html>"
+    )
+
+
+@router.get(
+    "/subscribe/success",
+    summary="Checkout return page (paid)",
+    description="The HTML page Stripe Checkout sends the browser back to after paying.",
+    response_class=HTMLResponse,
+    responses={200: {"description": "An HTML page"}},
+)
+async def checkout_success() -> HTMLResponse:
+    return page(
+        "Payment received",
+        "<p>Thank you. Your Pro plan starts as soon as Stripe confirms the payment to the "
+        "server (usually within seconds); <code>GET /subscription/status</code> shows it.</p>",
+    )
+
+
+@router.get(
+    "/subscribe/cancelled",
+    summary="Checkout return page (not paid)",
+    description="The HTML page Stripe Checkout sends the browser back to when not paying.",
+    response_class=HTMLResponse,
+    responses={200: {"description": "An HTML page"}},
+)
+async def checkout_cancelled() -> HTMLResponse:
+    return page(
+        "Checkout cancelled", "<p>Nothing was charged. You are still on the Basic plan.</p>"
+    )
+
+
+@router.get(
+    "/subscribe/return",
+    summary="Billing portal return page",
+    description="The HTML page the Stripe Billing Portal sends the browser back to.",
+    response_class=HTMLResponse,
+    responses={200: {"description": "An HTML page"}},
+)
+async def portal_return() -> HTMLResponse:
+    return page(
+        "Back from billing",
+        "<p>Changes to your plan show in <code>GET /subscription/status</code> once Stripe has "
+        "told the server.</p>",
+    )
