@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import resource
 import signal
 import socket
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -105,3 +108,36 @@ class ServiceProcess:
                 self.process.kill()
                 self.process.wait(timeout=STOP_TIMEOUT)
         return self.process.returncode
+
+
+@contextlib.contextmanager
+def running_service(
+    backend: str, env: dict[str, str], tmp_path: Path, port: int
+) -> Iterator[ServiceProcess]:
+    """`serve` on `port` (migrating its fresh SQLite file when embedded; the test database is
+    migrated already in production mode) plus, in production mode, one `worker`. Yields the
+    API process once it answers /health; kills everything afterwards."""
+    migrate = ["--no-migrate"] if backend == "production" else []
+    api = ServiceProcess(
+        ["serve", "--port", str(port), *migrate], env, tmp_path, tmp_path / "api.log"
+    )
+    processes = [api]
+    if backend == "production":
+        processes.append(ServiceProcess(["worker"], env, tmp_path, tmp_path / "worker.log"))
+    try:
+        api.wait_healthy(f"http://127.0.0.1:{port}")
+        yield api
+    finally:
+        for process in processes:
+            process.kill()
+
+
+@contextlib.contextmanager
+def open_files_limit(wanted: int) -> Iterator[None]:
+    """Raise this process's open-files limit (inherited by the servers it starts)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, wanted)), hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -154,3 +154,35 @@ def test_serve_shuts_down_gracefully_on_sigterm(server):
     output = server.output()
     assert '"shutdown"' in output, output
     assert "Traceback" not in output, output
+
+
+@pytest.fixture
+def slow_replies(serve_env: dict[str, str]) -> None:
+    serve_env["DEMO_CHUNK_DELAY_MS"] = "1000"
+
+
+@pytest.mark.usefixtures("slow_replies")
+def test_sigterm_closes_open_reply_streams_and_exits_cleanly(server):
+    """An SSE stream in flight (a reply still being written, or still queued when no worker
+    runs) does not hold the shutdown: the stream ends and the process exits 0 promptly."""
+    with httpx.Client(base_url=server.base_url, timeout=30.0) as client:
+        number = new_number()
+        otp = client.post("/auth/send-otp", json={"mobile_number": number}).json()["otp"]
+        tokens = client.post("/auth/verify-otp", json={"mobile_number": number, "otp": otp})
+        auth = {"Authorization": f"Bearer {tokens.json()['access_token']}"}
+        room = client.post("/chatroom", json={}, headers=auth).json()["id"]
+        sent = client.post(f"/chatroom/{room}/message", json={"content": "hi"}, headers=auth)
+        assert sent.status_code == 202, sent.text
+        with client.stream("GET", sent.json()["stream_url"], headers=auth) as stream:
+            assert stream.status_code == 200
+            lines = stream.iter_lines()
+            next(lines)  # the stream is open and has started
+            server.process.send_signal(signal.SIGTERM)
+            for _ in lines:  # drains to the end: the server closed the stream
+                pass
+    try:
+        code = server.process.wait(timeout=STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the server did not stop within {STOP_TIMEOUT}s:\n{server.output()}")
+    assert code == 0, f"exit status {code}:\n{server.output()}"
+    assert "Traceback" not in server.output()

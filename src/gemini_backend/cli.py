@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -56,10 +59,25 @@ def _serve(args: argparse.Namespace) -> int:
         "timeout_graceful_shutdown": 10,
     }
     if workers > 1:
+        _prepare_multiprocess_metrics()
         uvicorn.run("gemini_backend.main:create_app", workers=workers, **options)
     else:
         _GracefulServer(uvicorn.Config("gemini_backend.main:create_app", **options)).run()
     return 0
+
+
+def _prepare_multiprocess_metrics() -> None:
+    """Several API processes: each writes its metrics to files in PROMETHEUS_MULTIPROC_DIR and
+    /metrics (in whichever process answers) adds them up. Set before the workers start; a
+    directory left by an earlier run is emptied so old samples are not counted again."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):
+            stale.unlink()
+    else:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="gemini-backend-metrics-")
 
 
 def _migrate(_args: argparse.Namespace) -> int:
@@ -85,6 +103,11 @@ def _worker(_args: argparse.Namespace) -> int:
         )
         return 2
     configure_logging(settings)
+    if settings.worker_metrics_port:
+        from prometheus_client import start_http_server
+
+        # The worker's own /metrics (replies, provider latency, time to first token).
+        start_http_server(settings.worker_metrics_port, addr=settings.host)
     asyncio.run(run_worker(settings))
     return 0
 

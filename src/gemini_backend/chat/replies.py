@@ -7,11 +7,14 @@ stream opened after the reply finished (and its stream expired) is replayed from
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sse_starlette import ServerSentEvent
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.types import Message as AsgiMessage
+from starlette.types import Receive, Scope, Send
 
 from gemini_backend.chat.models import Message
 from gemini_backend.chat.schemas import MessageOut
@@ -19,6 +22,33 @@ from gemini_backend.core.streams import ReplyStream
 from gemini_backend.worker.replies import COMPLETED, FINAL_STATES
 
 READ_BLOCK_MS = 5000
+
+
+class ReplyStreamResponse(EventSourceResponse):
+    """sse-starlette's response, ended cleanly when the server shuts down.
+
+    On shutdown sse-starlette stops the stream but returns without the final (empty) body
+    chunk, so clients see a truncated response. Here the stream is always terminated properly;
+    an EventSource then reconnects with Last-Event-ID (to another process) and resumes.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = finished = False
+
+        async def tracking_send(message: AsgiMessage) -> None:
+            nonlocal started, finished
+            if message["type"] == "http.response.start":
+                started = True
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                finished = True
+            await send(message)
+
+        await super().__call__(scope, receive, tracking_send)
+        if started and not finished:
+            with contextlib.suppress(Exception):  # the client may be gone already
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
 TERMINAL_EVENTS = frozenset({"done", "error"})
 
 
@@ -41,6 +71,8 @@ async def reply_events(
     last_event_id: str | None,
 ) -> AsyncIterator[ServerSentEvent]:
     reply_id = snapshot.id
+    # A comment first: clients and proxies see the stream open before the first chunk.
+    yield ServerSentEvent(comment="stream open")
     if snapshot.status in FINAL_STATES and not await streams.exists(reply_id):
         for replayed in _replay(snapshot):
             yield replayed

@@ -179,7 +179,49 @@ async def _http_exception_handler(request: Request, exc: Exception) -> JSONRespo
     return error_response(exc.status_code, code, detail, exc.headers)
 
 
+def _is_outage(exc: BaseException) -> bool:
+    """True for a database or Redis that cannot be reached right now (restarting, failing
+    over, pool exhausted): the client should retry, so 503 rather than 500."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+    from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+    seen: BaseException | None = exc
+    for _ in range(5):  # the exception and its causes
+        if seen is None:
+            return False
+        if isinstance(
+            seen,
+            RedisConnectionError
+            | RedisTimeoutError
+            | OperationalError
+            | InterfaceError
+            | PoolTimeoutError
+            | ConnectionError
+            | TimeoutError,
+        ):
+            return True
+        if isinstance(seen, DBAPIError) and seen.connection_invalidated:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 async def _unhandled_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    if _is_outage(exc):
+        log.warning(
+            "dependency_unavailable",
+            path=request.url.path,
+            method=request.method,
+            error=type(exc).__name__,
+        )
+        return error_response(
+            503,
+            "service_unavailable",
+            "A backing service is unavailable; retry shortly.",
+            {"Retry-After": "2"},
+        )
     log.exception("unhandled_error", path=request.url.path, method=request.method)
     return error_response(500, "internal_error", "An internal error occurred.")
 

@@ -7,18 +7,55 @@ duplicate delivery is harmless because the worker's claim is a conditional UPDAT
 
 from __future__ import annotations
 
-from taskiq import AsyncBroker, InMemoryBroker
+import asyncio
+from collections.abc import AsyncGenerator
+
+import structlog
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from taskiq import AckableMessage, AsyncBroker, InMemoryBroker
 from taskiq_redis import RedisStreamBroker
 
 from gemini_backend.config import Settings
 
 GENERATE_REPLY = "generate_reply"
+log = structlog.get_logger(__name__)
+
+
+class ResilientRedisStreamBroker(RedisStreamBroker):
+    """taskiq-redis' stream broker, kept listening through a Redis outage.
+
+    The stock `listen` ends (and with it the worker) on the first connection error. Here the
+    worker waits, with backoff, for Redis to come back, declares the consumer group again (a
+    restarted Redis without persistence lost it, and the jobs with it: the sweeper re-enqueues
+    those from the database) and goes on.
+    """
+
+    async def listen(self) -> AsyncGenerator[AckableMessage, None]:
+        delay = 0.5
+        while True:
+            try:
+                async for message in super().listen():
+                    delay = 0.5
+                    yield message
+            except (RedisConnectionError, RedisTimeoutError, ResponseError, OSError) as exc:
+                if isinstance(exc, ResponseError) and "NOGROUP" not in str(exc):
+                    raise
+                log.warning("queue_unavailable", error=type(exc).__name__, retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                try:
+                    await self._declare_consumer_group()
+                except (RedisConnectionError, RedisTimeoutError, OSError):
+                    continue
+                log.info("queue_reconnected")
 
 
 def create_broker(settings: Settings) -> AsyncBroker:
     if settings.is_production_mode:
         assert settings.redis_url is not None
-        return RedisStreamBroker(
+        return ResilientRedisStreamBroker(
             url=settings.redis_url,
             queue_name=f"{settings.redis_key_prefix}:jobs",
             consumer_group_name=f"{settings.redis_key_prefix}:workers",

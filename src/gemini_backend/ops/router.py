@@ -1,17 +1,57 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import func, select
+
+from gemini_backend.chat.models import Message
+from gemini_backend.core import metrics
+from gemini_backend.core.db import DbSession, release_connection
 
 router = APIRouter(tags=["Operations"])
 
 READY_TIMEOUT_SECONDS = 3.0
 
 
-@router.get("/health", summary="Liveness: the process is up (no I/O)")
+class ReadyAi(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"example": {"provider": "demo", "model": "demo"}})
+
+    provider: str = Field(description="demo, gemini or openai")
+    model: str
+
+
+class ReadyOut(BaseModel):
+    """The body of `GET /ready` (documentation: the route builds it as a plain dict)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "status": "ready",
+                "mode": "embedded",
+                "checks": {"database": "ok", "throttle": "ok"},
+                "ai": {"provider": "demo", "model": "demo"},
+                "queue": "in-process",
+            }
+        }
+    )
+
+    status: str = Field(description="ready | unavailable")
+    mode: str = Field(description="embedded | production")
+    checks: dict[str, str] = Field(description='Each dependency: "ok" or "error: <type>"')
+    ai: ReadyAi
+    queue: str = Field(description="in-process | redis-streams")
+
+
+@router.get(
+    "/health",
+    summary="Liveness: the process is up (no I/O)",
+    responses={200: {"content": {"application/json": {"example": {"status": "ok"}}}}},
+)
 async def health() -> dict[str, str]:
     return {"status": "ok"}
 
@@ -19,7 +59,32 @@ async def health() -> dict[str, str]:
 @router.get(
     "/ready",
     summary="Readiness: database, cache and queue reachable",
-    responses={503: {"description": "A dependency is unreachable"}},
+    description=(
+        "Probes each dependency (3 s timeout each): the database, Redis when configured, and "
+        "the throttle's storage. 503 with the same body (status unavailable) when one fails."
+    ),
+    responses={
+        200: {"model": ReadyOut, "description": "Every dependency answered"},
+        503: {
+            "model": ReadyOut,
+            "description": "A dependency is unreachable",
+            "content": {
+                "application/json": {
+                    "example": {
+                        "status": "unavailable",
+                        "mode": "production",
+                        "checks": {
+                            "database": "ok",
+                            "redis": "error: ConnectionError",
+                            "throttle": "error: ConnectionError",
+                        },
+                        "ai": {"provider": "gemini", "model": "gemini-2.5-flash"},
+                        "queue": "redis-streams",
+                    }
+                }
+            },
+        },
+    },
 )
 async def ready(request: Request) -> JSONResponse:
     state = request.app.state
@@ -46,3 +111,28 @@ async def ready(request: Request) -> JSONResponse:
         "queue": "redis-streams" if state.settings.is_production_mode else "in-process",
     }
     return JSONResponse(body, status_code=200 if ok else 503)
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics (all API processes of this host in multi-process mode)",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
+)
+async def prometheus_metrics(request: Request, session: DbSession) -> Response:
+    # The queue as the database sees it (the source of truth): waiting replies and the oldest.
+    depth, oldest = (
+        await session.execute(
+            select(func.count(), func.min(Message.created_at)).where(
+                Message.role == "assistant", Message.status == "queued"
+            )
+        )
+    ).one()
+    await release_connection(session)
+    metrics.QUEUE_DEPTH.set(depth)
+    if oldest is not None and oldest.tzinfo is None:
+        oldest = oldest.replace(tzinfo=UTC)
+    now = request.app.state.clock.now()
+    metrics.QUEUE_LAG.set(max(0.0, (now - oldest).total_seconds()) if oldest else 0.0)
+    body, content_type = metrics.render()
+    return Response(body, media_type=content_type)

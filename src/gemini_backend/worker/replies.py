@@ -32,6 +32,13 @@ from gemini_backend.chat.schemas import MessageOut
 from gemini_backend.config import Settings
 from gemini_backend.core.cache import Cache
 from gemini_backend.core.clock import Clock
+from gemini_backend.core.metrics import (
+    JOB_LAG,
+    PROVIDER_ATTEMPTS,
+    PROVIDER_LATENCY,
+    REPLIES,
+    TIME_TO_FIRST_TOKEN,
+)
 from gemini_backend.core.streams import ReplyStream
 from gemini_backend.quota.service import Quota
 
@@ -144,11 +151,15 @@ class ReplyGenerator:
                         updated_at=now,
                         model=self.provider.model,
                     )
-                    .returning(Message.attempts, Message.chatroom_id, Message.reply_to)
+                    .returning(
+                        Message.attempts, Message.chatroom_id, Message.reply_to, Message.created_at
+                    )
                 )
             ).one_or_none()
         if row is None:
             return None
+        if row[0] == 1:
+            JOB_LAG.observe(max(0.0, (now - row[3]).total_seconds()))
         return Claim(reply_id, row[0], row[1], row[2])
 
     async def _conversation(self, claim: Claim) -> tuple[Conversation, Chatroom | None]:
@@ -182,12 +193,23 @@ class ReplyGenerator:
         return Conversation(system_prompt, turns), room
 
     async def _generate(self, claim: Claim, conversation: Conversation) -> Outcome:
+        provider = self.provider.name
+        started = time.perf_counter()
+        try:
+            return await self._generate_attempts(claim, conversation, started)
+        finally:
+            PROVIDER_LATENCY.labels(provider).observe(time.perf_counter() - started)
+
+    async def _generate_attempts(
+        self, claim: Claim, conversation: Conversation, started: float
+    ) -> Outcome:
         parts: list[str] = []
         attempt = 0
         deadline_heartbeat = time.monotonic() + self._heartbeat_interval()
         last_cancel_check = 0.0
         while True:
             attempt += 1
+            PROVIDER_ATTEMPTS.labels(self.provider.name).inc()
             try:
                 async with (
                     asyncio.timeout(self.settings.ai_timeout_seconds) as scope,
@@ -202,6 +224,10 @@ class ReplyGenerator:
                         if isinstance(item, Delta):
                             if not item.text:
                                 continue
+                            if not parts:
+                                TIME_TO_FIRST_TOKEN.labels(self.provider.name).observe(
+                                    time.perf_counter() - started
+                                )
                             parts.append(item.text)
                             await self.streams.append(
                                 claim.reply_id, "delta", json.dumps({"text": item.text})
@@ -290,6 +316,7 @@ class ReplyGenerator:
         event = "done" if outcome.status == COMPLETED else "error"
         await self.streams.append(claim.reply_id, event, final)
         await self.streams.expire(claim.reply_id, self.settings.reply_stream_ttl_seconds)
+        REPLIES.labels(outcome.status, outcome.error or "").inc()
         log.info("reply_finished", status=outcome.status, error=outcome.error)
 
     # --- the sweeper ---------------------------------------------------------------------------
