@@ -14,12 +14,15 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from gemini_backend.auth.phone import normalize_test_number
 from gemini_backend.auth.router import router as auth_router
 from gemini_backend.auth.service import AuthDeps
+from gemini_backend.billing import mock as stripe_mock
+from gemini_backend.billing.router import router as billing_router
 from gemini_backend.chat.router import router as chat_router
 from gemini_backend.config import Settings
 from gemini_backend.core.clock import Clock, SystemClock
 from gemini_backend.core.errors import install_error_handlers
 from gemini_backend.core.logging import configure_logging
 from gemini_backend.core.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from gemini_backend.core.openapi import install_openapi
 from gemini_backend.core.security import PasswordHasher, TokenCodec
 from gemini_backend.ops.router import router as ops_router
 from gemini_backend.quota.router import router as quota_router
@@ -39,7 +42,8 @@ class TrailingSlashMiddleware:
         if scope["type"] == "http":
             path: str = scope["path"]
             if len(path) > 1 and path.endswith("/"):
-                scope = dict(scope, path=path.rstrip("/") or "/")
+                # In place: the outer middleware reads the matched route from this scope.
+                scope["path"] = path.rstrip("/") or "/"
         await self.app(scope, receive, send)
 
 
@@ -67,6 +71,8 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
         state.reply_streams = services.reply_streams
         state.quota = services.quota
         state.pipeline = services.pipeline
+        state.stripe = services.stripe
+        state.stripe_mock = services.stripe_mock
         state.auth = AuthDeps(
             settings=settings,
             clock=clock,
@@ -114,7 +120,12 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
     app.include_router(users_router)
     app.include_router(quota_router)  # before chat: /chatroom/usage is not /chatroom/{id}
     app.include_router(chat_router)
+    app.include_router(billing_router)
+    if settings.stripe_mock_enabled:
+        app.include_router(stripe_mock.router)
+        app.include_router(stripe_mock.api)
     app.include_router(ops_router)
+    install_openapi(app)
 
     # Added last = outermost.
     if settings.cors_origins:
@@ -128,5 +139,5 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
         )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(TrailingSlashMiddleware)
-    app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(RequestContextMiddleware, hsts=settings.base_url.startswith("https://"))
     return app

@@ -17,30 +17,82 @@ from gemini_backend.auth.schemas import (
     TokenOut,
     VerifyOtpIn,
 )
-from gemini_backend.core.openapi import AUTH_ERRORS, BODY_ERRORS, RATE_LIMIT_ERRORS, error_doc
+from gemini_backend.core.openapi import (
+    AUTH_ERRORS,
+    BODY_ERRORS,
+    RETRY_AFTER,
+    Responses,
+    error_doc,
+    problem,
+    validation_doc,
+)
 from gemini_backend.users.schemas import UserOut
 from gemini_backend.users.service import user_out
 
 router = APIRouter(prefix="/auth", tags=["Auth"], responses=BODY_ERRORS)
 
-CREDENTIAL_ERRORS = {401: error_doc("Wrong code or password"), **RATE_LIMIT_ERRORS}
+WRONG_CREDENTIALS = error_doc(
+    "Wrong code or password (`invalid_credentials`; the same for an unknown number)",
+    "invalid_credentials",
+    "The mobile number, code or password is not correct.",
+)
+LOCKED_OUT = error_doc(
+    "Too many failed attempts on this number (`too_many_attempts`); see Retry-After",
+    "too_many_attempts",
+    "Too many failed attempts on this number; try again later.",
+    headers=RETRY_AFTER,
+)
+CREDENTIAL_ERRORS: Responses = {401: WRONG_CREDENTIALS, 429: LOCKED_OUT}
+OTP_SEND_ERRORS: Responses = {
+    422: validation_doc("invalid_mobile_number"),
+    429: error_doc(
+        "Too many codes for this number or address (`rate_limited`), a code sent moments ago "
+        "(`otp_resend_too_soon`), or a number locked after failed attempts "
+        "(`too_many_attempts`); see Retry-After",
+        "otp_resend_too_soon",
+        "A code was sent moments ago; wait before asking again.",
+        headers=RETRY_AFTER,
+    ),
+}
+OTP_DESCRIPTION = (
+    "A 6-digit code, valid 5 minutes (OTP_TTL_SECONDS), single use; a new code replaces the "
+    "previous one and 5 wrong tries burn it. `otp` is in the body only while OTP delivery is "
+    "`response` (no SMS provider); `expires_in` is in seconds. Sends are throttled per number "
+    "and per client address, and a second code within OTP_RESEND_SECONDS (30) is refused: "
+    "429 with `Retry-After`."
+)
 
 
 @router.post(
     "/signup",
     status_code=status.HTTP_201_CREATED,
     summary="Register a mobile number (optionally with name, email, password)",
-    responses={409: error_doc("The number is already registered")},
+    description=(
+        "Registers up front; signing in with an OTP also creates the account. The number is "
+        "normalised to E.164 (without a country code it takes DEFAULT_PHONE_REGION). Aliases "
+        "accepted: `mobile`, `phone`, `mobileNumber`. No tokens: sign in afterwards."
+    ),
+    responses={
+        409: error_doc(
+            "The number is already registered (`user_exists`)",
+            "user_exists",
+            "An account with this mobile number already exists.",
+        ),
+        422: validation_doc("invalid_mobile_number", "password_too_common"),
+    },
 )
 async def signup(body: SignupIn, auth: AuthServiceDep) -> UserOut:
     user = await auth.signup(body.mobile_number, body.name, body.email, body.password)
-    return user_out(user)
+    return user_out(user, auth.deps.clock.now(), auth.deps.settings)
 
 
 @router.post(
     "/send-otp",
     summary="Send a sign-in code (sign-in-or-up)",
-    responses=RATE_LIMIT_ERRORS,
+    description=(
+        "Any valid number: verifying the code creates the account if new. " + OTP_DESCRIPTION
+    ),
+    responses=OTP_SEND_ERRORS,
     response_model_exclude_none=True,
 )
 async def send_otp(body: MobileNumberIn, auth: AuthServiceDep, ip: ClientIp) -> OtpSentOut:
@@ -50,13 +102,23 @@ async def send_otp(body: MobileNumberIn, auth: AuthServiceDep, ip: ClientIp) -> 
 @router.post(
     "/verify-otp",
     summary="Exchange a sign-in code for tokens (creates the account if new)",
-    responses=CREDENTIAL_ERRORS,
+    description=(
+        "`otp` (alias `code`) is the code from `POST /auth/send-otp`. `is_new_user` is true when "
+        "this created the account. A wrong code is 401; repeated failures lock the number "
+        "(429 with `Retry-After`)."
+    ),
+    responses={**CREDENTIAL_ERRORS, 422: validation_doc("invalid_mobile_number")},
 )
 async def verify_otp(body: VerifyOtpIn, auth: AuthServiceDep) -> TokenOut:
     return await auth.verify_login_otp(body.mobile_number, body.otp)
 
 
-@router.post("/login", summary="Sign in with a password", responses=CREDENTIAL_ERRORS)
+@router.post(
+    "/login",
+    summary="Sign in with a password",
+    description="For accounts with a password (set at signup, reset or change).",
+    responses={**CREDENTIAL_ERRORS, 422: validation_doc("invalid_mobile_number")},
+)
 async def login(body: LoginIn, auth: AuthServiceDep) -> TokenOut:
     return await auth.login_with_password(body.mobile_number, body.password)
 
@@ -64,7 +126,20 @@ async def login(body: LoginIn, auth: AuthServiceDep) -> TokenOut:
 @router.post(
     "/refresh",
     summary="Rotate a refresh token (the old one is spent)",
-    responses={401: error_doc("Invalid, expired or reused refresh token")},
+    description=(
+        "Answers a new access token and a new refresh token. A refresh token works once: "
+        "showing a spent one again is treated as theft and ends its session."
+    ),
+    responses={
+        401: error_doc(
+            "Invalid, expired or reused refresh token (`invalid_refresh_token`)",
+            "invalid_refresh_token",
+            "The refresh token is invalid, expired or already used.",
+        ),
+        422: validation_doc(
+            example=problem("missing", ("body", "refresh_token"), "Field required")
+        ),
+    },
 )
 async def refresh(body: RefreshIn, auth: AuthServiceDep) -> TokenOut:
     return await auth.refresh(body.refresh_token)
@@ -74,7 +149,21 @@ async def refresh(body: RefreshIn, auth: AuthServiceDep) -> TokenOut:
     "/logout",
     status_code=status.HTTP_204_NO_CONTENT,
     summary="End this session (its access and refresh tokens)",
-    responses=AUTH_ERRORS,
+    description=(
+        "Revokes the session of the access token. The body is optional; a `refresh_token` of "
+        "another of the caller's sessions ends that one too."
+    ),
+    responses={
+        **AUTH_ERRORS,
+        422: validation_doc(
+            example=problem(
+                "string_too_short",
+                ("body", "refresh_token"),
+                "String should have at least 1 character",
+                min_length="1",
+            )
+        ),
+    },
 )
 async def logout(
     principal: CurrentPrincipal,
@@ -88,7 +177,12 @@ async def logout(
 @router.post(
     "/forgot-password",
     summary="Send a password-reset code (same answer for unknown numbers)",
-    responses=RATE_LIMIT_ERRORS,
+    description=(
+        "Answers the same for a number with no account, but then no code is issued that could "
+        "reset anything and none is shown. Reset codes are separate from sign-in codes. "
+        + OTP_DESCRIPTION
+    ),
+    responses=OTP_SEND_ERRORS,
     response_model_exclude_none=True,
 )
 async def forgot_password(body: MobileNumberIn, auth: AuthServiceDep, ip: ClientIp) -> OtpSentOut:
@@ -98,7 +192,14 @@ async def forgot_password(body: MobileNumberIn, auth: AuthServiceDep, ip: Client
 @router.post(
     "/reset-password",
     summary="Set a new password with a reset code (ends every other session)",
-    responses=CREDENTIAL_ERRORS,
+    description=(
+        "`otp` is the code from `POST /auth/forgot-password`. Every earlier access and refresh "
+        "token of the user is revoked; the answer holds new tokens."
+    ),
+    responses={
+        **CREDENTIAL_ERRORS,
+        422: validation_doc("invalid_mobile_number", "password_too_common"),
+    },
 )
 async def reset_password(body: ResetPasswordIn, auth: AuthServiceDep) -> TokenOut:
     return await auth.reset_password(body.mobile_number, body.otp, body.new_password)
@@ -107,7 +208,32 @@ async def reset_password(body: ResetPasswordIn, auth: AuthServiceDep) -> TokenOu
 @router.post(
     "/change-password",
     summary="Change the password (ends every other session)",
-    responses={**AUTH_ERRORS},
+    description=(
+        "`current_password` is required when the account has a password (not for one created "
+        "by OTP). Every earlier access and refresh token is revoked; the answer holds new "
+        "tokens. A wrong current password counts as a failed sign-in attempt."
+    ),
+    responses={
+        401: error_doc(
+            "Missing, invalid, expired or revoked access token (`not_authenticated`, "
+            "`invalid_token`, `token_expired`), or a wrong current password "
+            "(`invalid_credentials`)",
+            "invalid_credentials",
+            "The mobile number, code or password is not correct.",
+            headers=AUTH_ERRORS[401]["headers"],
+        ),
+        422: validation_doc(
+            "current_password_required",
+            "password_too_common",
+            example=problem(
+                "string_too_short",
+                ("body", "new_password"),
+                "String should have at least 8 characters",
+                min_length="8",
+            ),
+        ),
+        429: LOCKED_OUT,
+    },
 )
 async def change_password(
     body: ChangePasswordIn, user: CurrentUser, auth: AuthServiceDep

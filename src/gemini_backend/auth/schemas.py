@@ -5,7 +5,7 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, EmailStr, Field, StringConstraints
 
 from gemini_backend.auth.passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
-from gemini_backend.users.schemas import UserOut
+from gemini_backend.users.schemas import USER_EXAMPLE, UserOut
 
 MobileNumber = Annotated[
     str,
@@ -34,12 +34,36 @@ NewPassword = Annotated[
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
 
+# Realistic values shared by the examples of the OpenAPI schema.
+EXAMPLE_NUMBER = "+919876543210"
+EXAMPLE_PASSWORD = "violet-harbour-42"  # noqa: S105 - an example
+EXAMPLE_REFRESH_TOKEN = "zipjlZYKfbaVAOKboDrzEF4Ups0cqjXV7LnJNvZLOC4"  # noqa: S105 - an example
+EXAMPLE_ACCESS_TOKEN = ".".join(
+    (
+        "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9",
+        "eyJzdWIiOiIxIiwic2lkIjo3LCJ0eXAiOiJhY2Nlc3MiLCJpYXQiOjE3OTUzNDE2MDAsImV4cCI6MTc5NTM0MjUw"
+        "MCwianRpIjoiMjQ1ZmJlMGJmYjNkZGRhOSJ9",
+        "JvGWUM0KPDENBIhYTL5YasAADCvcwpdISCLThJi9Aw4",
+    )
+)
+
 
 class _In(BaseModel):
     model_config = ConfigDict(coerce_numbers_to_str=True, populate_by_name=True)
 
 
 class SignupIn(_In):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "mobile_number": EXAMPLE_NUMBER,
+                "name": "Asha",
+                "email": "asha@example.com",
+                "password": EXAMPLE_PASSWORD,
+            }
+        }
+    )
+
     mobile_number: MobileNumber
     name: Name | None = None
     email: EmailStr | None = None
@@ -47,28 +71,58 @@ class SignupIn(_In):
 
 
 class MobileNumberIn(_In):
+    model_config = ConfigDict(json_schema_extra={"example": {"mobile_number": EXAMPLE_NUMBER}})
+
     mobile_number: MobileNumber
 
 
 class VerifyOtpIn(_In):
+    model_config = ConfigDict(
+        json_schema_extra={"example": {"mobile_number": EXAMPLE_NUMBER, "otp": "123456"}}
+    )
+
     mobile_number: MobileNumber
     otp: OtpCodeField
 
 
 class LoginIn(_In):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {"mobile_number": EXAMPLE_NUMBER, "password": EXAMPLE_PASSWORD}
+        }
+    )
+
     mobile_number: MobileNumber
     password: Annotated[str, Field(min_length=1, max_length=1024)]
 
 
 class RefreshIn(_In):
+    model_config = ConfigDict(
+        json_schema_extra={"example": {"refresh_token": EXAMPLE_REFRESH_TOKEN}}
+    )
+
     refresh_token: Annotated[str, Field(min_length=1, max_length=512)]
 
 
 class LogoutIn(_In):
+    model_config = ConfigDict(
+        json_schema_extra={"example": {"refresh_token": EXAMPLE_REFRESH_TOKEN}}
+    )
+
     refresh_token: Annotated[str, Field(min_length=1, max_length=512)] | None = None
 
 
 class ResetPasswordIn(_In):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "mobile_number": EXAMPLE_NUMBER,
+                "otp": "123456",
+                "new_password": "amber-lantern-77",
+            }
+        }
+    )
+
     mobile_number: MobileNumber
     otp: OtpCodeField
     new_password: Annotated[
@@ -77,6 +131,15 @@ class ResetPasswordIn(_In):
 
 
 class ChangePasswordIn(_In):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "current_password": EXAMPLE_PASSWORD,
+                "new_password": "amber-lantern-77",
+            }
+        }
+    )
+
     current_password: Annotated[
         str | None,
         Field(
@@ -93,6 +156,10 @@ class ChangePasswordIn(_In):
 
 
 class OtpSentOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"example": {"message": "OTP sent.", "otp": "482915", "expires_in": 300}}
+    )
+
     message: str
     otp: str | None = Field(
         default=None,
@@ -102,10 +169,26 @@ class OtpSentOut(BaseModel):
 
 
 class TokenOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "access_token": EXAMPLE_ACCESS_TOKEN,
+                "token_type": "bearer",
+                "token": EXAMPLE_ACCESS_TOKEN,
+                "expires_in": 900,
+                "refresh_token": EXAMPLE_REFRESH_TOKEN,
+                "is_new_user": False,
+                "user": USER_EXAMPLE,
+            }
+        }
+    )
+
     access_token: str
     token_type: Literal["bearer"] = "bearer"  # noqa: S105 - the OAuth 2 token type
     token: str = Field(description="Same as access_token, for clients that read `token`.")
     expires_in: int = Field(description="Seconds until the access token expires.")
     refresh_token: str
-    is_new_user: bool = False
+    is_new_user: bool = Field(
+        default=False, description="True when this request created the account."
+    )
     user: UserOut

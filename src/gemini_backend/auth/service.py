@@ -121,7 +121,7 @@ class AuthService:
             expires_in=self.deps.tokens.ttl_seconds,
             refresh_token=refresh,
             is_new_user=is_new_user,
-            user=user_out(user),
+            user=user_out(user, self.deps.clock.now(), self.deps.settings),
         )
 
     async def _ensure_not_locked(self, number: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import structlog
 from fastapi import Depends, Path, Request
 
 from gemini_backend.auth.dependencies import CurrentUser
@@ -36,6 +37,7 @@ async def _owned_chatroom(
     room = await repo.owned_room(session, user.id, chatroom_id)
     if room is None:
         raise ChatroomNotFound()
+    structlog.contextvars.bind_contextvars(chatroom_id=room.id)
     return room
 
 
@@ -48,6 +50,7 @@ async def _room_message(
     message = await repo.room_message(session, room.id, message_id)
     if message is None:
         raise MessageNotFound()
+    structlog.contextvars.bind_contextvars(message_id=message.id)
     return message
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import json
+from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
 from sse_starlette import EventSourceResponse
@@ -15,8 +16,9 @@ from gemini_backend.chat.dependencies import (
     OwnedChatroom,
     RoomMessage,
 )
-from gemini_backend.chat.replies import reply_events
+from gemini_backend.chat.replies import ReplyStreamResponse, reply_events
 from gemini_backend.chat.schemas import (
+    REPLY_EXAMPLE,
     ChatroomCreate,
     ChatroomDetail,
     ChatroomOut,
@@ -28,18 +30,107 @@ from gemini_backend.chat.schemas import (
     SendReceipt,
 )
 from gemini_backend.core.errors import BadRequest
-from gemini_backend.core.openapi import AUTH_ERRORS, BODY_ERRORS, RATE_LIMIT_ERRORS, error_doc
+from gemini_backend.core.openapi import (
+    AUTH_ERRORS,
+    BODY_ERRORS,
+    RATE_LIMIT_HEADERS,
+    RETRY_AFTER,
+    Responses,
+    error_doc,
+    header_doc,
+    problem,
+    validation_doc,
+)
 
-router = APIRouter(prefix="/chatroom", tags=["Chatrooms"], responses=AUTH_ERRORS)
+PATH_PROBLEM = problem(
+    "int_parsing",
+    ("path", "chatroom_id"),
+    "Input should be a valid integer, unable to parse string as an integer",
+)
+router = APIRouter(
+    prefix="/chatroom",
+    tags=["Chatrooms"],
+    responses={**AUTH_ERRORS, 422: validation_doc(example=PATH_PROBLEM)},
+)
+NAME_ERRORS: Responses = {
+    **BODY_ERRORS,
+    422: validation_doc(
+        example=problem(
+            "string_too_long",
+            ("body", "name"),
+            "String should have at most 200 characters",
+            max_length="200",
+        )
+    ),
+}
 
-NOT_FOUND: dict[int | str, dict[str, Any]] = {404: error_doc("No such chatroom, or not yours")}
+NOT_FOUND: Responses = {
+    404: error_doc(
+        "No such chatroom, or not yours (`chatroom_not_found`)",
+        "chatroom_not_found",
+        "No such chatroom.",
+    )
+}
+MESSAGE_NOT_FOUND: Responses = {
+    404: error_doc(
+        "No such chatroom or message, or not yours (`chatroom_not_found`, `message_not_found`)",
+        "message_not_found",
+        "No such message in this chatroom.",
+    )
+}
+NOT_A_REPLY: Responses = {
+    400: error_doc(
+        "The message is the user's, not an assistant reply (`not_a_reply`)",
+        "not_a_reply",
+        "Only assistant replies have a stream.",
+    )
+}
+QUOTA_ERRORS: Responses = {
+    429: error_doc(
+        "The Basic plan's daily limit is reached (`daily_limit_reached`; `Retry-After` is the "
+        "seconds to the next local midnight in QUOTA_TIMEZONE), or too many sends in a minute "
+        "(`rate_limited`)",
+        "daily_limit_reached",
+        "The daily limit of 5 messages is reached; it resets at local midnight.",
+        headers={**RETRY_AFTER, **RATE_LIMIT_HEADERS},
+    )
+}
+RECEIPT_HEADERS: Responses = {
+    202: {"description": "Accepted: the reply is queued", "headers": RATE_LIMIT_HEADERS}
+}
+# One event of the stream (OpenAPI 3.2's `itemSchema` of a sequential media type, as FastAPI
+# documents its own event streams); comment lines are not events.
+STREAM_EVENT = {
+    "type": "object",
+    "required": ["id", "event", "data"],
+    "properties": {
+        "id": {"type": "string", "description": "Send as Last-Event-ID to resume after it"},
+        "event": {"type": "string", "enum": ["delta", "reset", "done", "error"]},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "description": 'JSON: {"text"} for delta, {"attempt"} for reset, the final '
+            "message (MessageOut) for done and error",
+        },
+    },
+}
+STREAM_EXAMPLE = (
+    ": stream open\n\n"
+    'id: 1\nevent: delta\ndata: {"text": "Demo reply (context:"}\n\n'
+    'id: 2\nevent: delta\ndata: {"text": " 0 earlier messages) to:"}\n\n'
+    "id: 3\nevent: done\ndata: " + json.dumps(REPLY_EXAMPLE) + "\n\n"
+)
 
 
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
     summary="Create a chatroom",
-    responses=BODY_ERRORS,
+    description=(
+        '`name` (alias `title`) may be omitted: the room is called "New chat" until the '
+        "first exchange gives it a title. `system_prompt` steers every reply in the room."
+    ),
+    responses=NAME_ERRORS,
 )
 async def create_chatroom(
     body: ChatroomCreate, user: CurrentUser, chat: ChatroomServiceDep
@@ -50,10 +141,28 @@ async def create_chatroom(
 @router.get(
     "",
     summary="List my chatrooms, newest activity first (cached per user)",
+    description=(
+        "Cursor pagination: pass the `next_cursor` of a page as `cursor` to get the next one; "
+        "it is null on the last page. The list is cached per user (CHATROOM_CACHE_TTL, 5 "
+        "minutes) and every write that changes it (create, rename, delete, a new message) "
+        "invalidates it; `X-Cache` tells whether this answer came from the cache."
+    ),
     response_model=ChatroomPage,
     responses={
-        200: {"headers": {"X-Cache": {"description": "HIT or MISS", "schema": {"type": "string"}}}},
-        400: error_doc("Invalid cursor"),
+        200: {"headers": {"X-Cache": header_doc("HIT or MISS")}},
+        400: error_doc(
+            "A cursor this server did not issue (`invalid_cursor`)",
+            "invalid_cursor",
+            "The cursor is not one this server issued.",
+        ),
+        422: validation_doc(
+            example=problem(
+                "less_than_equal",
+                ("query", "limit"),
+                "Input should be less than or equal to 100",
+                le="100",
+            )
+        ),
     },
 )
 async def list_chatrooms(
@@ -73,7 +182,15 @@ async def list_chatrooms(
     return Response(body, media_type="application/json", headers={"X-Cache": "MISS"})
 
 
-@router.get("/{chatroom_id}", summary="A chatroom with its latest 50 messages", responses=NOT_FOUND)
+@router.get(
+    "/{chatroom_id}",
+    summary="A chatroom with its latest 50 messages",
+    description=(
+        "`messages` are the latest 50, oldest first; older ones are at "
+        "`GET /chatroom/{chatroom_id}/messages`. Another user's chatroom is 404."
+    ),
+    responses=NOT_FOUND,
+)
 async def get_chatroom(room: OwnedChatroom, chat: ChatroomServiceDep) -> ChatroomDetail:
     return await chat.detail(room)
 
@@ -81,7 +198,11 @@ async def get_chatroom(room: OwnedChatroom, chat: ChatroomServiceDep) -> Chatroo
 @router.patch(
     "/{chatroom_id}",
     summary="Rename a chatroom or change its system prompt",
-    responses={**NOT_FOUND, **BODY_ERRORS},
+    description=(
+        "Only the fields sent change. `name` cannot be null; an empty or null `system_prompt` "
+        "clears it."
+    ),
+    responses={**NOT_FOUND, **NAME_ERRORS},
 )
 async def update_chatroom(
     body: ChatroomUpdate, room: OwnedChatroom, chat: ChatroomServiceDep
@@ -103,6 +224,11 @@ async def delete_chatroom(room: OwnedChatroom, chat: ChatroomServiceDep) -> Resp
 @router.get(
     "/{chatroom_id}/messages",
     summary="Message history, newest page first (each page oldest first)",
+    description=(
+        "Cursor pagination backwards in time: the first page is the latest `limit` messages; "
+        "pass its `next_cursor` (a message id) as `before` for older ones. `next_cursor` is "
+        "null when there are no older messages."
+    ),
     responses=NOT_FOUND,
 )
 async def list_messages(
@@ -123,7 +249,28 @@ class NotAReply(BadRequest):
     "/{chatroom_id}/message",
     status_code=status.HTTP_202_ACCEPTED,
     summary="Send a message; the reply is produced by a worker and streamed",
-    responses={**NOT_FOUND, **BODY_ERRORS, **RATE_LIMIT_ERRORS},
+    description=(
+        "202 Accepted: the user's message is stored and an assistant reply is queued; the "
+        "answer is a receipt, not the reply. Follow it at `stream_url` (Server-Sent Events) or "
+        "poll `GET /chatroom/{chatroom_id}/messages/{reply_id}`.\n\n"
+        "`content` (aliases `message`, `text`) is 1 to MAX_MESSAGE_CHARS (8000) characters "
+        "after trimming. An `Idempotency-Key` header (per user, 24 h) makes retries safe: the "
+        "same key answers the first receipt again and creates nothing.\n\n"
+        "Each send takes a slot of the daily quota: a Basic user's sixth message of the day is "
+        "429 `daily_limit_reached` with `Retry-After`. Accepted sends carry `X-RateLimit-Limit`, "
+        "`X-RateLimit-Remaining` and `X-RateLimit-Reset` (the first two absent when unlimited)."
+    ),
+    responses={
+        **RECEIPT_HEADERS,
+        **NOT_FOUND,
+        **BODY_ERRORS,
+        422: validation_doc(
+            "message_too_long",
+            "invalid_idempotency_key",
+            example=problem("missing", ("body", "content"), "Field required"),
+        ),
+        **QUOTA_ERRORS,
+    },
 )
 async def send_message(
     body: MessageCreate,
@@ -144,7 +291,11 @@ async def send_message(
 @router.get(
     "/{chatroom_id}/messages/{message_id}",
     summary="One message (a reply's current state)",
-    responses=NOT_FOUND,
+    description=(
+        "A reply goes queued, generating, then completed, failed (with an `error` code), "
+        "blocked (safety) or cancelled; text produced before a failure or cancel is kept."
+    ),
+    responses=MESSAGE_NOT_FOUND,
 )
 async def get_message(message: RoomMessage) -> MessageOut:
     return MessageOut.from_row(message)
@@ -153,8 +304,28 @@ async def get_message(message: RoomMessage) -> MessageOut:
 @router.get(
     "/{chatroom_id}/messages/{message_id}/stream",
     summary="A reply as Server-Sent Events (delta..., then done or error)",
+    description=(
+        "A `text/event-stream` of the reply's events, each with an `id:`:\n\n"
+        '- `delta`: `data: {"text": "..."}`, the next piece of text;\n'
+        '- `reset`: `data: {"attempt": n}`, an attempt died and the reply starts over '
+        "(drop the text received so far);\n"
+        "- then exactly one of `done` (data: the final message) or `error` (data: the message "
+        "with its `error` code), and the stream ends.\n\n"
+        "Reconnect with the `Last-Event-ID` header to resume after that event without loss or "
+        "duplicates. A stream opened after the reply finished replays it whole and ends. "
+        "Comment lines (`: ping - <time>`, every 15 s) keep idle connections open."
+    ),
     response_class=EventSourceResponse,
-    responses={**NOT_FOUND, 200: {"content": {"text/event-stream": {}}}},
+    responses={
+        200: {
+            "description": "The reply's events (Server-Sent Events)",
+            "content": {
+                "text/event-stream": {"itemSchema": STREAM_EVENT, "example": STREAM_EXAMPLE}
+            },
+        },
+        **NOT_A_REPLY,
+        **MESSAGE_NOT_FOUND,
+    },
 )
 async def stream_reply(
     request: Request,
@@ -165,7 +336,7 @@ async def stream_reply(
         raise NotAReply()
     state = request.app.state
     # The request's session ends when this returns: no connection is held while streaming.
-    return EventSourceResponse(
+    return ReplyStreamResponse(
         reply_events(
             streams=state.reply_streams,
             sessionmaker=state.database.sessionmaker,
@@ -179,7 +350,20 @@ async def stream_reply(
 @router.post(
     "/{chatroom_id}/messages/{message_id}/cancel",
     summary="Stop a reply (in any process); partial text is kept",
-    responses={**NOT_FOUND, 409: error_doc("The reply already finished")},
+    description=(
+        "A queued reply is cancelled at once; a generating one is told to stop and ends "
+        "`cancelled` with its partial text shortly after (watch its stream). Cancelling a "
+        "cancelled reply again answers it unchanged."
+    ),
+    responses={
+        **NOT_A_REPLY,
+        **MESSAGE_NOT_FOUND,
+        409: error_doc(
+            "The reply already finished (`reply_already_finished`)",
+            "reply_already_finished",
+            "The reply has already finished.",
+        ),
+    },
 )
 async def cancel_reply(message: RoomMessage, sender: MessageSenderDep) -> MessageOut:
     if message.role != "assistant":
@@ -191,7 +375,26 @@ async def cancel_reply(message: RoomMessage, sender: MessageSenderDep) -> Messag
     "/{chatroom_id}/messages/{message_id}/retry",
     status_code=status.HTTP_202_ACCEPTED,
     summary="A new reply to the same user message (a slot of the daily quota)",
-    responses={**NOT_FOUND, **RATE_LIMIT_ERRORS, 409: error_doc("A reply is still in progress")},
+    description=(
+        "`message_id` is the user message or one of its replies. 202 with a new send receipt, "
+        "like sending; it takes a slot of the daily quota and carries the X-RateLimit-* "
+        "headers."
+    ),
+    responses={
+        **RECEIPT_HEADERS,
+        400: error_doc(
+            "The reply answers no message of this chatroom (`nothing_to_retry`)",
+            "nothing_to_retry",
+            "This reply answers no message of this chatroom.",
+        ),
+        **MESSAGE_NOT_FOUND,
+        409: error_doc(
+            "A reply to this message is still in progress (`reply_in_progress`)",
+            "reply_in_progress",
+            "A reply to this message is still being produced.",
+        ),
+        **QUOTA_ERRORS,
+    },
 )
 async def retry_reply(
     room: OwnedChatroom,

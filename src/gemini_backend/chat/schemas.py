@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StringConstraints
 
@@ -10,9 +10,64 @@ from gemini_backend.chat.models import Chatroom, Message
 RoomName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 SystemPrompt = Annotated[str, StringConstraints(strip_whitespace=True, max_length=8000)]
 
+# Realistic values shared by the examples of the OpenAPI schema: one exchange in chatroom 12.
+PROMPT_EXAMPLE = "Plan a 3-day trip to Goa in December."
+USER_MESSAGE_EXAMPLE: dict[str, Any] = {
+    "id": 41,
+    "chatroom_id": 12,
+    "role": "user",
+    "content": PROMPT_EXAMPLE,
+    "status": "completed",
+    "error": None,
+    "finish_reason": None,
+    "usage": {"prompt_tokens": None, "output_tokens": None, "thinking_tokens": None},
+    "model": None,
+    "reply_to": None,
+    "created_at": "2026-11-22T10:00:00Z",
+    "completed_at": "2026-11-22T10:00:00Z",
+}
+REPLY_EXAMPLE: dict[str, Any] = {
+    "id": 42,
+    "chatroom_id": 12,
+    "role": "assistant",
+    "content": f'Demo reply (context: 0 earlier messages) to: "{PROMPT_EXAMPLE}"',
+    "status": "completed",
+    "error": None,
+    "finish_reason": "stop",
+    "usage": {"prompt_tokens": 12, "output_tokens": 18, "thinking_tokens": 0},
+    "model": "demo",
+    "reply_to": 41,
+    "created_at": "2026-11-22T10:00:00Z",
+    "completed_at": "2026-11-22T10:00:02Z",
+}
+QUEUED_REPLY_EXAMPLE: dict[str, Any] = {
+    **REPLY_EXAMPLE,
+    "content": "",
+    "status": "queued",
+    "finish_reason": None,
+    "usage": {"prompt_tokens": None, "output_tokens": None, "thinking_tokens": None},
+    "model": None,
+    "completed_at": None,
+}
+CHATROOM_EXAMPLE: dict[str, Any] = {
+    "id": 12,
+    "name": "Goa trip",
+    "title": "Goa trip",
+    "system_prompt": "You are a concise travel planner.",
+    "message_count": 2,
+    "last_message_at": "2026-11-22T10:00:00Z",
+    "created_at": "2026-11-21T18:30:00Z",
+    "updated_at": "2026-11-22T10:00:02Z",
+}
+
 
 class ChatroomCreate(BaseModel):
-    model_config = ConfigDict(populate_by_name=True)
+    model_config = ConfigDict(
+        populate_by_name=True,
+        json_schema_extra={
+            "example": {"name": "Goa trip", "system_prompt": "You are a concise travel planner."}
+        },
+    )
 
     name: Annotated[
         RoomName | None,
@@ -25,7 +80,9 @@ class ChatroomCreate(BaseModel):
 
 
 class ChatroomUpdate(BaseModel):
-    model_config = ConfigDict(populate_by_name=True)
+    model_config = ConfigDict(
+        populate_by_name=True, json_schema_extra={"example": {"name": "Goa itinerary"}}
+    )
 
     name: Annotated[RoomName | None, Field(validation_alias=AliasChoices("name", "title"))] = None
     system_prompt: Annotated[
@@ -34,12 +91,16 @@ class ChatroomUpdate(BaseModel):
 
 
 class Usage(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"example": REPLY_EXAMPLE["usage"]})
+
     prompt_tokens: int | None
     output_tokens: int | None
     thinking_tokens: int | None
 
 
 class MessageOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"example": REPLY_EXAMPLE})
+
     id: int
     chatroom_id: int
     role: Literal["user", "assistant"]
@@ -76,6 +137,8 @@ class MessageOut(BaseModel):
 
 
 class ChatroomOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"example": CHATROOM_EXAMPLE})
+
     id: int
     name: str
     title: str = Field(description="Same as name.")
@@ -100,15 +163,36 @@ class ChatroomOut(BaseModel):
 
 
 class ChatroomDetail(ChatroomOut):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {**CHATROOM_EXAMPLE, "messages": [USER_MESSAGE_EXAMPLE, REPLY_EXAMPLE]}
+        }
+    )
+
     messages: list[MessageOut] = Field(description="The latest 50 messages, oldest first.")
 
 
 class ChatroomPage(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "chatrooms": [CHATROOM_EXAMPLE],
+                "next_cursor": "WyIyMDI2LTExLTIyVDEwOjAwOjAyKzAwOjAwIiwgMTJd",
+            }
+        }
+    )
+
     chatrooms: list[ChatroomOut]
     next_cursor: str | None = Field(description="Pass as `cursor` for the next page.")
 
 
 class MessagePage(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {"messages": [USER_MESSAGE_EXAMPLE, REPLY_EXAMPLE], "next_cursor": "41"}
+        }
+    )
+
     messages: list[MessageOut] = Field(description="Oldest first.")
     next_cursor: str | None = Field(description="Pass as `before` for older messages.")
 
@@ -117,7 +201,9 @@ MessageContent = Annotated[str, StringConstraints(strip_whitespace=True, min_len
 
 
 class MessageCreate(BaseModel):
-    model_config = ConfigDict(populate_by_name=True)
+    model_config = ConfigDict(
+        populate_by_name=True, json_schema_extra={"example": {"content": PROMPT_EXAMPLE}}
+    )
 
     content: Annotated[
         MessageContent,
@@ -129,6 +215,19 @@ class MessageCreate(BaseModel):
 
 
 class SendReceipt(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "status": "queued",
+                "message_id": 41,
+                "reply_id": 42,
+                "stream_url": "/chatroom/12/messages/42/stream",
+                "user_message": USER_MESSAGE_EXAMPLE,
+                "reply": QUEUED_REPLY_EXAMPLE,
+            }
+        }
+    )
+
     status: Literal["queued"] = "queued"
     message_id: int = Field(description="The user's message.")
     reply_id: int = Field(description="The assistant message being produced.")
