@@ -1,0 +1,297 @@
+"""Redis and PostgreSQL restarted under load (production mode): no accepted message is lost,
+none is answered twice, and the service recovers by itself. The tests start their own
+throwaway `redis-server` and PostgreSQL cluster (`initdb` + `pg_ctl`), never the machine's.
+
+During the outage requests are answered 503 (never a hang); after it, sends are accepted again
+(the recovery time is printed), and every message accepted before, during or after the restart
+ends with exactly one completed reply: jobs lost with Redis' memory are re-enqueued from the
+database by the sweeper.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import glob
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import BACKEND
+from tests.helpers import new_number
+from tests.processes import ServiceProcess, clean_env, free_port
+
+pytestmark = pytest.mark.skipif(BACKEND != "production", reason="PostgreSQL + Redis outages")
+
+PG_BIN = next(iter(sorted(glob.glob("/usr/lib/postgresql/*/bin"))), "")
+USERS = 6
+LOAD_SECONDS = 2.0  # of steady sends before and after the restart
+
+
+class Redis:
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.directory = directory
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                shutil.which("redis-server") or "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        _wait_port(self.port)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+
+
+class Postgres:
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.data = directory / "pgdata"
+        self.log = directory / "pg.log"
+        subprocess.run(
+            [f"{PG_BIN}/initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust"],
+            check=True,
+            capture_output=True,
+            user=_unprivileged(),
+        )
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def pg_ctl(self, *args: str) -> None:
+        subprocess.run(
+            [f"{PG_BIN}/pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", *args],
+            check=True,
+            capture_output=True,
+            user=_unprivileged(),
+            timeout=60,
+        )
+
+    def start(self) -> None:
+        self.pg_ctl(
+            "-o",
+            f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1 -c fsync=off",
+            "start",
+        )
+
+    def stop(self, mode: str = "fast") -> None:
+        self.pg_ctl("-m", mode, "stop")
+
+
+def _unprivileged() -> str | None:
+    """initdb refuses to run as root: use the `postgres` system user then."""
+    return "postgres" if os.geteuid() == 0 else None
+
+
+def _wait_port(port: int, timeout: float = 20.0) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {port}")
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[dict]:
+    if not PG_BIN or shutil.which("redis-server") is None:
+        pytest.fail("redis-server and PostgreSQL's initdb/pg_ctl are needed")
+    # The cluster lives where the `postgres` user (initdb refuses root) can reach it.
+    pg_dir = Path(tempfile.mkdtemp(prefix="gemini-backend-pg-"))
+    pg_dir.chmod(0o777)
+    redis = Redis(tmp_path)
+    postgres = Postgres(pg_dir)
+    redis.start()
+    postgres.start()
+    port = free_port()
+    env = clean_env(
+        DATABASE_URL=postgres.url,
+        REDIS_URL=redis.url,
+        DATA_DIR=str(tmp_path / "data"),
+        JWT_SECRET="o" * 40,
+        LOG_FORMAT="json",
+        DEMO_CHUNK_DELAY_MS="5",
+        REPLY_STALE_SECONDS="3",
+        SEND_PER_MINUTE="100000",
+        BASIC_DAILY_LIMIT="100000",
+        DB_POOL_TIMEOUT_SECONDS="3",
+    )
+    migrate = subprocess.run(
+        [str(Path(sys.executable).with_name("gemini-backend")), "migrate"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert migrate.returncode == 0, migrate.stderr
+    api = ServiceProcess(
+        ["serve", "--port", str(port), "--no-migrate"], env, tmp_path, tmp_path / "api.log"
+    )
+    worker = ServiceProcess(["worker"], env, tmp_path, tmp_path / "worker.log")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        api.wait_healthy(base)
+        yield {"base": base, "redis": redis, "postgres": postgres, "api": api, "worker": worker}
+    finally:
+        api.kill()
+        worker.kill()
+        redis.kill()
+        with contextlib.suppress(subprocess.SubprocessError):
+            postgres.stop("immediate")
+        shutil.rmtree(pg_dir, ignore_errors=True)
+
+
+async def _users(client: httpx.AsyncClient) -> list[tuple[dict[str, str], int]]:
+    users = []
+    for _ in range(USERS):
+        number = new_number()
+        otp = (await client.post("/auth/send-otp", json={"mobile_number": number})).json()["otp"]
+        tokens = (
+            await client.post("/auth/verify-otp", json={"mobile_number": number, "otp": otp})
+        ).json()
+        auth = {"Authorization": f"Bearer {tokens['access_token']}"}
+        room = (await client.post("/chatroom", json={}, headers=auth)).json()["id"]
+        users.append((auth, room))
+    return users
+
+
+async def _load(
+    client: httpx.AsyncClient,
+    users: list[tuple[dict[str, str], int]],
+    stop: asyncio.Event,
+    accepted: list[tuple[dict[str, str], int, int]],
+    statuses: list[tuple[float, int]],
+) -> None:
+    """Steady sends, round-robin over the users, until `stop`; records every answer."""
+    i = 0
+    while not stop.is_set():
+        auth, room = users[i % len(users)]
+        i += 1
+        try:
+            response = await client.post(
+                f"/chatroom/{room}/message", json={"content": f"load {i}"}, headers=auth
+            )
+            statuses.append((time.monotonic(), response.status_code))
+            if response.status_code == 202:
+                accepted.append((auth, room, response.json()["message_id"]))
+        except httpx.TransportError:
+            statuses.append((time.monotonic(), 0))
+        await asyncio.sleep(0.02)  # pacing of the load, not synchronisation
+
+
+async def _settled(client: httpx.AsyncClient, accepted, deadline: float) -> dict[int, list]:
+    """Every accepted message's replies, once all have reached a final state (or the deadline)."""
+    while True:
+        replies: dict[int, list] = {}
+        pending = 0
+        rooms = {(tuple(sorted(a.items())), r) for a, r, _ in accepted}
+        for auth_items, room in rooms:
+            auth = dict(auth_items)
+            cursor = None
+            while True:
+                params = {"limit": 100, **({"cursor": cursor} if cursor else {})}
+                page = (
+                    await client.get(f"/chatroom/{room}/messages", params=params, headers=auth)
+                ).json()
+                for message in page["messages"]:
+                    if message["role"] == "assistant":
+                        replies.setdefault(message["reply_to"], []).append(message)
+                        if message["status"] in {"queued", "generating"}:
+                            pending += 1
+                cursor = page.get("next_cursor")
+                if not cursor:
+                    break
+        if pending == 0 or time.monotonic() > deadline:
+            return replies
+        await asyncio.sleep(0.5)  # polling the API for the outcome
+
+
+async def _run_with_restart(stack: dict, restart) -> None:
+    async with httpx.AsyncClient(base_url=stack["base"], timeout=15.0) as client:
+        users = await _users(client)
+        accepted: list = []
+        statuses: list[tuple[float, int]] = []
+        stop = asyncio.Event()
+        load = asyncio.create_task(_load(client, users, stop, accepted, statuses))
+        await asyncio.sleep(LOAD_SECONDS)
+        restarted_at = time.monotonic()
+        await asyncio.to_thread(restart)
+        back_at = time.monotonic()
+        await asyncio.sleep(LOAD_SECONDS)
+        # Until a send is accepted after the restart (the recovery), within a bound.
+        deadline = time.monotonic() + 30
+        while not any(t > back_at and code == 202 for t, code in statuses):
+            assert time.monotonic() < deadline, statuses[-20:]
+            await asyncio.sleep(0.1)
+        stop.set()
+        await load
+        recovered = min(t for t, code in statuses if t > back_at and code == 202)
+        codes = {code for _, code in statuses}
+        print(
+            f"outage: {back_at - restarted_at:.2f} s down, first 202 after "
+            f"{recovered - back_at:.2f} s; answers {sorted(codes)}; {len(accepted)} accepted"
+        )
+        assert codes <= {202, 503}, sorted(codes)  # never a 500, never a hang
+        replies = await _settled(client, accepted, time.monotonic() + 60)
+        for _, _, message_id in accepted:
+            answer = replies.get(message_id, [])
+            assert len(answer) == 1, (message_id, answer)  # never lost, never twice
+            assert answer[0]["status"] == "completed", answer
+
+
+def test_redis_restart_during_load(stack):
+    redis: Redis = stack["redis"]
+
+    def restart() -> None:
+        redis.kill()  # its memory (queue, streams, cache) is gone
+        time.sleep(1.0)  # the outage
+        redis.start()
+
+    asyncio.run(_run_with_restart(stack, restart))
+
+
+def test_postgres_restart_during_load(stack):
+    postgres: Postgres = stack["postgres"]
+
+    def restart() -> None:
+        postgres.stop("fast")
+        time.sleep(1.0)  # the outage
+        postgres.start()
+
+    asyncio.run(_run_with_restart(stack, restart))
