@@ -89,6 +89,40 @@ async def test_ready_is_503_when_the_database_is_unreachable(make_settings, cloc
     assert health.status_code == 200
 
 
+class _PgError(Exception):
+    """Stands for an asyncpg error: what the handler reads is its SQLSTATE."""
+
+    def __init__(self, sqlstate: str) -> None:
+        super().__init__(f"sqlstate {sqlstate}")
+        self.sqlstate = sqlstate
+
+
+@pytest.mark.parametrize(
+    ("sqlstate", "status", "code"),
+    [
+        ("57P03", 503, "service_unavailable"),  # "the database system is shutting down"
+        ("57P01", 503, "service_unavailable"),  # terminated by an administrator
+        ("08006", 503, "service_unavailable"),  # connection failure
+        ("53300", 503, "service_unavailable"),  # too many connections
+        ("22P02", 500, "internal_error"),  # a bug of ours is not an outage
+    ],
+)
+async def test_database_outages_are_503_and_bugs_500(make_settings, clock, sqlstate, status, code):
+    from sqlalchemy.exc import DBAPIError
+
+    app = create_app(make_settings(), clock=clock)
+
+    async def failing() -> None:
+        raise DBAPIError("SELECT 1", None, _PgError(sqlstate))
+
+    app.add_api_route("/test-failing", failing)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        response = await client.get("/test-failing")
+    assert_error(response, status, code)
+    assert ("Retry-After" in response.headers) is (status == 503)
+
+
 # --- request ids ---------------------------------------------------------------------------
 
 

@@ -242,6 +242,13 @@ async def _settled(client: httpx.AsyncClient, accepted, deadline: float) -> dict
         await asyncio.sleep(0.5)  # polling the API for the outcome
 
 
+def _errors(log: Path) -> str:
+    """The API log's error records and tracebacks, for a failure message."""
+    lines = log.read_text(errors="replace").splitlines()
+    picked = [i for i, line in enumerate(lines) if '"error"' in line or "Traceback" in line]
+    return "\n".join("\n".join(lines[i : i + 40]) for i in picked[:2])[-8000:]
+
+
 async def _run_with_restart(stack: dict, restart) -> None:
     async with httpx.AsyncClient(base_url=stack["base"], timeout=15.0) as client:
         users = await _users(client)
@@ -267,7 +274,8 @@ async def _run_with_restart(stack: dict, restart) -> None:
             f"outage: {back_at - restarted_at:.2f} s down, first 202 after "
             f"{recovered - back_at:.2f} s; answers {sorted(codes)}; {len(accepted)} accepted"
         )
-        assert codes <= {202, 503}, sorted(codes)  # never a 500, never a hang
+        # Never a 500, never a hang.
+        assert codes <= {202, 503}, (sorted(codes), _errors(stack["api"].log))
         replies = await _settled(client, accepted, time.monotonic() + 60)
         for _, _, message_id in accepted:
             answer = replies.get(message_id, [])

@@ -179,6 +179,12 @@ async def _http_exception_handler(request: Request, exc: Exception) -> JSONRespo
     return error_response(exc.status_code, code, detail, exc.headers)
 
 
+# PostgreSQL errors that mean "not now" rather than "wrong": connection exceptions (08),
+# shutting down or starting up (57P01-57P03, e.g. "the database system is shutting down"),
+# too many connections (53300).
+_OUTAGE_SQLSTATES = ("08", "57P01", "57P02", "57P03", "53300")
+
+
 def _is_outage(exc: BaseException) -> bool:
     """True for a database or Redis that cannot be reached right now (restarting, failing
     over, pool exhausted): the client should retry, so 503 rather than 500."""
@@ -204,25 +210,28 @@ def _is_outage(exc: BaseException) -> bool:
             return True
         if isinstance(seen, DBAPIError) and seen.connection_invalidated:
             return True
-        seen = seen.__cause__ or seen.__context__
+        if str(getattr(seen, "sqlstate", "") or "").startswith(_OUTAGE_SQLSTATES):
+            return True
+        seen = getattr(seen, "orig", None) or seen.__cause__ or seen.__context__
     return False
 
 
 async def _unhandled_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    return unexpected_error_response(exc, request.method, request.url.path)
+
+
+def unexpected_error_response(exc: Exception, method: str, path: str) -> JSONResponse:
+    """The answer to an exception nothing else handled: 503 for an outage, 500 otherwise.
+    Logs it (with the traceback for a 500)."""
     if _is_outage(exc):
-        log.warning(
-            "dependency_unavailable",
-            path=request.url.path,
-            method=request.method,
-            error=type(exc).__name__,
-        )
+        log.warning("dependency_unavailable", path=path, method=method, error=type(exc).__name__)
         return error_response(
             503,
             "service_unavailable",
             "A backing service is unavailable; retry shortly.",
             {"Retry-After": "2"},
         )
-    log.exception("unhandled_error", path=request.url.path, method=request.method)
+    log.error("unhandled_error", path=path, method=method, exc_info=exc)
     return error_response(500, "internal_error", "An internal error occurred.")
 
 

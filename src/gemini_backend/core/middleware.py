@@ -11,7 +11,7 @@ from fastapi import HTTPException
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gemini_backend.core.errors import PayloadTooLarge, error_response
+from gemini_backend.core.errors import PayloadTooLarge, error_response, unexpected_error_response
 from gemini_backend.core.metrics import HTTP_LATENCY, HTTP_REQUESTS
 
 log = structlog.get_logger("gemini_backend.http")
@@ -69,8 +69,23 @@ class RequestContextMiddleware:
                         headers[name] = value
             await send(message)
 
+        started_response = False
+
+        async def send_tracked(message: Message) -> None:
+            nonlocal started_response
+            started_response = True
+            await send_with_id(message)
+
         try:
-            await self.app(scope, receive, send_with_id)
+            try:
+                await self.app(scope, receive, send_tracked)
+            except Exception as exc:
+                if started_response:
+                    raise  # too late for an error response: the server closes the connection
+                # Answered here rather than by Starlette's outermost ServerErrorMiddleware, so
+                # the 500/503 also carries the request id and headers and is counted.
+                response = unexpected_error_response(exc, scope["method"], scope["path"])
+                await response(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - started
             route = scope.get("route")
