@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     db_pool_timeout_seconds: float = Field(default=10.0, gt=0)
     redis_url: str | None = None
     redis_key_prefix: str = "gb"
+    # Connections per process: requests wait for one (up to REDIS_POOL_TIMEOUT_SECONDS, then 503)
+    # rather than fail. Open SSE streams share one connection, whatever their number.
+    redis_max_connections: int = Field(default=64, ge=2)
+    redis_pool_timeout_seconds: float = Field(default=5.0, gt=0)
 
     # --- auth ----------------------------------------------------------------------------
     jwt_secret: SecretStr | None = None

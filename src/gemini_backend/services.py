@@ -95,6 +95,7 @@ class Services:
             await close_provider()
         if self.stripe is not None:
             await self.stripe.aclose()
+        await self.reply_streams.aclose()
         await self.database.dispose()
         if self.redis is not None:
             await self.redis.aclose()

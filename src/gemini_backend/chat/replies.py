@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import random
 from collections.abc import AsyncIterator
 
+import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.types import Message as AsgiMessage
@@ -18,10 +20,16 @@ from starlette.types import Receive, Scope, Send
 
 from gemini_backend.chat.models import Message
 from gemini_backend.chat.schemas import MessageOut
+from gemini_backend.core.errors import is_outage
 from gemini_backend.core.streams import ReplyStream
 from gemini_backend.worker.replies import COMPLETED, FINAL_STATES
 
 READ_BLOCK_MS = 5000
+log = structlog.get_logger(__name__)
+
+
+def _jitter() -> float:
+    return random.uniform(0.8, 1.2)  # noqa: S311 (spreading load, not security)
 
 
 class ReplyStreamResponse(EventSourceResponse):
@@ -79,7 +87,15 @@ async def reply_events(
         return
     after = last_event_id if last_event_id and not last_event_id.startswith("db-") else None
     while True:
-        events = await streams.read(reply_id, after, READ_BLOCK_MS)
+        try:
+            # Jittered, so that thousands of quiet streams do not all check the database at once.
+            events = await streams.read(reply_id, after, int(READ_BLOCK_MS * _jitter()))
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            # Redis is unreachable: end the stream cleanly; the client resumes with Last-Event-ID.
+            log.warning("reply_stream_interrupted", reply_id=reply_id, error=type(exc).__name__)
+            return
         for item in events:
             yield ServerSentEvent(item.data, event=item.type, id=item.id)
             after = item.id
@@ -89,8 +105,13 @@ async def reply_events(
             continue
         # Quiet for a while: make sure the reply did not end without its final event reaching
         # the stream (a worker killed between its commit and the append).
-        async with sessionmaker() as session:
-            current = await session.get(Message, reply_id)
+        try:
+            async with sessionmaker() as session:
+                current = await session.get(Message, reply_id)
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            continue  # the database is busy or down: check again after the next quiet period
         if current is None:
             return
         if current.status in FINAL_STATES:

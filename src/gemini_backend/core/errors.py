@@ -185,7 +185,7 @@ async def _http_exception_handler(request: Request, exc: Exception) -> JSONRespo
 _OUTAGE_SQLSTATES = ("08", "57P01", "57P02", "57P03", "53300")
 
 
-def _is_outage(exc: BaseException) -> bool:
+def is_outage(exc: BaseException) -> bool:
     """True for a database or Redis that cannot be reached right now (restarting, failing
     over, pool exhausted): the client should retry, so 503 rather than 500."""
     from redis.exceptions import ConnectionError as RedisConnectionError
@@ -223,7 +223,7 @@ async def _unhandled_error_handler(request: Request, exc: Exception) -> JSONResp
 def unexpected_error_response(exc: Exception, method: str, path: str) -> JSONResponse:
     """The answer to an exception nothing else handled: 503 for an outage, 500 otherwise.
     Logs it (with the traceback for a 500)."""
-    if _is_outage(exc):
+    if is_outage(exc):
         log.warning("dependency_unavailable", path=path, method=method, error=type(exc).__name__)
         return error_response(
             503,

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from gemini_backend.config import Settings
 
 
 def create_redis(settings: Settings) -> Redis | None:
+    """A client on a bounded pool: when every connection is busy a command waits for one
+    (redis-py's default pool fails at once with MaxConnectionsError instead)."""
     if not settings.redis_url:
         return None
-    return Redis.from_url(
+    pool = BlockingConnectionPool.from_url(
         settings.redis_url,
+        max_connections=settings.redis_max_connections,
+        timeout=settings.redis_pool_timeout_seconds,
         decode_responses=False,
         socket_connect_timeout=5,
         socket_timeout=10,
         health_check_interval=30,
     )
+    return Redis.from_pool(pool)  # closing the client closes the pool
