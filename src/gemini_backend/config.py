@@ -55,8 +55,10 @@ class Settings(BaseSettings):
 
     # --- storage -------------------------------------------------------------------------
     database_url: str | None = None
-    db_pool_size: int = Field(default=10, ge=1)
-    db_max_overflow: int = Field(default=10, ge=0)
+    # A fixed pool: overflow connections are opened and closed again under load (connection
+    # setup showed in the profile of the message send), so the default keeps 20 open instead.
+    db_pool_size: int = Field(default=20, ge=1)
+    db_max_overflow: int = Field(default=0, ge=0)
     db_pool_timeout_seconds: float = Field(default=10.0, gt=0)
     redis_url: str | None = None
     redis_key_prefix: str = "gb"

@@ -58,7 +58,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        services = Services.build(settings, clock)
+        services = Services.build(settings, clock, serving_requests=True)
         state = app.state
         state.services = services
         state.settings = settings

@@ -96,11 +96,13 @@ async def test_context_counts_earlier_completed_messages(client, alice, room):
     assert detail["last_message_at"] is not None
 
 
+# A model that takes its time between chunks (as real ones do): every chunk is its own event.
+@pytest.mark.parametrize("settings_overrides", [{"demo_chunk_delay_ms": 20}])
 async def test_stream_events_and_resume(client, alice, room):
     receipt = (await send(client, alice, room, "stream me please")).json()
     events = await read_sse(client, receipt["stream_url"], alice)
     deltas = [e for e in events if e[1] == "delta"]
-    assert len(deltas) >= 3
+    assert len(deltas) >= 4  # the demo model's chunks
     assert [e[1] for e in events] == ["delta"] * len(deltas) + ["done"]
     full = "".join(json.loads(e[2])["text"] for e in deltas)
     assert full == json.loads(events[-1][2])["content"]
@@ -110,6 +112,19 @@ async def test_stream_events_and_resume(client, alice, room):
     assert resumed == events[2:]
     # A stream opened after the end replays the whole reply.
     assert await read_sse(client, receipt["stream_url"], alice) == events
+
+
+async def test_chunks_arriving_faster_than_the_stream_takes_them_are_batched(client, alice, room):
+    # The demo model at zero delay yields its 4+ chunks at once: rather than a Redis round trip
+    # each, the worker appends the first and then the rest together, with nothing lost.
+    receipt = (await send(client, alice, room, "stream me please")).json()
+    events = await read_sse(client, receipt["stream_url"], alice)
+    deltas = [e for e in events if e[1] == "delta"]
+    assert 1 <= len(deltas) <= 2, deltas
+    assert [e[1] for e in events] == ["delta"] * len(deltas) + ["done"]
+    full = "".join(json.loads(e[2])["text"] for e in deltas)
+    assert full == json.loads(events[-1][2])["content"]
+    assert full.startswith("Demo reply")
 
 
 async def test_finished_reply_without_stream_is_replayed_from_the_database(

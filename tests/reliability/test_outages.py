@@ -27,7 +27,7 @@ import httpx
 import pytest
 
 from tests.conftest import BACKEND
-from tests.helpers import new_number
+from tests.helpers import bearer, sign_in
 from tests.processes import ServiceProcess, clean_env, free_port
 
 pytestmark = pytest.mark.skipif(BACKEND != "production", reason="PostgreSQL + Redis outages")
@@ -180,12 +180,7 @@ def stack(tmp_path: Path) -> Iterator[dict]:
 async def _users(client: httpx.AsyncClient) -> list[tuple[dict[str, str], int]]:
     users = []
     for _ in range(USERS):
-        number = new_number()
-        otp = (await client.post("/auth/send-otp", json={"mobile_number": number})).json()["otp"]
-        tokens = (
-            await client.post("/auth/verify-otp", json={"mobile_number": number, "otp": otp})
-        ).json()
-        auth = {"Authorization": f"Bearer {tokens['access_token']}"}
+        auth = bearer(await sign_in(client))
         room = (await client.post("/chatroom", json={}, headers=auth)).json()["id"]
         users.append((auth, room))
     return users

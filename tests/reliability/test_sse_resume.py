@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.conftest import BACKEND, Storage
-from tests.helpers import new_number
+from tests.helpers import bearer, sign_in
 from tests.processes import free_port, open_files_limit, running_service, service_env
 
 STREAMS = 2000 if os.environ.get("GB_SOAK") else 200
@@ -44,12 +44,7 @@ def server(storage: Storage, database_url: str, tmp_path: Path) -> Iterator[str]
 
 
 async def _sign_in(client: httpx.AsyncClient) -> tuple[dict[str, str], int]:
-    number = new_number()
-    otp = (await client.post("/auth/send-otp", json={"mobile_number": number})).json()["otp"]
-    tokens = (
-        await client.post("/auth/verify-otp", json={"mobile_number": number, "otp": otp})
-    ).json()
-    auth = {"Authorization": f"Bearer {tokens['access_token']}"}
+    auth = bearer(await sign_in(client))
     room = (await client.post("/chatroom", json={"name": "sse"}, headers=auth)).json()["id"]
     return auth, room
 

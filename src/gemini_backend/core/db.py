@@ -65,7 +65,11 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def create_engine(settings: Settings) -> AsyncEngine:
+def create_engine(settings: Settings, *, pre_ping: bool = True) -> AsyncEngine:
+    """`pre_ping` checks each connection as it leaves the pool. On asyncpg that costs three
+    round trips (BEGIN, a no-op, ROLLBACK) per checkout; without it a connection that died (a
+    database restart) fails its first statement, and SQLAlchemy then discards every connection
+    opened before the failure."""
     url = settings.resolved_database_url
     if url.startswith("sqlite"):
         if ":memory:" not in url:
@@ -87,7 +91,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
         "pool_size": settings.db_pool_size,
         "max_overflow": settings.db_max_overflow,
         "pool_timeout": settings.db_pool_timeout_seconds,
-        "pool_pre_ping": True,
+        "pool_pre_ping": pre_ping,
     }
     if url.startswith("postgresql+asyncpg"):
         kwargs["connect_args"] = {"server_settings": {"application_name": "gemini-backend"}}
@@ -114,9 +118,20 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 class Database:
     """The engine and session factory of one process, owned by the app's lifespan."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.engine = create_engine(settings)
+    def __init__(self, settings: Settings, *, pre_ping: bool = True) -> None:
+        self.engine = create_engine(settings, pre_ping=pre_ping)
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
+        # Reads (GET/HEAD requests) on PostgreSQL run in autocommit: each statement is its own
+        # transaction, which saves the BEGIN and COMMIT round trips of a request that only reads.
+        # (SQLite keeps one connection and BEGIN IMMEDIATE for everything; reads are local.)
+        self.read_sessionmaker = (
+            async_sessionmaker(
+                self.engine.execution_options(isolation_level="AUTOCOMMIT"),
+                expire_on_commit=False,
+            )
+            if self.engine.dialect.name == "postgresql"
+            else self.sessionmaker
+        )
 
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
@@ -126,14 +141,21 @@ class Database:
         await self.engine.dispose()
 
 
+_READ_METHODS = frozenset({"GET", "HEAD"})
+
+
 async def _request_session(request: Request) -> AsyncIterator[AsyncSession]:
     """One session per request; committed after the route returns, before the response is sent.
+    GET and HEAD routes only read (a rule of this code base): on PostgreSQL their session runs
+    in autocommit, without BEGIN/COMMIT round trips.
 
     A domain error marked `keeps_changes` (a failed login attempt that must be counted) commits
     what was written before it; any other error rolls back.
     """
     database: Database = request.app.state.database
-    async with database.sessionmaker() as session:
+    reads_only = request.method in _READ_METHODS
+    factory = database.read_sessionmaker if reads_only else database.sessionmaker
+    async with factory() as session:
         try:
             yield session
         except AppError as exc:

@@ -9,9 +9,10 @@ import contextlib
 import json
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import structlog
 from sqlalchemy import or_, select, update
@@ -72,6 +73,36 @@ def cancel_key(reply_id: int) -> str:
     return f"reply-cancel:{reply_id}"
 
 
+class _DeltaWriter:
+    """Appends a reply's text to its stream as it arrives, without waiting for Redis between
+    chunks: a chunk goes out at once when no append is in flight; chunks that arrive during an
+    append go out together, as one `delta`, right after it. A slow model's chunks each get their
+    own event; a fast one's are batched instead of costing a round trip each."""
+
+    def __init__(self, streams: ReplyStream, reply_id: int) -> None:
+        self._streams = streams
+        self._reply_id = reply_id
+        self._pending: list[str] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, text: str) -> None:
+        if self._task is not None and self._task.done():
+            self._task.result()  # an append failed: raise it here, in the generating task
+        self._pending.append(text)
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._drain())
+
+    async def _drain(self) -> None:
+        while self._pending:
+            text = "".join(self._pending)
+            self._pending.clear()
+            await self._streams.append(self._reply_id, "delta", json.dumps({"text": text}))
+
+    async def flush(self) -> None:
+        if self._task is not None:
+            await self._task
+
+
 class ReplyGenerator:
     def __init__(
         self,
@@ -98,16 +129,16 @@ class ReplyGenerator:
 
     # --- the job --------------------------------------------------------------------------------
     async def run(self, reply_id: int) -> None:
-        claim = await self._claim(reply_id)
-        if claim is None:
+        claimed = await self._claim(reply_id)
+        if claimed is None:
             log.info("reply_claim_skipped", reply_id=reply_id)
             return
+        claim, conversation, room = claimed
         structlog.contextvars.bind_contextvars(reply_id=reply_id, chatroom_id=claim.chatroom_id)
         if claim.attempt > 1:
             # An earlier attempt died part-way: its chunks are void. Clients are told to start over.
             await self.streams.clear(reply_id)
             await self.streams.append(reply_id, "reset", json.dumps({"attempt": claim.attempt}))
-        conversation, room = await self._conversation(claim)
         # A room still called "New chat" gets a title from its first exchange, made alongside
         # the reply (a second, cheap call) so the reply does not wait for it.
         titling = None
@@ -134,7 +165,9 @@ class ReplyGenerator:
         except Exception:
             log.exception("title_failed", chatroom_id=room_id)
 
-    async def _claim(self, reply_id: int) -> Claim | None:
+    async def _claim(self, reply_id: int) -> tuple[Claim, Conversation, Chatroom | None] | None:
+        """Take the reply (a conditional UPDATE: a duplicate delivery finds nothing to take) and
+        read its conversation, in one short transaction."""
         now = self.clock.now()
         async with self.sessionmaker() as session, session.begin():
             row = (
@@ -156,14 +189,9 @@ class ReplyGenerator:
                     )
                 )
             ).one_or_none()
-        if row is None:
-            return None
-        if row[0] == 1:
-            JOB_LAG.observe(max(0.0, (now - row[3]).total_seconds()))
-        return Claim(reply_id, row[0], row[1], row[2])
-
-    async def _conversation(self, claim: Claim) -> tuple[Conversation, Chatroom | None]:
-        async with self.sessionmaker() as session, session.begin():
+            if row is None:
+                return None
+            claim = Claim(reply_id, row[0], row[1], row[2])
             room = await session.get(Chatroom, claim.chatroom_id)
             rows = (
                 await session.execute(
@@ -177,6 +205,11 @@ class ReplyGenerator:
                     .limit(500)
                 )
             ).all()
+        if claim.attempt == 1:
+            JOB_LAG.observe(max(0.0, (now - row[3]).total_seconds()))
+        return claim, self._conversation(room, rows), room
+
+    def _conversation(self, room: Chatroom | None, rows: Sequence[Any]) -> Conversation:
         system_prompt = room.system_prompt if room else None
         budget = self.settings.context_max_tokens - estimate_tokens(system_prompt or "")
         turns: list[Turn] = []
@@ -190,18 +223,20 @@ class ReplyGenerator:
         # The conversation must end with the user's message being answered.
         while turns and turns[-1].role != "user":
             turns.pop()
-        return Conversation(system_prompt, turns), room
+        return Conversation(system_prompt, turns)
 
     async def _generate(self, claim: Claim, conversation: Conversation) -> Outcome:
         provider = self.provider.name
         started = time.perf_counter()
+        deltas = _DeltaWriter(self.streams, claim.reply_id)
         try:
-            return await self._generate_attempts(claim, conversation, started)
+            return await self._generate_attempts(claim, conversation, started, deltas)
         finally:
             PROVIDER_LATENCY.labels(provider).observe(time.perf_counter() - started)
+            await deltas.flush()  # every delta is in the stream before the final event
 
     async def _generate_attempts(
-        self, claim: Claim, conversation: Conversation, started: float
+        self, claim: Claim, conversation: Conversation, started: float, deltas: _DeltaWriter
     ) -> Outcome:
         parts: list[str] = []
         attempt = 0
@@ -229,9 +264,7 @@ class ReplyGenerator:
                                     time.perf_counter() - started
                                 )
                             parts.append(item.text)
-                            await self.streams.append(
-                                claim.reply_id, "delta", json.dumps({"text": item.text})
-                            )
+                            deltas.add(item.text)
                         else:
                             status = BLOCKED if item.blocked else COMPLETED
                             return Outcome(
