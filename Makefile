@@ -13,6 +13,9 @@ help:
 	@echo "make run     set up .venv, migrate, start the API (embedded mode by default)"
 	@echo "make test    set up .venv with dev tools, run the suite embedded and on PostgreSQL + Redis"
 	@echo "make lint    ruff + mypy"
+	@echo "make postman run the Postman collection with newman against a fresh throwaway server"
+	@echo "make soak    the long reliability runs (GB_SOAK=1), both modes"
+	@echo "make bench   benchmarks (one run, < 15 min): throughput, latency, SSE streams, replies; see bench/README.md"
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
@@ -43,6 +46,13 @@ worker: $(VENV)/.run-deps
 test: $(VENV)/.dev-deps
 	$(BIN)/python scripts/run_tests.py $(PYTEST_ARGS)
 
+# The long versions of the reliability suite and the shuffled webhook orders (README, Tests):
+# 100 quota-race trials, 100 shuffles per scenario, 2,000 SSE streams, 1,000-connection floods,
+# 200 fuzz examples per operation; embedded, then PostgreSQL + Redis.
+.PHONY: soak
+soak: $(VENV)/.dev-deps
+	GB_SOAK=1 $(BIN)/python scripts/run_tests.py --timeout=1800 tests/reliability tests/billing/test_webhook.py $(PYTEST_ARGS)
+
 lint: $(VENV)/.dev-deps
 	$(BIN)/ruff check src tests migrations scripts
 	$(BIN)/ruff format --check src tests migrations scripts
@@ -54,3 +64,21 @@ format: $(VENV)/.dev-deps
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# The Postman collection (postman/) run by newman, pinned in postman/package-lock.json and
+# installed into postman/node_modules (git-ignored), against a fresh throwaway server.
+NEWMAN_STAMP := postman/node_modules/.installed
+
+$(NEWMAN_STAMP): postman/package.json postman/package-lock.json
+	npm ci --prefix postman --no-audit --no-fund
+	@touch $@
+
+.PHONY: postman
+postman: $(VENV)/.run-deps $(NEWMAN_STAMP)
+	$(BIN)/python scripts/run_postman.py $(NEWMAN_ARGS)
+
+# Benchmarks (bench/README.md): starts its own processes, PostgreSQL database and Redis prefix,
+# removes them at the end. `make bench BENCH_ARGS="--profile"` adds py-spy flame graphs.
+.PHONY: bench
+bench: $(VENV)/.run-deps
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
