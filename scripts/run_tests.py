@@ -1,4 +1,5 @@
-"""Run the whole suite twice: embedded (SQLite, in-process) and production (PostgreSQL + Redis).
+"""Run the whole suite twice: embedded (SQLite, in-process) and production (PostgreSQL + Redis),
+as two concurrent pytest processes (GB_TEST_SEQUENTIAL=1: one after the other, output live).
 
 Without PostgreSQL/Redis the production half is skipped with a loud warning, except under
 CI=true, where a missing service fails the run. Extra arguments are passed to pytest.
@@ -8,8 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+import time
+from pathlib import Path
 
 DEFAULT_DATABASE = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/15"
@@ -59,12 +64,57 @@ def _pytest(backend: str, args: list[str]) -> int:
     return subprocess.call([sys.executable, "-m", "pytest", *args], env=env)  # noqa: S603
 
 
+def _both_at_once(args: list[str]) -> dict[str, int]:
+    """Both modes as two concurrent pytest processes (most of a test's time is spent waiting on
+    servers, databases and subprocesses, so the two overlap well). Each one's output goes to a
+    file and is printed whole when it ends; a line a minute says what is still running."""
+    logs = Path(tempfile.mkdtemp(prefix="gb-tests-"))
+    running: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
+    for backend in ("embedded", "production"):
+        log = logs / f"{backend}.log"
+        env = dict(os.environ, GB_TEST_BACKEND=backend)
+        command = [
+            sys.executable,
+            "-m",
+            "pytest",
+            f"--basetemp={logs / backend}",
+            "-o",
+            f"cache_dir=.pytest_cache/{backend}",
+            *args,
+        ]
+        with log.open("wb") as out:
+            process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)  # noqa: S603
+        running[backend] = (process, log)
+    print(f"embedded and production modes running at once; logs in {logs}", flush=True)
+    results: dict[str, int] = {}
+    started = time.monotonic()
+    report_at = started + 60
+    while running:
+        for backend, (process, log) in list(running.items()):
+            try:
+                code = process.wait(timeout=1)
+            except subprocess.TimeoutExpired:
+                continue
+            _banner(f"test suite, {backend} mode")
+            sys.stdout.write(log.read_text(errors="replace"))
+            sys.stdout.flush()
+            results[backend] = code
+            del running[backend]
+        if running and time.monotonic() >= report_at:
+            report_at += 60
+            minutes = round((time.monotonic() - started) / 60)
+            print(f"... {minutes} min: still running {', '.join(running)}", flush=True)
+    if not any(results.values()):
+        shutil.rmtree(logs, ignore_errors=True)
+    return {k: results[k] for k in ("embedded", "production")}
+
+
 def main() -> int:
     args = sys.argv[1:]
     ci = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
-    results = {"embedded": _pytest("embedded", args)}
     missing = asyncio.run(_missing_services())
     if missing:
+        results = {"embedded": _pytest("embedded", args)}
         _banner(
             "PRODUCTION-MODE TESTS NOT RUN: services unreachable\n  "
             + "\n  ".join(missing)
@@ -73,8 +123,10 @@ def main() -> int:
         if ci:
             print("CI=true: a missing service is a failure.", flush=True)
             return 1
+    elif os.environ.get("GB_TEST_SEQUENTIAL"):
+        results = {backend: _pytest(backend, args) for backend in ("embedded", "production")}
     else:
-        results["production"] = _pytest("production", args)
+        results = _both_at_once(args)
     _banner(
         "summary: "
         + ", ".join(f"{k} {'passed' if v == 0 else f'FAILED ({v})'}" for k, v in results.items())
