@@ -57,6 +57,7 @@ def _serve(args: argparse.Namespace) -> int:
         "log_config": None,
         "access_log": False,
         "timeout_graceful_shutdown": 10,
+        "timeout_keep_alive": settings.keep_alive_seconds,
     }
     if workers > 1:
         _prepare_multiprocess_metrics()

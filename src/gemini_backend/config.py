@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     environment: Environment = Environment.DEVELOPMENT
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+    # How long an idle client connection is kept open. Longer than the idle timeout of the load
+    # balancer or proxy in front (60 s for AWS ALB and nginx), so that it never reuses a
+    # connection the server is closing at that moment (a 502, or a client's read error).
+    keep_alive_seconds: int = Field(default=75, ge=1)
     data_dir: Path = Path("data")
     log_level: str = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
@@ -60,12 +64,19 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=20, ge=1)
     db_max_overflow: int = Field(default=0, ge=0)
     db_pool_timeout_seconds: float = Field(default=10.0, gt=0)
+    # PostgreSQL: a statement (or a connection attempt) without an answer for this long fails
+    # (503) instead of hanging the request when the database stops answering.
+    db_command_timeout_seconds: float = Field(default=30.0, gt=0)
+    db_connect_timeout_seconds: float = Field(default=10.0, gt=0)
     redis_url: str | None = None
     redis_key_prefix: str = "gb"
     # Connections per process: requests wait for one (up to REDIS_POOL_TIMEOUT_SECONDS, then 503)
     # rather than fail. Open SSE streams share one connection, whatever their number.
     redis_max_connections: int = Field(default=64, ge=2)
     redis_pool_timeout_seconds: float = Field(default=5.0, gt=0)
+    # A Redis command (and the queue's) that gets no answer for this long fails (503), so a
+    # Redis that stops answering without closing connections never hangs a request.
+    redis_socket_timeout_seconds: float = Field(default=10.0, ge=2)
 
     # --- auth ----------------------------------------------------------------------------
     jwt_secret: SecretStr | None = None

@@ -27,8 +27,8 @@ import httpx
 import pytest
 
 from tests.conftest import BACKEND
-from tests.helpers import bearer, sign_in
 from tests.processes import ServiceProcess, clean_env, free_port
+from tests.reliability.traffic import error_lines, settled_replies, steady_sends, users_with_rooms
 
 pytestmark = pytest.mark.skipif(BACKEND != "production", reason="PostgreSQL + Redis outages")
 
@@ -177,80 +177,13 @@ def stack(tmp_path: Path) -> Iterator[dict]:
         shutil.rmtree(pg_dir, ignore_errors=True)
 
 
-async def _users(client: httpx.AsyncClient) -> list[tuple[dict[str, str], int]]:
-    users = []
-    for _ in range(USERS):
-        auth = bearer(await sign_in(client))
-        room = (await client.post("/chatroom", json={}, headers=auth)).json()["id"]
-        users.append((auth, room))
-    return users
-
-
-async def _load(
-    client: httpx.AsyncClient,
-    users: list[tuple[dict[str, str], int]],
-    stop: asyncio.Event,
-    accepted: list[tuple[dict[str, str], int, int]],
-    statuses: list[tuple[float, int]],
-) -> None:
-    """Steady sends, round-robin over the users, until `stop`; records every answer."""
-    i = 0
-    while not stop.is_set():
-        auth, room = users[i % len(users)]
-        i += 1
-        try:
-            response = await client.post(
-                f"/chatroom/{room}/message", json={"content": f"load {i}"}, headers=auth
-            )
-            statuses.append((time.monotonic(), response.status_code))
-            if response.status_code == 202:
-                accepted.append((auth, room, response.json()["message_id"]))
-        except httpx.TransportError:
-            statuses.append((time.monotonic(), 0))
-        await asyncio.sleep(0.02)  # pacing of the load, not synchronisation
-
-
-async def _settled(client: httpx.AsyncClient, accepted, deadline: float) -> dict[int, list]:
-    """Every accepted message's replies, once all have reached a final state (or the deadline)."""
-    while True:
-        replies: dict[int, list] = {}
-        pending = 0
-        rooms = {(tuple(sorted(a.items())), r) for a, r, _ in accepted}
-        for auth_items, room in rooms:
-            auth = dict(auth_items)
-            cursor = None
-            while True:
-                params = {"limit": 100, **({"cursor": cursor} if cursor else {})}
-                page = (
-                    await client.get(f"/chatroom/{room}/messages", params=params, headers=auth)
-                ).json()
-                for message in page["messages"]:
-                    if message["role"] == "assistant":
-                        replies.setdefault(message["reply_to"], []).append(message)
-                        if message["status"] in {"queued", "generating"}:
-                            pending += 1
-                cursor = page.get("next_cursor")
-                if not cursor:
-                    break
-        if pending == 0 or time.monotonic() > deadline:
-            return replies
-        await asyncio.sleep(0.5)  # polling the API for the outcome
-
-
-def _errors(log: Path) -> str:
-    """The API log's error records and tracebacks, for a failure message."""
-    lines = log.read_text(errors="replace").splitlines()
-    picked = [i for i, line in enumerate(lines) if '"error"' in line or "Traceback" in line]
-    return "\n".join("\n".join(lines[i : i + 40]) for i in picked[:2])[-8000:]
-
-
 async def _run_with_restart(stack: dict, restart) -> None:
     async with httpx.AsyncClient(base_url=stack["base"], timeout=15.0) as client:
-        users = await _users(client)
+        users = await users_with_rooms(client, USERS)
         accepted: list = []
         statuses: list[tuple[float, int]] = []
         stop = asyncio.Event()
-        load = asyncio.create_task(_load(client, users, stop, accepted, statuses))
+        load = asyncio.create_task(steady_sends(client, users, stop, accepted, statuses))
         await asyncio.sleep(LOAD_SECONDS)
         restarted_at = time.monotonic()
         await asyncio.to_thread(restart)
@@ -270,8 +203,8 @@ async def _run_with_restart(stack: dict, restart) -> None:
             f"{recovered - back_at:.2f} s; answers {sorted(codes)}; {len(accepted)} accepted"
         )
         # Never a 500, never a hang.
-        assert codes <= {202, 503}, (sorted(codes), _errors(stack["api"].log))
-        replies = await _settled(client, accepted, time.monotonic() + 60)
+        assert codes <= {202, 503}, (sorted(codes), error_lines(stack["api"].log))
+        replies = await settled_replies(client, accepted, time.monotonic() + 60)
         for _, _, message_id in accepted:
             answer = replies.get(message_id, [])
             assert len(answer) == 1, (message_id, answer)  # never lost, never twice

@@ -94,7 +94,11 @@ def create_engine(settings: Settings, *, pre_ping: bool = True) -> AsyncEngine:
         "pool_pre_ping": pre_ping,
     }
     if url.startswith("postgresql+asyncpg"):
-        kwargs["connect_args"] = {"server_settings": {"application_name": "gemini-backend"}}
+        kwargs["connect_args"] = {
+            "server_settings": {"application_name": "gemini-backend"},
+            "timeout": settings.db_connect_timeout_seconds,
+            "command_timeout": settings.db_command_timeout_seconds,
+        }
     return create_async_engine(url, **kwargs)
 
 

@@ -65,5 +65,8 @@ def create_broker(settings: Settings) -> AsyncBroker:
             idle_timeout=settings.reply_stale_seconds * 2 * 1000,
             unacknowledged_lock_timeout=max(5.0, settings.reply_stale_seconds / 2),
             xread_block=1000,
+            # Passed to redis-py: a silent Redis fails an enqueue instead of hanging it.
+            socket_timeout=settings.redis_socket_timeout_seconds,
+            socket_connect_timeout=min(5.0, settings.redis_socket_timeout_seconds),
         )
     return InMemoryBroker(max_async_tasks=1000, propagate_exceptions=False)

@@ -17,8 +17,8 @@ def create_redis(settings: Settings) -> Redis | None:
         max_connections=settings.redis_max_connections,
         timeout=settings.redis_pool_timeout_seconds,
         decode_responses=False,
-        socket_connect_timeout=5,
-        socket_timeout=10,
+        socket_connect_timeout=min(5.0, settings.redis_socket_timeout_seconds),
+        socket_timeout=settings.redis_socket_timeout_seconds,
         health_check_interval=30,
     )
     return Redis.from_pool(pool)  # closing the client closes the pool

@@ -118,11 +118,13 @@ class RedisReplyStream:
     """Reply streams on Redis. Readers that have to wait share one blocking `XREAD` per process
     (the `_Hub`), so thousands of open SSE streams hold one Redis connection, not one each."""
 
-    def __init__(self, redis: Redis, prefix: str, max_events: int = 100_000) -> None:
+    def __init__(
+        self, redis: Redis, prefix: str, max_events: int = 100_000, block_ms: int = 5_000
+    ) -> None:
         self._redis = redis
         self._prefix = prefix
         self._max_events = max_events
-        self._hub = _Hub(redis, f"{prefix}:hub:{uuid.uuid4().hex}")
+        self._hub = _Hub(redis, f"{prefix}:hub:{uuid.uuid4().hex}", block_ms)
 
     def _key(self, reply_id: int) -> str:
         return f"{self._prefix}:reply:{reply_id}"
@@ -170,10 +172,10 @@ class _Hub:
     `XREAD`), so it is included at once. Started on first use; on a Redis error every waiter
     gets the error and the task retries with a growing pause."""
 
-    BLOCK_MS = 5_000  # under the client's socket timeout (10 s)
     WAKE_TTL_SECONDS = 3600
 
-    def __init__(self, redis: Redis, wake_key: str) -> None:
+    def __init__(self, redis: Redis, wake_key: str, block_ms: int) -> None:
+        self._block_ms = block_ms  # under the client's socket timeout
         self._redis = redis
         self._wake_key = wake_key
         self._waiters: dict[str, set[_Waiter]] = {}
@@ -215,7 +217,7 @@ class _Hub:
                     first = min(waiting)
                     positions[key] = f"{first[0]}-{first[1]}"
             try:
-                response: Any = await self._redis.xread(positions, block=self.BLOCK_MS)
+                response: Any = await self._redis.xread(positions, block=self._block_ms)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis down: every waiter learns it; retry later

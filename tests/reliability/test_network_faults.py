@@ -1,0 +1,148 @@
+"""Network faults between the service and its dependencies (production mode): added latency,
+connections reset, and a PostgreSQL or Redis that stops answering without closing anything.
+
+A TCP proxy on loopback (`fault_proxy.py`) stands between a real API process and worker and the
+run's PostgreSQL database and Redis; the machine's services themselves are never touched. Under
+steady sends, whatever the fault: every request is answered 202 or 503 within the client's
+timeout (never a 500, never a hang), sends are accepted again once the fault is gone, and every
+accepted message ends with exactly one completed reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy.engine import make_url
+
+from tests.conftest import BACKEND, TEST_REDIS_URL, Storage
+from tests.processes import ServiceProcess, free_port, service_env
+from tests.reliability.fault_proxy import FaultProxy
+from tests.reliability.traffic import (
+    error_lines,
+    settled_replies,
+    steady_sends,
+    users_with_rooms,
+)
+
+pytestmark = pytest.mark.skipif(BACKEND != "production", reason="PostgreSQL + Redis faults")
+
+USERS = 6
+TIMEOUT = 2  # the service's database and Redis timeouts in these tests, seconds
+# A request not answered by then counts as hung. The longest legitimate wait is a pool wait, a
+# statement and the rollback after it, each bounded by TIMEOUT.
+CLIENT_TIMEOUT = 4 * TIMEOUT
+
+
+@pytest.fixture(scope="module")
+def stack(storage: Storage, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    assert storage.database_url is not None
+    tmp_path: Path = tmp_path_factory.mktemp("network-faults")
+    database = make_url(storage.database_url)
+    redis = make_url(TEST_REDIS_URL)
+    pg = FaultProxy(database.port or 5432, database.host or "127.0.0.1").start()
+    rd = FaultProxy(redis.port or 6379, redis.host or "127.0.0.1").start()
+    port = free_port()
+    env = service_env(
+        BACKEND,
+        database_url=database.set(host="127.0.0.1", port=pg.port).render_as_string(
+            hide_password=False
+        ),
+        redis_url=str(redis.set(host="127.0.0.1", port=rd.port)),
+        tmp_path=tmp_path,
+        JWT_SECRET="n" * 40,
+        DEMO_CHUNK_DELAY_MS="0",
+        SEND_PER_MINUTE="100000",
+        BASIC_DAILY_LIMIT="100000",
+        DB_POOL_TIMEOUT_SECONDS=str(TIMEOUT),
+        DB_COMMAND_TIMEOUT_SECONDS=str(TIMEOUT),
+        DB_CONNECT_TIMEOUT_SECONDS=str(TIMEOUT),
+        REDIS_SOCKET_TIMEOUT_SECONDS=str(TIMEOUT),
+        REDIS_POOL_TIMEOUT_SECONDS=str(TIMEOUT),
+        # A reply whose job was lost with a fault is re-enqueued from the database this soon.
+        REPLY_STALE_SECONDS="4",
+    )
+    api = ServiceProcess(
+        ["serve", "--port", str(port), "--no-migrate"], env, tmp_path, tmp_path / "api.log"
+    )
+    worker = ServiceProcess(["worker"], env, tmp_path, tmp_path / "worker.log")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        api.wait_healthy(base)
+        yield {"base": base, "pg": pg, "redis": rd, "api": api, "worker": worker}
+    finally:
+        api.kill()
+        worker.kill()
+        pg.close()
+        rd.close()
+
+
+async def _under_load(stack: dict, fault: Callable[[], None]) -> None:
+    """Steady sends; `fault()` runs (in a thread) in the middle of them; then checks."""
+    async with httpx.AsyncClient(base_url=stack["base"], timeout=CLIENT_TIMEOUT) as client:
+        users = await users_with_rooms(client, USERS)
+        accepted: list = []
+        statuses: list[tuple[float, int]] = []
+        stop = asyncio.Event()
+        load = asyncio.create_task(steady_sends(client, users, stop, accepted, statuses))
+        await asyncio.sleep(1.0)  # steady load before the fault
+        await asyncio.to_thread(fault)
+        over_at = time.monotonic()
+        deadline = over_at + 30
+        while not any(t > over_at and code == 202 for t, code in statuses):
+            assert time.monotonic() < deadline, statuses[-20:]
+            await asyncio.sleep(0.1)  # polling the recorded answers
+        stop.set()
+        await load
+        recovered = min(t for t, code in statuses if t > over_at and code == 202)
+        codes = sorted({code for _, code in statuses})
+        print(
+            f"fault over; first 202 after {recovered - over_at:.2f} s; answers {codes}; "
+            f"{len(accepted)} accepted"
+        )
+        # 0 would be a request that got no answer within CLIENT_TIMEOUT (a hang).
+        assert set(codes) <= {202, 503}, (codes, error_lines(stack["api"].log))
+        replies = await settled_replies(client, accepted, time.monotonic() + 60)
+        for _, _, message_id in accepted:
+            answer = replies.get(message_id, [])
+            assert len(answer) == 1, (message_id, answer, error_lines(stack["worker"].log))
+            assert answer[0]["status"] == "completed", answer
+
+
+def test_added_latency_slows_but_breaks_nothing(stack):
+    def slow_then_normal() -> None:
+        stack["pg"].latency(0.02)
+        stack["redis"].latency(0.02)
+        time.sleep(2.0)  # the duration of the fault
+        stack["pg"].latency(0)
+        stack["redis"].latency(0)
+
+    asyncio.run(_under_load(stack, slow_then_normal))
+
+
+def test_connections_reset_under_load(stack):
+    def resets() -> None:
+        stack["pg"].cut()
+        time.sleep(0.5)  # the load meets the fresh connections
+        stack["redis"].cut()
+        time.sleep(0.5)
+        stack["pg"].cut()
+        stack["redis"].cut()
+
+    asyncio.run(_under_load(stack, resets))
+
+
+@pytest.mark.parametrize("dependency", ["pg", "redis"])
+def test_a_dependency_that_stops_answering_is_503_not_a_hang(stack, dependency):
+    proxy: FaultProxy = stack[dependency]
+
+    def silent_for_a_while() -> None:
+        proxy.silence()
+        time.sleep(CLIENT_TIMEOUT + 2)  # without the service's own timeouts, requests would hang
+        proxy.restore()
+
+    asyncio.run(_under_load(stack, silent_for_a_while))
