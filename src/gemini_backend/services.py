@@ -57,13 +57,7 @@ class Services:
         prefix = settings.redis_key_prefix
         cache: Cache = RedisCache(redis, prefix) if redis is not None else MemoryCache()
         streams: ReplyStream = (
-            RedisReplyStream(
-                redis,
-                prefix,
-                block_ms=int(min(5.0, settings.redis_socket_timeout_seconds / 2) * 1000),
-            )
-            if redis is not None
-            else MemoryReplyStream()
+            RedisReplyStream(redis, prefix) if redis is not None else MemoryReplyStream()
         )
         provider = create_provider(settings)
         quota = Quota(settings)

@@ -34,6 +34,11 @@ async def reply_streams(storage: Storage) -> AsyncIterator[tuple[ReplyStream, Re
     await redis.aclose()
 
 
+def _subscribed_waiters(streams: RedisReplyStream) -> int:
+    channels = streams._notices._channels.values()
+    return sum(len(c.listeners) for c in channels if c.subscribed.is_set())
+
+
 async def test_many_waiting_readers_each_get_their_own_events(reply_streams):
     streams, _ = reply_streams
     first_ids = {
@@ -49,7 +54,7 @@ async def test_many_waiting_readers_each_get_their_own_events(reply_streams):
         # Every reader that has to wait is in the shared read before the second events are
         # written (otherwise its first, direct read would get them and prove nothing).
         # Polling a condition (bounded by the test timeout), not sleeping for synchronisation.
-        while sum(len(g) for g in streams._hub._waiters.values()) < READERS // 2:  # noqa: ASYNC110
+        while _subscribed_waiters(streams) < READERS // 2:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
     for reply in range(0, READERS, 2):
         await streams.append(reply, "done", f"second {reply}")

@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from tests.conftest import BACKEND, TEST_REDIS_URL, Storage
-from tests.processes import ServiceProcess, free_port, service_env
+from tests.processes import free_port, running_service, service_env
 from tests.reliability.fault_proxy import FaultProxy
 from tests.reliability.traffic import (
     error_lines,
@@ -66,17 +66,16 @@ def stack(storage: Storage, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         # A reply whose job was lost with a fault is re-enqueued from the database this soon.
         REPLY_STALE_SECONDS="4",
     )
-    api = ServiceProcess(
-        ["serve", "--port", str(port), "--no-migrate"], env, tmp_path, tmp_path / "api.log"
-    )
-    worker = ServiceProcess(["worker"], env, tmp_path, tmp_path / "worker.log")
-    base = f"http://127.0.0.1:{port}"
     try:
-        api.wait_healthy(base)
-        yield {"base": base, "pg": pg, "redis": rd, "api": api, "worker": worker}
+        with running_service(BACKEND, env, tmp_path, port) as api:
+            yield {
+                "base": f"http://127.0.0.1:{port}",
+                "pg": pg,
+                "redis": rd,
+                "api": api,
+                "worker_log": tmp_path / "worker.log",
+            }
     finally:
-        api.kill()
-        worker.kill()
         pg.close()
         rd.close()
 
@@ -109,7 +108,7 @@ async def _under_load(stack: dict, fault: Callable[[], None]) -> None:
         replies = await settled_replies(client, accepted, time.monotonic() + 60)
         for _, _, message_id in accepted:
             answer = replies.get(message_id, [])
-            assert len(answer) == 1, (message_id, answer, error_lines(stack["worker"].log))
+            assert len(answer) == 1, (message_id, answer, error_lines(stack["worker_log"]))
             assert answer[0]["status"] == "completed", answer
 
 

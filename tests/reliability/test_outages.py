@@ -27,7 +27,7 @@ import httpx
 import pytest
 
 from tests.conftest import BACKEND
-from tests.processes import ServiceProcess, clean_env, free_port
+from tests.processes import clean_env, free_port, running_service
 from tests.reliability.traffic import error_lines, settled_replies, steady_sends, users_with_rooms
 
 pytestmark = pytest.mark.skipif(BACKEND != "production", reason="PostgreSQL + Redis outages")
@@ -160,17 +160,15 @@ def stack(tmp_path: Path) -> Iterator[dict]:
         check=False,
     )
     assert migrate.returncode == 0, migrate.stderr
-    api = ServiceProcess(
-        ["serve", "--port", str(port), "--no-migrate"], env, tmp_path, tmp_path / "api.log"
-    )
-    worker = ServiceProcess(["worker"], env, tmp_path, tmp_path / "worker.log")
-    base = f"http://127.0.0.1:{port}"
     try:
-        api.wait_healthy(base)
-        yield {"base": base, "redis": redis, "postgres": postgres, "api": api, "worker": worker}
+        with running_service(BACKEND, env, tmp_path, port) as api:
+            yield {
+                "base": f"http://127.0.0.1:{port}",
+                "redis": redis,
+                "postgres": postgres,
+                "api": api,
+            }
     finally:
-        api.kill()
-        worker.kill()
         redis.kill()
         with contextlib.suppress(subprocess.SubprocessError):
             postgres.stop("immediate")

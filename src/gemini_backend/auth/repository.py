@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gemini_backend.auth.models import AuthSession, LoginGuard, OtpCode, RefreshToken
@@ -155,19 +155,24 @@ async def user_by_number(session: AsyncSession, mobile_number: str) -> User | No
     ).scalar_one_or_none()
 
 
+# Built once: every signed-in request runs it, and building the expression each time showed in
+# the profile. Values are bound per execution.
+_USER_WITH_LIVE_SESSION = (
+    select(User)
+    .join(AuthSession, AuthSession.user_id == User.id)
+    .where(
+        User.id == bindparam("user_id"),
+        AuthSession.id == bindparam("session_id"),
+        AuthSession.revoked_at.is_(None),
+    )
+)
+
+
 async def user_with_live_session(
     session: AsyncSession, user_id: int, session_id: int
 ) -> User | None:
-    stmt = (
-        select(User)
-        .join(AuthSession, AuthSession.user_id == User.id)
-        .where(
-            User.id == user_id,
-            AuthSession.id == session_id,
-            AuthSession.revoked_at.is_(None),
-        )
-    )
-    return (await session.execute(stmt)).scalar_one_or_none()
+    params = {"user_id": user_id, "session_id": session_id}
+    return (await session.execute(_USER_WITH_LIVE_SESSION, params)).scalar_one_or_none()
 
 
 async def insert_user(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -115,34 +115,57 @@ def _int_id(value: str | None) -> int:
 
 
 class RedisReplyStream:
-    """Reply streams on Redis. Readers that have to wait share one blocking `XREAD` per process
-    (the `_Hub`), so thousands of open SSE streams hold one Redis connection, not one each."""
+    """Reply streams on Redis. Every append also publishes a notice on the reply's Pub/Sub
+    channel; a reader with nothing to read subscribes (one Pub/Sub connection per process,
+    shared by all its waiting readers) and reads again when told. Thousands of open SSE streams
+    thus hold one Redis connection, and each notice costs one read by the readers of that reply
+    only."""
 
-    def __init__(
-        self, redis: Redis, prefix: str, max_events: int = 100_000, block_ms: int = 5_000
-    ) -> None:
+    def __init__(self, redis: Redis, prefix: str, max_events: int = 100_000) -> None:
         self._redis = redis
         self._prefix = prefix
         self._max_events = max_events
-        self._hub = _Hub(redis, f"{prefix}:hub:{uuid.uuid4().hex}", block_ms)
+        self._notices = _Notices(redis)
 
     def _key(self, reply_id: int) -> str:
         return f"{self._prefix}:reply:{reply_id}"
 
+    def _channel(self, reply_id: int) -> str:
+        return f"{self._prefix}:reply-notice:{reply_id}"
+
     async def append(self, reply_id: int, type_: str, data: str) -> str:
-        event_id = await self._redis.xadd(
-            self._key(reply_id), {"t": type_, "d": data}, maxlen=self._max_events
-        )
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.xadd(self._key(reply_id), {"t": type_, "d": data}, maxlen=self._max_events)
+            pipe.publish(self._channel(reply_id), b"1")
+            event_id, _receivers = await pipe.execute()
         return _text(event_id)
 
     async def read(self, reply_id: int, after: str | None, block_ms: int) -> list[StreamEvent]:
         start = after if after and _valid_stream_id(after) else "0-0"
         key = self._key(reply_id)
+        if block_ms <= 0:
+            return await self._read_now(key, start)
+        try:
+            async with (
+                asyncio.timeout(block_ms / 1000),
+                # Subscribed before the read: a notice for anything appended after the read
+                # cannot be missed.
+                self._notices.listening(self._channel(reply_id)) as notified,
+            ):
+                while not (events := await self._read_now(key, start)):
+                    await notified.wait()
+                    notified.clear()
+                return events
+        except TimeoutError:
+            return []
+
+    async def _read_now(self, key: str, start: str) -> list[StreamEvent]:
         response: Any = await self._redis.xread({key: start})
-        events = _events(response)
-        if events or block_ms <= 0:
-            return events
-        return await self._hub.wait(key, start, block_ms / 1000)
+        return [
+            _event(raw_id, fields)
+            for _stream, entries in response or []
+            for raw_id, fields in entries
+        ]
 
     async def exists(self, reply_id: int) -> bool:
         return bool(await self._redis.exists(self._key(reply_id)))
@@ -155,111 +178,123 @@ class RedisReplyStream:
         await self._redis.xtrim(self._key(reply_id), maxlen=0, approximate=False)
 
     async def aclose(self) -> None:
-        await self._hub.aclose()
+        await self._notices.aclose()
 
 
-@dataclass(eq=False, slots=True)
-class _Waiter:
-    after: tuple[int, int]
-    future: asyncio.Future[list[StreamEvent]]
+@dataclass(eq=False)
+class _Channel:
+    listeners: set[asyncio.Event] = field(default_factory=set)
+    subscribed: asyncio.Event = field(default_factory=asyncio.Event)
+    idle_since: float | None = None
 
 
-class _Hub:
-    """One task per process that waits, in a single blocking `XREAD`, on every stream some
-    reader is waiting on, and hands each reader the events after its own position.
+class _Notices:
+    """The Pub/Sub side of the reply streams of one process: one connection and one task
+    receiving the notices. A channel is subscribed while readers wait on it and for LINGER
+    seconds after the last one left (an SSE stream reads again right after each chunk: it finds
+    the subscription still there instead of paying SUBSCRIBE/UNSUBSCRIBE per chunk).
 
-    A new waiter wakes the task through a private stream (`XADD` to `wake_key`, part of every
-    `XREAD`), so it is included at once. Started on first use; on a Redis error every waiter
-    gets the error and the task retries with a growing pause."""
+    On a lost connection every waiting reader is woken (its next read tells it whether Redis is
+    back) and redis-py re-subscribes the channels when it reconnects."""
 
-    WAKE_TTL_SECONDS = 3600
+    LINGER = 2.0
 
-    def __init__(self, redis: Redis, wake_key: str, block_ms: int) -> None:
-        self._block_ms = block_ms  # under the client's socket timeout
+    def __init__(self, redis: Redis) -> None:
         self._redis = redis
-        self._wake_key = wake_key
-        self._waiters: dict[str, set[_Waiter]] = {}
+        self._pubsub: Any = None
+        self._channels: dict[str, _Channel] = {}
+        self._lock = asyncio.Lock()  # SUBSCRIBE / UNSUBSCRIBE decisions, in order
         self._task: asyncio.Task[None] | None = None
 
-    async def wait(self, key: str, after: str, within: float) -> list[StreamEvent]:
-        loop = asyncio.get_running_loop()
-        waiter = _Waiter(_parse_id(after), loop.create_future())
-        self._waiters.setdefault(key, set()).add(waiter)
+    @contextlib.asynccontextmanager
+    async def listening(self, channel: str) -> AsyncIterator[asyncio.Event]:
+        notified = asyncio.Event()
+        entry = self._channels.get(channel)
+        if entry is None:
+            entry = self._channels[channel] = _Channel()
+        entry.listeners.add(notified)
+        entry.idle_since = None
         try:
-            if self._task is None or self._task.done():
-                self._task = asyncio.create_task(self._run(), name="reply-stream-hub")
-            else:
-                await self._wake()
-            return await asyncio.wait_for(waiter.future, within)
-        except TimeoutError:
-            return []
+            if not entry.subscribed.is_set():
+                async with self._lock:
+                    if self._pubsub is None:
+                        self._pubsub = self._redis.pubsub()
+                    # Even if redis-py still lists it (an UNSUBSCRIBE may be on its way):
+                    # this SUBSCRIBE comes after it, and its confirmation sets `subscribed`.
+                    await self._pubsub.subscribe(channel)
+                    if self._task is None or self._task.done():
+                        self._task = asyncio.create_task(self._receive(), name="reply-notices")
+                await entry.subscribed.wait()  # confirmed by Redis: no notice can be missed
+            yield notified
         finally:
-            group = self._waiters.get(key)
-            if group is not None:
-                group.discard(waiter)
-                if not group:
-                    del self._waiters[key]
+            entry.listeners.discard(notified)
+            if not entry.listeners:
+                entry.idle_since = asyncio.get_running_loop().time()
 
-    async def _wake(self) -> None:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.xadd(self._wake_key, {"w": "1"}, maxlen=10, approximate=True)
-            pipe.expire(self._wake_key, self.WAKE_TTL_SECONDS)
-            await pipe.execute()
-
-    async def _run(self) -> None:
-        wake_position = "0-0"  # the wake stream is this object's own: all of it is new
+    async def _receive(self) -> None:
         pause = 0.05
-        while self._waiters:
-            positions: dict[Any, Any] = {self._wake_key: wake_position}
-            for key, group in self._waiters.items():
-                waiting = [w.after for w in group if not w.future.done()]
-                if waiting:
-                    first = min(waiting)
-                    positions[key] = f"{first[0]}-{first[1]}"
+        while True:
             try:
-                response: Any = await self._redis.xread(positions, block=self._block_ms)
+                message = await self._pubsub.get_message(timeout=self.LINGER / 2)
+                await self._unsubscribe_idle()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # Redis down: every waiter learns it; retry later
-                for group in self._waiters.values():
-                    for waiter in group:
-                        if not waiter.future.done():
-                            waiter.future.set_exception(exc)
+            except Exception:
+                # Redis gone: wake every waiting reader; its next read fails or finds events.
+                for entry in self._channels.values():
+                    entry.subscribed.set()
+                    for notified in entry.listeners:
+                        notified.set()
                 await asyncio.sleep(pause)  # backoff before reconnecting, not synchronisation
                 pause = min(pause * 2, 2.0)
                 continue
             pause = 0.05
-            for raw_key, entries in response or []:
-                key = _text(raw_key)
-                if key == self._wake_key:
-                    wake_position = _text(entries[-1][0])
-                    continue
-                events = [_event(raw_id, fields) for raw_id, fields in entries]
-                for waiter in self._waiters.get(key, ()):
-                    mine = [e for e in events if _parse_id(e.id) > waiter.after]
-                    if mine and not waiter.future.done():
-                        waiter.future.set_result(mine)
+            if message is None:
+                continue
+            receiver = self._channels.get(_text(message["channel"]))
+            if receiver is None:
+                continue
+            if message["type"] == "subscribe":
+                receiver.subscribed.set()
+            elif message["type"] == "message":
+                for notified in receiver.listeners:
+                    notified.set()
+
+    async def _unsubscribe_idle(self) -> None:
+        cutoff = asyncio.get_running_loop().time() - self.LINGER
+        idle = [
+            name
+            for name, entry in self._channels.items()
+            if entry.idle_since is not None and entry.idle_since <= cutoff
+        ]
+        if not idle:
+            return
+        async with self._lock:
+            gone = [
+                name
+                for name in idle
+                if (entry := self._channels.get(name)) is not None
+                and not entry.listeners
+                and entry.idle_since is not None
+                and entry.idle_since <= cutoff
+            ]
+            for name in gone:
+                del self._channels[name]
+            if gone:
+                await self._pubsub.unsubscribe(*gone)
 
     async def aclose(self) -> None:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-
-
-def _parse_id(value: str) -> tuple[int, int]:
-    head, _, tail = value.partition("-")
-    return int(head), int(tail or 0)
+        if self._pubsub is not None:
+            with contextlib.suppress(Exception):
+                await self._pubsub.aclose()
 
 
 def _event(raw_id: bytes | str, fields: dict[bytes, bytes]) -> StreamEvent:
     return StreamEvent(_text(raw_id), _text(fields[b"t"]), _text(fields[b"d"]))
-
-
-def _events(response: Any) -> list[StreamEvent]:
-    return [
-        _event(raw_id, fields) for _stream, entries in response or [] for raw_id, fields in entries
-    ]
 
 
 def _text(value: bytes | str) -> str:
