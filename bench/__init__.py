@@ -1,0 +1,1 @@
+"""Benchmarks of gemini-backend: `make bench` (see bench/README.md)."""
