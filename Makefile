@@ -54,13 +54,13 @@ soak: $(VENV)/.dev-deps
 	GB_SOAK=1 $(BIN)/python scripts/run_tests.py --timeout=1800 tests/reliability tests/billing/test_webhook.py $(PYTEST_ARGS)
 
 lint: $(VENV)/.dev-deps
-	$(BIN)/ruff check src tests migrations scripts
-	$(BIN)/ruff format --check src tests migrations scripts
+	$(BIN)/ruff check src tests migrations scripts bench
+	$(BIN)/ruff format --check src tests migrations scripts bench
 	$(BIN)/mypy
 
 format: $(VENV)/.dev-deps
-	$(BIN)/ruff format src tests migrations scripts
-	$(BIN)/ruff check --fix src tests migrations scripts
+	$(BIN)/ruff format src tests migrations scripts bench
+	$(BIN)/ruff check --fix src tests migrations scripts bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

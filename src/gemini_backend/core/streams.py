@@ -1,8 +1,9 @@
 """Reply streams: the chunks of a reply as they are produced, readable from any API process.
 
 Production: one Redis Stream per reply (`XADD`, read with `XREAD`; a reader waiting for more
-listens to the reply's Pub/Sub notices), kept REPLY_STREAM_TTL_SECONDS after the end. Embedded: an in-process buffer with the same interface. Event ids are what a
-client sends back as `Last-Event-ID` to resume without loss or duplicates.
+listens to the reply's Pub/Sub notices), kept REPLY_STREAM_TTL_SECONDS after the end.
+Embedded: an in-process buffer with the same interface. Event ids are what a client sends back
+as `Last-Event-ID` to resume without loss or duplicates.
 """
 
 from __future__ import annotations
