@@ -566,16 +566,7 @@ def measure_endpoints(
     run.load(mode, "GET /health", base_url, [Req("GET", "/health")], server=api_proc)
     me = user_reqs(users, "GET", lambda u: "/user/me")
     run.load(mode, "GET /user/me", base_url, me, server=api_proc)
-    if run.args.profile and mode == "production":
-        profiled(
-            run,
-            "user-me",
-            api_proc.pid,
-            args.duration,
-            lambda: run.loadgen.run(
-                base_url, me, connections=args.connections, seconds=args.duration
-            ),
-        )
+    profile_production(run, mode, "user-me", api_proc, base_url, me)
 
     one = users[0]
     check_header(base_url, "/chatroom", one.token, "X-Cache", "HIT")  # fills the cache
@@ -594,20 +585,27 @@ def measure_endpoints(
 
 
 def measure_send(run: Run, mode: str, base_url: str, users: list[User], api_proc: Proc) -> None:
-    args = run.args
     body = json.dumps({"content": "What is the capital of France? Answer in one line."})
     sends = user_reqs(users, "POST", lambda u: f"/chatroom/{u.rooms[0]}/message", body)
     run.load(mode, "POST /chatroom/{id}/message", base_url, sends, server=api_proc)
-    if run.args.profile and mode == "production":
-        profiled(
-            run,
-            "send-message",
-            api_proc.pid,
-            args.duration,
-            lambda: run.loadgen.run(
-                base_url, sends, connections=args.connections, seconds=args.duration
-            ),
-        )
+    profile_production(run, mode, "send-message", api_proc, base_url, sends)
+
+
+def profile_production(
+    run: Run, mode: str, label: str, api_proc: Proc, base_url: str, reqs: list[Req]
+) -> None:
+    """With --profile, py-spy records the production API under the same load once more."""
+    if not run.args.profile or mode != "production":
+        return
+    seconds = run.args.duration
+    connections = run.args.connections
+    profiled(
+        run,
+        label,
+        api_proc.pid,
+        seconds,
+        lambda: run.loadgen.run(base_url, reqs, connections=connections, seconds=seconds),
+    )
 
 
 def measure_uncached(run: Run, stack: Stack, users: list[User]) -> None:

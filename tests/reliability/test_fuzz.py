@@ -18,7 +18,7 @@ from tests.helpers import new_number
 from tests.processes import free_port, running_service, service_env
 
 # Examples per operation; `make soak` raises it.
-EXAMPLES = int(os.environ.get("GB_FUZZ_EXAMPLES", "200" if os.environ.get("GB_SOAK") else "15"))
+EXAMPLES = int(os.environ.get("GB_FUZZ_EXAMPLES", "200" if os.environ.get("GB_SOAK") else "8"))
 CHECKS = [
     "not_a_server_error",
     "status_code_conformance",

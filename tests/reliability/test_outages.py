@@ -127,8 +127,11 @@ def _wait_port(port: int, timeout: float = 20.0) -> None:
     raise TimeoutError(f"nothing listens on {port}")
 
 
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[dict]:
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """One throwaway Redis and PostgreSQL cluster, API and worker for both restarts (each test
+    signs up its own users)."""
+    tmp_path = tmp_path_factory.mktemp("outages")
     if not PG_BIN or shutil.which("redis-server") is None:
         pytest.fail("redis-server and PostgreSQL's initdb/pg_ctl are needed")
     # The cluster lives where the `postgres` user (initdb refuses root) can reach it.

@@ -190,10 +190,11 @@ class _Channel:
 
 
 class _Notices:
-    """The Pub/Sub side of the reply streams of one process: one connection and one task
-    receiving the notices. A channel is subscribed while readers wait on it and for LINGER
-    seconds after the last one left (an SSE stream reads again right after each chunk: it finds
-    the subscription still there instead of paying SUBSCRIBE/UNSUBSCRIBE per chunk).
+    """The Pub/Sub side of the reply streams of one process: one connection, one task sending
+    SUBSCRIBE / UNSUBSCRIBE (readers only ask and wait, so a reader's timeout can never cut a
+    command in half) and one task receiving. A channel is subscribed while readers wait on it
+    and for LINGER seconds after the last one left (an SSE stream reads again right after each
+    chunk and finds the subscription still there).
 
     On a lost connection every waiting reader is woken (its next read tells it whether Redis is
     back) and redis-py re-subscribes the channels when it reconnects."""
@@ -204,8 +205,10 @@ class _Notices:
         self._redis = redis
         self._pubsub: Any = None
         self._channels: dict[str, _Channel] = {}
-        self._lock = asyncio.Lock()  # SUBSCRIBE / UNSUBSCRIBE decisions, in order
-        self._task: asyncio.Task[None] | None = None
+        self._to_subscribe: set[str] = set()
+        self._work = asyncio.Event()
+        self._commander: asyncio.Task[None] | None = None
+        self._receiver: asyncio.Task[None] | None = None
 
     @contextlib.asynccontextmanager
     async def listening(self, channel: str) -> AsyncIterator[asyncio.Event]:
@@ -217,14 +220,10 @@ class _Notices:
         entry.idle_since = None
         try:
             if not entry.subscribed.is_set():
-                async with self._lock:
-                    if self._pubsub is None:
-                        self._pubsub = self._redis.pubsub()
-                    # Even if redis-py still lists it (an UNSUBSCRIBE may be on its way):
-                    # this SUBSCRIBE comes after it, and its confirmation sets `subscribed`.
-                    await self._pubsub.subscribe(channel)
-                    if self._task is None or self._task.done():
-                        self._task = asyncio.create_task(self._receive(), name="reply-notices")
+                self._to_subscribe.add(channel)
+                self._work.set()
+                if self._commander is None or self._commander.done():
+                    self._commander = asyncio.create_task(self._command(), name="reply-notices")
                 await entry.subscribed.wait()  # confirmed by Redis: no notice can be missed
             yield notified
         finally:
@@ -232,12 +231,52 @@ class _Notices:
             if not entry.listeners:
                 entry.idle_since = asyncio.get_running_loop().time()
 
+    async def _command(self) -> None:
+        pause = 0.05
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._work.wait(), self.LINGER)  # work, or a cleanup
+            self._work.clear()
+            asking = list(self._to_subscribe)
+            self._to_subscribe.clear()
+            try:
+                if self._pubsub is None:
+                    self._pubsub = self._redis.pubsub()
+                if asking:
+                    # Even for a channel redis-py still lists (an UNSUBSCRIBE may be on its way):
+                    # this SUBSCRIBE comes after it, and its confirmation sets `subscribed`.
+                    await self._pubsub.subscribe(*asking)
+                    if self._receiver is None or self._receiver.done():
+                        self._receiver = asyncio.create_task(self._receive(), name="notices-in")
+                await self._unsubscribe_idle()
+                pause = 0.05
+            except Exception:
+                # Redis unavailable: the readers waiting for these channels go on (their next
+                # read fails, or finds events); later readers ask again.
+                for name in asking:
+                    entry = self._channels.get(name)
+                    if entry is not None:
+                        entry.subscribed.set()
+                await asyncio.sleep(pause)  # backoff before trying Redis again
+                pause = min(pause * 2, 2.0)
+
+    async def _unsubscribe_idle(self) -> None:
+        cutoff = asyncio.get_running_loop().time() - self.LINGER
+        gone = [
+            name
+            for name, entry in self._channels.items()
+            if not entry.listeners and entry.idle_since is not None and entry.idle_since <= cutoff
+        ]
+        for name in gone:
+            del self._channels[name]
+        if gone and self._pubsub is not None:
+            await self._pubsub.unsubscribe(*gone)
+
     async def _receive(self) -> None:
         pause = 0.05
         while True:
             try:
-                message = await self._pubsub.get_message(timeout=self.LINGER / 2)
-                await self._unsubscribe_idle()
+                message = await self._pubsub.get_message(timeout=self.LINGER)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -261,34 +300,12 @@ class _Notices:
                 for notified in receiver.listeners:
                     notified.set()
 
-    async def _unsubscribe_idle(self) -> None:
-        cutoff = asyncio.get_running_loop().time() - self.LINGER
-        idle = [
-            name
-            for name, entry in self._channels.items()
-            if entry.idle_since is not None and entry.idle_since <= cutoff
-        ]
-        if not idle:
-            return
-        async with self._lock:
-            gone = [
-                name
-                for name in idle
-                if (entry := self._channels.get(name)) is not None
-                and not entry.listeners
-                and entry.idle_since is not None
-                and entry.idle_since <= cutoff
-            ]
-            for name in gone:
-                del self._channels[name]
-            if gone:
-                await self._pubsub.unsubscribe(*gone)
-
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._commander, self._receiver):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._pubsub is not None:
             with contextlib.suppress(Exception):
                 await self._pubsub.aclose()
