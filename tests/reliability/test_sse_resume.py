@@ -57,13 +57,21 @@ async def _follow(
     seen: list[str] = []
     ids: list[str] = []
     last_id: str | None = None
-    resumed = 0
+    resumed = overloaded = 0
     while True:
+        assert overloaded <= 5, "still overloaded after five retries"
         headers = dict(auth)
         if last_id is not None:
             headers["Last-Event-ID"] = last_id
         dropped = False
         async with client.stream("GET", url, headers=headers) as response:
+            if response.status_code == 503:
+                # Overload (thousands of opens at once on embedded mode's single database
+                # connection): the documented answer. A client honours Retry-After and retries.
+                retry_after = float(response.headers["Retry-After"])
+                overloaded += 1
+                await asyncio.sleep(retry_after)  # the client's backoff, not synchronisation
+                continue
             assert response.status_code == 200
             fields: dict[str, str] = {}
             async for line in response.aiter_lines():
