@@ -15,19 +15,13 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
 from tests.conftest import BACKEND, TEST_REDIS_URL, Storage
 from tests.processes import free_port, running_service, service_env
 from tests.reliability.fault_proxy import FaultProxy
-from tests.reliability.traffic import (
-    error_lines,
-    settled_replies,
-    steady_sends,
-    users_with_rooms,
-)
+from tests.reliability.traffic import fault_under_load
 
 pytestmark = pytest.mark.skipif(BACKEND != "production", reason="PostgreSQL + Redis faults")
 
@@ -81,35 +75,15 @@ def stack(storage: Storage, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 
 async def _under_load(stack: dict, fault: Callable[[], None]) -> None:
-    """Steady sends; `fault()` runs (in a thread) in the middle of them; then checks."""
-    async with httpx.AsyncClient(base_url=stack["base"], timeout=CLIENT_TIMEOUT) as client:
-        users = await users_with_rooms(client, USERS)
-        accepted: list = []
-        statuses: list[tuple[float, int]] = []
-        stop = asyncio.Event()
-        load = asyncio.create_task(steady_sends(client, users, stop, accepted, statuses))
-        await asyncio.sleep(1.0)  # steady load before the fault
-        await asyncio.to_thread(fault)
-        over_at = time.monotonic()
-        deadline = over_at + 30
-        while not any(t > over_at and code == 202 for t, code in statuses):
-            assert time.monotonic() < deadline, statuses[-20:]
-            await asyncio.sleep(0.1)  # polling the recorded answers
-        stop.set()
-        await load
-        recovered = min(t for t, code in statuses if t > over_at and code == 202)
-        codes = sorted({code for _, code in statuses})
-        print(
-            f"fault over; first 202 after {recovered - over_at:.2f} s; answers {codes}; "
-            f"{len(accepted)} accepted"
-        )
-        # 0 would be a request that got no answer within CLIENT_TIMEOUT (a hang).
-        assert set(codes) <= {202, 503}, (codes, error_lines(stack["api"].log))
-        replies = await settled_replies(client, accepted, time.monotonic() + 60)
-        for _, _, message_id in accepted:
-            answer = replies.get(message_id, [])
-            assert len(answer) == 1, (message_id, answer, error_lines(stack["worker_log"]))
-            assert answer[0]["status"] == "completed", answer
+    await fault_under_load(
+        stack["base"],
+        fault,
+        users=USERS,
+        client_timeout=CLIENT_TIMEOUT,
+        before=1.0,
+        after=0.0,
+        logs=(stack["api"].log, stack["worker_log"]),
+    )
 
 
 def test_added_latency_slows_but_breaks_nothing(stack):

@@ -20,15 +20,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.conftest import BACKEND
 from tests.processes import clean_env, free_port, running_service
-from tests.reliability.traffic import error_lines, settled_replies, steady_sends, users_with_rooms
+from tests.reliability.traffic import fault_under_load
 
 pytestmark = pytest.mark.skipif(BACKEND != "production", reason="PostgreSQL + Redis outages")
 
@@ -178,38 +177,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         shutil.rmtree(pg_dir, ignore_errors=True)
 
 
-async def _run_with_restart(stack: dict, restart) -> None:
-    async with httpx.AsyncClient(base_url=stack["base"], timeout=15.0) as client:
-        users = await users_with_rooms(client, USERS)
-        accepted: list = []
-        statuses: list[tuple[float, int]] = []
-        stop = asyncio.Event()
-        load = asyncio.create_task(steady_sends(client, users, stop, accepted, statuses))
-        await asyncio.sleep(LOAD_SECONDS)
-        restarted_at = time.monotonic()
-        await asyncio.to_thread(restart)
-        back_at = time.monotonic()
-        await asyncio.sleep(LOAD_SECONDS)
-        # Until a send is accepted after the restart (the recovery), within a bound.
-        deadline = time.monotonic() + 30
-        while not any(t > back_at and code == 202 for t, code in statuses):
-            assert time.monotonic() < deadline, statuses[-20:]
-            await asyncio.sleep(0.1)
-        stop.set()
-        await load
-        recovered = min(t for t, code in statuses if t > back_at and code == 202)
-        codes = {code for _, code in statuses}
-        print(
-            f"outage: {back_at - restarted_at:.2f} s down, first 202 after "
-            f"{recovered - back_at:.2f} s; answers {sorted(codes)}; {len(accepted)} accepted"
-        )
-        # Never a 500, never a hang.
-        assert codes <= {202, 503}, (sorted(codes), error_lines(stack["api"].log))
-        replies = await settled_replies(client, accepted, time.monotonic() + 60)
-        for _, _, message_id in accepted:
-            answer = replies.get(message_id, [])
-            assert len(answer) == 1, (message_id, answer)  # never lost, never twice
-            assert answer[0]["status"] == "completed", answer
+async def _run_with_restart(stack: dict, restart: Callable[[], None]) -> None:
+    await fault_under_load(
+        stack["base"],
+        restart,
+        users=USERS,
+        client_timeout=15.0,
+        before=LOAD_SECONDS,
+        after=LOAD_SECONDS,
+        logs=(stack["api"].log,),
+    )
 
 
 def test_redis_restart_during_load(stack):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -80,3 +81,49 @@ def error_lines(log: Path) -> str:
     lines = log.read_text(errors="replace").splitlines()
     picked = [i for i, line in enumerate(lines) if '"error"' in line or "Traceback" in line]
     return "\n".join("\n".join(lines[i : i + 40]) for i in picked[:2])[-8000:]
+
+
+async def fault_under_load(
+    base: str,
+    fault: Callable[[], None],
+    *,
+    users: int,
+    client_timeout: float,
+    before: float,
+    after: float,
+    logs: tuple[Path, ...],
+) -> None:
+    """Steady sends; `fault()` runs (in a thread) `before` seconds into them, the load goes on
+    `after` seconds more and until a send is accepted again (within 30 s). Then: every answer
+    was 202 or 503 (0, no answer within `client_timeout`, is a hang), and every accepted message
+    ends with exactly one completed reply. Prints the fault's length and the recovery time."""
+    async with httpx.AsyncClient(base_url=base, timeout=client_timeout) as client:
+        senders = await users_with_rooms(client, users)
+        accepted: list = []
+        statuses: list[tuple[float, int]] = []
+        stop = asyncio.Event()
+        load = asyncio.create_task(steady_sends(client, senders, stop, accepted, statuses))
+        await asyncio.sleep(before)  # steady load before the fault
+        began = time.monotonic()
+        await asyncio.to_thread(fault)
+        over_at = time.monotonic()
+        await asyncio.sleep(after)
+        deadline = time.monotonic() + 30
+        while not any(t > over_at and code == 202 for t, code in statuses):
+            assert time.monotonic() < deadline, statuses[-20:]
+            await asyncio.sleep(0.1)  # polling the recorded answers
+        stop.set()
+        await load
+        recovered = min(t for t, code in statuses if t > over_at and code == 202)
+        codes = sorted({code for _, code in statuses})
+        print(
+            f"fault: {over_at - began:.2f} s, first 202 after {recovered - over_at:.2f} s; "
+            f"answers {codes}; {len(accepted)} accepted"
+        )
+        assert set(codes) <= {202, 503}, (codes, *map(error_lines, logs))
+        replies = await settled_replies(client, accepted, time.monotonic() + 60)
+        for _, _, message_id in accepted:
+            answer = replies.get(message_id, [])
+            # Never lost, never twice.
+            assert len(answer) == 1, (message_id, answer, *map(error_lines, logs))
+            assert answer[0]["status"] == "completed", answer
