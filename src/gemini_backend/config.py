@@ -94,6 +94,10 @@ class Settings(BaseSettings):
     otp_sends_per_ip_per_hour: int = Field(default=100, ge=1)
     otp_test_numbers: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     password_hash_concurrency: int = Field(default=4, ge=1)
+    # How long an API process may reuse what it read about a signed-in user (session still
+    # live, plan) before reading it again. Changes (logout, password, plan) reach every process
+    # at once over Redis Pub/Sub; this only bounds an entry's age. 0 reads on every request.
+    principal_cache_seconds: float = Field(default=10.0, ge=0)
 
     # --- chat, queue, AI (used by the chat capability) -------------------------------------
     chatroom_cache_ttl: int = Field(default=300, ge=0)

@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 
 from gemini_backend.ai.base import Provider
 from gemini_backend.ai.factory import create_provider
+from gemini_backend.auth.principals import Principals
 from gemini_backend.billing.gateway import StripeGateway, create_gateway
 from gemini_backend.billing.mock import MockStripe
 from gemini_backend.chat.cache import ChatroomListCache
@@ -33,6 +34,7 @@ class Services:
     clock: Clock
     database: Database
     redis: Redis | None
+    principals: Principals
     throttle: Throttle
     cache: Cache
     chatroom_cache: ChatroomListCache
@@ -61,7 +63,9 @@ class Services:
         )
         provider = create_provider(settings)
         quota = Quota(settings)
-        chatroom_cache = ChatroomListCache(cache, settings.chatroom_cache_ttl)
+        chatroom_cache = ChatroomListCache(
+            cache, settings.chatroom_cache_ttl, redis=redis, prefix=prefix
+        )
         generator = ReplyGenerator(
             settings=settings,
             clock=clock,
@@ -77,6 +81,12 @@ class Services:
             clock=clock,
             database=database,
             redis=redis,
+            principals=Principals(
+                database.read_engine,
+                settings.principal_cache_seconds,
+                redis=redis,
+                channel=f"{prefix}:principal-changed",
+            ),
             throttle=Throttle.from_settings(settings),
             cache=cache,
             chatroom_cache=chatroom_cache,
@@ -102,6 +112,7 @@ class Services:
         if self.stripe is not None:
             await self.stripe.aclose()
         await self.reply_streams.aclose()
+        await self.principals.aclose()
         await self.database.dispose()
         if self.redis is not None:
             await self.redis.aclose()

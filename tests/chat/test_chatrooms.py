@@ -168,6 +168,21 @@ async def test_failed_write_does_not_invalidate(client, alice):
     assert (await listing(client, alice)).headers["X-Cache"] == "HIT"
 
 
+async def test_a_page_read_before_a_write_is_never_stored_after_it(app, client, alice):
+    """The race the versions exist for: a reader looks the page up (a miss), a write commits
+    and invalidates, then the reader stores what it read from the database before the write."""
+    me = (await client.get("/user/me", headers=alice)).json()
+    cache = app.state.chatroom_cache
+    version, page = await cache.lookup(me["id"], "20:")
+    assert page is None
+    await create(client, alice, name="written meanwhile")
+    await cache.put(me["id"], version, "20:", b'{"chatrooms": [], "next_cursor": null}')
+    fresh = await listing(client, alice)
+    assert fresh.headers["X-Cache"] == "MISS"
+    assert [r["name"] for r in fresh.json()["chatrooms"]] == ["written meanwhile"]
+    assert (await listing(client, alice)).headers["X-Cache"] == "HIT"
+
+
 class TestCacheTtl:
     @pytest.fixture
     def settings_overrides(self):

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Annotated
 
 import structlog
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from gemini_backend.auth import repository as repo
+from gemini_backend.auth.principals import Principals, SignedInUser
 from gemini_backend.auth.service import AuthDeps, AuthService
 from gemini_backend.core.db import DbSession
 from gemini_backend.core.errors import Unauthorized
@@ -19,30 +18,34 @@ from gemini_backend.users.models import User
 _bearer = HTTPBearer(auto_error=False, description="The access token from a token response.")
 
 
-@dataclass(frozen=True, slots=True)
-class Principal:
-    user: User
-    session_id: int
-
-
-async def _principal(
+async def _signed_in(
     request: Request,
-    session: DbSession,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Principal:
+) -> SignedInUser:
+    """The user behind the access token, if its session is live (from the process's principal
+    cache, else one read on a connection of its own, returned before the route runs)."""
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Unauthorized("Send 'Authorization: Bearer <access_token>'.")
-    deps: AuthDeps = request.app.state.auth
+    state = request.app.state
+    deps: AuthDeps = state.auth
     claims = deps.tokens.decode_access_token(credentials.credentials, deps.clock.now())
-    user = await repo.user_with_live_session(session, claims.user_id, claims.session_id)
+    principals: Principals = state.principals
+    user = await principals.get(claims.user_id, claims.session_id)
     if user is None:
         raise InvalidToken()
     structlog.contextvars.bind_contextvars(user_id=user.id)
-    return Principal(user=user, session_id=claims.session_id)
+    return user
 
 
-async def _current_user(principal: Annotated[Principal, Depends(_principal)]) -> User:
-    return principal.user
+async def _user_record(
+    signed_in: Annotated[SignedInUser, Depends(_signed_in)], session: DbSession
+) -> User:
+    """The user's row in the request's session, for the few routes that change it or need
+    more than the principal (password, Stripe customer)."""
+    user = await session.get(User, signed_in.id)  # the subscription is joined (models.py)
+    if user is None:
+        raise InvalidToken()
+    return user
 
 
 def _auth_service(request: Request, session: DbSession) -> AuthService:
@@ -53,7 +56,7 @@ def client_ip(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-CurrentPrincipal = Annotated[Principal, Depends(_principal)]
-CurrentUser = Annotated[User, Depends(_current_user)]
+CurrentUser = Annotated[SignedInUser, Depends(_signed_in)]
+CurrentUserRecord = Annotated[User, Depends(_user_record)]
 AuthServiceDep = Annotated[AuthService, Depends(_auth_service)]
 ClientIp = Annotated[str, Depends(client_ip)]

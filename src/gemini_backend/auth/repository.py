@@ -278,12 +278,17 @@ async def session_owner(session: AsyncSession, session_id: int) -> int | None:
     ).scalar_one_or_none()
 
 
-async def revoke_session(session: AsyncSession, session_id: int, now: datetime) -> None:
-    await session.execute(
-        update(AuthSession)
-        .where(AuthSession.id == session_id, AuthSession.revoked_at.is_(None))
-        .values(revoked_at=now)
-    )
+async def revoke_session(session: AsyncSession, session_id: int, now: datetime) -> int | None:
+    """The session's user if it was live until now."""
+    user_id: int | None = (
+        await session.execute(
+            update(AuthSession)
+            .where(AuthSession.id == session_id, AuthSession.revoked_at.is_(None))
+            .values(revoked_at=now)
+            .returning(AuthSession.user_id)
+        )
+    ).scalar_one_or_none()
+    return user_id
 
 
 async def revoke_all_sessions(session: AsyncSession, user_id: int, now: datetime) -> None:

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Body, Response, status
 
-from gemini_backend.auth.dependencies import AuthServiceDep, ClientIp, CurrentPrincipal, CurrentUser
+from gemini_backend.auth.dependencies import (
+    AuthServiceDep,
+    ClientIp,
+    CurrentUser,
+    CurrentUserRecord,
+)
 from gemini_backend.auth.schemas import (
     ChangePasswordIn,
     LoginIn,
@@ -166,11 +171,11 @@ async def refresh(body: RefreshIn, auth: AuthServiceDep) -> TokenOut:
     },
 )
 async def logout(
-    principal: CurrentPrincipal,
+    user: CurrentUser,
     auth: AuthServiceDep,
     body: LogoutIn | None = Body(default=None),
 ) -> Response:
-    await auth.logout(principal.user, principal.session_id, body.refresh_token if body else None)
+    await auth.logout(user.id, user.session_id, body.refresh_token if body else None)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -236,6 +241,6 @@ async def reset_password(body: ResetPasswordIn, auth: AuthServiceDep) -> TokenOu
     },
 )
 async def change_password(
-    body: ChangePasswordIn, user: CurrentUser, auth: AuthServiceDep
+    body: ChangePasswordIn, user: CurrentUserRecord, auth: AuthServiceDep
 ) -> TokenOut:
     return await auth.change_password(user, body.current_password, body.new_password)

@@ -12,10 +12,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from gemini_backend.auth import repository as repo
 from gemini_backend.auth.passwords import check_password_policy
 from gemini_backend.auth.phone import normalize_mobile_number
+from gemini_backend.auth.principals import Principals
 from gemini_backend.auth.schemas import OtpSentOut, TokenOut
 from gemini_backend.config import Settings
 from gemini_backend.core.clock import Clock
-from gemini_backend.core.db import release_connection
+from gemini_backend.core.db import after_commit, release_connection
 from gemini_backend.core.errors import (
     AppError,
     Conflict,
@@ -81,6 +82,7 @@ class AuthDeps:
     tokens: TokenCodec
     throttle: Throttle
     test_numbers: Mapping[str, str]
+    principals: Principals
 
 
 class AuthService:
@@ -97,6 +99,13 @@ class AuthService:
 
     def _now(self) -> datetime:
         return self.deps.clock.now()
+
+    def _changed(self, user_id: int | None) -> None:
+        """This user's sessions or account changed: drop what API processes cached about them
+        once the transaction commits (see auth.principals)."""
+        if user_id is not None:
+            principals: Principals = self.deps.principals
+            after_commit(self.session, lambda: principals.invalidate(user_id))
 
     async def _issue_tokens(self, user: User, *, is_new_user: bool = False) -> TokenOut:
         now = self._now()
@@ -262,7 +271,7 @@ class AuthService:
             record = await repo.refresh_token_record(self.session, digest)
             if record is not None and record[1] is not None:
                 # A spent token shown again: it was stolen or replayed. End that session.
-                await repo.revoke_session(self.session, record[0], now)
+                self._changed(await repo.revoke_session(self.session, record[0], now))
                 log.warning("refresh_token_reuse", session_id=record[0])
             raise InvalidRefreshToken()
         session_id, user_id = spent
@@ -279,13 +288,13 @@ class AuthService:
             raise InvalidRefreshToken()
         return self._token_out(user, session_id, new_token)
 
-    async def logout(self, user: User, session_id: int, refresh_token: str | None) -> None:
+    async def logout(self, user_id: int, session_id: int, refresh_token: str | None) -> None:
         now = self._now()
-        await repo.revoke_session(self.session, session_id, now)
+        self._changed(await repo.revoke_session(self.session, session_id, now))
         if refresh_token:
             record = await repo.refresh_token_record(self.session, digest_token(refresh_token))
-            if record is not None and await repo.session_owner(self.session, record[0]) == user.id:
-                await repo.revoke_session(self.session, record[0], now)
+            if record is not None and await repo.session_owner(self.session, record[0]) == user_id:
+                self._changed(await repo.revoke_session(self.session, record[0], now))
 
     async def forgot_password(self, raw_number: str, client_ip: str) -> OtpSentOut:
         number = self.number(raw_number)
@@ -312,6 +321,7 @@ class AuthService:
         now = self._now()
         await repo.set_password_hash(self.session, user.id, new_hash, now)
         await repo.revoke_all_sessions(self.session, user.id, now)
+        self._changed(user.id)
         user.password_hash = new_hash
         log.info("password_reset", user_id=user.id)
         return await self._issue_tokens(user)
@@ -334,6 +344,7 @@ class AuthService:
         now = self._now()
         await repo.set_password_hash(self.session, user.id, new_hash, now)
         await repo.revoke_all_sessions(self.session, user.id, now)
+        self._changed(user.id)
         user.password_hash = new_hash
         log.info("password_changed", user_id=user.id)
         return await self._issue_tokens(user)

@@ -5,14 +5,24 @@ card). Every other status (canceled, unpaid, incomplete, ...) and no subscriptio
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Protocol
 
-from gemini_backend.billing.models import Subscription
 from gemini_backend.users.schemas import Tier
 
 PRO_STATUSES = frozenset({"active", "trialing"})
 
 
-def tier_for(subscription: Subscription | None, now: datetime, grace_days: int) -> Tier:
+class PlanState(Protocol):
+    """A subscription row, or the part of it cached with a signed-in user."""
+
+    @property
+    def status(self) -> str: ...
+
+    @property
+    def current_period_end(self) -> datetime | None: ...
+
+
+def tier_for(subscription: PlanState | None, now: datetime, grace_days: int) -> Tier:
     if subscription is None:
         return "basic"
     if subscription.status in PRO_STATUSES:

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, Header, Request, status
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from gemini_backend.auth.dependencies import CurrentUser
+from gemini_backend.auth.dependencies import CurrentUserRecord
 from gemini_backend.billing.events import HANDLED_TYPES, verify
 from gemini_backend.billing.service import BillingService, subscription_fields
 from gemini_backend.core.db import DbSession
@@ -104,7 +104,9 @@ class WebhookAck(BaseModel):
 
 def _billing(request: Request, session: DbSession) -> BillingService:
     state = request.app.state
-    return BillingService(session, state.settings, state.stripe, state.clock.now())
+    return BillingService(
+        session, state.settings, state.stripe, state.clock.now(), state.principals
+    )
 
 
 Billing = Annotated[BillingService, Depends(_billing)]
@@ -130,7 +132,7 @@ Billing = Annotated[BillingService, Depends(_billing)]
         **PROVIDER_ERRORS,
     },
 )
-async def subscribe_pro(user: CurrentUser, billing: Billing) -> CheckoutOut:
+async def subscribe_pro(user: CurrentUserRecord, billing: Billing) -> CheckoutOut:
     started = await billing.start_checkout(user)
     return CheckoutOut(checkout_url=started.url, url=started.url, session_id=started.session_id)
 
@@ -195,7 +197,7 @@ async def stripe_webhook(
     responses=AUTH_ERRORS,
 )
 async def subscription_status(
-    request: Request, user: CurrentUser, session: DbSession
+    request: Request, user: CurrentUserRecord, session: DbSession
 ) -> SubscriptionOut:
     state = request.app.state
     now = state.clock.now()
@@ -224,7 +226,7 @@ async def subscription_status(
         **PROVIDER_ERRORS,
     },
 )
-async def subscription_portal(user: CurrentUser, billing: Billing) -> PortalOut:
+async def subscription_portal(user: CurrentUserRecord, billing: Billing) -> PortalOut:
     return PortalOut(url=await billing.portal_url(user))
 
 

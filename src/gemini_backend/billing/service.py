@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import stripe
 import structlog
@@ -20,11 +20,14 @@ from gemini_backend.billing.gateway import StripeGateway
 from gemini_backend.billing.models import StripeEvent, Subscription
 from gemini_backend.billing.plans import PRO_STATUSES
 from gemini_backend.config import Settings
-from gemini_backend.core.db import release_connection
+from gemini_backend.core.db import after_commit, release_connection
 from gemini_backend.core.errors import AppError, Conflict, ServiceUnavailable
 from gemini_backend.core.sql import insert_for
 from gemini_backend.users.models import User
 from gemini_backend.users.service import tier_of
+
+if TYPE_CHECKING:
+    from gemini_backend.auth.principals import Principals
 
 log = structlog.get_logger(__name__)
 
@@ -68,11 +71,13 @@ class BillingService:
         settings: Settings,
         gateway: StripeGateway | None,
         now: datetime,
+        principals: Principals | None = None,
     ) -> None:
         self.session = session
         self.settings = settings
         self.gateway = gateway
         self.now = now
+        self.principals = principals
 
     # --- checkout and portal ---------------------------------------------------------------
     def _require_gateway(self) -> StripeGateway:
@@ -260,6 +265,10 @@ class BillingService:
             outcome = "applied"
         if outcome == "applied":
             row.updated_at = self.now
+            principals = self.principals
+            if principals is not None:
+                # The plan is part of what API processes cache about a signed-in user.
+                after_commit(self.session, lambda: principals.invalidate(user_id))
             log.info(
                 "subscription_changed",
                 user_id=user_id,

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Header, Query, Request, Response, status
 from sse_starlette import EventSourceResponse
 
 from gemini_backend.auth.dependencies import CurrentUser
+from gemini_backend.chat.cache import ChatroomListCache
 from gemini_backend.chat.dependencies import (
     MAX_ID,
     ChatroomServiceDep,
@@ -29,6 +30,7 @@ from gemini_backend.chat.schemas import (
     MessagePage,
     SendReceipt,
 )
+from gemini_backend.chat.service import ChatroomService
 from gemini_backend.core.errors import BadRequest
 from gemini_backend.core.openapi import (
     AUTH_ERRORS,
@@ -166,19 +168,22 @@ async def create_chatroom(
     },
 )
 async def list_chatrooms(
+    request: Request,
     user: CurrentUser,
-    chat: ChatroomServiceDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> Response:
+    state = request.app.state
+    cache: ChatroomListCache = state.chatroom_cache
     page_key = f"{limit}:{cursor or ''}"
-    version = await chat.cache.version(user.id)
-    cached = await chat.cache.get(user.id, version, page_key)
+    version, cached = await cache.lookup(user.id, page_key)
     if cached is not None:
         return Response(cached, media_type="application/json", headers={"X-Cache": "HIT"})
-    page = await chat.list_page(user.id, limit, cursor)
+    # A miss reads the database on a session of its own: a hit never opens one.
+    async with state.database.read_sessionmaker() as session:
+        page = await ChatroomService(session, state.clock, cache).list_page(user.id, limit, cursor)
     body = page.model_dump_json().encode()
-    await chat.cache.put(user.id, version, page_key, body)
+    await cache.put(user.id, version, page_key, body)
     return Response(body, media_type="application/json", headers={"X-Cache": "MISS"})
 
 

@@ -128,12 +128,14 @@ class Database:
         # Reads (GET/HEAD requests) on PostgreSQL run in autocommit: each statement is its own
         # transaction, which saves the BEGIN and COMMIT round trips of a request that only reads.
         # (SQLite keeps one connection and BEGIN IMMEDIATE for everything; reads are local.)
-        self.read_sessionmaker = (
-            async_sessionmaker(
-                self.engine.execution_options(isolation_level="AUTOCOMMIT"),
-                expire_on_commit=False,
-            )
+        self.read_engine = (
+            self.engine.execution_options(isolation_level="AUTOCOMMIT")
             if self.engine.dialect.name == "postgresql"
+            else self.engine
+        )
+        self.read_sessionmaker = (
+            async_sessionmaker(self.read_engine, expire_on_commit=False)
+            if self.read_engine is not self.engine
             else self.sessionmaker
         )
 

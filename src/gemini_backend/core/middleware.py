@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 import secrets
 import time
+from typing import Any
 
 import structlog
 from fastapi import HTTPException
-from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gemini_backend.core.errors import PayloadTooLarge, error_response, unexpected_error_response
@@ -37,14 +37,24 @@ class RequestContextMiddleware:
 
     def __init__(self, app: ASGIApp, hsts: bool = False) -> None:
         self.app = app
-        self.headers = dict(SECURITY_HEADERS)
+        headers = dict(SECURITY_HEADERS)
         if hsts:
-            self.headers["Strict-Transport-Security"] = HSTS
+            headers["Strict-Transport-Security"] = HSTS
+        # Encoded once; added to each response start without Starlette's MutableHeaders.
+        self.headers = [
+            (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()
+        ]
+        self.header_names = frozenset(name for name, _ in self.headers)
+        self._metrics: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        path: str = scope["path"]
+        if len(path) > 1 and path.endswith("/"):
+            # `/chatroom/` is served as `/chatroom`, without a redirect.
+            scope["path"] = path.rstrip("/") or "/"
         incoming = None
         for name, value in scope["headers"]:
             if name == b"x-request-id":
@@ -57,28 +67,27 @@ class RequestContextMiddleware:
         structlog.contextvars.bind_contextvars(request_id=request_id)
         started = time.perf_counter()
         status = 500
+        started_response = False
+        request_id_header = (b"x-request-id", request_id.encode("latin-1"))
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started_response
+            started_response = True
             if message["type"] == "http.response.start":
                 status = message["status"]
-                headers = MutableHeaders(scope=message)
-                headers["X-Request-ID"] = request_id
-                for name, value in self.headers.items():
-                    if name not in headers:
-                        headers[name] = value
+                raw = list(message.get("headers", ()))
+                present = {name.lower() for name, _ in raw}
+                raw.append(request_id_header)
+                if present.isdisjoint(self.header_names):
+                    raw.extend(self.headers)
+                else:
+                    raw.extend(h for h in self.headers if h[0] not in present)
+                message["headers"] = raw
             await send(message)
-
-        started_response = False
-
-        async def send_tracked(message: Message) -> None:
-            nonlocal started_response
-            started_response = True
-            await send_with_id(message)
 
         try:
             try:
-                await self.app(scope, receive, send_tracked)
+                await self.app(scope, receive, send_with_id)
             except Exception as exc:
                 if started_response:
                     raise  # too late for an error response: the server closes the connection
@@ -88,11 +97,7 @@ class RequestContextMiddleware:
                 await response(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - started
-            route = scope.get("route")
-            # The route template (bounded cardinality); unknown paths share one label.
-            template = getattr(route, "path", None) or "unmatched"
-            HTTP_REQUESTS.labels(scope["method"], template, str(status)).inc()
-            HTTP_LATENCY.labels(scope["method"], template).observe(elapsed)
+            self._observe(scope, status, elapsed)
             log.info(
                 "request",
                 method=scope["method"],
@@ -101,6 +106,20 @@ class RequestContextMiddleware:
                 duration_ms=round(elapsed * 1000, 2),
             )
             structlog.contextvars.clear_contextvars()
+
+    def _observe(self, scope: Scope, status: int, elapsed: float) -> None:
+        route = scope.get("route")
+        # The route template (bounded cardinality); unknown paths share one label.
+        template = getattr(route, "path", None) or "unmatched"
+        key = (scope["method"], template, status)
+        children = self._metrics.get(key)
+        if children is None:
+            children = self._metrics[key] = (
+                HTTP_REQUESTS.labels(key[0], template, str(status)),
+                HTTP_LATENCY.labels(key[0], template),
+            )
+        children[0].inc()
+        children[1].observe(elapsed)
 
 
 class _BodyTooLarge(HTTPException):
@@ -120,6 +139,7 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        chunked = False
         for name, value in scope["headers"]:
             if name == b"content-length":
                 try:
@@ -131,10 +151,16 @@ class BodyLimitMiddleware:
                 elif declared > self.max_bytes:
                     response = error_response(413, "payload_too_large", PayloadTooLarge.detail)
                 else:
-                    break
+                    # The server delivers no more than the declared length: nothing to count.
+                    await self.app(scope, receive, send)
+                    return
                 await response(scope, receive, send)
                 return
-                break
+            if name == b"transfer-encoding":
+                chunked = True
+        if not chunked:  # no body at all (a GET, a DELETE)
+            await self.app(scope, receive, send)
+            return
         received = 0
         response_started = False
 

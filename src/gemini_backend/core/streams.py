@@ -26,7 +26,12 @@ class StreamEvent:
 
 
 class ReplyStream(Protocol):
-    async def append(self, reply_id: int, type_: str, data: str) -> str: ...
+    async def append(
+        self, reply_id: int, type_: str, data: str, *, expire_seconds: int | None = None
+    ) -> str:
+        """Add an event; `expire_seconds` (with the final event) also sets the stream's expiry,
+        in the same round trip."""
+        ...
 
     async def read(self, reply_id: int, after: str | None, block_ms: int) -> list[StreamEvent]:
         """Events after `after` (all if None); waits up to `block_ms` when there are none."""
@@ -66,7 +71,9 @@ class MemoryReplyStream:
         for key in expired:
             del self._buffers[key]
 
-    async def append(self, reply_id: int, type_: str, data: str) -> str:
+    async def append(
+        self, reply_id: int, type_: str, data: str, *, expire_seconds: int | None = None
+    ) -> str:
         buffer = self._buffer(reply_id, create=True)
         assert buffer is not None
         event = StreamEvent(str(buffer.next_id), type_, data)
@@ -74,6 +81,8 @@ class MemoryReplyStream:
         buffer.events.append(event)
         buffer.changed.set()
         buffer.changed = asyncio.Event()
+        if expire_seconds is not None:
+            buffer.expires_at = time.monotonic() + expire_seconds
         return event.id
 
     async def read(self, reply_id: int, after: str | None, block_ms: int) -> list[StreamEvent]:
@@ -134,12 +143,17 @@ class RedisReplyStream:
     def _channel(self, reply_id: int) -> str:
         return f"{self._prefix}:reply-notice:{reply_id}"
 
-    async def append(self, reply_id: int, type_: str, data: str) -> str:
+    async def append(
+        self, reply_id: int, type_: str, data: str, *, expire_seconds: int | None = None
+    ) -> str:
+        key = self._key(reply_id)
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.xadd(self._key(reply_id), {"t": type_, "d": data}, maxlen=self._max_events)
+            pipe.xadd(key, {"t": type_, "d": data}, maxlen=self._max_events)
+            if expire_seconds is not None:
+                pipe.expire(key, expire_seconds)
             pipe.publish(self._channel(reply_id), b"1")
-            event_id, _receivers = await pipe.execute()
-        return _text(event_id)
+            results = await pipe.execute()
+        return _text(results[0])
 
     async def read(self, reply_id: int, after: str | None, block_ms: int) -> list[StreamEvent]:
         start = after if after and _valid_stream_id(after) else "0-0"

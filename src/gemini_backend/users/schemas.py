@@ -1,11 +1,14 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from gemini_backend.users.models import User
+
+if TYPE_CHECKING:
+    from gemini_backend.auth.principals import SignedInUser
 
 Tier = Literal["basic", "pro"]
 
@@ -33,13 +36,16 @@ class UserOut(BaseModel):
     created_at: datetime
 
     @classmethod
-    def from_user(cls, user: User, tier: Tier) -> UserOut:
+    def from_user(cls, user: User | SignedInUser, tier: Tier) -> UserOut:
+        has_password = (
+            user.password_hash is not None if isinstance(user, User) else user.has_password
+        )
         return cls(
             id=user.id,
             mobile_number=user.mobile_number,
             name=user.name,
             email=user.email,
             tier=tier,
-            has_password=user.password_hash is not None,
+            has_password=has_password,
             created_at=user.created_at,
         )

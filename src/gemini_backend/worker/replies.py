@@ -347,8 +347,9 @@ class ReplyGenerator:
                 await self.quota.release_daily_slot(session, user_id, reply.quota_day)
             final = MessageOut.from_row(reply).model_dump_json()
         event = "done" if outcome.status == COMPLETED else "error"
-        await self.streams.append(claim.reply_id, event, final)
-        await self.streams.expire(claim.reply_id, self.settings.reply_stream_ttl_seconds)
+        await self.streams.append(
+            claim.reply_id, event, final, expire_seconds=self.settings.reply_stream_ttl_seconds
+        )
         REPLIES.labels(outcome.status, outcome.error or "").inc()
         log.info("reply_finished", status=outcome.status, error=outcome.error)
 
