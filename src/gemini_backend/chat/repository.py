@@ -1,13 +1,45 @@
-"""Queries of the chat domain."""
+"""Queries of the chat domain.
+
+The statements on the hot paths (the room check of every chat route, the send, a room's latest
+messages) are built once, with their values bound per execution: building and cache-keying an
+expression on every request showed in the profiles. Reads that only feed a response select the
+columns it needs (no ORM identity map or instance loading).
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import cache
+from typing import Any, cast
 
-from sqlalchemy import delete, select, tuple_
+from sqlalchemy import (
+    Integer,
+    Row,
+    Table,
+    Text,
+    bindparam,
+    delete,
+    func,
+    insert,
+    literal_column,
+    select,
+    true,
+    tuple_,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gemini_backend.chat.models import Chatroom, Message
+from gemini_backend.chat.models import Chatroom, IdempotencyKey, Message
+from gemini_backend.core.db import BigIntId, UTCDateTime
+from gemini_backend.quota.service import daily_slot_upsert
+from gemini_backend.worker.replies import QUEUED
+
+_rooms = cast(Table, Chatroom.__table__)
+_messages = cast(Table, Message.__table__)
+_keys = cast(Table, IdempotencyKey.__table__)
 
 
 async def add_room(session: AsyncSession, room: Chatroom) -> Chatroom:
@@ -26,28 +58,321 @@ async def rooms_page(
     return list((await session.execute(stmt)).scalars())
 
 
+# The room check of every chat route. An ORM object: renaming a room changes it in place.
+_OWNED_ROOM = select(Chatroom).where(
+    Chatroom.id == bindparam("room_id"), Chatroom.user_id == bindparam("user_id")
+)
+
+
 async def owned_room(session: AsyncSession, user_id: int, room_id: int) -> Chatroom | None:
-    stmt = select(Chatroom).where(Chatroom.id == room_id, Chatroom.user_id == user_id)
-    return (await session.execute(stmt)).scalar_one_or_none()
+    params = {"room_id": room_id, "user_id": user_id}
+    return (await session.execute(_OWNED_ROOM, params)).scalar_one_or_none()
 
 
 async def delete_room(session: AsyncSession, room_id: int) -> None:
     await session.execute(delete(Chatroom).where(Chatroom.id == room_id))
 
 
+# --- messages as the API shows them -------------------------------------------------------
+
+# The columns of a MessageOut (schemas.MessageOut), in one plain row per message.
+MESSAGE_OUT_COLUMNS = (
+    _messages.c.id,
+    _messages.c.chatroom_id,
+    _messages.c.role,
+    _messages.c.content,
+    _messages.c.status,
+    _messages.c.error,
+    _messages.c.finish_reason,
+    _messages.c.prompt_tokens,
+    _messages.c.output_tokens,
+    _messages.c.thinking_tokens,
+    _messages.c.model,
+    _messages.c.reply_to,
+    _messages.c.created_at,
+    _messages.c.completed_at,
+)
+# One message as MESSAGE_OUT_COLUMNS.
+MessageRow = Row[*tuple[Any, ...]]
+
+_LATEST = (
+    select(*MESSAGE_OUT_COLUMNS)
+    .where(_messages.c.chatroom_id == bindparam("room_id"))
+    .order_by(_messages.c.id.desc())
+    .limit(bindparam("limit", type_=Integer()))
+)
+_LATEST_BEFORE = (
+    select(*MESSAGE_OUT_COLUMNS)
+    .where(
+        _messages.c.chatroom_id == bindparam("room_id"),
+        _messages.c.id < bindparam("before_id"),
+    )
+    .order_by(_messages.c.id.desc())
+    .limit(bindparam("limit", type_=Integer()))
+)
+
+
 async def messages_page(
     session: AsyncSession, room_id: int, limit: int, before_id: int | None
-) -> list[Message]:
-    """Up to `limit` messages older than `before_id` (or the latest), oldest first."""
-    stmt = select(Message).where(Message.chatroom_id == room_id)
-    if before_id is not None:
-        stmt = stmt.where(Message.id < before_id)
-    stmt = stmt.order_by(Message.id.desc()).limit(limit)
-    rows = list((await session.execute(stmt)).scalars())
+) -> list[MessageRow]:
+    """Up to `limit` messages older than `before_id` (or the latest), oldest first, as rows of
+    MESSAGE_OUT_COLUMNS."""
+    params: dict[str, Any] = {"room_id": room_id, "limit": limit}
+    if before_id is None:
+        stmt = _LATEST
+    else:
+        stmt = _LATEST_BEFORE
+        params["before_id"] = before_id
+    rows = list((await session.execute(stmt, params)).all())
     rows.reverse()
     return rows
 
 
+_ROOM_MESSAGE = select(Message).where(
+    Message.id == bindparam("message_id"), Message.chatroom_id == bindparam("room_id")
+)
+
+
 async def room_message(session: AsyncSession, room_id: int, message_id: int) -> Message | None:
-    stmt = select(Message).where(Message.id == message_id, Message.chatroom_id == room_id)
-    return (await session.execute(stmt)).scalar_one_or_none()
+    params = {"message_id": message_id, "room_id": room_id}
+    return (await session.execute(_ROOM_MESSAGE, params)).scalar_one_or_none()
+
+
+_ACTIVE_REPLIES = (
+    select(func.count())
+    .select_from(_messages)
+    .where(
+        _messages.c.reply_to == bindparam("message_id"),
+        _messages.c.status.in_(bindparam("states", expanding=True)),
+    )
+)
+
+
+async def active_replies(session: AsyncSession, message_id: int, states: Sequence[str]) -> int:
+    """How many replies to this message are in one of `states`."""
+    params = {"message_id": message_id, "states": list(states)}
+    count: int = (await session.execute(_ACTIVE_REPLIES, params)).scalar_one()
+    return count
+
+
+# --- the send: quota slot, user message, queued reply, room counters ----------------------
+#
+# Bound per execution: the slot's values (quota.service.daily_slot_upsert: slot_user,
+# slot_day, slot_limit), room_id, now, and body (the user's text) or answers (a retry: the
+# user message the new reply answers). No name is a column's: SQLAlchemy would take a value
+# under a column's name for that column.
+_room_id = bindparam("room_id", type_=BigIntId)
+_now = bindparam("now", type_=UTCDateTime())
+_body = bindparam("body", type_=Text())
+_answers = bindparam("answers", type_=BigIntId)
+_quota_day = _messages.c.quota_day
+_slot_day = bindparam("slot_day", type_=_quota_day.type)
+
+# The columns each insert writes, then the values (SQL literals and the parameters above) in
+# the same order. The receipt (sending.py) shows these values and the returned ids.
+_USER_MESSAGE_COLUMNS: tuple[str, ...] = ("chatroom_id", "role", "content", "status")
+_USER_MESSAGE_COLUMNS += ("attempts", "created_at", "updated_at", "completed_at")
+_REPLY_COLUMNS: tuple[str, ...] = ("chatroom_id", "role", "content", "status", "attempts")
+_REPLY_COLUMNS += ("reply_to", "quota_day", "created_at", "updated_at")
+_USER_MESSAGE_VALUES: tuple[Any, ...] = (
+    _room_id,
+    literal_column("'user'"),
+    _body,
+    literal_column("'completed'"),
+    literal_column("0"),
+    _now,
+    _now,
+    _now,
+)
+
+
+def _reply_values(reply_to: Any) -> tuple[Any, ...]:
+    return (
+        _room_id,
+        literal_column("'assistant'"),
+        literal_column("''"),
+        literal_column(f"'{QUEUED}'"),
+        literal_column("0"),
+        reply_to,
+        _slot_day,
+        _now,
+        _now,
+    )
+
+
+def _touch(added: int) -> Any:
+    return update(_rooms).values(
+        message_count=_rooms.c.message_count + literal_column(str(added)),
+        last_message_at=_now,
+        activity_at=_now,
+        updated_at=_now,
+    )
+
+
+@cache
+def _exchange_postgresql(limited: bool, with_user_message: bool) -> Any:
+    """The whole send as ONE statement (data-modifying CTEs):
+
+        WITH slot  AS (INSERT INTO daily_usage ... ON CONFLICT DO UPDATE ... RETURNING count),
+             um    AS (INSERT INTO messages (...) SELECT ... FROM slot RETURNING id),
+             reply AS (INSERT INTO messages (..., reply_to, ...) SELECT ..., um.id FROM um
+                       RETURNING id),
+             touch AS (UPDATE chatrooms SET message_count = message_count + 2, ...
+                       WHERE chatrooms.id = :room_id AND EXISTS (SELECT reply.id FROM reply))
+        SELECT slot.count, um.id, reply.id FROM slot JOIN um ON true JOIN reply ON true
+
+    No row back: the slot was not taken (the upsert's WHERE refused it), and since every insert
+    reads its input from the step before, nothing was inserted or touched. The slot's row lock
+    serialises concurrent sends of a user exactly as the upsert alone does. The reply's row is
+    produced from the user message's row, so its id (from the same sequence) is the higher one,
+    as with two separate inserts. A retry (`with_user_message=False`) inserts only the reply,
+    answering `reply_to`.
+    """
+    slot = daily_slot_upsert("postgresql", limited).cte("slot")
+    if with_user_message:
+        um = (
+            insert(_messages)
+            .from_select(_USER_MESSAGE_COLUMNS, select(*_USER_MESSAGE_VALUES).select_from(slot))
+            .returning(_messages.c.id)
+            .cte("um")
+        )
+        source, answered, added = um, um.c.id, 2
+    else:
+        source, answered, added = slot, _answers, 1
+    reply = (
+        insert(_messages)
+        .from_select(_REPLY_COLUMNS, select(*_reply_values(answered)).select_from(source))
+        .returning(_messages.c.id)
+        .cte("reply")
+    )
+    touch = _touch(added).where(_rooms.c.id == _room_id, select(reply.c.id).exists()).cte("touch")
+    if with_user_message:
+        joined = slot.join(um, true()).join(reply, true())
+        columns = (slot.c.count, um.c.id, reply.c.id)
+    else:
+        joined = slot.join(reply, true())
+        columns = (slot.c.count, _answers, reply.c.id)
+    return select(*columns).select_from(joined).add_cte(touch)
+
+
+# SQLite (embedded mode) has RETURNING but no data-modifying CTEs: the same steps one by one,
+# under the write lock every transaction takes (BEGIN IMMEDIATE).
+_INSERT_USER_MESSAGE = (
+    insert(_messages)
+    .from_select(_USER_MESSAGE_COLUMNS, select(*_USER_MESSAGE_VALUES))
+    .returning(_messages.c.id)
+)
+_INSERT_REPLY = (
+    insert(_messages)
+    .from_select(_REPLY_COLUMNS, select(*_reply_values(_answers)))
+    .returning(_messages.c.id)
+)
+_TOUCH_ROOM = {added: _touch(added).where(_rooms.c.id == _room_id) for added in (1, 2)}
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    used: int  # the slots of the day used, this one included
+    message_id: int  # the user message
+    reply_id: int  # the queued reply
+
+
+async def insert_exchange(
+    session: AsyncSession,
+    slot: dict[str, Any],
+    *,
+    room_id: int,
+    now: datetime,
+    content: str | None = None,
+    reply_to: int | None = None,
+) -> Exchange | None:
+    """Take a quota slot and, if it was taken, insert the user message `content` (or, for a
+    retry, none: the reply answers `reply_to`) and a queued reply, and move the room's counters.
+
+    None when the slot was not taken (nothing is written). `slot` is Quota.slot_params(...);
+    the caller judges the count (Quota.admit) and rolls back on a refusal.
+    """
+    with_user_message = content is not None
+    params: dict[str, Any] = {**slot, "room_id": room_id, "now": now}
+    if with_user_message:
+        params["body"] = content
+    else:
+        params["answers"] = reply_to
+    limited = "slot_limit" in slot
+    if session.get_bind().dialect.name == "postgresql":
+        stmt = _exchange_postgresql(limited, with_user_message)
+        row = (await session.execute(stmt, params)).one_or_none()
+        return None if row is None else Exchange(row[0], row[1], row[2])
+
+    used = (
+        await session.execute(daily_slot_upsert("sqlite", limited), params)
+    ).scalar_one_or_none()
+    if used is None:
+        return None
+    if limited and used > slot["slot_limit"]:
+        return Exchange(used, 0, 0)  # refused by the caller (a limit of 0): nothing inserted
+    if with_user_message:
+        params["answers"] = (await session.execute(_INSERT_USER_MESSAGE, params)).scalar_one()
+    reply_id = (await session.execute(_INSERT_REPLY, params)).scalar_one()
+    await session.execute(_TOUCH_ROOM[2 if with_user_message else 1], params)
+    return Exchange(used, params["answers"], reply_id)
+
+
+# --- idempotency keys ---------------------------------------------------------------------
+
+_EXPIRED_KEY = delete(_keys).where(
+    _keys.c.user_id == bindparam("key_user"),
+    _keys.c.key == bindparam("key_text"),
+    _keys.c.created_at < bindparam("cutoff", type_=UTCDateTime()),
+)
+_KEY_RECEIPT = select(_keys.c.receipt).where(
+    _keys.c.user_id == bindparam("key_user"), _keys.c.key == bindparam("key_text")
+)
+_STORE_RECEIPT = (
+    update(_keys).where(_keys.c.id == bindparam("key_id")).values(receipt=bindparam("receipt_json"))
+)
+
+
+@cache
+def _claim_key(dialect: str) -> Any:
+    insert_ = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return (
+        insert_(_keys)
+        .values(
+            user_id=bindparam("key_user", type_=BigIntId),
+            key=bindparam("key_text", type_=_keys.c.key.type),
+            chatroom_id=bindparam("room_id", type_=BigIntId),
+            created_at=bindparam("now", type_=UTCDateTime()),
+        )
+        .on_conflict_do_nothing(index_elements=[_keys.c.user_id, _keys.c.key])
+        .returning(_keys.c.id)
+    )
+
+
+async def claim_idempotency_key(
+    session: AsyncSession,
+    *,
+    user_id: int,
+    room_id: int,
+    key: str,
+    now: datetime,
+    window: timedelta,
+) -> int | None:
+    """Insert the (user, key) row (an expired one is deleted first): its id, or None if the key
+    is in use. A concurrent request with the same key waits on the unique row until this
+    transaction ends."""
+    params = {"key_user": user_id, "key_text": key, "room_id": room_id, "now": now}
+    await session.execute(_EXPIRED_KEY, {**params, "cutoff": now - window})
+    stmt = _claim_key(session.get_bind().dialect.name)
+    inserted: int | None = (await session.execute(stmt, params)).scalar_one_or_none()
+    return inserted
+
+
+async def idempotency_receipt(session: AsyncSession, user_id: int, key: str) -> str | None:
+    params = {"key_user": user_id, "key_text": key}
+    receipt: str | None = (await session.execute(_KEY_RECEIPT, params)).scalar_one()
+    return receipt
+
+
+async def store_receipt(session: AsyncSession, key_id: int, receipt: str) -> None:
+    await session.execute(_STORE_RECEIPT, {"key_id": key_id, "receipt_json": receipt})

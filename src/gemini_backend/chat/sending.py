@@ -3,30 +3,39 @@
 In one transaction: the idempotency key is claimed, the quota slot is taken, the user message
 and a `queued` reply are inserted and the room's counters move. The job (the reply id) is
 enqueued only after the commit, so a rolled-back request enqueues nothing.
+
+The slot, the two inserts and the room's counters are one statement on PostgreSQL (a
+data-modifying CTE, chat/repository.py `insert_exchange`) and four prebuilt Core statements on
+SQLite; no ORM unit of work is involved. The receipt is built from the values written and the ids
+returned (the rows hold nothing else the receipt shows).
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from functools import cache
 
 import structlog
-from sqlalchemy import delete, func, select, update
+from limits import RateLimitItem, parse
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from gemini_backend.auth.principals import SignedInUser
+from gemini_backend.chat import repository as repo
 from gemini_backend.chat.cache import ChatroomListCache
-from gemini_backend.chat.models import Chatroom, IdempotencyKey, Message
-from gemini_backend.chat.schemas import MessageOut, SendReceipt
+from gemini_backend.chat.models import Chatroom, Message
+from gemini_backend.chat.repository import Exchange
+from gemini_backend.chat.schemas import MessageOut, SendReceipt, Usage
 from gemini_backend.config import Settings
 from gemini_backend.core.cache import Cache
 from gemini_backend.core.clock import Clock
 from gemini_backend.core.db import after_commit
 from gemini_backend.core.errors import BadRequest, Conflict, TooManyRequests, ValidationFailed
 from gemini_backend.core.metrics import QUOTA_REJECTIONS
-from gemini_backend.core.sql import insert_for
 from gemini_backend.core.streams import ReplyStream
 from gemini_backend.core.throttle import Throttle
 from gemini_backend.quota.service import Quota, QuotaState
-from gemini_backend.users.models import User
+from gemini_backend.users.schemas import Tier
 from gemini_backend.users.service import tier_of
 from gemini_backend.worker.replies import (
     ACTIVE_STATES,
@@ -69,6 +78,15 @@ def stream_url(room_id: int, reply_id: int) -> str:
     return f"/chatroom/{room_id}/messages/{reply_id}/stream"
 
 
+@cache
+def _per_minute(count: int) -> RateLimitItem:
+    return parse(f"{count}/minute")
+
+
+def _no_usage() -> Usage:
+    return Usage(prompt_tokens=None, output_tokens=None, thinking_tokens=None)
+
+
 class MessageSender:
     def __init__(
         self,
@@ -94,7 +112,7 @@ class MessageSender:
         self.cache = cache
 
     async def send(
-        self, user: User, room: Chatroom, content: str, idempotency_key: str | None
+        self, user: SignedInUser, room: Chatroom, content: str, idempotency_key: str | None
     ) -> tuple[SendReceipt, QuotaState]:
         """The receipt and the caller's quota after it (a replay spends nothing)."""
         if len(content) > self.settings.max_message_chars:
@@ -117,34 +135,30 @@ class MessageSender:
                 )
                 return replay, quota
             key_row = replay
-        quota = await self._take_slot(user, now)
-
-        user_message = Message(
-            chatroom_id=room.id,
+        room_id, tier = room.id, tier_of(user, now, self.settings)
+        exchange, quota = await self._take_slot(user.id, tier, now, room_id, content=content)
+        user_message = MessageOut(
+            id=exchange.message_id,
+            chatroom_id=room_id,
             role="user",
             content=content,
             status="completed",
-            attempts=0,
+            error=None,
+            finish_reason=None,
+            usage=_no_usage(),
+            model=None,
+            reply_to=None,
             created_at=now,
-            updated_at=now,
             completed_at=now,
         )
-        self.session.add(user_message)
-        await self.session.flush()
-        reply = self._queue_reply(room, user_message, quota, now)
-        await self._touch_room(room, added_messages=2, now=now)
-        receipt = self._receipt(room, user_message, reply)
+        receipt = self._receipt(room_id, user_message, exchange.reply_id, now)
         if key_row is not None:
-            await self.session.execute(
-                update(IdempotencyKey)
-                .where(IdempotencyKey.id == key_row)
-                .values(receipt=receipt.model_dump_json())
-            )
-        self._after_commit(user.id, reply)
+            await repo.store_receipt(self.session, key_row, receipt.model_dump_json())
+        self._after_commit(user.id, exchange.reply_id)
         return receipt, quota
 
     async def retry(
-        self, user: User, room: Chatroom, message: Message
+        self, user: SignedInUser, room: Chatroom, message: Message
     ) -> tuple[SendReceipt, QuotaState]:
         """A new reply to the user message that `message` is (or answers)."""
         user_message = message
@@ -153,21 +167,16 @@ class MessageSender:
             if found is None or found.chatroom_id != room.id:
                 raise NothingToRetry()
             user_message = found
-        busy = (
-            await self.session.execute(
-                select(func.count())
-                .select_from(Message)
-                .where(Message.reply_to == user_message.id, Message.status.in_(ACTIVE_STATES))
-            )
-        ).scalar_one()
-        if busy:
+        if await repo.active_replies(self.session, user_message.id, tuple(ACTIVE_STATES)):
             raise ReplyInProgress()
         now = self.clock.now()
-        quota = await self._take_slot(user, now)
-        reply = self._queue_reply(room, user_message, quota, now)
-        await self._touch_room(room, added_messages=1, now=now)
-        self._after_commit(user.id, reply)
-        return self._receipt(room, user_message, reply), quota
+        tier = tier_of(user, now, self.settings)
+        exchange, quota = await self._take_slot(
+            user.id, tier, now, room.id, reply_to=user_message.id
+        )
+        self._after_commit(user.id, exchange.reply_id)
+        receipt = self._receipt(room.id, MessageOut.from_row(user_message), exchange.reply_id, now)
+        return receipt, quota
 
     async def cancel(self, reply: Message) -> Message:
         """Stop a reply: a queued one is cancelled in this transaction; a generating one is told
@@ -192,8 +201,7 @@ class MessageSender:
             final = MessageOut.from_row(cancelled).model_dump_json()
 
             async def announce() -> None:
-                await self.streams.append(reply_id, "error", final)
-                await self.streams.expire(reply_id, ttl)
+                await self.streams.append(reply_id, "error", final, expire_seconds=ttl)
 
             after_commit(self.session, announce)
             return cancelled
@@ -204,69 +212,74 @@ class MessageSender:
         after_commit(self.session, signal)
         return reply
 
-    async def _take_slot(self, user: User, now: datetime) -> QuotaState:
-        """One slot of today's quota (in this transaction), then the per-minute throttle.
+    async def _take_slot(
+        self,
+        user_id: int,
+        tier: Tier,
+        now: datetime,
+        room_id: int,
+        *,
+        content: str | None = None,
+        reply_to: int | None = None,
+    ) -> tuple[Exchange, QuotaState]:
+        """One slot of today's quota with the exchange it pays for (in this transaction), then
+        the per-minute throttle.
 
-        In that order so that a send refused by the daily limit spends no per-minute slot, and
-        one refused by the throttle rolls the quota upsert back with its transaction.
+        `content`: a new user message and its reply; else (a retry) a reply to `reply_to`. The
+        slot, the inserts and the room's counters are written together (repository
+        `insert_exchange`); nothing is inserted when the slot is refused. A send refused by the
+        daily limit spends no per-minute slot, and one refused by the throttle rolls the quota
+        upsert and the inserts back with its transaction.
         """
-        quota = await self.quota.reserve_daily_slot(
-            self.session, user.id, tier_of(user, now, self.settings), now
+        exchange = await repo.insert_exchange(
+            self.session,
+            self.quota.slot_params(user_id, tier, now),
+            room_id=room_id,
+            now=now,
+            content=content,
+            reply_to=reply_to,
         )
+        quota = self.quota.admit(exchange.used if exchange is not None else None, tier, now)
+        assert exchange is not None  # admit() refused otherwise
         try:
             await self.throttle.hit(
-                f"{self.settings.send_per_minute}/minute",
+                _per_minute(self.settings.send_per_minute),
                 "send",
-                str(user.id),
+                str(user_id),
                 detail="Too many messages in a minute; slow down.",
             )
         except TooManyRequests:
             QUOTA_REJECTIONS.labels("per_minute").inc()
             raise
-        return quota
+        return exchange, quota
 
-    async def _touch_room(self, room: Chatroom, *, added_messages: int, now: datetime) -> None:
-        await self.session.execute(
-            update(Chatroom)
-            .where(Chatroom.id == room.id)
-            .values(
-                message_count=Chatroom.message_count + added_messages,
-                last_message_at=now,
-                activity_at=now,
-                updated_at=now,
-            )
-        )
-        await self.session.flush()
-
-    def _queue_reply(
-        self, room: Chatroom, user_message: Message, quota: QuotaState, now: datetime
-    ) -> Message:
-        reply = Message(
-            chatroom_id=room.id,
+    @staticmethod
+    def _receipt(
+        room_id: int, user_message: MessageOut, reply_id: int, now: datetime
+    ) -> SendReceipt:
+        reply = MessageOut(
+            id=reply_id,
+            chatroom_id=room_id,
             role="assistant",
             content="",
             status=QUEUED,
-            attempts=0,
+            error=None,
+            finish_reason=None,
+            usage=_no_usage(),
+            model=None,
             reply_to=user_message.id,
-            quota_day=quota.day,
             created_at=now,
-            updated_at=now,
+            completed_at=None,
         )
-        self.session.add(reply)
-        return reply
-
-    @staticmethod
-    def _receipt(room: Chatroom, user_message: Message, reply: Message) -> SendReceipt:
         return SendReceipt(
             message_id=user_message.id,
-            reply_id=reply.id,
-            stream_url=stream_url(room.id, reply.id),
-            user_message=MessageOut.from_row(user_message),
-            reply=MessageOut.from_row(reply),
+            reply_id=reply_id,
+            stream_url=stream_url(room_id, reply_id),
+            user_message=user_message,
+            reply=reply,
         )
 
-    def _after_commit(self, user_id: int, reply: Message) -> None:
-        reply_id = reply.id
+    def _after_commit(self, user_id: int, reply_id: int) -> None:
         structlog.contextvars.bind_contextvars(reply_id=reply_id)
 
         async def enqueue() -> None:
@@ -286,31 +299,17 @@ class MessageSender:
         The unique (user_id, key) row is inserted first: a concurrent request with the same key
         waits on it and then finds the receipt of the one that committed.
         """
-        await self.session.execute(
-            delete(IdempotencyKey).where(
-                IdempotencyKey.user_id == user_id,
-                IdempotencyKey.key == key,
-                IdempotencyKey.created_at < now - IDEMPOTENCY_WINDOW,
-            )
+        key_id = await repo.claim_idempotency_key(
+            self.session,
+            user_id=user_id,
+            room_id=room_id,
+            key=key,
+            now=now,
+            window=IDEMPOTENCY_WINDOW,
         )
-        table = IdempotencyKey.__table__
-        inserted = (
-            await self.session.execute(
-                insert_for(self.session, table)
-                .values(user_id=user_id, key=key, chatroom_id=room_id, created_at=now)
-                .on_conflict_do_nothing(index_elements=[table.c.user_id, table.c.key])
-                .returning(table.c.id)
-            )
-        ).scalar_one_or_none()
-        if inserted is not None:
-            return int(inserted)
-        receipt = (
-            await self.session.execute(
-                select(IdempotencyKey.receipt).where(
-                    IdempotencyKey.user_id == user_id, IdempotencyKey.key == key
-                )
-            )
-        ).scalar_one()
+        if key_id is not None:
+            return key_id
+        receipt = await repo.idempotency_receipt(self.session, user_id, key)
         if receipt is None:  # pragma: no cover - the row is only visible once committed
             raise InvalidIdempotencyKey("That Idempotency-Key is being used by another request.")
         return SendReceipt.model_validate_json(receipt)

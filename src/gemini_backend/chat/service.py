@@ -6,6 +6,7 @@ import base64
 import binascii
 import json
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -18,7 +19,6 @@ from gemini_backend.chat.schemas import (
     ChatroomOut,
     ChatroomPage,
     ChatroomUpdate,
-    MessageOut,
     MessagePage,
 )
 from gemini_backend.core.clock import Clock
@@ -31,6 +31,46 @@ ROOM_DETAIL_MESSAGES = 50
 class InvalidCursor(BadRequest):
     code = "invalid_cursor"
     detail = "The cursor is not one this server issued."
+
+
+def message_fields(row: repo.MessageRow) -> dict[str, Any]:
+    """The fields of a MessageOut from a row of repository.MESSAGE_OUT_COLUMNS, as
+    MessageOut.from_row takes them from an ORM object. Given as data to the model that holds
+    the messages, which validates the whole list in one pass."""
+    (
+        id_,
+        chatroom_id,
+        role,
+        content,
+        status,
+        error,
+        finish_reason,
+        prompt_tokens,
+        output_tokens,
+        thinking_tokens,
+        model,
+        reply_to,
+        created_at,
+        completed_at,
+    ) = row
+    return {
+        "id": id_,
+        "chatroom_id": chatroom_id,
+        "role": "user" if role == "user" else "assistant",
+        "content": content,
+        "status": status,
+        "error": error,
+        "finish_reason": finish_reason,
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "output_tokens": output_tokens,
+            "thinking_tokens": thinking_tokens,
+        },
+        "model": model,
+        "reply_to": reply_to,
+        "created_at": created_at,
+        "completed_at": completed_at,
+    }
 
 
 def encode_room_cursor(room: Chatroom) -> str:
@@ -91,10 +131,12 @@ class ChatroomService:
         )
 
     async def detail(self, room: Chatroom) -> ChatroomDetail:
-        messages = await repo.messages_page(self.session, room.id, ROOM_DETAIL_MESSAGES, None)
-        return ChatroomDetail(
-            **ChatroomOut.from_row(room).model_dump(),
-            messages=[MessageOut.from_row(m) for m in messages],
+        rows = await repo.messages_page(self.session, room.id, ROOM_DETAIL_MESSAGES, None)
+        return ChatroomDetail.model_validate(
+            {
+                **ChatroomOut.from_row(room).model_dump(),
+                "messages": [message_fields(row) for row in rows],
+            }
         )
 
     async def update(self, room: Chatroom, body: ChatroomUpdate) -> ChatroomOut:
@@ -120,7 +162,9 @@ class ChatroomService:
         rows = await repo.messages_page(self.session, room.id, limit + 1, before)
         more = len(rows) > limit
         rows = rows[-limit:] if more else rows
-        return MessagePage(
-            messages=[MessageOut.from_row(m) for m in rows],
-            next_cursor=str(rows[0].id) if more and rows else None,
+        return MessagePage.model_validate(
+            {
+                "messages": [message_fields(row) for row in rows],
+                "next_cursor": str(rows[0].id) if more and rows else None,
+            }
         )

@@ -6,27 +6,69 @@ RETURNING count`. No row back means the limit is reached. A check-then-insert wo
 concurrent requests all see "4 used" and all insert; the upsert's row lock (PostgreSQL) or the
 write lock (SQLite) makes the increments strictly sequential, so 20 concurrent sends from one
 Basic user get exactly 5 acceptances, across any number of API processes.
+
+The upsert is built once per dialect (values bound per execution) and is also the first step of
+the send's single statement on PostgreSQL (chat/repository.py), which takes the slot, inserts the
+messages only if it was taken, and leaves the verdict to `Quota.admit`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
+from functools import cache
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select, update
+from sqlalchemy import Date, Integer, Table, bindparam, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gemini_backend.config import Settings
+from gemini_backend.core.db import BigIntId
 from gemini_backend.core.errors import TooManyRequests
 from gemini_backend.core.metrics import QUOTA_REJECTIONS
-from gemini_backend.core.sql import insert_for
 from gemini_backend.quota.models import DailyUsage
 from gemini_backend.users.schemas import Tier
 
 
 class DailyLimitReached(TooManyRequests):
     code = "daily_limit_reached"
+
+
+_usage = cast(Table, DailyUsage.__table__)
+
+
+@cache
+def daily_slot_upsert(dialect: str, limited: bool) -> Any:
+    """`INSERT ... ON CONFLICT (user_id, day) DO UPDATE SET count = count + 1 [WHERE count <
+    :slot_limit] RETURNING count` for this dialect, built once. Bound per execution:
+    `slot_user`, `slot_day` and, when `limited`, `slot_limit`."""
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = insert(_usage).values(
+        user_id=bindparam("slot_user", type_=BigIntId),
+        day=bindparam("slot_day", type_=Date()),
+        count=1,
+    )
+    return stmt.on_conflict_do_update(
+        index_elements=[_usage.c.user_id, _usage.c.day],
+        set_={"count": _usage.c.count + 1},
+        where=(_usage.c.count < bindparam("slot_limit", type_=Integer())) if limited else None,
+    ).returning(_usage.c.count)
+
+
+_USAGE_OF_DAY = select(_usage.c.count).where(
+    _usage.c.user_id == bindparam("user_id"), _usage.c.day == bindparam("day")
+)
+_GIVE_BACK = (
+    update(_usage)
+    .where(
+        _usage.c.user_id == bindparam("slot_user"),
+        _usage.c.day == bindparam("slot_day"),
+        _usage.c.count > 0,
+    )
+    .values(count=_usage.c.count - 1)
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,20 +106,19 @@ class Quota:
         midnight = datetime.combine(local.date() + timedelta(days=1), time(0), tzinfo=self.zone)
         return midnight.astimezone(now.tzinfo)
 
-    async def reserve_daily_slot(
-        self, session: AsyncSession, user_id: int, tier: Tier, now: datetime
-    ) -> QuotaState:
-        """Take one slot of today's quota or raise 429 `daily_limit_reached`."""
+    def slot_params(self, user_id: int, tier: Tier, now: datetime) -> dict[str, Any]:
+        """The values of `daily_slot_upsert(dialect, limited=limit is not None)`."""
+        params: dict[str, Any] = {"slot_user": user_id, "slot_day": self.day_of(now)}
+        limit = self.limit_for(tier)
+        if limit is not None:
+            params["slot_limit"] = limit
+        return params
+
+    def admit(self, used: int | None, tier: Tier, now: datetime) -> QuotaState:
+        """The verdict on the upsert's result (None: no row came back, the limit is reached):
+        the caller's quota after the slot, or 429 `daily_limit_reached`."""
         limit = self.limit_for(tier)
         day = self.day_of(now)
-        table = DailyUsage.__table__
-        stmt = insert_for(session, table).values(user_id=user_id, day=day, count=1)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[table.c.user_id, table.c.day],
-            set_={"count": table.c.count + 1},
-            where=(table.c.count < limit) if limit is not None else None,
-        ).returning(table.c.count)
-        used = (await session.execute(stmt)).scalar_one_or_none()
         resets_at = self.next_reset(now)
         if used is None or (limit is not None and used > limit):
             QUOTA_REJECTIONS.labels("daily_limit").inc()
@@ -88,21 +129,23 @@ class Quota:
             ).with_headers(state.headers(now))
         return QuotaState(limit, used, day, resets_at)
 
+    async def reserve_daily_slot(
+        self, session: AsyncSession, user_id: int, tier: Tier, now: datetime
+    ) -> QuotaState:
+        """Take one slot of today's quota or raise 429 `daily_limit_reached`."""
+        params = self.slot_params(user_id, tier, now)
+        stmt = daily_slot_upsert(session.get_bind().dialect.name, "slot_limit" in params)
+        used = (await session.execute(stmt, params)).scalar_one_or_none()
+        return self.admit(used, tier, now)
+
     async def release_daily_slot(self, session: AsyncSession, user_id: int, day: date) -> None:
         """Give a slot back (a reply that failed or was blocked)."""
-        await session.execute(
-            update(DailyUsage)
-            .where(DailyUsage.user_id == user_id, DailyUsage.day == day, DailyUsage.count > 0)
-            .values(count=DailyUsage.count - 1)
-        )
+        await session.execute(_GIVE_BACK, {"slot_user": user_id, "slot_day": day})
 
     async def state(
         self, session: AsyncSession, user_id: int, tier: Tier, now: datetime
     ) -> QuotaState:
         day = self.day_of(now)
-        used = (
-            await session.execute(
-                select(DailyUsage.count).where(DailyUsage.user_id == user_id, DailyUsage.day == day)
-            )
-        ).scalar_one_or_none()
+        params = {"user_id": user_id, "day": day}
+        used = (await session.execute(_USAGE_OF_DAY, params)).scalar_one_or_none()
         return QuotaState(self.limit_for(tier), used or 0, day, self.next_reset(now))

@@ -1,0 +1,190 @@
+"""What a send writes, and that a refused one writes nothing.
+
+The send takes the quota slot, inserts both messages and moves the room's counters together (one
+statement on PostgreSQL, chained on SQLite), and its receipt is built from the values written and
+the ids returned: these tests hold the receipt against the stored rows.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+import pytest
+from sqlalchemy import func, select
+
+from gemini_backend.chat.models import Chatroom, Message
+from gemini_backend.quota.models import DailyUsage
+from tests.helpers import bearer, read_sse, sign_in
+
+
+@pytest.fixture
+async def alice(client):
+    return bearer(await sign_in(client))
+
+
+@pytest.fixture
+async def room(client, alice):
+    return (await client.post("/chatroom", json={"name": "writes"}, headers=alice)).json()["id"]
+
+
+async def send(client, auth, room_id, content="hello there"):
+    return await client.post(
+        f"/chatroom/{room_id}/message", json={"content": content}, headers=auth
+    )
+
+
+async def stored(app, room_id):
+    """(messages of the room by id, the room's row, today's slots used by anyone)."""
+    async with app.state.database.sessionmaker() as session:
+        messages = list(
+            (
+                await session.execute(
+                    select(Message).where(Message.chatroom_id == room_id).order_by(Message.id)
+                )
+            ).scalars()
+        )
+        chatroom = await session.get(Chatroom, room_id)
+        used = (await session.execute(select(func.sum(DailyUsage.count)))).scalar_one()
+    return messages, chatroom, used or 0
+
+
+async def test_the_receipt_is_what_was_stored(client, app, alice, room):
+    response = await send(client, alice, room, "  Where is Goa?  ")
+    assert response.status_code == 202, response.text
+    receipt = response.json()
+    user_message, reply = receipt["user_message"], receipt["reply"]
+    assert (receipt["message_id"], receipt["reply_id"]) == (user_message["id"], reply["id"])
+    assert receipt["reply_id"] > receipt["message_id"]  # the reply comes after its message
+    got = await client.get(f"/chatroom/{room}/messages/{receipt['message_id']}", headers=alice)
+    assert got.json() == user_message
+    assert reply == {
+        "id": receipt["reply_id"],
+        "chatroom_id": room,
+        "role": "assistant",
+        "content": "",
+        "status": "queued",
+        "error": None,
+        "finish_reason": None,
+        "usage": {"prompt_tokens": None, "output_tokens": None, "thinking_tokens": None},
+        "model": None,
+        "reply_to": receipt["message_id"],
+        "created_at": user_message["created_at"],
+        "completed_at": None,
+    }
+    await read_sse(client, receipt["stream_url"], alice)  # the reply finishes
+
+    messages, chatroom, used = await stored(app, room)
+    assert [(m.id, m.role) for m in messages] == [
+        (receipt["message_id"], "user"),
+        (receipt["reply_id"], "assistant"),
+    ]
+    user_row, reply_row = messages
+    assert (user_row.content, user_row.status, user_row.attempts) == (
+        "Where is Goa?",
+        "completed",
+        0,
+    )
+    assert user_row.created_at == user_row.updated_at == user_row.completed_at
+    assert user_row.reply_to is None
+    assert user_row.quota_day is None
+    assert reply_row.reply_to == user_row.id
+    assert reply_row.quota_day == date(2026, 11, 22)
+    assert reply_row.created_at == user_row.created_at
+    assert chatroom.message_count == 2
+    assert chatroom.last_message_at == chatroom.activity_at == chatroom.updated_at
+    assert chatroom.last_message_at == user_row.created_at
+    assert used == 1
+
+
+async def test_a_retry_writes_one_reply_and_counts_it(client, app, alice, room):
+    receipt = (await send(client, alice, room)).json()
+    await read_sse(client, receipt["stream_url"], alice)
+    response = await client.post(
+        f"/chatroom/{room}/messages/{receipt['reply_id']}/retry", headers=alice
+    )
+    assert response.status_code == 202, response.text
+    retry = response.json()
+    assert retry["reply_id"] > receipt["reply_id"]
+    assert (
+        retry["user_message"]
+        == (
+            await client.get(f"/chatroom/{room}/messages/{receipt['message_id']}", headers=alice)
+        ).json()
+    )
+    await read_sse(client, retry["stream_url"], alice)
+    messages, chatroom, used = await stored(app, room)
+    assert [m.id for m in messages] == [
+        receipt["message_id"],
+        receipt["reply_id"],
+        retry["reply_id"],
+    ]
+    assert messages[-1].reply_to == receipt["message_id"]
+    assert messages[-1].quota_day == date(2026, 11, 22)
+    assert chatroom.message_count == 3
+    assert used == 2
+
+
+async def _refused_send_writes_nothing(client, app, auth, room_id, code):
+    before = await stored(app, room_id)
+    refused = await send(client, auth, room_id)
+    assert refused.status_code == 429
+    assert refused.json()["code"] == code
+    after = await stored(app, room_id)
+    assert [m.id for m in after[0]] == [m.id for m in before[0]]
+    for field in ("message_count", "last_message_at", "activity_at", "updated_at"):
+        assert getattr(after[1], field) == getattr(before[1], field), field
+    assert after[2] == before[2]
+
+
+@pytest.mark.parametrize("settings_overrides", [{"basic_daily_limit": 1}])
+async def test_a_send_over_the_daily_limit_writes_nothing(client, app, alice, room):
+    assert (await send(client, alice, room)).status_code == 202
+    await _refused_send_writes_nothing(client, app, alice, room, "daily_limit_reached")
+
+
+@pytest.mark.parametrize("settings_overrides", [{"basic_daily_limit": 0}])
+async def test_a_send_with_no_quota_at_all_writes_nothing(client, app, alice, room):
+    await _refused_send_writes_nothing(client, app, alice, room, "daily_limit_reached")
+
+
+@pytest.mark.parametrize("settings_overrides", [{"send_per_minute": 1}])
+async def test_a_throttled_send_writes_nothing(client, app, alice, room):
+    assert (await send(client, alice, room)).status_code == 202
+    await _refused_send_writes_nothing(client, app, alice, room, "rate_limited")
+
+
+@pytest.mark.parametrize("settings_overrides", [{"basic_daily_limit": 1}])
+async def test_a_retry_over_the_daily_limit_writes_nothing(client, app, alice, room):
+    receipt = (await send(client, alice, room)).json()
+    await read_sse(client, receipt["stream_url"], alice)
+    before = await stored(app, room)
+    refused = await client.post(
+        f"/chatroom/{room}/messages/{receipt['reply_id']}/retry", headers=alice
+    )
+    assert refused.status_code == 429
+    assert refused.json()["code"] == "daily_limit_reached"
+    after = await stored(app, room)
+    assert [m.id for m in after[0]] == [m.id for m in before[0]]
+    assert after[1].message_count == before[1].message_count == 2
+    assert after[2] == before[2] == 1
+
+
+async def test_room_detail_and_history_show_each_message_as_it_is_stored(client, alice, room):
+    # The room's latest messages come from a select of columns, a single message from the ORM
+    # row (MessageOut.from_row): both must show a message the same way.
+    for text in ("first", "second"):
+        receipt = (await send(client, alice, room, text)).json()
+        await read_sse(client, receipt["stream_url"], alice)
+    detail = (await client.get(f"/chatroom/{room}", headers=alice)).json()
+    history = (await client.get(f"/chatroom/{room}/messages", headers=alice)).json()
+    assert history == {"messages": detail["messages"], "next_cursor": None}
+    assert [m["role"] for m in detail["messages"]] == ["user", "assistant"] * 2
+    for shown in detail["messages"]:
+        one = await client.get(f"/chatroom/{room}/messages/{shown['id']}", headers=alice)
+        assert one.json() == shown
+    reply = detail["messages"][1]
+    assert reply["usage"]["output_tokens"] > 0
+    assert reply["model"] == "demo"
+    page = (await client.get(f"/chatroom/{room}/messages?limit=3", headers=alice)).json()
+    assert page["messages"] == detail["messages"][1:]
+    assert page["next_cursor"] == str(detail["messages"][1]["id"])
