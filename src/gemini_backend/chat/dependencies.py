@@ -9,7 +9,7 @@ from fastapi import Depends, Path, Request
 
 from gemini_backend.auth.dependencies import CurrentUser
 from gemini_backend.chat import repository as repo
-from gemini_backend.chat.models import Chatroom, Message
+from gemini_backend.chat.models import Chatroom, Message, RoomView
 from gemini_backend.chat.sending import MessageSender
 from gemini_backend.chat.service import ChatroomService
 from gemini_backend.core.db import DbSession
@@ -41,9 +41,22 @@ async def _owned_chatroom(
     return room
 
 
+async def _room_view(
+    session: DbSession,
+    user: CurrentUser,
+    chatroom_id: Annotated[int, Path(ge=1, le=MAX_ID, description="Chatroom id")],
+) -> RoomView:
+    """The same check for routes that only read the room: a plain row, no ORM instance."""
+    room = await repo.owned_room_view(session, user.id, chatroom_id)
+    if room is None:
+        raise ChatroomNotFound()
+    structlog.contextvars.bind_contextvars(chatroom_id=room.id)
+    return room
+
+
 async def _room_message(
     session: DbSession,
-    room: Annotated[Chatroom, Depends(_owned_chatroom)],
+    room: Annotated[RoomView, Depends(_room_view)],
     message_id: Annotated[int, Path(ge=1, le=MAX_ID, description="Message id")],
 ) -> Message:
     """A message of the caller's chatroom (404 for another room's, or another user's)."""
@@ -75,6 +88,7 @@ def _message_sender(request: Request, session: DbSession) -> MessageSender:
 
 
 OwnedChatroom = Annotated[Chatroom, Depends(_owned_chatroom)]
+ChatroomView = Annotated[RoomView, Depends(_room_view)]
 RoomMessage = Annotated[Message, Depends(_room_message)]
 ChatroomServiceDep = Annotated[ChatroomService, Depends(_chatroom_service)]
 MessageSenderDep = Annotated[MessageSender, Depends(_message_sender)]

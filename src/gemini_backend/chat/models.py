@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import date, datetime
+from typing import Protocol
 
 from sqlalchemy import Boolean, Date, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
@@ -29,6 +30,31 @@ class Chatroom(Base):
     activity_at: Mapped[datetime] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class RoomView(Protocol):
+    """A chatroom as read (an ORM object, or a plain row where nothing changes it)."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def user_id(self) -> int: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def auto_title(self) -> bool: ...
+    @property
+    def system_prompt(self) -> str | None: ...
+    @property
+    def message_count(self) -> int: ...
+    @property
+    def last_message_at(self) -> datetime | None: ...
+    @property
+    def activity_at(self) -> datetime: ...
+    @property
+    def created_at(self) -> datetime: ...
+    @property
+    def updated_at(self) -> datetime: ...
 
 
 class Message(Base):

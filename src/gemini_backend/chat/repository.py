@@ -32,7 +32,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gemini_backend.chat.models import Chatroom, IdempotencyKey, Message
+from gemini_backend.chat.models import Chatroom, IdempotencyKey, Message, RoomView
 from gemini_backend.core.db import BigIntId, UTCDateTime
 from gemini_backend.quota.service import daily_slot_upsert
 from gemini_backend.worker.replies import QUEUED
@@ -67,6 +67,18 @@ _OWNED_ROOM = select(Chatroom).where(
 async def owned_room(session: AsyncSession, user_id: int, room_id: int) -> Chatroom | None:
     params = {"room_id": room_id, "user_id": user_id}
     return (await session.execute(_OWNED_ROOM, params)).scalar_one_or_none()
+
+
+# The same check as a plain row, for the routes that only read the room (no ORM instance).
+_OWNED_ROOM_VIEW = select(_rooms).where(
+    _rooms.c.id == bindparam("room_id"), _rooms.c.user_id == bindparam("user_id")
+)
+
+
+async def owned_room_view(session: AsyncSession, user_id: int, room_id: int) -> RoomView | None:
+    params = {"room_id": room_id, "user_id": user_id}
+    row = (await session.execute(_OWNED_ROOM_VIEW, params)).one_or_none()
+    return cast("RoomView | None", row)
 
 
 async def delete_room(session: AsyncSession, room_id: int) -> None:

@@ -12,6 +12,7 @@ from gemini_backend.auth.dependencies import CurrentUser
 from gemini_backend.chat.cache import ChatroomListCache
 from gemini_backend.chat.dependencies import (
     MAX_ID,
+    ChatroomView,
     ChatroomServiceDep,
     MessageSenderDep,
     OwnedChatroom,
@@ -196,7 +197,7 @@ async def list_chatrooms(
     ),
     responses=NOT_FOUND,
 )
-async def get_chatroom(room: OwnedChatroom, chat: ChatroomServiceDep) -> ChatroomDetail:
+async def get_chatroom(room: ChatroomView, chat: ChatroomServiceDep) -> ChatroomDetail:
     return await chat.detail(room)
 
 
@@ -237,7 +238,7 @@ async def delete_chatroom(room: OwnedChatroom, chat: ChatroomServiceDep) -> Resp
     responses=NOT_FOUND,
 )
 async def list_messages(
-    room: OwnedChatroom,
+    room: ChatroomView,
     chat: ChatroomServiceDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     before: Annotated[int | None, Query(ge=1, le=MAX_ID, description="A message id")] = None,
@@ -279,7 +280,7 @@ class NotAReply(BadRequest):
 )
 async def send_message(
     body: MessageCreate,
-    room: OwnedChatroom,
+    room: ChatroomView,
     user: CurrentUser,
     sender: MessageSenderDep,
     response: Response,
@@ -402,7 +403,7 @@ async def cancel_reply(message: RoomMessage, sender: MessageSenderDep) -> Messag
     },
 )
 async def retry_reply(
-    room: OwnedChatroom,
+    room: ChatroomView,
     message: RoomMessage,
     user: CurrentUser,
     sender: MessageSenderDep,

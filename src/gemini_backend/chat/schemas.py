@@ -5,7 +5,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StringConstraints
 
-from gemini_backend.chat.models import Chatroom, Message
+from gemini_backend.chat.models import Message, RoomView
 
 RoomName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 SystemPrompt = Annotated[str, StringConstraints(strip_whitespace=True, max_length=8000)]
@@ -149,7 +149,7 @@ class ChatroomOut(BaseModel):
     updated_at: datetime
 
     @classmethod
-    def from_row(cls, room: Chatroom) -> ChatroomOut:
+    def from_row(cls, room: RoomView) -> ChatroomOut:
         return cls(
             id=room.id,
             name=room.name,

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from gemini_backend.auth.principals import SignedInUser
 from gemini_backend.chat import repository as repo
 from gemini_backend.chat.cache import ChatroomListCache
-from gemini_backend.chat.models import Chatroom, Message
+from gemini_backend.chat.models import Message, RoomView
 from gemini_backend.chat.repository import Exchange
 from gemini_backend.chat.schemas import MessageOut, SendReceipt, Usage
 from gemini_backend.config import Settings
@@ -112,7 +112,7 @@ class MessageSender:
         self.cache = cache
 
     async def send(
-        self, user: SignedInUser, room: Chatroom, content: str, idempotency_key: str | None
+        self, user: SignedInUser, room: RoomView, content: str, idempotency_key: str | None
     ) -> tuple[SendReceipt, QuotaState]:
         """The receipt and the caller's quota after it (a replay spends nothing)."""
         if len(content) > self.settings.max_message_chars:
@@ -158,7 +158,7 @@ class MessageSender:
         return receipt, quota
 
     async def retry(
-        self, user: SignedInUser, room: Chatroom, message: Message
+        self, user: SignedInUser, room: RoomView, message: Message
     ) -> tuple[SendReceipt, QuotaState]:
         """A new reply to the user message that `message` is (or answers)."""
         user_message = message

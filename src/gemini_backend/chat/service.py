@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from gemini_backend.chat import repository as repo
 from gemini_backend.chat.cache import ChatroomListCache
-from gemini_backend.chat.models import DEFAULT_ROOM_NAME, Chatroom
+from gemini_backend.chat.models import DEFAULT_ROOM_NAME, Chatroom, RoomView
 from gemini_backend.chat.schemas import (
     ChatroomCreate,
     ChatroomDetail,
@@ -73,7 +73,7 @@ def message_fields(row: repo.MessageRow) -> dict[str, Any]:
     }
 
 
-def encode_room_cursor(room: Chatroom) -> str:
+def encode_room_cursor(room: RoomView) -> str:
     raw = json.dumps([room.activity_at.isoformat(), room.id]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
@@ -130,7 +130,7 @@ class ChatroomService:
             next_cursor=encode_room_cursor(rooms[-1]) if more else None,
         )
 
-    async def detail(self, room: Chatroom) -> ChatroomDetail:
+    async def detail(self, room: RoomView) -> ChatroomDetail:
         rows = await repo.messages_page(self.session, room.id, ROOM_DETAIL_MESSAGES, None)
         return ChatroomDetail.model_validate(
             {
@@ -158,7 +158,7 @@ class ChatroomService:
         await repo.delete_room(self.session, room.id)
         self._invalidate_list_after_commit(room.user_id)
 
-    async def messages(self, room: Chatroom, limit: int, before: int | None) -> MessagePage:
+    async def messages(self, room: RoomView, limit: int, before: int | None) -> MessagePage:
         rows = await repo.messages_page(self.session, room.id, limit + 1, before)
         more = len(rows) > limit
         rows = rows[-limit:] if more else rows
