@@ -3,28 +3,35 @@
 Events: `delta` ({"text"}), then exactly one `done` or `error` (the final message); `reset` if
 an attempt died and the reply starts over. Each has an id; `Last-Event-ID` resumes after it. A
 stream opened after the reply finished (and its stream expired) is replayed from the database.
+
+An open stream is one task, the request's (`core/sse.py`): `reply_events` waits in its reads for
+at most a jittered READ_BLOCK_MS (and no longer than until the next ping is due), then yields
+a ping comment if the stream has been quiet for PING_SECONDS, or `None` otherwise, which lets
+the response see whether the client is still there. A closed connection is thus noticed within
+one read period (about 5 s); a server shutdown ends the stream where it waits, within about
+half a second.
 """
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import json
+import math
 import random
-from collections.abc import AsyncIterator
+import weakref
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sse_starlette import EventSourceResponse, ServerSentEvent
-from starlette.types import Message as AsgiMessage
-from starlette.types import Receive, Scope, Send
 
 from gemini_backend.chat.models import Message
 from gemini_backend.chat.schemas import MessageOut
 from gemini_backend.core.errors import is_outage
+from gemini_backend.core.sse import EventSource, EventStreamResponse, ServerSentEvent, ping_event
 from gemini_backend.core.streams import ReplyStream
 from gemini_backend.worker.replies import COMPLETED, FINAL_STATES
 
 READ_BLOCK_MS = 5000
+PING_SECONDS = 15.0  # a `: ping - <time>` comment after this long without an event
 log = structlog.get_logger(__name__)
 
 
@@ -32,29 +39,41 @@ def _jitter() -> float:
     return random.uniform(0.8, 1.2)  # noqa: S311 (spreading load, not security)
 
 
-class ReplyStreamResponse(EventSourceResponse):
-    """sse-starlette's response, ended cleanly when the server shuts down.
+def _quiet_period() -> float:
+    # Jittered, so that thousands of quiet streams do not all check the database at once.
+    return READ_BLOCK_MS / 1000 * _jitter()
 
-    On shutdown sse-starlette stops the stream but returns without the final (empty) body
-    chunk, so clients see a truncated response. Here the stream is always terminated properly;
-    an EventSource then reconnects with Last-Event-ID (to another process) and resumes.
-    """
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        started = finished = False
+# The quiet streams of a process check the database this many at a time; the others wait for
+# their turn holding nothing but their place in line. Without it thousands of quiet streams
+# queue in the connection pool, each with a session and a greenlet stack of its own (about
+# 10 KB per stream with 5,000 streams), and take the pool from the requests.
+CHECKS_AT_ONCE = 4
+_check_turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary()
+)
 
-        async def tracking_send(message: AsgiMessage) -> None:
-            nonlocal started, finished
-            if message["type"] == "http.response.start":
-                started = True
-            elif message["type"] == "http.response.body" and not message.get("more_body"):
-                finished = True
-            await send(message)
 
-        await super().__call__(scope, receive, tracking_send)
-        if started and not finished:
-            with contextlib.suppress(Exception):  # the client may be gone already
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+def _check_turn() -> asyncio.Semaphore:
+    loop = asyncio.get_running_loop()
+    turns = _check_turns.get(loop)
+    if turns is None:
+        turns = _check_turns[loop] = asyncio.Semaphore(CHECKS_AT_ONCE)
+    return turns
+
+
+class ReplyStreamResponse(EventStreamResponse):
+    """A reply's events as `text/event-stream`: one task per open stream, pings, a clean end on
+    client disconnect and on server shutdown (see `core/sse.py`)."""
+
+
+async def _current_row(
+    sessionmaker: async_sessionmaker[AsyncSession], reply_id: int
+) -> Message | None:
+    # A function of its own: its session is gone when it returns (a generator's frame would
+    # keep it until the next check).
+    async with sessionmaker() as session:
+        return await session.get(Message, reply_id)
 
 
 TERMINAL_EVENTS = frozenset({"done", "error"})
@@ -77,19 +96,27 @@ async def reply_events(
     sessionmaker: async_sessionmaker[AsyncSession],
     snapshot: MessageOut,
     last_event_id: str | None,
-) -> AsyncIterator[ServerSentEvent]:
+    ping_seconds: float | None = None,
+) -> EventSource:
+    """The events of a reply; `None` after a quiet read (nothing to send, see the module
+    docstring); a ping comment after `ping_seconds` (default PING_SECONDS) without an event."""
     reply_id = snapshot.id
+    ping_every = PING_SECONDS if ping_seconds is None else ping_seconds
     # A comment first: clients and proxies see the stream open before the first chunk.
     yield ServerSentEvent(comment="stream open")
     if snapshot.status in FINAL_STATES and not await streams.exists(reply_id):
         for replayed in _replay(snapshot):
             yield replayed
         return
+    del snapshot  # not needed any more: an open stream holds as little as it can
     after = last_event_id if last_event_id and not last_event_id.startswith("db-") else None
+    loop = asyncio.get_running_loop()
+    ping_at = loop.time() + ping_every
+    check_at = loop.time() + _quiet_period()
     while True:
+        wait = min(ping_at, check_at) - loop.time()
         try:
-            # Jittered, so that thousands of quiet streams do not all check the database at once.
-            events = await streams.read(reply_id, after, int(READ_BLOCK_MS * _jitter()))
+            events = await streams.read(reply_id, after, max(0, math.ceil(wait * 1000)))
         except Exception as exc:
             if not is_outage(exc):
                 raise
@@ -101,17 +128,30 @@ async def reply_events(
             after = item.id
             if item.type in TERMINAL_EVENTS:
                 return
+        now = loop.time()
         if events:
+            ping_at = now + ping_every
+            check_at = now + _quiet_period()
             continue
+        if now >= ping_at:
+            yield ping_event()
+            ping_at = loop.time() + ping_every
+        else:
+            yield None  # nothing to send: the response looks at the client meanwhile
+        if now < check_at:
+            continue  # the read was cut short for the ping
         # Quiet for a while: make sure the reply did not end without its final event reaching
         # the stream (a worker killed between its commit and the append).
         try:
-            async with sessionmaker() as session:
-                current = await session.get(Message, reply_id)
+            async with _check_turn():  # waiting for it costs a future, nothing more
+                current = await _current_row(sessionmaker, reply_id)
         except Exception as exc:
             if not is_outage(exc):
                 raise
-            continue  # the database is busy or down: check again after the next quiet period
+            # The database is busy or down: check again after the next quiet period.
+            check_at = loop.time() + _quiet_period()
+            continue
+        check_at = loop.time() + _quiet_period()
         if current is None:
             return
         if current.status in FINAL_STATES:
@@ -123,3 +163,4 @@ async def reply_events(
                 kind = "done" if final.status == COMPLETED else "error"
                 yield ServerSentEvent(final.model_dump_json(), event=kind, id=after or "db-2")
                 return
+        del current  # the row (and its text) is not kept until the next check

@@ -6,14 +6,13 @@ import json
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
-from sse_starlette import EventSourceResponse
 
 from gemini_backend.auth.dependencies import CurrentUser
 from gemini_backend.chat.cache import ChatroomListCache
 from gemini_backend.chat.dependencies import (
     MAX_ID,
-    ChatroomView,
     ChatroomServiceDep,
+    ChatroomView,
     MessageSenderDep,
     OwnedChatroom,
     RoomMessage,
@@ -321,7 +320,7 @@ async def get_message(message: RoomMessage) -> MessageOut:
         "duplicates. A stream opened after the reply finished replays it whole and ends. "
         "Comment lines (`: ping - <time>`, every 15 s) keep idle connections open."
     ),
-    response_class=EventSourceResponse,
+    response_class=ReplyStreamResponse,
     responses={
         200: {
             "description": "The reply's events (Server-Sent Events)",
@@ -337,7 +336,7 @@ async def stream_reply(
     request: Request,
     message: RoomMessage,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=64)] = None,
-) -> EventSourceResponse:
+) -> ReplyStreamResponse:
     if message.role != "assistant":
         raise NotAReply()
     state = request.app.state
@@ -348,8 +347,7 @@ async def stream_reply(
             sessionmaker=state.database.sessionmaker,
             snapshot=MessageOut.from_row(message),
             last_event_id=last_event_id,
-        ),
-        ping=15,
+        )
     )
 
 

@@ -94,7 +94,8 @@ class MemoryReplyStream:
             return pending
         waiter = buffer.changed
         try:
-            await asyncio.wait_for(waiter.wait(), block_ms / 1000)
+            async with asyncio.timeout(block_ms / 1000):  # no task of its own, unlike wait_for
+                await waiter.wait()
         except TimeoutError:
             return []
         return [e for e in buffer.events if int(e.id) > start]
