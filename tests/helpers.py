@@ -60,3 +60,12 @@ async def read_sse(
             name, _, value = line.partition(":")
             fields[name] = value[1:] if value.startswith(" ") else value
     return events
+
+
+async def drop_reply_stream(app: Any, reply_id: int) -> None:
+    """Remove a reply's stream as if it had expired: a reader must fall back to the database."""
+    await app.state.reply_streams.clear(reply_id)
+    if hasattr(app.state.reply_streams, "_buffers"):
+        app.state.reply_streams._buffers.pop(reply_id, None)
+    else:
+        await app.state.redis.delete(f"{app.state.settings.redis_key_prefix}:reply:{reply_id}")

@@ -17,7 +17,7 @@ import pytest
 from gemini_backend.ai.base import Finished, Usage
 from gemini_backend.chat import replies
 from gemini_backend.core.sse import EventStreamResponse, ServerSentEvent, end_streams
-from tests.helpers import bearer, read_sse, sign_in
+from tests.helpers import bearer, drop_reply_stream, read_sse, sign_in
 
 FINAL = {"type": "http.response.body", "body": b"", "more_body": False}
 PING = re.compile(rb": ping - \d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d+)?\+00:00\r\n\r\n")
@@ -163,13 +163,7 @@ async def test_the_wire_format_is_unchanged(client, app):
     assert [m["more_body"] for m in live[1:]] == [True] * (len(live) - 2) + [False]
 
     # Replayed from the database: every byte fixed.
-    await app.state.reply_streams.clear(receipt["reply_id"])
-    if hasattr(app.state.reply_streams, "_buffers"):
-        app.state.reply_streams._buffers.pop(receipt["reply_id"], None)
-    else:
-        await app.state.redis.delete(
-            f"{app.state.settings.redis_key_prefix}:reply:{receipt['reply_id']}"
-        )
+    await drop_reply_stream(app, receipt["reply_id"])
     replayed = await _read_all(app, receipt["stream_url"], auth)
     assert _without_request_id(replayed[0]) == SSE_HEADERS + SECURITY_HEADERS
     assert replayed[1:] == [

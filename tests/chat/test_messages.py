@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from gemini_backend.ai.base import Finished, ProviderError
 from gemini_backend.chat.models import Message
 from gemini_backend.quota.models import DailyUsage
-from tests.helpers import bearer, read_sse, sign_in
+from tests.helpers import bearer, drop_reply_stream, read_sse, sign_in
 
 
 @pytest.fixture
@@ -132,13 +132,7 @@ async def test_finished_reply_without_stream_is_replayed_from_the_database(
 ):
     receipt = (await send(client, alice, room)).json()
     final = await finished_reply(client, alice, receipt)
-    await app.state.reply_streams.clear(receipt["reply_id"])
-    if hasattr(app.state.reply_streams, "_buffers"):
-        app.state.reply_streams._buffers.pop(receipt["reply_id"], None)
-    else:
-        await app.state.redis.delete(
-            f"{app.state.settings.redis_key_prefix}:reply:{receipt['reply_id']}"
-        )
+    await drop_reply_stream(app, receipt["reply_id"])
     events = await read_sse(client, receipt["stream_url"], alice)
     assert [e[1] for e in events] == ["delta", "done"]
     assert json.loads(events[0][2])["text"] == final["content"]

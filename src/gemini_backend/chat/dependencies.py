@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import structlog
 from fastapi import Depends, Path, Request
@@ -16,6 +16,7 @@ from gemini_backend.core.db import DbSession
 from gemini_backend.core.errors import NotFound
 
 MAX_ID = 2**63 - 1
+_Room = TypeVar("_Room", bound=RoomView)
 
 
 class MessageNotFound(NotFound):
@@ -34,11 +35,7 @@ async def _owned_chatroom(
     chatroom_id: Annotated[int, Path(ge=1, le=MAX_ID, description="Chatroom id")],
 ) -> Chatroom:
     """The caller's chatroom; another user's room is 404, exactly like a missing one."""
-    room = await repo.owned_room(session, user.id, chatroom_id)
-    if room is None:
-        raise ChatroomNotFound()
-    structlog.contextvars.bind_contextvars(chatroom_id=room.id)
-    return room
+    return _found(await repo.owned_room(session, user.id, chatroom_id))
 
 
 async def _room_view(
@@ -47,7 +44,10 @@ async def _room_view(
     chatroom_id: Annotated[int, Path(ge=1, le=MAX_ID, description="Chatroom id")],
 ) -> RoomView:
     """The same check for routes that only read the room: a plain row, no ORM instance."""
-    room = await repo.owned_room_view(session, user.id, chatroom_id)
+    return _found(await repo.owned_room_view(session, user.id, chatroom_id))
+
+
+def _found(room: _Room | None) -> _Room:
     if room is None:
         raise ChatroomNotFound()
     structlog.contextvars.bind_contextvars(chatroom_id=room.id)
