@@ -155,8 +155,8 @@ async def user_by_number(session: AsyncSession, mobile_number: str) -> User | No
     ).scalar_one_or_none()
 
 
-# Built once: every signed-in request runs it, and building the expression each time showed in
-# the profile. Values are bound per execution.
+# The user of a live session as an ORM object (a refresh answers with the user). Signed-in
+# requests read the same through auth.principals. Built once; values bound per execution.
 _USER_WITH_LIVE_SESSION = (
     select(User)
     .join(AuthSession, AuthSession.user_id == User.id)

@@ -58,7 +58,8 @@ async def rooms_page(
     return list((await session.execute(stmt)).scalars())
 
 
-# The room check of every chat route. An ORM object: renaming a room changes it in place.
+# The room check of the routes that change the room (rename, delete): an ORM object, changed
+# in place. Routes that only read it use `owned_room_view`.
 _OWNED_ROOM = select(Chatroom).where(
     Chatroom.id == bindparam("room_id"), Chatroom.user_id == bindparam("user_id")
 )

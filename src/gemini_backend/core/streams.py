@@ -39,8 +39,6 @@ class ReplyStream(Protocol):
 
     async def exists(self, reply_id: int) -> bool: ...
 
-    async def expire(self, reply_id: int, ttl_seconds: int) -> None: ...
-
     async def clear(self, reply_id: int) -> None: ...
 
     async def aclose(self) -> None: ...
@@ -103,11 +101,6 @@ class MemoryReplyStream:
     async def exists(self, reply_id: int) -> bool:
         buffer = self._buffer(reply_id, create=False)
         return buffer is not None and bool(buffer.events)
-
-    async def expire(self, reply_id: int, ttl_seconds: int) -> None:
-        buffer = self._buffer(reply_id, create=False)
-        if buffer is not None:
-            buffer.expires_at = time.monotonic() + ttl_seconds
 
     async def clear(self, reply_id: int) -> None:
         buffer = self._buffer(reply_id, create=False)
@@ -185,9 +178,6 @@ class RedisReplyStream:
 
     async def exists(self, reply_id: int) -> bool:
         return bool(await self._redis.exists(self._key(reply_id)))
-
-    async def expire(self, reply_id: int, ttl_seconds: int) -> None:
-        await self._redis.expire(self._key(reply_id), ttl_seconds)
 
     async def clear(self, reply_id: int) -> None:
         # Trim, not delete: ids keep growing, so a client's Last-Event-ID stays meaningful.

@@ -129,15 +129,6 @@ class Quota:
             ).with_headers(state.headers(now))
         return QuotaState(limit, used, day, resets_at)
 
-    async def reserve_daily_slot(
-        self, session: AsyncSession, user_id: int, tier: Tier, now: datetime
-    ) -> QuotaState:
-        """Take one slot of today's quota or raise 429 `daily_limit_reached`."""
-        params = self.slot_params(user_id, tier, now)
-        stmt = daily_slot_upsert(session.get_bind().dialect.name, "slot_limit" in params)
-        used = (await session.execute(stmt, params)).scalar_one_or_none()
-        return self.admit(used, tier, now)
-
     async def release_daily_slot(self, session: AsyncSession, user_id: int, day: date) -> None:
         """Give a slot back (a reply that failed or was blocked)."""
         await session.execute(_GIVE_BACK, {"slot_user": user_id, "slot_day": day})
