@@ -101,6 +101,10 @@ class Settings(BaseSettings):
 
     # --- chat, queue, AI (used by the chat capability) -------------------------------------
     chatroom_cache_ttl: int = Field(default=300, ge=0)
+    # How long an API process may reuse a chatroom list page or room body it served before
+    # reading it again. Changes reach every process at once over Redis Pub/Sub; this only
+    # bounds an entry's age. 0 turns the in-process level off.
+    chatroom_local_cache_seconds: float = Field(default=10.0, ge=0)
     max_message_chars: int = Field(default=8000, ge=1)
     ai_provider: Literal["auto", "gemini", "openai", "demo"] = "auto"
     gemini_api_key: SecretStr | None = None

@@ -68,6 +68,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
             principals=services.principals,
         )
         await services.principals.start()
+        services.chatroom_cache.start()
         embedded = not settings.is_production_mode
         # Embedded mode: this process is the worker too. Replies left queued or generating by a
         # previous run (its in-process queue died with it) are taken up again at once.

@@ -14,7 +14,7 @@ from gemini_backend.ai.factory import create_provider
 from gemini_backend.auth.principals import Principals
 from gemini_backend.billing.gateway import StripeGateway, create_gateway
 from gemini_backend.billing.mock import MockStripe
-from gemini_backend.chat.cache import ChatroomListCache
+from gemini_backend.chat.cache import ChatroomCache
 from gemini_backend.config import Settings
 from gemini_backend.core.cache import Cache, MemoryCache, RedisCache
 from gemini_backend.core.clock import Clock
@@ -37,7 +37,7 @@ class Services:
     principals: Principals
     throttle: Throttle
     cache: Cache
-    chatroom_cache: ChatroomListCache
+    chatroom_cache: ChatroomCache
     reply_streams: ReplyStream
     provider: Provider
     quota: Quota
@@ -63,8 +63,12 @@ class Services:
         )
         provider = create_provider(settings)
         quota = Quota(settings)
-        chatroom_cache = ChatroomListCache(
-            cache, settings.chatroom_cache_ttl, redis=redis, prefix=prefix
+        chatroom_cache = ChatroomCache(
+            cache,
+            settings.chatroom_cache_ttl,
+            local_seconds=settings.chatroom_local_cache_seconds,
+            redis=redis,
+            prefix=prefix,
         )
         generator = ReplyGenerator(
             settings=settings,
@@ -74,7 +78,7 @@ class Services:
             streams=streams,
             cache=cache,
             quota=quota,
-            list_cache=chatroom_cache,
+            chatrooms=chatroom_cache,
         )
         return cls(
             settings=settings,
@@ -113,6 +117,7 @@ class Services:
             await self.stripe.aclose()
         await self.reply_streams.aclose()
         await self.principals.aclose()
+        await self.chatroom_cache.aclose()
         await self.database.dispose()
         if self.redis is not None:
             await self.redis.aclose()

@@ -168,15 +168,45 @@ async def test_failed_write_does_not_invalidate(client, alice):
     assert (await listing(client, alice)).headers["X-Cache"] == "HIT"
 
 
-async def test_a_page_read_before_a_write_is_never_stored_after_it(app, client, alice):
-    """The race the versions exist for: a reader looks the page up (a miss), a write commits
-    and invalidates, then the reader stores what it read from the database before the write."""
-    me = (await client.get("/user/me", headers=alice)).json()
+class TestAPageReadBeforeAWrite:
+    """The race the versions (shared level) and generations (in-process level) exist for: a
+    reader looks the page up (a miss), a write commits and invalidates, then the reader stores
+    what it read from the database before the write. Each level on its own, then both."""
+
+    @pytest.fixture(params=[0, 300], ids=["shared-level-only", "both-levels"])
+    def settings_overrides(self, request):
+        return {"chatroom_local_cache_seconds": request.param}
+
+    async def test_is_never_stored_after_it(self, app, client, alice):
+        await page_read_before_a_write(app, client, alice)
+
+
+async def test_a_page_read_before_a_write_is_never_kept_in_process(app, client, alice):
+    """The in-process level alone: the shared level's version check is bypassed."""
     cache = app.state.chatroom_cache
-    version, page = await cache.lookup(me["id"], "20:")
-    assert page is None
+    if app.state.settings.is_production_mode:
+        await cache.wait_subscribed()
+    me = (await client.get("/user/me", headers=alice)).json()
+    found = await cache.lookup(me["id"], "20:")
+    assert found.body is None
     await create(client, alice, name="written meanwhile")
-    await cache.put(me["id"], version, "20:", b'{"chatrooms": [], "next_cursor": null}')
+    found.version = None  # the shared level does not store it
+    await cache.put(me["id"], found, "20:", b'{"chatrooms": [], "next_cursor": null}')
+    fresh = await listing(client, alice)
+    assert fresh.headers["X-Cache"] == "MISS"
+    assert [r["name"] for r in fresh.json()["chatrooms"]] == ["written meanwhile"]
+
+
+async def page_read_before_a_write(app, client, alice):
+    cache = app.state.chatroom_cache
+    settings = app.state.settings
+    if settings.is_production_mode and settings.chatroom_local_cache_seconds > 0:
+        await cache.wait_subscribed()
+    me = (await client.get("/user/me", headers=alice)).json()
+    found = await cache.lookup(me["id"], "20:")
+    assert found.body is None
+    await create(client, alice, name="written meanwhile")
+    await cache.put(me["id"], found, "20:", b'{"chatrooms": [], "next_cursor": null}')
     fresh = await listing(client, alice)
     assert fresh.headers["X-Cache"] == "MISS"
     assert [r["name"] for r in fresh.json()["chatrooms"]] == ["written meanwhile"]

@@ -31,22 +31,19 @@ request never holds two pooled connections.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 
-import structlog
 from redis.asyncio import Redis
 from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gemini_backend.auth.models import AuthSession
 from gemini_backend.billing.models import Subscription
+from gemini_backend.core.notices import InvalidationFeed
 from gemini_backend.users.models import User
-
-log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +116,9 @@ class Principals:
         self._sessions_of: dict[int, set[int]] = {}
         self._generation = 0
         self._reading: dict[tuple[int, int], asyncio.Future[SignedInUser | None]] = {}
-        self._feed = _InvalidationFeed(redis, channel, self) if redis is not None else None
+        self._feed = (
+            InvalidationFeed(redis, channel, self, "principal") if redis is not None else None
+        )
         # Embedded mode has one process: nothing to listen to, the cache is usable at once.
         self._usable = self._feed is None
 
@@ -194,7 +193,7 @@ class Principals:
         self._entries.clear()
         self._sessions_of.clear()
 
-    def _set_usable(self, usable: bool) -> None:
+    def set_usable(self, usable: bool) -> None:
         self.clear()
         self._usable = usable
 
@@ -229,8 +228,7 @@ class Principals:
     async def wait_subscribed(self, more_than: int = 0) -> None:
         """Until the notices are subscribed for the (more_than + 1)th time (readiness, tests)."""
         if self._feed is not None:
-            async with self._feed.changed:
-                await self._feed.changed.wait_for(lambda: self.subscriptions > more_than)
+            await self._feed.wait_subscribed(more_than)
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -241,78 +239,3 @@ class Principals:
     async def aclose(self) -> None:
         if self._feed is not None:
             await self._feed.aclose()
-
-
-class _InvalidationFeed:
-    """The Pub/Sub subscription of one API process to the principal-changed channel."""
-
-    PING_SECONDS = 2.0
-    # No message at all (not even the answer to a ping) for this long: the connection is dead.
-    SILENCE_SECONDS = 6.0
-
-    def __init__(self, redis: Redis, channel: str, principals: Principals) -> None:
-        self._redis = redis
-        self._channel = channel
-        self._principals = principals
-        self._task: asyncio.Task[None] | None = None
-        self.subscriptions = 0
-        self.changed = asyncio.Condition()
-
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="principal-invalidations")
-
-    async def publish(self, user_id: int) -> None:
-        await self._redis.publish(self._channel, str(user_id))
-
-    async def _run(self) -> None:
-        pause = 0.05
-        while True:
-            pubsub = self._redis.pubsub()
-            try:
-                await pubsub.subscribe(self._channel)
-                await self._listen(pubsub)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if self._principals.usable:
-                    log.warning("principal_cache_off", error=type(exc).__name__)
-            finally:
-                self._principals._set_usable(False)
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
-            await asyncio.sleep(pause)  # backoff before reconnecting, not synchronisation
-            pause = min(pause * 2, 2.0)
-
-    async def _listen(self, pubsub: object) -> None:
-        loop = asyncio.get_running_loop()
-        heard = pinged = loop.time()
-        while True:
-            message = await pubsub.get_message(timeout=self.PING_SECONDS)  # type: ignore[attr-defined]
-            now = loop.time()
-            if message is not None:
-                heard = now
-                kind = message["type"]
-                if kind == "subscribe":
-                    # From here on no change can be missed: start from an empty cache.
-                    self._principals._set_usable(True)
-                    async with self.changed:
-                        self.subscriptions += 1
-                        self.changed.notify_all()
-                elif kind == "message":
-                    try:
-                        self._principals.forget(int(message["data"]))
-                    except ValueError:
-                        self._principals.clear()
-            if now - heard > self.SILENCE_SECONDS:
-                raise TimeoutError("no answer on the principal-changed subscription")
-            if now - pinged >= self.PING_SECONDS:
-                pinged = now
-                await pubsub.ping()  # type: ignore[attr-defined]
-
-    async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None

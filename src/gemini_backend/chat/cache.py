@@ -1,21 +1,35 @@
-"""The per-user cache of `GET /chatroom` pages.
+"""The chatroom cache: pages of `GET /chatroom` and bodies of `GET /chatroom/{id}`, per user.
 
-Each user has a version; every write that changes the list bumps it after its commit, and a page
-is only ever stored under the version that was current when its database read began. A reader
-that raced with a write therefore cannot leave a stale page behind, so a client never sees a
-stale list after its own write.
+Two levels:
 
-Production (Redis, shared by every API process): the user's pages live in one hash, and the
-invalidation bumps the version and deletes the hash in one transaction. A lookup is one round
-trip (the version and the page, pipelined); a page is stored by a small script only if the
-version is still the one the reader saw. Embedded: the same rules in process memory.
+- **Shared (lists only)**: each user has a version; every write that changes the list bumps it
+  after its commit, and a page is only ever stored under the version that was current when its
+  database read began. Production keeps the pages in Redis (one hash per user; the
+  invalidation bumps the version and deletes the hash in one transaction; a lookup is one round
+  trip, the version and the page pipelined; a page is stored by a small script only if the
+  version is still the one the reader saw). Embedded: the same rules in process memory.
+- **In process (lists and room details)**: each API process keeps the bodies it served for up
+  to CHATROOM_LOCAL_CACHE_SECONDS, so a repeated read costs no database or Redis round trip.
+  Whatever changes what a user sees in their rooms calls `invalidate(user_id)` (the list
+  changed: create, rename, delete, a send, a title) or `room_changed(user_id)` (only a room's
+  messages changed: a reply claimed, finished, swept or cancelled) after its commit. The
+  calling process drops the user's bodies before it answers; in production the same call
+  publishes the user id on a Redis Pub/Sub channel (in the same transaction as the version bump
+  for lists) and every API process drops that user's bodies when the notice arrives. The rules
+  of the principal cache hold (core/notices.py): no caching while not subscribed, emptied on
+  every (re)subscription, and a body read before a change is never stored after it (a
+  generation counter, per user).
 
-The cache is an accelerator: if it is unreachable (Redis down) the list is read from the
-database and nothing is stored; the request does not fail.
+The cache is an accelerator: if Redis is unreachable, reads go to the database and nothing is
+stored; the request does not fail. A notice lost with a process that died between its commit
+and its publish leaves a body stale for at most CHATROOM_LOCAL_CACHE_SECONDS.
 """
 
 from __future__ import annotations
 
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -24,13 +38,16 @@ from redis.exceptions import RedisError
 
 from gemini_backend.core.cache import Cache
 from gemini_backend.core.metrics import CACHE_REQUESTS
+from gemini_backend.core.notices import InvalidationFeed
 
 log = structlog.get_logger(__name__)
 _UNAVAILABLE = (RedisError, OSError)
 
-_HIT = CACHE_REQUESTS.labels("chatroom_list", "hit")
-_MISS = CACHE_REQUESTS.labels("chatroom_list", "miss")
-_ERROR = CACHE_REQUESTS.labels("chatroom_list", "error")
+_LIST_HIT = CACHE_REQUESTS.labels("chatroom_list", "hit")
+_LIST_MISS = CACHE_REQUESTS.labels("chatroom_list", "miss")
+_LIST_ERROR = CACHE_REQUESTS.labels("chatroom_list", "error")
+_ROOM_HIT = CACHE_REQUESTS.labels("chatroom_detail", "hit")
+_ROOM_MISS = CACHE_REQUESTS.labels("chatroom_detail", "miss")
 
 # KEYS: version, pages hash. ARGV: version seen by the reader, page, body, ttl.
 _PUT_IF_CURRENT = """
@@ -41,18 +58,65 @@ redis.call('EXPIRE', KEYS[2], ARGV[4])
 return 1
 """
 
-Lookup = tuple[str | None, bytes | None]
+# Bounds of the in-process level (per API process).
+LOCAL_MAX_BYTES = 64 * 1024 * 1024
+LOCAL_MAX_ENTRIES_PER_USER = 32
+# Users whose last change is remembered for the generation check (older ones count as changed
+# at the oldest remembered generation, which only ever refuses a store, never allows one).
+_CHANGES_REMEMBERED = 100_000
 
 
-class ChatroomListCache:
+@dataclass(slots=True)
+class Lookup:
+    """What a reader found, and what it needs to store what it reads instead."""
+
+    body: bytes | None
+    version: str | None = None  # shared level: the version seen (None: do not store there)
+    ticket: int | None = None  # in-process level: the generation seen (None: do not store)
+
+
+@dataclass(slots=True)
+class _Shelf:
+    """One user's bodies in this process: key -> (expires at, body)."""
+
+    entries: dict[str, tuple[float, bytes]] = field(default_factory=dict)
+    size: int = 0
+
+
+class ChatroomCache:
     def __init__(
-        self, cache: Cache, ttl_seconds: int, *, redis: Redis | None = None, prefix: str = ""
+        self,
+        cache: Cache,
+        ttl_seconds: int,
+        *,
+        local_seconds: float = 10.0,
+        redis: Redis | None = None,
+        prefix: str = "",
+        max_bytes: int = LOCAL_MAX_BYTES,
     ) -> None:
         self._cache = cache  # embedded: the process's memory cache
         self._ttl = ttl_seconds
         self._redis = redis
         self._prefix = prefix
         self._put_script: Any = redis.register_script(_PUT_IF_CURRENT) if redis else None
+        # In-process level.
+        self._local_seconds = local_seconds
+        self._list_seconds = min(local_seconds, ttl_seconds)
+        self._max_bytes = max_bytes
+        self._shelves: OrderedDict[int, _Shelf] = OrderedDict()
+        self._bytes = 0
+        self._generation = 0
+        self._changed_at: dict[int, int] = {}
+        self._changed_floor = 0
+        self._feed = (
+            InvalidationFeed(redis, f"{prefix}:chat-changed", self, "chatroom")
+            if redis is not None
+            else None
+        )
+        # Embedded mode has one process: every change happens here, usable at once.
+        self._usable = self._feed is None
+
+    # --- lists ---------------------------------------------------------------------------
 
     def _version_key(self, user_id: int) -> str:
         return f"chatrooms:v:{user_id}"
@@ -65,10 +129,16 @@ class ChatroomListCache:
         )
 
     async def lookup(self, user_id: int, page: str) -> Lookup:
-        """(version, cached page). The version is None when the cache is off or unreachable;
-        pass it back to `put` after reading the page from the database."""
+        """A page of the user's list: from this process, else from the shared level. Pass the
+        result to `put` with the page read from the database when `body` is None."""
         if self._ttl <= 0:
-            return None, None
+            return Lookup(None)
+        key = f"list:{page}"
+        ticket = self._generation
+        body = self._local_get(user_id, key)
+        if body is not None:
+            _LIST_HIT.inc()
+            return Lookup(body)
         try:
             if self._redis is not None:
                 version_key, pages_key = self._redis_keys(user_id)
@@ -82,26 +152,49 @@ class ChatroomListCache:
                 version = raw.decode() if raw else "0"
                 body = await self._cache.get(f"chatrooms:{user_id}:{version}:{page}")
         except _UNAVAILABLE as exc:
-            _ERROR.inc()
+            _LIST_ERROR.inc()
             log.warning("cache_unavailable", error=type(exc).__name__)
-            return None, None
-        (_MISS if body is None else _HIT).inc()
-        return version, body
+            return Lookup(None)
+        if body is None:
+            _LIST_MISS.inc()
+            return Lookup(None, version, ticket)
+        _LIST_HIT.inc()
+        self._local_put(user_id, key, ticket, body, self._list_seconds)
+        return Lookup(body)
 
-    async def put(self, user_id: int, version: str | None, page: str, body: bytes) -> None:
-        if version is None:
+    async def put(self, user_id: int, found: Lookup, page: str, body: bytes) -> None:
+        self._local_put(user_id, f"list:{page}", found.ticket, body, self._list_seconds)
+        if found.version is None:
             return
         try:
             if self._redis is not None:
                 await self._put_script(
-                    keys=list(self._redis_keys(user_id)), args=[version, page, body, self._ttl]
+                    keys=list(self._redis_keys(user_id)),
+                    args=[found.version, page, body, self._ttl],
                 )
             else:
-                await self._cache.set(f"chatrooms:{user_id}:{version}:{page}", body, self._ttl)
+                await self._cache.set(
+                    f"chatrooms:{user_id}:{found.version}:{page}", body, self._ttl
+                )
         except _UNAVAILABLE as exc:
             log.warning("cache_unavailable", error=type(exc).__name__)
 
+    # --- room details (in process only) --------------------------------------------------
+
+    def room_lookup(self, user_id: int, room_id: int) -> Lookup:
+        ticket = self._generation
+        body = self._local_get(user_id, f"room:{room_id}")
+        (_ROOM_MISS if body is None else _ROOM_HIT).inc()
+        return Lookup(body, ticket=ticket)
+
+    def room_put(self, user_id: int, found: Lookup, room_id: int, body: bytes) -> None:
+        self._local_put(user_id, f"room:{room_id}", found.ticket, body, self._local_seconds)
+
+    # --- changes -------------------------------------------------------------------------
+
     async def invalidate(self, user_id: int) -> None:
+        """The user's list changed (and maybe a room): call after the commit."""
+        self.forget(user_id)
         # The version outlives every page stored under it. An invalidation lost to an outage
         # leaves the user's cached list stale for at most CHATROOM_CACHE_TTL.
         keep = max(self._ttl * 2, 60)
@@ -112,8 +205,107 @@ class ChatroomListCache:
                     pipe.incr(version_key)
                     pipe.expire(version_key, keep)
                     pipe.delete(pages_key)
+                    if self._feed is not None:
+                        pipe.publish(self._feed.channel, str(user_id))
                     await pipe.execute()
             else:
                 await self._cache.incr(self._version_key(user_id), keep)
         except _UNAVAILABLE as exc:
             log.warning("cache_invalidation_failed", user_id=user_id, error=type(exc).__name__)
+
+    async def room_changed(self, user_id: int) -> None:
+        """Only the messages of one of the user's rooms changed: call after the commit."""
+        self.forget(user_id)
+        if self._feed is None:
+            return
+        try:
+            await self._feed.publish(user_id)
+        except _UNAVAILABLE as exc:
+            log.warning("cache_invalidation_failed", user_id=user_id, error=type(exc).__name__)
+
+    def forget(self, user_id: int) -> None:
+        """Drop the user's bodies in this process; reads that began before are not stored."""
+        self._generation += 1
+        self._changed_at.pop(user_id, None)
+        self._changed_at[user_id] = self._generation
+        if len(self._changed_at) > _CHANGES_REMEMBERED:
+            for old in list(self._changed_at)[: _CHANGES_REMEMBERED // 2]:
+                self._changed_floor = max(self._changed_floor, self._changed_at.pop(old))
+        shelf = self._shelves.pop(user_id, None)
+        if shelf is not None:
+            self._bytes -= shelf.size
+
+    def set_usable(self, usable: bool) -> None:
+        """Empty the in-process level; use it from now on, or not at all."""
+        self._generation += 1
+        self._changed_floor = self._generation
+        self._changed_at.clear()
+        self._shelves.clear()
+        self._bytes = 0
+        self._usable = usable
+
+    @property
+    def usable(self) -> bool:
+        return self._usable
+
+    def _local_get(self, user_id: int, key: str) -> bytes | None:
+        if not self._usable:
+            return None
+        shelf = self._shelves.get(user_id)
+        if shelf is None:
+            return None
+        entry = shelf.entries.get(key)
+        if entry is None:
+            return None
+        if entry[0] <= time.monotonic():
+            del shelf.entries[key]
+            shelf.size -= len(entry[1])
+            self._bytes -= len(entry[1])
+            return None
+        self._shelves.move_to_end(user_id)
+        return entry[1]
+
+    def _local_put(
+        self, user_id: int, key: str, ticket: int | None, body: bytes, seconds: float
+    ) -> None:
+        if ticket is None or not self._usable or seconds <= 0:
+            return
+        if self._changed_at.get(user_id, self._changed_floor) > ticket:
+            return  # the user's data changed after this body's read began
+        shelf = self._shelves.get(user_id)
+        if shelf is None:
+            shelf = self._shelves[user_id] = _Shelf()
+        else:
+            self._shelves.move_to_end(user_id)
+        old = shelf.entries.pop(key, None)
+        if old is not None:
+            shelf.size -= len(old[1])
+            self._bytes -= len(old[1])
+        if len(shelf.entries) >= LOCAL_MAX_ENTRIES_PER_USER:
+            self._bytes -= shelf.size
+            shelf.entries.clear()
+            shelf.size = 0
+        shelf.entries[key] = (time.monotonic() + seconds, body)
+        shelf.size += len(body)
+        self._bytes += len(body)
+        while self._bytes > self._max_bytes and self._shelves:
+            _, evicted = self._shelves.popitem(last=False)
+            self._bytes -= evicted.size
+
+    # --- lifecycle (API processes subscribe; workers only publish) -------------------------
+
+    def start(self) -> None:
+        if self._feed is not None and self._local_seconds > 0:
+            self._feed.start()
+
+    @property
+    def subscriptions(self) -> int:
+        return self._feed.subscriptions if self._feed is not None else 0
+
+    async def wait_subscribed(self, more_than: int = 0) -> None:
+        if self._feed is not None:
+            await self._feed.wait_subscribed(more_than)
+
+    async def aclose(self) -> None:
+        if self._feed is not None:
+            await self._feed.aclose()

@@ -17,6 +17,7 @@ from gemini_backend.core.errors import NotFound
 
 MAX_ID = 2**63 - 1
 _Room = TypeVar("_Room", bound=RoomView)
+ChatroomId = Annotated[int, Path(ge=1, le=MAX_ID, description="Chatroom id")]
 
 
 class MessageNotFound(NotFound):
@@ -32,22 +33,23 @@ class ChatroomNotFound(NotFound):
 async def _owned_chatroom(
     session: DbSession,
     user: CurrentUser,
-    chatroom_id: Annotated[int, Path(ge=1, le=MAX_ID, description="Chatroom id")],
+    chatroom_id: ChatroomId,
 ) -> Chatroom:
     """The caller's chatroom; another user's room is 404, exactly like a missing one."""
-    return _found(await repo.owned_room(session, user.id, chatroom_id))
+    return found_room(await repo.owned_room(session, user.id, chatroom_id))
 
 
 async def _room_view(
     session: DbSession,
     user: CurrentUser,
-    chatroom_id: Annotated[int, Path(ge=1, le=MAX_ID, description="Chatroom id")],
+    chatroom_id: ChatroomId,
 ) -> RoomView:
     """The same check for routes that only read the room: a plain row, no ORM instance."""
-    return _found(await repo.owned_room_view(session, user.id, chatroom_id))
+    return found_room(await repo.owned_room_view(session, user.id, chatroom_id))
 
 
-def _found(room: _Room | None) -> _Room:
+def found_room(room: _Room | None) -> _Room:
+    """The room, or 404 (missing and another user's alike)."""
     if room is None:
         raise ChatroomNotFound()
     structlog.contextvars.bind_contextvars(chatroom_id=room.id)
@@ -81,7 +83,7 @@ def _message_sender(request: Request, session: DbSession) -> MessageSender:
         quota=state.quota,
         throttle=state.throttle,
         pipeline=state.pipeline,
-        list_cache=state.chatroom_cache,
+        chatrooms=state.chatroom_cache,
         streams=state.reply_streams,
         cache=state.cache,
     )

@@ -8,14 +8,17 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request, Response, status
 
 from gemini_backend.auth.dependencies import CurrentUser
-from gemini_backend.chat.cache import ChatroomListCache
+from gemini_backend.chat import repository as repo
+from gemini_backend.chat.cache import ChatroomCache
 from gemini_backend.chat.dependencies import (
     MAX_ID,
+    ChatroomId,
     ChatroomServiceDep,
     ChatroomView,
     MessageSenderDep,
     OwnedChatroom,
     RoomMessage,
+    found_room,
 )
 from gemini_backend.chat.replies import ReplyStreamResponse, reply_events
 from gemini_backend.chat.schemas import (
@@ -174,16 +177,16 @@ async def list_chatrooms(
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> Response:
     state = request.app.state
-    cache: ChatroomListCache = state.chatroom_cache
+    cache: ChatroomCache = state.chatroom_cache
     page_key = f"{limit}:{cursor or ''}"
-    version, cached = await cache.lookup(user.id, page_key)
-    if cached is not None:
-        return Response(cached, media_type="application/json", headers={"X-Cache": "HIT"})
+    found = await cache.lookup(user.id, page_key)
+    if found.body is not None:
+        return Response(found.body, media_type="application/json", headers={"X-Cache": "HIT"})
     # A miss reads the database on a session of its own: a hit never opens one.
     async with state.database.read_sessionmaker() as session:
         page = await ChatroomService(session, state.clock, cache).list_page(user.id, limit, cursor)
     body = page.model_dump_json().encode()
-    await cache.put(user.id, version, page_key, body)
+    await cache.put(user.id, found, page_key, body)
     return Response(body, media_type="application/json", headers={"X-Cache": "MISS"})
 
 
@@ -194,10 +197,22 @@ async def list_chatrooms(
         "`messages` are the latest 50, oldest first; older ones are at "
         "`GET /chatroom/{chatroom_id}/messages`. Another user's chatroom is 404."
     ),
+    response_model=ChatroomDetail,
     responses=NOT_FOUND,
 )
-async def get_chatroom(room: ChatroomView, chat: ChatroomServiceDep) -> ChatroomDetail:
-    return await chat.detail(room)
+async def get_chatroom(request: Request, user: CurrentUser, chatroom_id: ChatroomId) -> Response:
+    state = request.app.state
+    cache: ChatroomCache = state.chatroom_cache
+    # The body served last, kept by this process until a change to the user's rooms (in any
+    # process) drops it: a hit opens no database session.
+    found = cache.room_lookup(user.id, chatroom_id)
+    if found.body is None:
+        async with state.database.read_sessionmaker() as session:
+            room = found_room(await repo.owned_room_view(session, user.id, chatroom_id))
+            detail = await ChatroomService(session, state.clock, cache).detail(room)
+        found.body = detail.model_dump_json().encode()
+        cache.room_put(user.id, found, chatroom_id, found.body)
+    return Response(found.body, media_type="application/json")
 
 
 @router.patch(
@@ -369,10 +384,12 @@ async def stream_reply(
         ),
     },
 )
-async def cancel_reply(message: RoomMessage, sender: MessageSenderDep) -> MessageOut:
+async def cancel_reply(
+    message: RoomMessage, user: CurrentUser, sender: MessageSenderDep
+) -> MessageOut:
     if message.role != "assistant":
         raise NotAReply()
-    return MessageOut.from_row(await sender.cancel(message))
+    return MessageOut.from_row(await sender.cancel(user.id, message))
 
 
 @router.post(

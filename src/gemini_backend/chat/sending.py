@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from gemini_backend.auth.principals import SignedInUser
 from gemini_backend.chat import repository as repo
-from gemini_backend.chat.cache import ChatroomListCache
+from gemini_backend.chat.cache import ChatroomCache
 from gemini_backend.chat.models import Message, RoomView
 from gemini_backend.chat.repository import Exchange
 from gemini_backend.chat.schemas import MessageOut, SendReceipt, Usage
@@ -97,7 +97,7 @@ class MessageSender:
         quota: Quota,
         throttle: Throttle,
         pipeline: ReplyPipeline,
-        list_cache: ChatroomListCache,
+        chatrooms: ChatroomCache,
         streams: ReplyStream,
         cache: Cache,
     ) -> None:
@@ -107,7 +107,7 @@ class MessageSender:
         self.quota = quota
         self.throttle = throttle
         self.pipeline = pipeline
-        self.list_cache = list_cache
+        self.chatrooms = chatrooms
         self.streams = streams
         self.cache = cache
 
@@ -178,7 +178,7 @@ class MessageSender:
         receipt = self._receipt(room.id, MessageOut.from_row(user_message), exchange.reply_id, now)
         return receipt, quota
 
-    async def cancel(self, reply: Message) -> Message:
+    async def cancel(self, user_id: int, reply: Message) -> Message:
         """Stop a reply: a queued one is cancelled in this transaction; a generating one is told
         to stop through the shared cache, which the worker producing it (in any process) polls,
         and ends `cancelled` with its partial text."""
@@ -201,6 +201,7 @@ class MessageSender:
             final = MessageOut.from_row(cancelled).model_dump_json()
 
             async def announce() -> None:
+                await self.chatrooms.room_changed(user_id)
                 await self.streams.append(reply_id, "error", final, expire_seconds=ttl)
 
             after_commit(self.session, announce)
@@ -286,7 +287,7 @@ class MessageSender:
             await self.pipeline.enqueue(reply_id)
 
         async def invalidate() -> None:
-            await self.list_cache.invalidate(user_id)
+            await self.chatrooms.invalidate(user_id)
 
         after_commit(self.session, enqueue)
         after_commit(self.session, invalidate)

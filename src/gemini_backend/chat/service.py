@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gemini_backend.chat import repository as repo
-from gemini_backend.chat.cache import ChatroomListCache
+from gemini_backend.chat.cache import ChatroomCache
 from gemini_backend.chat.models import DEFAULT_ROOM_NAME, Chatroom, RoomView
 from gemini_backend.chat.schemas import (
     ChatroomCreate,
@@ -91,7 +91,7 @@ def decode_room_cursor(cursor: str) -> tuple[datetime, int]:
 
 
 class ChatroomService:
-    def __init__(self, session: AsyncSession, clock: Clock, cache: ChatroomListCache) -> None:
+    def __init__(self, session: AsyncSession, clock: Clock, cache: ChatroomCache) -> None:
         self.session = session
         self.clock = clock
         self.cache = cache

@@ -27,7 +27,7 @@ from gemini_backend.ai.base import (
     Usage,
     estimate_tokens,
 )
-from gemini_backend.chat.cache import ChatroomListCache
+from gemini_backend.chat.cache import ChatroomCache
 from gemini_backend.chat.models import Chatroom, Message
 from gemini_backend.chat.schemas import MessageOut
 from gemini_backend.config import Settings
@@ -58,6 +58,7 @@ class Claim:
     attempt: int
     chatroom_id: int
     user_message_id: int | None
+    user_id: int | None = None  # the room's owner (None: the room is gone)
 
 
 @dataclass
@@ -114,7 +115,7 @@ class ReplyGenerator:
         streams: ReplyStream,
         cache: Cache,
         quota: Quota,
-        list_cache: ChatroomListCache,
+        chatrooms: ChatroomCache,
     ) -> None:
         self.settings = settings
         self.clock = clock
@@ -123,7 +124,7 @@ class ReplyGenerator:
         self.streams = streams
         self.cache = cache
         self.quota = quota
-        self.list_cache = list_cache
+        self.chatrooms = chatrooms
         # How often a generating reply looks for a cancel request (a cache read).
         self.cancel_poll_seconds = CANCEL_POLL_SECONDS
 
@@ -161,7 +162,7 @@ class ReplyGenerator:
                     .values(name=title, auto_title=False)
                 )
             if changed.rowcount:  # type: ignore[attr-defined]
-                await self.list_cache.invalidate(user_id)
+                await self.chatrooms.invalidate(user_id)
         except Exception:
             log.exception("title_failed", chatroom_id=room_id)
 
@@ -191,8 +192,8 @@ class ReplyGenerator:
             ).one_or_none()
             if row is None:
                 return None
-            claim = Claim(reply_id, row[0], row[1], row[2])
-            room = await session.get(Chatroom, claim.chatroom_id)
+            room = await session.get(Chatroom, row[1])
+            claim = Claim(reply_id, row[0], row[1], row[2], room.user_id if room else None)
             rows = (
                 await session.execute(
                     select(Message.id, Message.role, Message.content)
@@ -205,6 +206,8 @@ class ReplyGenerator:
                     .limit(500)
                 )
             ).all()
+        if claim.user_id is not None:
+            await self.chatrooms.room_changed(claim.user_id)  # the reply is `generating` now
         if claim.attempt == 1:
             JOB_LAG.observe(max(0.0, (now - row[3]).total_seconds()))
         return claim, self._conversation(room, rows), room
@@ -346,6 +349,9 @@ class ReplyGenerator:
                 ).scalar_one()
                 await self.quota.release_daily_slot(session, user_id, reply.quota_day)
             final = MessageOut.from_row(reply).model_dump_json()
+        # Before the final event: a client that saw `done` and reads the room sees it finished.
+        if claim.user_id is not None:
+            await self.chatrooms.room_changed(claim.user_id)
         event = "done" if outcome.status == COMPLETED else "error"
         await self.streams.append(
             claim.reply_id, event, final, expire_seconds=self.settings.reply_stream_ttl_seconds
@@ -364,22 +370,33 @@ class ReplyGenerator:
         cutoff = now - timedelta(seconds=stale_seconds)
         async with self.sessionmaker() as session, session.begin():
             stale = (
+                await session.execute(
+                    update(Message)
+                    .where(
+                        Message.role == "assistant",
+                        Message.status.in_([QUEUED, GENERATING]),
+                        Message.updated_at < cutoff,
+                    )
+                    .values(status=QUEUED, updated_at=now)
+                    .returning(Message.id, Message.chatroom_id)
+                )
+            ).all()
+            owners = (
                 (
                     await session.execute(
-                        update(Message)
-                        .where(
-                            Message.role == "assistant",
-                            Message.status.in_([QUEUED, GENERATING]),
-                            Message.updated_at < cutoff,
-                        )
-                        .values(status=QUEUED, updated_at=now)
-                        .returning(Message.id)
+                        select(Chatroom.user_id)
+                        .where(Chatroom.id.in_({room_id for _, room_id in stale}))
+                        .distinct()
                     )
                 )
                 .scalars()
                 .all()
+                if stale
+                else []
             )
-        for reply_id in stale:
+        for user_id in owners:
+            await self.chatrooms.room_changed(user_id)
+        for reply_id, _ in stale:
             log.warning("reply_swept", reply_id=reply_id)
             await enqueue(reply_id)
-        return list(stale)
+        return [reply_id for reply_id, _ in stale]

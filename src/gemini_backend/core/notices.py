@@ -1,0 +1,118 @@
+"""Change notices between processes: a Redis Pub/Sub channel that tells every API process to drop
+what its in-process cache holds about a user.
+
+A process caches only while it is subscribed. When the subscription is established the cache is
+emptied (a notice missed while disconnected cannot leave a stale entry behind); when it is lost,
+goes silent (a PING every PING_SECONDS must be answered) or fails, the cache is turned off until
+the next subscription. Used by the principal cache (auth/principals.py) and the chatroom cache
+(chat/cache.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Protocol
+
+import structlog
+from redis.asyncio import Redis
+
+log = structlog.get_logger(__name__)
+
+
+class NoticeTarget(Protocol):
+    """The in-process cache a feed keeps honest."""
+
+    @property
+    def usable(self) -> bool: ...
+
+    def set_usable(self, usable: bool) -> None:
+        """Empty the cache, and use it from now on (True) or not at all (False)."""
+        ...
+
+    def forget(self, user_id: int) -> None: ...
+
+
+class InvalidationFeed:
+    """The subscription of one process to one notice channel."""
+
+    PING_SECONDS = 2.0
+    # No message at all (not even the answer to a ping) for this long: the connection is dead.
+    SILENCE_SECONDS = 6.0
+
+    def __init__(self, redis: Redis, channel: str, target: NoticeTarget, name: str) -> None:
+        self._redis = redis
+        self._channel = channel
+        self._target = target
+        self._name = name
+        self._task: asyncio.Task[None] | None = None
+        self.subscriptions = 0
+        self.changed = asyncio.Condition()
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"{self._name}-invalidations")
+
+    async def publish(self, user_id: int) -> None:
+        await self._redis.publish(self._channel, str(user_id))
+
+    @property
+    def channel(self) -> str:
+        return self._channel
+
+    async def wait_subscribed(self, more_than: int = 0) -> None:
+        """Until the channel is subscribed for the (more_than + 1)th time (readiness, tests)."""
+        async with self.changed:
+            await self.changed.wait_for(lambda: self.subscriptions > more_than)
+
+    async def _run(self) -> None:
+        pause = 0.05
+        while True:
+            pubsub = self._redis.pubsub()
+            try:
+                await pubsub.subscribe(self._channel)
+                await self._listen(pubsub)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self._target.usable:
+                    log.warning(f"{self._name}_cache_off", error=type(exc).__name__)
+            finally:
+                self._target.set_usable(False)
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await asyncio.sleep(pause)  # backoff before reconnecting, not synchronisation
+            pause = min(pause * 2, 2.0)
+
+    async def _listen(self, pubsub: object) -> None:
+        loop = asyncio.get_running_loop()
+        heard = pinged = loop.time()
+        while True:
+            message = await pubsub.get_message(timeout=self.PING_SECONDS)  # type: ignore[attr-defined]
+            now = loop.time()
+            if message is not None:
+                heard = now
+                kind = message["type"]
+                if kind == "subscribe":
+                    # From here on no change can be missed: start from an empty cache.
+                    self._target.set_usable(True)
+                    async with self.changed:
+                        self.subscriptions += 1
+                        self.changed.notify_all()
+                elif kind == "message":
+                    try:
+                        self._target.forget(int(message["data"]))
+                    except ValueError:
+                        self._target.set_usable(True)  # unreadable notice: drop everything
+            if now - heard > self.SILENCE_SECONDS:
+                raise TimeoutError(f"no answer on the {self._channel} subscription")
+            if now - pinged >= self.PING_SECONDS:
+                pinged = now
+                await pubsub.ping()  # type: ignore[attr-defined]
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
