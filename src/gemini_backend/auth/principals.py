@@ -152,6 +152,16 @@ class Principals:
             self._store(key, found)
         return found
 
+    def cached(self, user_id: int, session_id: int) -> SignedInUser | None:
+        """The live entry this process holds, if any, without reading or waiting (for reads
+        answered before routing, chat/fastpath.py); None means: ask `get`."""
+        if not self._usable or self._ttl <= 0:
+            return None
+        entry = self._entries.get((user_id, session_id))
+        if entry is None or entry[0] <= time.monotonic():
+            return None
+        return entry[1]
+
     async def _read(self, user_id: int, session_id: int) -> SignedInUser | None:
         async with self._engine.connect() as conn:
             row = (

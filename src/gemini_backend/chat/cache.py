@@ -190,6 +190,20 @@ class ChatroomCache:
     def room_put(self, user_id: int, found: Lookup, room_id: int, body: bytes) -> None:
         self._local_put(user_id, f"room:{room_id}", found.ticket, body, self._local_seconds)
 
+    # --- peeks: memory only, for reads answered before routing (chat/fastpath.py) ---------
+
+    def list_peek(self, user_id: int, page: str) -> bytes | None:
+        body = self._local_get(user_id, f"list:{page}") if self._ttl > 0 else None
+        if body is not None:
+            _LIST_HIT.inc()
+        return body
+
+    def room_peek(self, user_id: int, room_id: int) -> bytes | None:
+        body = self._local_get(user_id, f"room:{room_id}")
+        if body is not None:
+            _ROOM_HIT.inc()
+        return body
+
     # --- changes -------------------------------------------------------------------------
 
     async def invalidate(self, user_id: int) -> None:

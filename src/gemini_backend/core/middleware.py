@@ -35,8 +35,10 @@ class RequestContextMiddleware:
     of the request, echoes it on the response with the security headers, counts it in the
     metrics and logs one line per request."""
 
-    def __init__(self, app: ASGIApp, hsts: bool = False) -> None:
+    def __init__(self, app: ASGIApp, hsts: bool = False, log_requests: bool = True) -> None:
         self.app = app
+        # The access line is at INFO: when that level is off the call is skipped altogether.
+        self.log_requests = log_requests
         headers = dict(SECURITY_HEADERS)
         if hsts:
             headers["Strict-Transport-Security"] = HSTS
@@ -98,13 +100,14 @@ class RequestContextMiddleware:
         finally:
             elapsed = time.perf_counter() - started
             self._observe(scope, status, elapsed)
-            log.info(
-                "request",
-                method=scope["method"],
-                path=scope["path"],
-                status=status,
-                duration_ms=round(elapsed * 1000, 2),
-            )
+            if self.log_requests:
+                log.info(
+                    "request",
+                    method=scope["method"],
+                    path=scope["path"],
+                    status=status,
+                    duration_ms=round(elapsed * 1000, 2),
+                )
             structlog.contextvars.clear_contextvars()
 
     def _observe(self, scope: Scope, status: int, elapsed: float) -> None:

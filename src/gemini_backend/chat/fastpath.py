@@ -1,0 +1,140 @@
+"""Cached reads answered before routing: `GET /chatroom` and `GET /chatroom/{id}`.
+
+These are the reads clients repeat (a room list on every screen, a room polled while a reply is
+produced). When everything the answer needs is already in this process's memory (the principal
+of a live session, auth/principals.py, and the body the route served last for that user and
+page or room, chat/cache.py) the answer is those bytes. This middleware sends them without
+FastAPI's routing, dependency resolution and response handling, which measured about two thirds
+of the CPU of such a read (bench/README.md).
+
+It only ever answers with a body the route itself produced, under the rules that keep that body
+current (dropped on every change, in every process). Anything else goes on to the routes
+untouched, which answer (and fill the caches) as always: no token or one that does not verify,
+an expired token, a principal or body not in memory, a query string other than the plain
+`limit=N` / `cursor=...` the route documents, any other method or path. It sits inside the
+request middleware (request id, security headers, metrics and the access line apply) and inside
+CORS.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import structlog
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from gemini_backend.auth.principals import Principals
+from gemini_backend.chat.cache import ChatroomCache
+from gemini_backend.core.errors import AppError
+
+LIST_PATH = "/chatroom"
+ROOM_PREFIX = "/chatroom/"
+MAX_ID = 2**63 - 1
+MAX_LIMIT = 100
+DEFAULT_LIMIT = 20
+_LIMIT = re.compile(rb"[1-9][0-9]{0,2}")
+_CURSOR = re.compile(rb"[A-Za-z0-9_-]{1,200}")  # what encode_room_cursor issues
+_ID = re.compile(r"[1-9][0-9]{0,18}")
+
+
+def _page_key(query: bytes) -> str | None:
+    """The list route's cache key for a plain query string, or None to let the route parse it."""
+    limit, cursor = DEFAULT_LIMIT, ""
+    seen: set[bytes] = set()
+    if query:
+        for part in query.split(b"&"):
+            name, sep, value = part.partition(b"=")
+            if not sep or name in seen:
+                return None
+            seen.add(name)
+            if name == b"limit" and _LIMIT.fullmatch(value) and int(value) <= MAX_LIMIT:
+                limit = int(value)
+            elif name == b"cursor" and _CURSOR.fullmatch(value):
+                cursor = value.decode()
+            else:
+                return None
+    return f"{limit}:{cursor}"
+
+
+class CachedReadMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._routes: dict[str, Any] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "GET":
+            path: str = scope["path"]
+            if path == LIST_PATH or path.startswith(ROOM_PREFIX):
+                answered = await self._answer(scope, send, path)
+                if answered:
+                    return
+        await self.app(scope, receive, send)
+
+    async def _answer(self, scope: Scope, send: Send, path: str) -> bool:
+        state = scope["app"].state
+        principals: Principals | None = getattr(state, "principals", None)
+        if principals is None:  # not started
+            return False
+        user = self._principal(scope, state, principals)
+        if user is None:
+            return False
+        cache: ChatroomCache = state.chatroom_cache
+        if path == LIST_PATH:
+            page = _page_key(scope["query_string"])
+            body = cache.list_peek(user.id, page) if page is not None else None
+            template, extra = LIST_PATH, [(b"x-cache", b"HIT")]
+        else:
+            room = path[len(ROOM_PREFIX) :]
+            if scope["query_string"] or not _ID.fullmatch(room) or int(room) > MAX_ID:
+                return False
+            body = cache.room_peek(user.id, int(room))
+            template, extra = "/chatroom/{chatroom_id}", []
+            if body is not None:
+                structlog.contextvars.bind_contextvars(chatroom_id=int(room))
+        if body is None:
+            return False
+        structlog.contextvars.bind_contextvars(user_id=user.id)
+        scope["route"] = self._route(scope, template)  # the metrics' route label
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-length", str(len(body)).encode()),
+                    (b"content-type", b"application/json"),
+                    *extra,
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+        return True
+
+    @staticmethod
+    def _principal(scope: Scope, state: Any, principals: Principals) -> Any:
+        authorization = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value
+                break
+        if authorization is None:
+            return None
+        scheme, _, token = authorization.partition(b" ")
+        if scheme.lower() != b"bearer" or not token:
+            return None
+        deps = state.auth
+        try:
+            claims = deps.tokens.decode_access_token(token.decode("latin-1"), deps.clock.now())
+        except AppError:
+            return None  # the route answers 401
+        return principals.cached(claims.user_id, claims.session_id)
+
+    def _route(self, scope: Scope, template: str) -> Any:
+        if self._routes is None:
+            self._routes = {
+                route.path: route
+                for route in scope["app"].routes
+                if getattr(route, "path", None) in (LIST_PATH, "/chatroom/{chatroom_id}")
+                and "GET" in (getattr(route, "methods", None) or ())
+            }
+        return self._routes.get(template)
