@@ -47,14 +47,8 @@ class Services:
     stripe_mock: MockStripe | None
 
     @classmethod
-    def build(cls, settings: Settings, clock: Clock, *, serving_requests: bool = False) -> Services:
-        """`serving_requests`: for an API process. In production mode (replies made by separate
-        worker processes) its pool then skips the pre-ping: a request on a connection that died
-        with a database restart gets 503 and the client retries, while a worker, which has no
-        one to retry for it, pings before each transaction."""
-        database = Database(
-            settings, pre_ping=not (serving_requests and settings.is_production_mode)
-        )
+    def build(cls, settings: Settings, clock: Clock) -> Services:
+        database = Database(settings)
         redis = create_redis(settings)
         prefix = settings.redis_key_prefix
         cache: Cache = RedisCache(redis, prefix) if redis is not None else MemoryCache()

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import structlog
 from fastapi import Depends, Request
 from sqlalchemy import BigInteger, DateTime, Dialect, Integer, MetaData, event, text
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -65,11 +66,12 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def create_engine(settings: Settings, *, pre_ping: bool = True) -> AsyncEngine:
-    """`pre_ping` checks each connection as it leaves the pool. On asyncpg that costs three
-    round trips (BEGIN, a no-op, ROLLBACK) per checkout; without it a connection that died (a
-    database restart) fails its first statement, and SQLAlchemy then discards every connection
-    opened before the failure."""
+def create_engine(settings: Settings) -> AsyncEngine:
+    """On PostgreSQL a connection is checked as it leaves the pool without a round trip: one
+    whose socket the server closed (a restart, a terminated backend) is replaced before use
+    (`_replace_closed_connections`). SQLAlchemy's `pool_pre_ping` would cost three round trips
+    per checkout on asyncpg (BEGIN, a no-op, ROLLBACK). A server that goes silent without
+    closing anything is caught by DB_COMMAND_TIMEOUT_SECONDS either way."""
     url = settings.resolved_database_url
     if url.startswith("sqlite"):
         if ":memory:" not in url:
@@ -91,7 +93,6 @@ def create_engine(settings: Settings, *, pre_ping: bool = True) -> AsyncEngine:
         "pool_size": settings.db_pool_size,
         "max_overflow": settings.db_max_overflow,
         "pool_timeout": settings.db_pool_timeout_seconds,
-        "pool_pre_ping": pre_ping,
     }
     if url.startswith("postgresql+asyncpg"):
         kwargs["connect_args"] = {
@@ -99,7 +100,20 @@ def create_engine(settings: Settings, *, pre_ping: bool = True) -> AsyncEngine:
             "timeout": settings.db_connect_timeout_seconds,
             "command_timeout": settings.db_command_timeout_seconds,
         }
-    return create_async_engine(url, **kwargs)
+    engine = create_async_engine(url, **kwargs)
+    if url.startswith("postgresql+asyncpg"):
+        _replace_closed_connections(engine)
+    return engine
+
+
+def _replace_closed_connections(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        # asyncpg notices the server closing the socket as soon as the event loop reads the
+        # EOF, so a pooled connection killed by a restart is known closed when it is checked
+        # out. Raising DisconnectionError makes the pool discard it and connect anew.
+        if dbapi_connection.driver_connection.is_closed():
+            raise DisconnectionError("the server closed this pooled connection")
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:
@@ -122,8 +136,8 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 class Database:
     """The engine and session factory of one process, owned by the app's lifespan."""
 
-    def __init__(self, settings: Settings, *, pre_ping: bool = True) -> None:
-        self.engine = create_engine(settings, pre_ping=pre_ping)
+    def __init__(self, settings: Settings) -> None:
+        self.engine = create_engine(settings)
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
         # Reads (GET/HEAD requests) on PostgreSQL run in autocommit: each statement is its own
         # transaction, which saves the BEGIN and COMMIT round trips of a request that only reads.
