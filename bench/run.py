@@ -477,7 +477,18 @@ def phase_bare(run: Run) -> None:
     base_url = f"http://127.0.0.1:{port}"
     proc.wait_http(f"{base_url}/health")
     try:
-        run.load("bare", "GET /bare", base_url, [Req("GET", "/bare")], server=proc)
+        # The reference of every fraction, measured three times with the best run kept: on this
+        # kind of machine it has varied from 6,700 to 11,700 req/s between runs of the same
+        # code, and the best is the conservative reference for the service's fractions.
+        attempts: list[tuple[float, LoadResult, dict[str, Any]]] = []
+        for _ in range(3):
+            result = run.load("bare", "GET /bare", base_url, [Req("GET", "/bare")], server=proc)
+            extra = dict(run.results["runs"]["bare"]["GET /bare"])
+            attempts.append((result.req_per_s, result, extra))
+        _, best, extra = max(attempts, key=lambda a: a[0])
+        run.record("bare", "GET /bare", best, extra)
+        run.results["bare_attempts_req_per_s"] = [round(a[0], 1) for a in attempts]
+        log(f"  bare reference: best of {[round(a[0]) for a in attempts]} req/s")
         run.load("bare", "GET /starlette", base_url, [Req("GET", "/starlette")], server=proc)
     finally:
         run.stop(proc)

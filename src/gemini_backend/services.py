@@ -68,6 +68,7 @@ class Services:
             settings=settings,
             clock=clock,
             sessionmaker=database.sessionmaker,
+            autocommit_sessionmaker=database.autocommit_sessionmaker,
             provider=provider,
             streams=streams,
             cache=cache,
@@ -80,7 +81,7 @@ class Services:
             database=database,
             redis=redis,
             principals=Principals(
-                database.read_engine,
+                database.autocommit_engine,
                 settings.principal_cache_seconds,
                 redis=redis,
                 channel=f"{prefix}:principal-changed",

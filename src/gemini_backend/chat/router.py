@@ -183,7 +183,7 @@ async def list_chatrooms(
     if found.body is not None:
         return Response(found.body, media_type="application/json", headers={"X-Cache": "HIT"})
     # A miss reads the database on a session of its own: a hit never opens one.
-    async with state.database.read_sessionmaker() as session:
+    async with state.database.autocommit_sessionmaker() as session:
         page = await ChatroomService(session, state.clock, cache).list_page(user.id, limit, cursor)
     body = page.model_dump_json().encode()
     await cache.put(user.id, found, page_key, body)
@@ -207,7 +207,7 @@ async def get_chatroom(request: Request, user: CurrentUser, chatroom_id: Chatroo
     # process) drops it: a hit opens no database session.
     found = cache.room_lookup(user.id, chatroom_id)
     if found.body is None:
-        async with state.database.read_sessionmaker() as session:
+        async with state.database.autocommit_sessionmaker() as session:
             room = found_room(await repo.owned_room_view(session, user.id, chatroom_id))
             detail = await ChatroomService(session, state.clock, cache).detail(room)
         found.body = detail.model_dump_json().encode()

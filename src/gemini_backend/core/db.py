@@ -139,17 +139,18 @@ class Database:
     def __init__(self, settings: Settings) -> None:
         self.engine = create_engine(settings)
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
-        # Reads (GET/HEAD requests) on PostgreSQL run in autocommit: each statement is its own
-        # transaction, which saves the BEGIN and COMMIT round trips of a request that only reads.
-        # (SQLite keeps one connection and BEGIN IMMEDIATE for everything; reads are local.)
-        self.read_engine = (
+        # On PostgreSQL, autocommit: each statement is its own transaction, which saves the
+        # BEGIN and COMMIT round trips. For reads (GET/HEAD requests) and for a write that is one
+        # statement (a reply's claim or finish); callers still call commit(), which ends the
+        # transaction on SQLite (one connection, BEGIN IMMEDIATE for everything).
+        self.autocommit_engine = (
             self.engine.execution_options(isolation_level="AUTOCOMMIT")
             if self.engine.dialect.name == "postgresql"
             else self.engine
         )
-        self.read_sessionmaker = (
-            async_sessionmaker(self.read_engine, expire_on_commit=False)
-            if self.read_engine is not self.engine
+        self.autocommit_sessionmaker = (
+            async_sessionmaker(self.autocommit_engine, expire_on_commit=False)
+            if self.autocommit_engine is not self.engine
             else self.sessionmaker
         )
 
@@ -174,7 +175,7 @@ async def _request_session(request: Request) -> AsyncIterator[AsyncSession]:
     """
     database: Database = request.app.state.database
     reads_only = request.method in _READ_METHODS
-    factory = database.read_sessionmaker if reads_only else database.sessionmaker
+    factory = database.autocommit_sessionmaker if reads_only else database.sessionmaker
     async with factory() as session:
         try:
             yield session

@@ -15,7 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import or_, select, update
+from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gemini_backend.ai.base import (
@@ -50,6 +50,22 @@ FAILED, BLOCKED, CANCELLED = "failed", "blocked", "cancelled"
 FINAL_STATES = frozenset({COMPLETED, FAILED, BLOCKED, CANCELLED})
 ACTIVE_STATES = frozenset({QUEUED, GENERATING})
 CANCEL_POLL_SECONDS = 0.25
+
+# Built once; values are bound per execution.
+_ROOM = select(Chatroom.id, Chatroom.user_id, Chatroom.system_prompt, Chatroom.auto_title).where(
+    Chatroom.id == bindparam("room_id")
+)
+# The conversation before a reply, newest first: completed turns and the message it answers.
+_TURNS = (
+    select(Message.id, Message.role, Message.content)
+    .where(
+        Message.chatroom_id == bindparam("room_id"),
+        Message.id < bindparam("reply_id"),
+        or_(Message.status == COMPLETED, Message.id == bindparam("user_message_id")),
+    )
+    .order_by(Message.id.desc())
+    .limit(500)
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +127,7 @@ class ReplyGenerator:
         settings: Settings,
         clock: Clock,
         sessionmaker: async_sessionmaker[AsyncSession],
+        autocommit_sessionmaker: async_sessionmaker[AsyncSession] | None = None,
         provider: Provider,
         streams: ReplyStream,
         cache: Cache,
@@ -120,6 +137,9 @@ class ReplyGenerator:
         self.settings = settings
         self.clock = clock
         self.sessionmaker = sessionmaker
+        # One-statement writes (the claim, a completed finish) and reads: no BEGIN/COMMIT
+        # round trips on PostgreSQL.
+        self.autocommit_sessionmaker = autocommit_sessionmaker or sessionmaker
         self.provider = provider
         self.streams = streams
         self.cache = cache
@@ -155,22 +175,25 @@ class ReplyGenerator:
             title = (await self.provider.title(first_message)).strip()[:200]
             if not title:
                 return
-            async with self.sessionmaker() as session, session.begin():
+            async with self.autocommit_sessionmaker() as session:
                 changed = await session.execute(
                     update(Chatroom)
                     .where(Chatroom.id == room_id, Chatroom.auto_title.is_(True))
                     .values(name=title, auto_title=False)
                 )
+                await session.commit()
             if changed.rowcount:  # type: ignore[attr-defined]
                 await self.chatrooms.invalidate(user_id)
         except Exception:
             log.exception("title_failed", chatroom_id=room_id)
 
-    async def _claim(self, reply_id: int) -> tuple[Claim, Conversation, Chatroom | None] | None:
-        """Take the reply (a conditional UPDATE: a duplicate delivery finds nothing to take) and
-        read its conversation, in one short transaction."""
+    async def _claim(self, reply_id: int) -> tuple[Claim, Conversation, Any] | None:
+        """Take the reply (a conditional UPDATE: a duplicate delivery finds nothing to take), then
+        read its room and conversation. The claim is one statement, committed on its own: if
+        this worker dies before it finishes, the reply stays `generating` without heartbeats and
+        the sweeper queues it again after REPLY_STALE_SECONDS."""
         now = self.clock.now()
-        async with self.sessionmaker() as session, session.begin():
+        async with self.autocommit_sessionmaker() as session:
             row = (
                 await session.execute(
                     update(Message)
@@ -190,20 +213,19 @@ class ReplyGenerator:
                     )
                 )
             ).one_or_none()
+            await session.commit()
             if row is None:
                 return None
-            room = await session.get(Chatroom, row[1])
+            room = (await session.execute(_ROOM, {"room_id": row[1]})).one_or_none()
             claim = Claim(reply_id, row[0], row[1], row[2], room.user_id if room else None)
             rows = (
                 await session.execute(
-                    select(Message.id, Message.role, Message.content)
-                    .where(
-                        Message.chatroom_id == claim.chatroom_id,
-                        Message.id < claim.reply_id,
-                        or_(Message.status == COMPLETED, Message.id == claim.user_message_id),
-                    )
-                    .order_by(Message.id.desc())
-                    .limit(500)
+                    _TURNS,
+                    {
+                        "room_id": claim.chatroom_id,
+                        "reply_id": reply_id,
+                        "user_message_id": claim.user_message_id,
+                    },
                 )
             ).all()
         if claim.user_id is not None:
@@ -212,7 +234,7 @@ class ReplyGenerator:
             JOB_LAG.observe(max(0.0, (now - row[3]).total_seconds()))
         return claim, self._conversation(room, rows), room
 
-    def _conversation(self, room: Chatroom | None, rows: Sequence[Any]) -> Conversation:
+    def _conversation(self, room: Any, rows: Sequence[Any]) -> Conversation:
         system_prompt = room.system_prompt if room else None
         budget = self.settings.context_max_tokens - estimate_tokens(system_prompt or "")
         turns: list[Turn] = []
@@ -300,7 +322,7 @@ class ReplyGenerator:
         return max(1.0, self.settings.reply_stale_seconds / 3)
 
     async def _heartbeat(self, claim: Claim) -> None:
-        async with self.sessionmaker() as session, session.begin():
+        async with self.autocommit_sessionmaker() as session:
             await session.execute(
                 update(Message)
                 .where(
@@ -310,11 +332,16 @@ class ReplyGenerator:
                 )
                 .values(updated_at=self.clock.now())
             )
+            await session.commit()
 
     async def _finish(self, claim: Claim, outcome: Outcome) -> None:
         now = self.clock.now()
         usage = outcome.usage or Usage()
-        async with self.sessionmaker() as session, session.begin():
+        # A failed or blocked reply gives its quota slot back in the same transaction; any other
+        # finish is one statement.
+        refund = outcome.status in {FAILED, BLOCKED}
+        factory = self.sessionmaker if refund else self.autocommit_sessionmaker
+        async with factory() as session:
             reply = (
                 await session.execute(
                     update(Message)
@@ -341,13 +368,14 @@ class ReplyGenerator:
                 # Another attempt took over (this one was swept as stale): it owns the outcome.
                 log.warning("reply_finish_superseded", reply_id=claim.reply_id)
                 return
-            if outcome.status in {FAILED, BLOCKED} and reply.quota_day is not None:
+            if refund and reply.quota_day is not None:
                 user_id = (
                     await session.execute(
                         select(Chatroom.user_id).where(Chatroom.id == claim.chatroom_id)
                     )
                 ).scalar_one()
                 await self.quota.release_daily_slot(session, user_id, reply.quota_day)
+            await session.commit()
             final = MessageOut.from_row(reply).model_dump_json()
         # Before the final event: a client that saw `done` and reads the room sees it finished.
         if claim.user_id is not None:
