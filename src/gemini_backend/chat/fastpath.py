@@ -19,6 +19,7 @@ CORS.
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable
 from typing import Any
 
 import structlog
@@ -58,27 +59,31 @@ def _page_key(query: bytes) -> str | None:
 
 
 class CachedReadMiddleware:
+    """A plain function, not a coroutine, in front of the app: a request it does not answer is
+    handed on without a frame of its own staying alive for the request's lifetime (an open
+    stream holds every coroutine frame of the stack)."""
+
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
         self._routes: dict[str, Any] | None = None
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         if scope["type"] == "http" and scope["method"] == "GET":
             path: str = scope["path"]
             if path == LIST_PATH or path.startswith(ROOM_PREFIX):
-                answered = await self._answer(scope, send, path)
-                if answered:
-                    return
-        await self.app(scope, receive, send)
+                found = self._cached(scope, path)
+                if found is not None:
+                    return self._send(send, *found)
+        return self.app(scope, receive, send)
 
-    async def _answer(self, scope: Scope, send: Send, path: str) -> bool:
+    def _cached(self, scope: Scope, path: str) -> tuple[bytes, list[tuple[bytes, bytes]]] | None:
         state = scope["app"].state
         principals: Principals | None = getattr(state, "principals", None)
         if principals is None:  # not started
-            return False
+            return None
         user = self._principal(scope, state, principals)
         if user is None:
-            return False
+            return None
         cache: ChatroomCache = state.chatroom_cache
         if path == LIST_PATH:
             page = _page_key(scope["query_string"])
@@ -87,15 +92,19 @@ class CachedReadMiddleware:
         else:
             room = path[len(ROOM_PREFIX) :]
             if scope["query_string"] or not _ID.fullmatch(room) or int(room) > MAX_ID:
-                return False
+                return None
             body = cache.room_peek(user.id, int(room))
             template, extra = "/chatroom/{chatroom_id}", []
             if body is not None:
                 structlog.contextvars.bind_contextvars(chatroom_id=int(room))
         if body is None:
-            return False
+            return None
         structlog.contextvars.bind_contextvars(user_id=user.id)
         scope["route"] = self._route(scope, template)  # the metrics' route label
+        return body, extra
+
+    @staticmethod
+    async def _send(send: Send, body: bytes, extra: list[tuple[bytes, bytes]]) -> None:
         await send(
             {
                 "type": "http.response.start",
@@ -108,7 +117,6 @@ class CachedReadMiddleware:
             }
         )
         await send({"type": "http.response.body", "body": body})
-        return True
 
     @staticmethod
     def _principal(scope: Scope, state: Any, principals: Principals) -> Any:

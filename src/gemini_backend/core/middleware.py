@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import secrets
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 import structlog
@@ -138,10 +139,11 @@ class BodyLimitMiddleware:
         self.app = app
         self.max_bytes = max_bytes
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # A plain function: a request with nothing to count is handed on without a frame of
+        # this middleware staying alive for its lifetime (an open stream holds every frame).
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
         chunked = False
         for name, value in scope["headers"]:
             if name == b"content-length":
@@ -150,20 +152,22 @@ class BodyLimitMiddleware:
                 except ValueError:
                     declared = -1
                 if declared < 0:
-                    response = error_response(400, "bad_request", "Invalid Content-Length.")
-                elif declared > self.max_bytes:
-                    response = error_response(413, "payload_too_large", PayloadTooLarge.detail)
-                else:
-                    # The server delivers no more than the declared length: nothing to count.
-                    await self.app(scope, receive, send)
-                    return
-                await response(scope, receive, send)
-                return
+                    return error_response(400, "bad_request", "Invalid Content-Length.")(
+                        scope, receive, send
+                    )
+                if declared > self.max_bytes:
+                    return error_response(413, "payload_too_large", PayloadTooLarge.detail)(
+                        scope, receive, send
+                    )
+                # The server delivers no more than the declared length: nothing to count.
+                return self.app(scope, receive, send)
             if name == b"transfer-encoding":
                 chunked = True
         if not chunked:  # no body at all (a GET, a DELETE)
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
+        return self._counted(scope, receive, send)
+
+    async def _counted(self, scope: Scope, receive: Receive, send: Send) -> None:
         received = 0
         response_started = False
 
