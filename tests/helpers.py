@@ -69,3 +69,25 @@ async def drop_reply_stream(app: Any, reply_id: int) -> None:
         app.state.reply_streams._buffers.pop(reply_id, None)
     else:
         await app.state.redis.delete(f"{app.state.settings.redis_key_prefix}:reply:{reply_id}")
+
+
+async def insert_queued_reply(app: Any, room_id: int, reply_to: int) -> int:
+    """A reply written straight into the database as `queued`, behind the service's back: no
+    worker has its job and no change notice announces it."""
+    from gemini_backend.chat.models import Message
+
+    now = app.state.clock.now()
+    async with app.state.database.sessionmaker() as session:
+        queued = Message(
+            chatroom_id=room_id,
+            role="assistant",
+            content="",
+            status="queued",
+            attempts=0,
+            reply_to=reply_to,
+            created_at=now,
+            updated_at=now,
+        )
+        session.add(queued)
+        await session.commit()
+        return int(queued.id)

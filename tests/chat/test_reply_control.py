@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from gemini_backend.ai.base import Delta, Finished, ProviderError, Usage
 from gemini_backend.quota.models import DailyUsage
-from tests.helpers import bearer, read_sse, sign_in
+from tests.helpers import bearer, insert_queued_reply, read_sse, sign_in
 
 
 @pytest.fixture
@@ -99,23 +99,7 @@ async def test_cancel_a_queued_reply(client, app, alice, room):
     await asyncio.wait_for(provider.first_chunk_sent.wait(), 10)
     # While the first reply holds the provider, cancel one that no worker has claimed yet:
     # write it directly as queued to be sure no worker races the cancel.
-    from gemini_backend.chat.models import Message
-
-    now = app.state.clock.now()
-    async with app.state.database.sessionmaker() as session:
-        queued = Message(
-            chatroom_id=room,
-            role="assistant",
-            content="",
-            status="queued",
-            attempts=0,
-            reply_to=first["message_id"],
-            created_at=now,
-            updated_at=now,
-        )
-        session.add(queued)
-        await session.commit()
-        queued_id = queued.id
+    queued_id = await insert_queued_reply(app, room, first["message_id"])
     response = await client.post(f"/chatroom/{room}/messages/{queued_id}/cancel", headers=alice)
     assert response.status_code == 200
     assert response.json()["status"] == "cancelled"

@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-from gemini_backend.chat.models import Message
 from tests.auth.test_principal_cache import (
     PRODUCTION_ONLY,
     api_process,
@@ -20,7 +19,7 @@ from tests.auth.test_principal_cache import (
     counting_statements,
 )
 from tests.chat.test_reply_control import GatedProvider, send, use_provider
-from tests.helpers import bearer, read_sse, sign_in
+from tests.helpers import bearer, insert_queued_reply, read_sse, sign_in
 
 
 @pytest.fixture
@@ -136,21 +135,7 @@ async def test_a_cancelled_queued_reply_shows_in_the_cached_room(app, client, al
     use_provider(app, provider)
     first = await send(client, alice, room, "first")
     await asyncio.wait_for(provider.first_chunk_sent.wait(), 10)
-    now = app.state.clock.now()
-    async with app.state.database.sessionmaker() as session:
-        queued = Message(
-            chatroom_id=room,
-            role="assistant",
-            content="",
-            status="queued",
-            attempts=0,
-            reply_to=first["message_id"],
-            created_at=now,
-            updated_at=now,
-        )
-        session.add(queued)
-        await session.commit()
-        queued_id = queued.id
+    queued_id = await insert_queued_reply(app, room, first["message_id"])
     url = f"/chatroom/{room}"
 
     # Written behind the service's back: the room is read (and cached) after that write.

@@ -42,7 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gemini_backend.auth.models import AuthSession
 from gemini_backend.billing.models import Subscription
-from gemini_backend.core.notices import InvalidationFeed
+from gemini_backend.core.notices import NoticeFed
 from gemini_backend.users.models import User
 
 
@@ -97,7 +97,7 @@ _PRINCIPAL = (
 )
 
 
-class Principals:
+class Principals(NoticeFed):
     """The cache and the reads behind it, one per API process."""
 
     def __init__(
@@ -116,11 +116,7 @@ class Principals:
         self._sessions_of: dict[int, set[int]] = {}
         self._generation = 0
         self._reading: dict[tuple[int, int], asyncio.Future[SignedInUser | None]] = {}
-        self._feed = (
-            InvalidationFeed(redis, channel, self, "principal") if redis is not None else None
-        )
-        # Embedded mode has one process: nothing to listen to, the cache is usable at once.
-        self._usable = self._feed is None
+        self._listen(redis, channel, "principal")
 
     # --- lookups -------------------------------------------------------------------------
 
@@ -186,8 +182,7 @@ class Principals:
     async def invalidate(self, user_id: int) -> None:
         """Forget this user here and tell the other API processes. Call after the commit."""
         self.forget(user_id)
-        if self._feed is not None:
-            await self._feed.publish(user_id)
+        await self._publish(user_id)
 
     def forget(self, user_id: int) -> None:
         self._generation += 1
@@ -226,26 +221,7 @@ class Principals:
             if not sessions:
                 del self._sessions_of[key[0]]
 
-    @property
-    def usable(self) -> bool:
-        return self._usable
-
-    @property
-    def subscriptions(self) -> int:
-        """How many times the change notices were subscribed to (production; 0 embedded)."""
-        return self._feed.subscriptions if self._feed is not None else 0
-
-    async def wait_subscribed(self, more_than: int = 0) -> None:
-        """Until the notices are subscribed for the (more_than + 1)th time (readiness, tests)."""
-        if self._feed is not None:
-            await self._feed.wait_subscribed(more_than)
-
     # --- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
-        if self._feed is not None and self._ttl > 0:
-            self._feed.start()
-
-    async def aclose(self) -> None:
-        if self._feed is not None:
-            await self._feed.aclose()
+        self._start_listening(self._ttl > 0)

@@ -38,7 +38,7 @@ from redis.exceptions import RedisError
 
 from gemini_backend.core.cache import Cache
 from gemini_backend.core.metrics import CACHE_REQUESTS
-from gemini_backend.core.notices import InvalidationFeed
+from gemini_backend.core.notices import NoticeFed
 
 log = structlog.get_logger(__name__)
 _UNAVAILABLE = (RedisError, OSError)
@@ -83,7 +83,7 @@ class _Shelf:
     size: int = 0
 
 
-class ChatroomCache:
+class ChatroomCache(NoticeFed):
     def __init__(
         self,
         cache: Cache,
@@ -108,13 +108,7 @@ class ChatroomCache:
         self._generation = 0
         self._changed_at: dict[int, int] = {}
         self._changed_floor = 0
-        self._feed = (
-            InvalidationFeed(redis, f"{prefix}:chat-changed", self, "chatroom")
-            if redis is not None
-            else None
-        )
-        # Embedded mode has one process: every change happens here, usable at once.
-        self._usable = self._feed is None
+        self._listen(redis, f"{prefix}:chat-changed", "chatroom")
 
     # --- lists ---------------------------------------------------------------------------
 
@@ -230,10 +224,8 @@ class ChatroomCache:
     async def room_changed(self, user_id: int) -> None:
         """Only the messages of one of the user's rooms changed: call after the commit."""
         self.forget(user_id)
-        if self._feed is None:
-            return
         try:
-            await self._feed.publish(user_id)
+            await self._publish(user_id)
         except _UNAVAILABLE as exc:
             log.warning("cache_invalidation_failed", user_id=user_id, error=type(exc).__name__)
 
@@ -257,10 +249,6 @@ class ChatroomCache:
         self._shelves.clear()
         self._bytes = 0
         self._usable = usable
-
-    @property
-    def usable(self) -> bool:
-        return self._usable
 
     def _local_get(self, user_id: int, key: str) -> bytes | None:
         if not self._usable:
@@ -309,17 +297,4 @@ class ChatroomCache:
     # --- lifecycle (API processes subscribe; workers only publish) -------------------------
 
     def start(self) -> None:
-        if self._feed is not None and self._local_seconds > 0:
-            self._feed.start()
-
-    @property
-    def subscriptions(self) -> int:
-        return self._feed.subscriptions if self._feed is not None else 0
-
-    async def wait_subscribed(self, more_than: int = 0) -> None:
-        if self._feed is not None:
-            await self._feed.wait_subscribed(more_than)
-
-    async def aclose(self) -> None:
-        if self._feed is not None:
-            await self._feed.aclose()
+        self._start_listening(self._local_seconds > 0)

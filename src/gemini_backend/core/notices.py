@@ -116,3 +116,47 @@ class InvalidationFeed:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+
+
+class NoticeFed:
+    """The lifecycle both in-process caches share: a feed in production (None embedded, where
+    every change happens in this process and the cache is usable at once)."""
+
+    _feed: InvalidationFeed | None
+    _usable: bool
+
+    def _listen(self, redis: Redis | None, channel: str, name: str) -> None:
+        self._feed = InvalidationFeed(redis, channel, self, name) if redis is not None else None
+        self._usable = self._feed is None
+
+    @property
+    def usable(self) -> bool:
+        return self._usable
+
+    def set_usable(self, usable: bool) -> None:  # pragma: no cover - defined by each cache
+        raise NotImplementedError
+
+    def forget(self, user_id: int) -> None:  # pragma: no cover - defined by each cache
+        raise NotImplementedError
+
+    @property
+    def subscriptions(self) -> int:
+        """How many times the change notices were subscribed to (production; 0 embedded)."""
+        return self._feed.subscriptions if self._feed is not None else 0
+
+    async def wait_subscribed(self, more_than: int = 0) -> None:
+        """Until the notices are subscribed for the (more_than + 1)th time (readiness, tests)."""
+        if self._feed is not None:
+            await self._feed.wait_subscribed(more_than)
+
+    async def _publish(self, user_id: int) -> None:
+        if self._feed is not None:
+            await self._feed.publish(user_id)
+
+    def _start_listening(self, enabled: bool) -> None:
+        if self._feed is not None and enabled:
+            self._feed.start()
+
+    async def aclose(self) -> None:
+        if self._feed is not None:
+            await self._feed.aclose()
