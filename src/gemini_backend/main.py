@@ -21,7 +21,7 @@ from gemini_backend.chat.router import router as chat_router
 from gemini_backend.config import Settings
 from gemini_backend.core.clock import Clock, SystemClock
 from gemini_backend.core.errors import install_error_handlers
-from gemini_backend.core.logging import configure_logging
+from gemini_backend.core.logging import configure_logging, log_level
 from gemini_backend.core.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from gemini_backend.core.openapi import install_openapi
 from gemini_backend.core.security import PasswordHasher, TokenCodec
@@ -69,7 +69,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
             test_numbers=test_numbers,
             principals=services.principals,
         )
-        await services.principals.start()
+        services.principals.start()
         services.chatroom_cache.start()
         embedded = not settings.is_production_mode
         # Embedded mode: this process is the worker too. Replies left queued or generating by a
@@ -134,7 +134,6 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
     app.add_middleware(
         RequestContextMiddleware,
         hsts=settings.base_url.startswith("https://"),
-        log_requests=logging.getLevelNamesMapping().get(settings.log_level.upper(), logging.INFO)
-        <= logging.INFO,
+        log_requests=log_level(settings) <= logging.INFO,
     )
     return app

@@ -125,12 +125,9 @@ class Principals(NoticeFed):
         key = (user_id, session_id)
         caching = self._usable and self._ttl > 0
         if caching:
-            entry = self._entries.get(key)
-            if entry is not None:
-                if entry[0] > time.monotonic():
-                    self._entries.move_to_end(key)
-                    return entry[1]
-                self._drop(key)
+            hit = self.cached(user_id, session_id)
+            if hit is not None:
+                return hit
             # Requests that miss together (an entry just expired under load) share one read.
             pending = self._reading.get(key)
             if pending is not None:
@@ -149,13 +146,18 @@ class Principals(NoticeFed):
         return found
 
     def cached(self, user_id: int, session_id: int) -> SignedInUser | None:
-        """The live entry this process holds, if any, without reading or waiting (for reads
-        answered before routing, chat/fastpath.py); None means: ask `get`."""
+        """The live entry this process holds, if any, without reading or waiting (`get`, and
+        reads answered before routing, chat/fastpath.py); None means: ask `get`."""
         if not self._usable or self._ttl <= 0:
             return None
-        entry = self._entries.get((user_id, session_id))
-        if entry is None or entry[0] <= time.monotonic():
+        key = (user_id, session_id)
+        entry = self._entries.get(key)
+        if entry is None:
             return None
+        if entry[0] <= time.monotonic():
+            self._drop(key)
+            return None
+        self._entries.move_to_end(key)
         return entry[1]
 
     async def _read(self, user_id: int, session_id: int) -> SignedInUser | None:
@@ -223,5 +225,5 @@ class Principals(NoticeFed):
 
     # --- lifecycle -----------------------------------------------------------------------
 
-    async def start(self) -> None:
+    def start(self) -> None:
         self._start_listening(self._ttl > 0)

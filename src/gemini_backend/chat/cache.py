@@ -127,11 +127,9 @@ class ChatroomCache(NoticeFed):
         result to `put` with the page read from the database when `body` is None."""
         if self._ttl <= 0:
             return Lookup(None)
-        key = f"list:{page}"
         ticket = self._generation
-        body = self._local_get(user_id, key)
+        body = self.list_peek(user_id, page)
         if body is not None:
-            _LIST_HIT.inc()
             return Lookup(body)
         try:
             if self._redis is not None:
@@ -153,7 +151,7 @@ class ChatroomCache(NoticeFed):
             _LIST_MISS.inc()
             return Lookup(None, version, ticket)
         _LIST_HIT.inc()
-        self._local_put(user_id, key, ticket, body, self._list_seconds)
+        self._local_put(user_id, f"list:{page}", ticket, body, self._list_seconds)
         return Lookup(body)
 
     async def put(self, user_id: int, found: Lookup, page: str, body: bytes) -> None:
@@ -177,8 +175,9 @@ class ChatroomCache(NoticeFed):
 
     def room_lookup(self, user_id: int, room_id: int) -> Lookup:
         ticket = self._generation
-        body = self._local_get(user_id, f"room:{room_id}")
-        (_ROOM_MISS if body is None else _ROOM_HIT).inc()
+        body = self.room_peek(user_id, room_id)
+        if body is None:
+            _ROOM_MISS.inc()
         return Lookup(body, ticket=ticket)
 
     def room_put(self, user_id: int, found: Lookup, room_id: int, body: bytes) -> None:

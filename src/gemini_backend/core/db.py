@@ -94,14 +94,15 @@ def create_engine(settings: Settings) -> AsyncEngine:
         "max_overflow": settings.db_max_overflow,
         "pool_timeout": settings.db_pool_timeout_seconds,
     }
-    if url.startswith("postgresql+asyncpg"):
+    asyncpg = url.startswith("postgresql+asyncpg")
+    if asyncpg:
         kwargs["connect_args"] = {
             "server_settings": {"application_name": "gemini-backend"},
             "timeout": settings.db_connect_timeout_seconds,
             "command_timeout": settings.db_command_timeout_seconds,
         }
     engine = create_async_engine(url, **kwargs)
-    if url.startswith("postgresql+asyncpg"):
+    if asyncpg:
         _replace_closed_connections(engine)
     return engine
 

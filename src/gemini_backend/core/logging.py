@@ -49,8 +49,13 @@ def redact_secrets(
     return event_dict
 
 
+def log_level(settings: Settings) -> int:
+    """LOG_LEVEL as a `logging` level (INFO if unknown)."""
+    return logging.getLevelNamesMapping().get(settings.log_level.upper(), logging.INFO)
+
+
 def configure_logging(settings: Settings) -> None:
-    level = logging.getLevelNamesMapping().get(settings.log_level.upper(), logging.INFO)
+    level = log_level(settings)
     use_json = settings.log_format == "json" or (
         settings.log_format == "auto" and settings.environment is Environment.PRODUCTION
     )

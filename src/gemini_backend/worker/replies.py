@@ -127,7 +127,7 @@ class ReplyGenerator:
         settings: Settings,
         clock: Clock,
         sessionmaker: async_sessionmaker[AsyncSession],
-        autocommit_sessionmaker: async_sessionmaker[AsyncSession] | None = None,
+        autocommit_sessionmaker: async_sessionmaker[AsyncSession],
         provider: Provider,
         streams: ReplyStream,
         cache: Cache,
@@ -139,7 +139,7 @@ class ReplyGenerator:
         self.sessionmaker = sessionmaker
         # One-statement writes (the claim, a completed finish) and reads: no BEGIN/COMMIT
         # round trips on PostgreSQL.
-        self.autocommit_sessionmaker = autocommit_sessionmaker or sessionmaker
+        self.autocommit_sessionmaker = autocommit_sessionmaker
         self.provider = provider
         self.streams = streams
         self.cache = cache
@@ -368,13 +368,9 @@ class ReplyGenerator:
                 # Another attempt took over (this one was swept as stale): it owns the outcome.
                 log.warning("reply_finish_superseded", reply_id=claim.reply_id)
                 return
-            if refund and reply.quota_day is not None:
-                user_id = (
-                    await session.execute(
-                        select(Chatroom.user_id).where(Chatroom.id == claim.chatroom_id)
-                    )
-                ).scalar_one()
-                await self.quota.release_daily_slot(session, user_id, reply.quota_day)
+            # (A reply exists only while its room does: the claim read the room's owner.)
+            if refund and reply.quota_day is not None and claim.user_id is not None:
+                await self.quota.release_daily_slot(session, claim.user_id, reply.quota_day)
             await session.commit()
             final = MessageOut.from_row(reply).model_dump_json()
         # Before the final event: a client that saw `done` and reads the room sees it finished.
@@ -409,19 +405,18 @@ class ReplyGenerator:
                     .returning(Message.id, Message.chatroom_id)
                 )
             ).all()
-            owners = (
-                (
-                    await session.execute(
-                        select(Chatroom.user_id)
-                        .where(Chatroom.id.in_({room_id for _, room_id in stale}))
-                        .distinct()
+            owners: Sequence[int] = []
+            if stale:
+                rooms = {room_id for _, room_id in stale}
+                owners = (
+                    (
+                        await session.execute(
+                            select(Chatroom.user_id).where(Chatroom.id.in_(rooms)).distinct()
+                        )
                     )
+                    .scalars()
+                    .all()
                 )
-                .scalars()
-                .all()
-                if stale
-                else []
-            )
         for user_id in owners:
             await self.chatrooms.room_changed(user_id)
         for reply_id, _ in stale:
