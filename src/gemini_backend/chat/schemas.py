@@ -4,6 +4,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StringConstraints
+from sqlalchemy import Row
 
 from gemini_backend.chat.models import Message, RoomView
 
@@ -115,7 +116,8 @@ class MessageOut(BaseModel):
     completed_at: datetime | None
 
     @classmethod
-    def from_row(cls, m: Message) -> MessageOut:
+    def from_row(cls, m: Message | Row[Any]) -> MessageOut:
+        """From an ORM message or a row of the messages table."""
         return cls(
             id=m.id,
             chatroom_id=m.chatroom_id,

@@ -12,10 +12,10 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import cast
 
 import structlog
-from sqlalchemy import bindparam, or_, select, update
+from sqlalchemy import Table, bindparam, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gemini_backend.ai.base import (
@@ -33,6 +33,7 @@ from gemini_backend.chat.schemas import MessageOut
 from gemini_backend.config import Settings
 from gemini_backend.core.cache import Cache
 from gemini_backend.core.clock import Clock
+from gemini_backend.core.db import UTCDateTime
 from gemini_backend.core.metrics import (
     JOB_LAG,
     PROVIDER_ATTEMPTS,
@@ -50,22 +51,119 @@ FAILED, BLOCKED, CANCELLED = "failed", "blocked", "cancelled"
 FINAL_STATES = frozenset({COMPLETED, FAILED, BLOCKED, CANCELLED})
 ACTIVE_STATES = frozenset({QUEUED, GENERATING})
 CANCEL_POLL_SECONDS = 0.25
+MAX_TURNS = 500  # the most messages read back as a reply's conversation
 
-# Built once; values are bound per execution.
-_ROOM = select(Chatroom.id, Chatroom.user_id, Chatroom.system_prompt, Chatroom.auto_title).where(
-    Chatroom.id == bindparam("room_id")
+# Built once; values are bound per execution. Core statements on the tables: the ORM's
+# bulk-update path (identity-map evaluation, statement building per call) was a fifth of a
+# worker's CPU per reply.
+_messages = cast(Table, Message.__table__)
+_rooms = cast(Table, Chatroom.__table__)
+
+# The claim: a conditional UPDATE, so a duplicate delivery finds nothing to take.
+_CLAIM = (
+    update(_messages)
+    .where(
+        _messages.c.id == bindparam("reply_id"),
+        _messages.c.status == QUEUED,
+        _messages.c.role == "assistant",
+    )
+    .values(
+        status=GENERATING,
+        attempts=_messages.c.attempts + 1,
+        updated_at=bindparam("now", type_=UTCDateTime()),
+        model=bindparam("model_name"),
+    )
+    .returning(
+        _messages.c.attempts, _messages.c.chatroom_id, _messages.c.reply_to, _messages.c.created_at
+    )
+)
+_ROOM = select(_rooms.c.id, _rooms.c.user_id, _rooms.c.system_prompt, _rooms.c.auto_title).where(
+    _rooms.c.id == bindparam("room_id")
 )
 # The conversation before a reply, newest first: completed turns and the message it answers.
 _TURNS = (
-    select(Message.id, Message.role, Message.content)
+    select(_messages.c.role, _messages.c.content)
     .where(
-        Message.chatroom_id == bindparam("room_id"),
-        Message.id < bindparam("reply_id"),
-        or_(Message.status == COMPLETED, Message.id == bindparam("user_message_id")),
+        _messages.c.chatroom_id == bindparam("room_id"),
+        _messages.c.id < bindparam("reply_id"),
+        or_(_messages.c.status == COMPLETED, _messages.c.id == bindparam("user_message_id")),
     )
-    .order_by(Message.id.desc())
-    .limit(500)
+    .order_by(_messages.c.id.desc())
+    .limit(MAX_TURNS)
 )
+# PostgreSQL: the claim, the room and the conversation in ONE statement (one round trip
+# instead of three). The conversation comes back as two arrays, newest first. The LATERAL
+# read sees the rows as they were before the claim, which changes only the reply itself
+# (never part of its own conversation). The same states and limit as _CLAIM and _TURNS.
+_CLAIM_POSTGRESQL = text(
+    """
+    WITH claimed AS (
+        UPDATE messages
+        SET status = 'generating', attempts = attempts + 1, updated_at = :now,
+            model = :model_name
+        WHERE id = :reply_id AND status = 'queued' AND role = 'assistant'
+        RETURNING attempts, chatroom_id, reply_to, created_at
+    )
+    SELECT claimed.attempts, claimed.chatroom_id, claimed.reply_to, claimed.created_at,
+           room.id, room.user_id, room.system_prompt, room.auto_title,
+           turns.roles, turns.contents
+    FROM claimed
+    LEFT JOIN chatrooms AS room ON room.id = claimed.chatroom_id
+    CROSS JOIN LATERAL (
+        SELECT array_agg(recent.role ORDER BY recent.id DESC) AS roles,
+               array_agg(recent.content ORDER BY recent.id DESC) AS contents
+        FROM (
+            SELECT id, role, content FROM messages
+            WHERE chatroom_id = claimed.chatroom_id AND id < :reply_id
+              AND (status = 'completed' OR id = claimed.reply_to)
+            ORDER BY id DESC
+            LIMIT 500
+        ) AS recent
+    ) AS turns
+    """
+).bindparams(bindparam("now", type_=UTCDateTime()))
+_HEARTBEAT = (
+    update(_messages)
+    .where(
+        _messages.c.id == bindparam("reply_id"),
+        _messages.c.status == GENERATING,
+        _messages.c.attempts == bindparam("attempt"),
+    )
+    .values(updated_at=bindparam("now", type_=UTCDateTime()))
+)
+_FINISH = (
+    update(_messages)
+    .where(
+        _messages.c.id == bindparam("reply_id"),
+        _messages.c.status == GENERATING,
+        _messages.c.attempts == bindparam("attempt"),
+    )
+    .values(
+        status=bindparam("new_status"),
+        content=bindparam("text"),
+        error=bindparam("error_code"),
+        finish_reason=bindparam("reason"),
+        prompt_tokens=bindparam("prompt"),
+        output_tokens=bindparam("output"),
+        thinking_tokens=bindparam("thinking"),
+        completed_at=bindparam("now", type_=UTCDateTime()),
+        updated_at=bindparam("now", type_=UTCDateTime()),
+    )
+    .returning(*_messages.c)
+)
+_TITLE = (
+    update(_rooms)
+    .where(_rooms.c.id == bindparam("room_id"), _rooms.c.auto_title.is_(True))
+    .values(name=bindparam("title"), auto_title=False)
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Room:
+    id: int
+    user_id: int
+    system_prompt: str | None
+    auto_title: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,69 +274,64 @@ class ReplyGenerator:
             if not title:
                 return
             async with self.autocommit_sessionmaker() as session:
-                changed = await session.execute(
-                    update(Chatroom)
-                    .where(Chatroom.id == room_id, Chatroom.auto_title.is_(True))
-                    .values(name=title, auto_title=False)
-                )
+                changed = await session.execute(_TITLE, {"room_id": room_id, "title": title})
                 await session.commit()
             if changed.rowcount:  # type: ignore[attr-defined]
                 await self.chatrooms.invalidate(user_id)
         except Exception:
             log.exception("title_failed", chatroom_id=room_id)
 
-    async def _claim(self, reply_id: int) -> tuple[Claim, Conversation, Any] | None:
+    async def _claim(self, reply_id: int) -> tuple[Claim, Conversation, _Room | None] | None:
         """Take the reply (a conditional UPDATE: a duplicate delivery finds nothing to take), then
         read its room and conversation. The claim is one statement, committed on its own: if
         this worker dies before it finishes, the reply stays `generating` without heartbeats and
-        the sweeper queues it again after REPLY_STALE_SECONDS."""
+        the sweeper queues it again after REPLY_STALE_SECONDS. On PostgreSQL the reads are part
+        of that statement."""
         now = self.clock.now()
+        params = {"reply_id": reply_id, "now": now, "model_name": self.provider.model}
         async with self.autocommit_sessionmaker() as session:
-            row = (
-                await session.execute(
-                    update(Message)
-                    .where(
-                        Message.id == reply_id,
-                        Message.status == QUEUED,
-                        Message.role == "assistant",
+            if session.get_bind().dialect.name == "postgresql":
+                row = (await session.execute(_CLAIM_POSTGRESQL, params)).one_or_none()
+                if row is None:
+                    return None
+                attempts, room_id, user_message_id, created_at = row[:4]
+                room = _Room(*row[4:8]) if row[4] is not None else None
+                turns = list(zip(row[8] or (), row[9] or (), strict=True))
+            else:
+                claimed = (await session.execute(_CLAIM, params)).one_or_none()
+                await session.commit()
+                if claimed is None:
+                    return None
+                attempts, room_id, user_message_id, created_at = claimed
+                found = (await session.execute(_ROOM, {"room_id": room_id})).one_or_none()
+                room = _Room(*found) if found is not None else None
+                turns = [
+                    (role, content)
+                    for role, content in await session.execute(
+                        _TURNS,
+                        {
+                            "room_id": room_id,
+                            "reply_id": reply_id,
+                            "user_message_id": user_message_id,
+                        },
                     )
-                    .values(
-                        status=GENERATING,
-                        attempts=Message.attempts + 1,
-                        updated_at=now,
-                        model=self.provider.model,
-                    )
-                    .returning(
-                        Message.attempts, Message.chatroom_id, Message.reply_to, Message.created_at
-                    )
-                )
-            ).one_or_none()
+                ]
             await session.commit()
-            if row is None:
-                return None
-            room = (await session.execute(_ROOM, {"room_id": row[1]})).one_or_none()
-            claim = Claim(reply_id, row[0], row[1], row[2], room.user_id if room else None)
-            rows = (
-                await session.execute(
-                    _TURNS,
-                    {
-                        "room_id": claim.chatroom_id,
-                        "reply_id": reply_id,
-                        "user_message_id": claim.user_message_id,
-                    },
-                )
-            ).all()
+        claim = Claim(reply_id, attempts, room_id, user_message_id, room.user_id if room else None)
         if claim.user_id is not None:
             await self.chatrooms.room_changed(claim.user_id)  # the reply is `generating` now
         if claim.attempt == 1:
-            JOB_LAG.observe(max(0.0, (now - row[3]).total_seconds()))
-        return claim, self._conversation(room, rows), room
-
-    def _conversation(self, room: Any, rows: Sequence[Any]) -> Conversation:
+            JOB_LAG.observe(max(0.0, (now - created_at).total_seconds()))
         system_prompt = room.system_prompt if room else None
+        return claim, self._conversation(system_prompt, turns), room
+
+    def _conversation(
+        self, system_prompt: str | None, recent: Sequence[tuple[str, str]]
+    ) -> Conversation:
+        """`recent`: (role, content) of the messages before the reply, newest first."""
         budget = self.settings.context_max_tokens - estimate_tokens(system_prompt or "")
         turns: list[Turn] = []
-        for _id, role, content in rows:  # newest first: keep the newest within the budget
+        for role, content in recent:  # newest first: keep the newest within the budget
             cost = estimate_tokens(content)
             if turns and cost > budget:
                 break
@@ -266,7 +359,9 @@ class ReplyGenerator:
         parts: list[str] = []
         attempt = 0
         deadline_heartbeat = time.monotonic() + self._heartbeat_interval()
-        last_cancel_check = 0.0
+        # The first look for a cancel request comes one interval after the claim, not at the
+        # first chunk: a short reply then costs no cache read at all.
+        last_cancel_check = time.monotonic()
         while True:
             attempt += 1
             PROVIDER_ATTEMPTS.labels(self.provider.name).inc()
@@ -322,16 +417,9 @@ class ReplyGenerator:
         return max(1.0, self.settings.reply_stale_seconds / 3)
 
     async def _heartbeat(self, claim: Claim) -> None:
+        params = {"reply_id": claim.reply_id, "attempt": claim.attempt, "now": self.clock.now()}
         async with self.autocommit_sessionmaker() as session:
-            await session.execute(
-                update(Message)
-                .where(
-                    Message.id == claim.reply_id,
-                    Message.status == GENERATING,
-                    Message.attempts == claim.attempt,
-                )
-                .values(updated_at=self.clock.now())
-            )
+            await session.execute(_HEARTBEAT, params)
             await session.commit()
 
     async def _finish(self, claim: Claim, outcome: Outcome) -> None:
@@ -341,29 +429,20 @@ class ReplyGenerator:
         # finish is one statement.
         refund = outcome.status in {FAILED, BLOCKED}
         factory = self.sessionmaker if refund else self.autocommit_sessionmaker
+        params = {
+            "reply_id": claim.reply_id,
+            "attempt": claim.attempt,
+            "new_status": outcome.status,
+            "text": outcome.text,
+            "error_code": outcome.error,
+            "reason": outcome.finish_reason,
+            "prompt": usage.prompt_tokens,
+            "output": usage.output_tokens,
+            "thinking": usage.thinking_tokens,
+            "now": now,
+        }
         async with factory() as session:
-            reply = (
-                await session.execute(
-                    update(Message)
-                    .where(
-                        Message.id == claim.reply_id,
-                        Message.status == GENERATING,
-                        Message.attempts == claim.attempt,
-                    )
-                    .values(
-                        status=outcome.status,
-                        content=outcome.text,
-                        error=outcome.error,
-                        finish_reason=outcome.finish_reason,
-                        prompt_tokens=usage.prompt_tokens,
-                        output_tokens=usage.output_tokens,
-                        thinking_tokens=usage.thinking_tokens,
-                        completed_at=now,
-                        updated_at=now,
-                    )
-                    .returning(Message)
-                )
-            ).scalar_one_or_none()
+            reply = (await session.execute(_FINISH, params)).one_or_none()
             if reply is None:
                 # Another attempt took over (this one was swept as stale): it owns the outcome.
                 log.warning("reply_finish_superseded", reply_id=claim.reply_id)
