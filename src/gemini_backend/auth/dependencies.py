@@ -48,11 +48,11 @@ async def _user_record(
     return user
 
 
-def _auth_service(request: Request, session: DbSession) -> AuthService:
+async def _auth_service(request: Request, session: DbSession) -> AuthService:
     return AuthService(session, request.app.state.auth)
 
 
-def client_ip(request: Request) -> str:
+async def client_ip(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 

@@ -102,7 +102,7 @@ class WebhookAck(BaseModel):
     outcome: str = Field(description="applied | stale | ignored | duplicate")
 
 
-def _billing(request: Request, session: DbSession) -> BillingService:
+async def _billing(request: Request, session: DbSession) -> BillingService:
     state = request.app.state
     return BillingService(
         session, state.settings, state.stripe, state.clock.now(), state.principals

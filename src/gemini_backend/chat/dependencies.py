@@ -58,23 +58,28 @@ def found_room(room: _Room | None) -> _Room:
 
 async def _room_message(
     session: DbSession,
-    room: Annotated[RoomView, Depends(_room_view)],
+    user: CurrentUser,
+    chatroom_id: ChatroomId,
     message_id: Annotated[int, Path(ge=1, le=MAX_ID, description="Message id")],
 ) -> Message:
-    """A message of the caller's chatroom (404 for another room's, or another user's)."""
-    message = await repo.room_message(session, room.id, message_id)
+    """A message of the caller's chatroom: one statement checks both. When it finds nothing,
+    the room is looked at to tell which 404 it is (another user's room is a missing room)."""
+    message = await repo.owned_message(session, user.id, chatroom_id, message_id)
     if message is None:
+        found_room(await repo.owned_room_view(session, user.id, chatroom_id))
         raise MessageNotFound()
-    structlog.contextvars.bind_contextvars(message_id=message.id)
+    structlog.contextvars.bind_contextvars(chatroom_id=chatroom_id, message_id=message.id)
     return message
 
 
-def _chatroom_service(request: Request, session: DbSession) -> ChatroomService:
+# Dependencies are `async def` even when they only build an object: FastAPI runs a plain `def`
+# dependency in its thread pool, a thread hop per request.
+async def _chatroom_service(request: Request, session: DbSession) -> ChatroomService:
     state = request.app.state
     return ChatroomService(session, state.clock, state.chatroom_cache)
 
 
-def _message_sender(request: Request, session: DbSession) -> MessageSender:
+async def _message_sender(request: Request, session: DbSession) -> MessageSender:
     state = request.app.state
     return MessageSender(
         session=session,

@@ -141,14 +141,23 @@ async def messages_page(
     return rows
 
 
-_ROOM_MESSAGE = select(Message).where(
-    Message.id == bindparam("message_id"), Message.chatroom_id == bindparam("room_id")
+# A message of one of the user's rooms, the room's ownership checked in the same statement.
+_OWNED_MESSAGE = (
+    select(Message)
+    .join(Chatroom, Chatroom.id == Message.chatroom_id)
+    .where(
+        Message.id == bindparam("message_id"),
+        Message.chatroom_id == bindparam("room_id"),
+        Chatroom.user_id == bindparam("user_id"),
+    )
 )
 
 
-async def room_message(session: AsyncSession, room_id: int, message_id: int) -> Message | None:
-    params = {"message_id": message_id, "room_id": room_id}
-    return (await session.execute(_ROOM_MESSAGE, params)).scalar_one_or_none()
+async def owned_message(
+    session: AsyncSession, user_id: int, room_id: int, message_id: int
+) -> Message | None:
+    params = {"message_id": message_id, "room_id": room_id, "user_id": user_id}
+    return (await session.execute(_OWNED_MESSAGE, params)).scalar_one_or_none()
 
 
 _ACTIVE_REPLIES = (
