@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -120,44 +118,3 @@ class Conversation:
     ttft_ms: float = 0.0  # 202 received -> first `delta` event received
     done_ms: float = 0.0  # 202 received -> `done` event received
     error: str = ""
-
-
-async def converse(api: Api, token: str, room: int, content: str) -> Conversation:
-    """POST a message, then open its stream at once (the URL from the receipt) and read it to
-    the end; the time to the first `delta` is the backend-added time to first token."""
-    started = time.perf_counter()
-    try:
-        response = await api.client.post(
-            f"/chatroom/{room}/message",
-            json={"content": content},
-            headers=Api._auth(token),
-        )
-        accepted = time.perf_counter()
-        if response.status_code != 202:
-            return Conversation(False, error=f"send {response.status_code}")
-        url = response.json()["stream_url"]
-        first = None
-        event = ""
-        async with api.client.stream(
-            "GET", url, headers={**Api._auth(token), "Accept": "text/event-stream"}
-        ) as stream:
-            if stream.status_code != 200:
-                return Conversation(False, error=f"stream {stream.status_code}")
-            async for line in stream.aiter_lines():
-                if line.startswith("event:"):
-                    event = line[6:].strip()
-                    if event == "delta" and first is None:
-                        first = time.perf_counter()
-                    elif event in {"done", "error"}:
-                        finished = time.perf_counter()
-                        if event == "error" or first is None:
-                            return Conversation(False, error=f"reply ended with {event}")
-                        return Conversation(
-                            True,
-                            post_ms=(accepted - started) * 1000,
-                            ttft_ms=(first - accepted) * 1000,
-                            done_ms=(finished - accepted) * 1000,
-                        )
-        return Conversation(False, error=f"stream ended after {event or 'nothing'}")
-    except (httpx.HTTPError, json.JSONDecodeError, KeyError) as exc:
-        return Conversation(False, error=type(exc).__name__)

@@ -35,8 +35,8 @@ import asyncpg
 import httpx
 import redis
 
-from bench import report
-from bench.api import Api, User, bounded, converse, number
+from bench import lean, report
+from bench.api import Api, User, bounded, number
 from bench.load import LoadGenerator, LoadResult, Req, ensure_wrk, percentile
 from bench.procs import (
     BIN,
@@ -869,22 +869,24 @@ def phase_sweep(run: Run, stack: Stack, users: list[User]) -> int:
 
 
 async def _end_to_end(base_url: str, users: list[User], count: int) -> dict[str, Any]:
-    async with Api(base_url, 64) as api:
-        began = time.perf_counter()
-        receipts = await bounded(
-            [
-                lambda i=i: api.send(
-                    users[i % len(users)].token,
-                    users[i % len(users)].rooms[-1],
-                    f"end to end {i}",
-                )
-                for i in range(count)
-            ],
-            64,
-        )
-        sent = time.perf_counter() - began
-    ids = [int(r["reply_id"]) for r in receipts]
-    return {"reply_ids": ids, "send_seconds": sent}
+    """`count` sends from 64 senders at once (lean client, one connection each)."""
+    senders = 64
+    reply_ids: list[int] = []
+
+    async def sender(first: int) -> None:
+        conn = lean.Connection.to(base_url)
+        try:
+            for i in range(first, count, senders):
+                user = users[i % len(users)]
+                receipt = await lean.send(conn, user.token, user.rooms[-1], f"end to end {i}")
+                reply_ids.append(int(receipt["reply_id"]))
+        finally:
+            await conn.close()
+
+    began = time.perf_counter()
+    await asyncio.gather(*(sender(k) for k in range(senders)))
+    sent = time.perf_counter() - began
+    return {"reply_ids": reply_ids, "send_seconds": sent}
 
 
 def phase_pipeline(run: Run, stack: Stack, users: list[User], api_workers: int) -> None:
@@ -939,19 +941,21 @@ def ttft_level(run: Run, base_url: str, users: list[User], level: int, key: str)
     if level == 1:
         rounds = run.args.ttft_samples
 
-    async def go() -> list[Any]:
-        async with Api(base_url, level * 2 + 10) as api:
+    async def go() -> tuple[list[Any], float]:
+        async def conversation(user: User) -> list[Any]:
+            conn = lean.Connection.to(base_url)  # one keep-alive connection per conversation
+            try:
+                return [
+                    await lean.converse(conn, user.token, user.rooms[-1], f"ttft {i}")
+                    for i in range(rounds)
+                ]
+            finally:
+                await conn.close()
 
-            async def conversation(user: User) -> list[Any]:
-                out = []
-                for i in range(rounds):
-                    out.append(await converse(api, user.token, user.rooms[-1], f"ttft {i}"))
-                return out
-
-            began = time.perf_counter()
-            per_user = await asyncio.gather(*(conversation(u) for u in users[:level]))
-            elapsed = time.perf_counter() - began
-            return [x for group in per_user for x in group], elapsed
+        began = time.perf_counter()
+        per_user = await asyncio.gather(*(conversation(u) for u in users[:level]))
+        elapsed = time.perf_counter() - began
+        return [x for group in per_user for x in group], elapsed
 
     results, elapsed = asyncio.run(go())
     ok = [r for r in results if r.ok]
