@@ -95,6 +95,52 @@ def machine_busy(interval: float) -> float:
     return 1.0 - (idle_b - idle_a) / spent if spent else 0.0
 
 
+def pids_named(prefix: str) -> list[int]:
+    """Processes whose command name starts with `prefix` (postgres, redis-server)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (entry / "comm").read_text().startswith(prefix):
+                    found.append(int(entry.name))
+    return found
+
+
+class CpuShares:
+    """CPU seconds used by each part of the system between `__init__` and `stop()`: the API
+    processes, the workers, PostgreSQL, Redis and the load client (this process)."""
+
+    def __init__(self, api: Proc, workers: list[Proc]) -> None:
+        self._groups = {
+            "api": lambda: [api.pid, *api.children()],
+            "workers": lambda: [w.pid for w in workers],
+            "postgres": lambda: pids_named("postgres"),
+            "redis": lambda: pids_named("redis-server"),
+            "client": lambda: [os.getpid()],
+        }
+        self._start = self._now()
+
+    def _now(self) -> dict[str, dict[int, float]]:
+        return {
+            name: {pid: sum(cpu_times([pid])) for pid in pids()}
+            for name, pids in self._groups.items()
+        }
+
+    def stop(self) -> dict[str, float]:
+        """CPU seconds per part (a process started meanwhile counts from zero)."""
+        end = self._now()
+        return {
+            name: sum(v - self._start[name].get(pid, 0.0) for pid, v in end[name].items())
+            for name in end
+        }
+
+
+def cpu_counters() -> tuple[int, int]:
+    """All CPU time and the part of it stolen by the hypervisor, since boot (/proc/stat)."""
+    values = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(values[:8]), values[7]
+
+
 def open_fds(pid: int) -> int:
     try:
         return len(os.listdir(f"/proc/{pid}/fd"))

@@ -131,7 +131,12 @@ def table(results: dict[str, Any]) -> str:
         f"{m.get('python')}, PostgreSQL {m.get('postgres')} (fsync {m.get('postgres_fsync')}, "
         f"synchronous_commit {m.get('postgres_synchronous_commit')}), Redis {m.get('redis')}; "
         f"client {m.get('client')} ({m.get('wrk', '')}), load average at start "
-        f"{m.get('load_average_at_start')}."
+        f"{m.get('load_average_at_start')}"
+        + (
+            f", CPU time stolen by the hypervisor during the run {m['cpu_steal_during_run']:.1%}."
+            if "cpu_steal_during_run" in m
+            else "."
+        )
     )
     lines.append("")
     rps, p50, p99 = results["req_per_s"], results["p50_ms"], results["p99_ms"]
@@ -221,14 +226,18 @@ def table(results: dict[str, Any]) -> str:
         lines.append("")
         lines.append(
             "| conversations | p50 ms | p95 ms | p99 ms | messages | failed | send p50 ms | "
-            "202 → `done` p50 ms |"
+            "202 → `done` p50 ms | messages/s | CPU ms per message: API / workers / "
+            "PostgreSQL / Redis / load client |"
         )
-        lines.append("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        lines.append("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for level, v in ttft.items():
+            cpu = v.get("cpu_ms_per_message", {})
+            parts = ("api", "workers", "postgres", "redis", "client")
+            shares = " / ".join(_fmt(cpu[k], 2) for k in parts) if cpu else ""
             lines.append(
                 f"| {level} | {_fmt(v['p50'], 2)} | {_fmt(v['p95'], 2)} | {_fmt(v['p99'], 2)} | "
                 f"{v['samples']} | {v['failed']} | {_fmt(v['post_p50_ms'], 2)} | "
-                f"{_fmt(v['done_p50_ms'], 2)} |"
+                f"{_fmt(v['done_p50_ms'], 2)} | {_fmt(v.get('messages_per_s'), 1)} | {shares} |"
             )
         lines.append("")
     streams = results.get("streams", {})

@@ -43,8 +43,10 @@ from bench.procs import (
     ROOT,
     SERVICE,
     Cleanup,
+    CpuShares,
     Proc,
     clean_env,
+    cpu_counters,
     cpu_times,
     free_port,
     machine_busy,
@@ -113,6 +115,7 @@ class Run:
             "notes": [],
         }
         self.procs_seen: list[Proc] = []
+        self.cpu_at_start: tuple[int, int] | None = None
 
     # --- helpers -------------------------------------------------------------------------------
     def proc(self, name: str, argv: list[str], env: dict[str, str]) -> Proc:
@@ -926,12 +929,21 @@ def phase_pipeline(run: Run, stack: Stack, users: list[User], api_workers: int) 
         log(f"  end to end: {done}/{count} replies in {span:.1f} s = {rate or 0:.1f} replies/s")
 
         for level in args.ttft_levels:
-            ttft_level(run, base_url, users, level, str(level))
+            shares = CpuShares(proc, stack.workers)
+            entry = ttft_level(run, base_url, users, level, str(level))
+            spent = shares.stop()
+            if entry["samples"]:
+                # Where the machine's CPU went, per message: the analysis' breakdown.
+                entry["cpu_ms_per_message"] = {
+                    name: round(seconds * 1000 / entry["samples"], 2)
+                    for name, seconds in spent.items()
+                }
+                log(f"    CPU ms per message: {entry['cpu_ms_per_message']}")
     finally:
         proc.stop()
 
 
-def ttft_level(run: Run, base_url: str, users: list[User], level: int, key: str) -> dict[str, int]:
+def ttft_level(run: Run, base_url: str, users: list[User], level: int, key: str) -> dict[str, Any]:
     """`level` conversations at once, each sending, streaming its reply to the end, and
     sending again; the backend-added time to first token of every message."""
     if level > len(users):
@@ -982,7 +994,7 @@ def ttft_level(run: Run, base_url: str, users: list[User], level: int, key: str)
         f"  ttft at {key} conversations: p50 {entry['p50']} p95 {entry['p95']} "
         f"p99 {entry['p99']} ms ({len(ok)} ok, {len(failed)} failed {reasons or ''})"
     )
-    return reasons
+    return entry
 
 
 def phase_embedded(run: Run) -> None:
@@ -1093,7 +1105,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--drain-timeout", type=float, default=120.0)
     p.add_argument("--drain-seconds", type=float, default=25.0, help="window of the backlog drain")
     p.add_argument("--ttft-levels", type=ints, default=[1, 50, 500])
-    p.add_argument("--ttft-samples", type=int, default=200, help="messages per TTFT level (about)")
+    p.add_argument("--ttft-samples", type=int, default=500, help="messages per TTFT level (about)")
     p.add_argument("--sweep", type=ints, default=[1, 2, 4])
     p.add_argument("--pgbench-seconds", type=int, default=20)
     p.add_argument("--pgbench-clients", type=int, default=4)
@@ -1132,6 +1144,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, interrupted)
     run = Run(args)
+    run.cpu_at_start = cpu_counters()
     started = dt.datetime.now(dt.UTC)
     status = 0
     try:
@@ -1180,6 +1193,11 @@ def main(argv: list[str] | None = None) -> int:
         run.cleanup.stop_all()
         run.collect_problems()
         run.cleanup.run()
+    total, stolen = cpu_counters()
+    if run.cpu_at_start and total > run.cpu_at_start[0]:
+        # Time the hypervisor gave to other guests: the same code measures slower when it is high.
+        share = (stolen - run.cpu_at_start[1]) / (total - run.cpu_at_start[0])
+        run.results.setdefault("machine", {})["cpu_steal_during_run"] = round(share, 3)
     elapsed = time.monotonic() - T0
     report.finish(run.results, args=vars(args), started=started, elapsed=elapsed)
     day = started.date().isoformat()
