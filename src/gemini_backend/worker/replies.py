@@ -122,35 +122,24 @@ _CLAIM_POSTGRESQL = text(
     ) AS turns
     """
 ).bindparams(bindparam("now", type_=UTCDateTime()))
-_HEARTBEAT = (
-    update(_messages)
-    .where(
-        _messages.c.id == bindparam("reply_id"),
-        _messages.c.status == GENERATING,
-        _messages.c.attempts == bindparam("attempt"),
-    )
-    .values(updated_at=bindparam("now", type_=UTCDateTime()))
+# The reply as one attempt claimed it: still generating, not taken over by a later attempt.
+_THIS_ATTEMPT = update(_messages).where(
+    _messages.c.id == bindparam("reply_id"),
+    _messages.c.status == GENERATING,
+    _messages.c.attempts == bindparam("attempt"),
 )
-_FINISH = (
-    update(_messages)
-    .where(
-        _messages.c.id == bindparam("reply_id"),
-        _messages.c.status == GENERATING,
-        _messages.c.attempts == bindparam("attempt"),
-    )
-    .values(
-        status=bindparam("new_status"),
-        content=bindparam("text"),
-        error=bindparam("error_code"),
-        finish_reason=bindparam("reason"),
-        prompt_tokens=bindparam("prompt"),
-        output_tokens=bindparam("output"),
-        thinking_tokens=bindparam("thinking"),
-        completed_at=bindparam("now", type_=UTCDateTime()),
-        updated_at=bindparam("now", type_=UTCDateTime()),
-    )
-    .returning(*_messages.c)
-)
+_HEARTBEAT = _THIS_ATTEMPT.values(updated_at=bindparam("now", type_=UTCDateTime()))
+_FINISH = _THIS_ATTEMPT.values(
+    status=bindparam("new_status"),
+    content=bindparam("text"),
+    error=bindparam("error_code"),
+    finish_reason=bindparam("reason"),
+    prompt_tokens=bindparam("prompt"),
+    output_tokens=bindparam("output"),
+    thinking_tokens=bindparam("thinking"),
+    completed_at=bindparam("now", type_=UTCDateTime()),
+    updated_at=bindparam("now", type_=UTCDateTime()),
+).returning(*_messages.c)
 _TITLE = (
     update(_rooms)
     .where(_rooms.c.id == bindparam("room_id"), _rooms.c.auto_title.is_(True))
