@@ -58,7 +58,7 @@ class ResilientRedisStreamBroker(RedisStreamBroker):
         delay = 0.5
         while True:
             try:
-                async for message in super().listen():
+                async for message in _cancellable(super().listen()):
                     delay = 0.5
                     yield message
             except (RedisConnectionError, RedisTimeoutError, ResponseError, OSError) as exc:
@@ -72,6 +72,37 @@ class ResilientRedisStreamBroker(RedisStreamBroker):
                 except (RedisConnectionError, RedisTimeoutError, OSError):
                     continue
                 log.info("queue_reconnected")
+
+
+async def _cancellable(
+    messages: AsyncGenerator[AckableMessage, None],
+) -> AsyncGenerator[AckableMessage, None]:
+    """The stock listener, cancellable at any point.
+
+    taskiq stops a worker by cancelling the listener's pending read once, then waits for it.
+    A cancel that lands while the stock listener is sending its XAUTOCLAIM pipeline is lost
+    (redis-py 8.1 / taskiq-redis 1.2), and the listener goes back to a blocking XREADGROUP
+    that only a new job ends: the worker's stop then waited for its whole timeout. Here each
+    read is a task of its own, cancelled again until it is done. A job read meanwhile is not
+    acknowledged, so it is delivered again (and the sweeper re-queues its reply anyway).
+    """
+    try:
+        while True:
+            step = asyncio.ensure_future(anext(messages))
+            try:
+                await asyncio.wait({step})
+            except asyncio.CancelledError:
+                while not step.done():
+                    step.cancel()
+                    await asyncio.wait({step}, timeout=0.05)
+                raise
+            try:
+                message = step.result()
+            except StopAsyncIteration:
+                return
+            yield message
+    finally:
+        await messages.aclose()
 
 
 def create_broker(settings: Settings) -> AsyncBroker:
