@@ -1,4 +1,4 @@
-"""The service's HTTP API as the harness uses it (httpx, asyncio): sign-in, rooms, sends, SSE."""
+"""The service's HTTP API as the harness uses it to set up (httpx): sign-in, rooms, sends."""
 
 from __future__ import annotations
 
@@ -107,14 +107,3 @@ class Api:
 
     async def get(self, path: str, token: str) -> httpx.Response:
         return await self.client.get(path, headers=self._auth(token))
-
-
-@dataclass
-class Conversation:
-    """One message of a conversation, timed from the client."""
-
-    ok: bool
-    post_ms: float = 0.0
-    ttft_ms: float = 0.0  # 202 received -> first `delta` event received
-    done_ms: float = 0.0  # 202 received -> `done` event received
-    error: str = ""

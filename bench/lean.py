@@ -15,9 +15,19 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
-from bench.api import Conversation
+
+@dataclass
+class Conversation:
+    """One message of a conversation, timed from the client."""
+
+    ok: bool
+    post_ms: float = 0.0
+    ttft_ms: float = 0.0  # 202 received -> first `delta` event received
+    done_ms: float = 0.0  # 202 received -> `done` event received
+    error: str = ""
 
 
 class HttpError(Exception):

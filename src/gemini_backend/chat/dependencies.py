@@ -66,7 +66,7 @@ async def _room_message(
     the room is looked at to tell which 404 it is (another user's room is a missing room)."""
     message = await repo.owned_message(session, user.id, chatroom_id, message_id)
     if message is None:
-        found_room(await repo.owned_room_view(session, user.id, chatroom_id))
+        await _room_view(session, user, chatroom_id)  # 404 chatroom_not_found
         raise MessageNotFound()
     structlog.contextvars.bind_contextvars(chatroom_id=chatroom_id, message_id=message.id)
     return message
