@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import date
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from gemini_backend.chat.models import Chatroom, Message
 from gemini_backend.quota.models import DailyUsage
@@ -151,6 +151,56 @@ async def test_a_send_with_no_quota_at_all_writes_nothing(client, app, alice, ro
 async def test_a_throttled_send_writes_nothing(client, app, alice, room):
     assert (await send(client, alice, room)).status_code == 202
     await _refused_send_writes_nothing(client, app, alice, room, "rate_limited")
+
+
+@pytest.mark.parametrize("key", [None, "k-1"])
+async def test_a_send_to_a_room_not_ones_own_writes_nothing(client, app, alice, room, key):
+    bob = bearer(await sign_in(client))
+    headers = bob if key is None else {**bob, "Idempotency-Key": key}
+    before = await stored(app, room)
+    for target in (room, 987654):
+        refused = await client.post(
+            f"/chatroom/{target}/message", json={"content": "mine now"}, headers=headers
+        )
+        assert refused.status_code == 404
+        assert refused.json() == {"detail": "No such chatroom.", "code": "chatroom_not_found"}
+    after = await stored(app, room)
+    assert [m.id for m in after[0]] == [m.id for m in before[0]]
+    assert after[1].message_count == before[1].message_count == 0
+    assert after[2] == before[2] == 0  # no slot taken by anyone
+    usage = (await client.get("/user/usage", headers=bob)).json()
+    assert usage["used_today"] == 0
+
+
+@pytest.mark.parametrize("settings_overrides", [{"basic_daily_limit": 1, "send_per_minute": 2}])
+async def test_the_per_minute_throttle_counts_before_the_daily_quota(client, alice, room):
+    # Every send that passes validation counts toward the minute, a refused one too: the
+    # throttle comes first so that a send can be one statement that commits on its own.
+    assert (await send(client, alice, room)).status_code == 202
+    assert (await send(client, alice, room)).json()["code"] == "daily_limit_reached"
+    assert (await send(client, alice, room)).json()["code"] == "rate_limited"
+
+
+async def test_a_send_is_one_statement_in_autocommit_on_postgresql(client, app, alice, room):
+    """Without an Idempotency-Key: the room check, the slot, both inserts and the room's
+    counters in one statement that is its own transaction (no BEGIN/COMMIT round trips)."""
+    if not app.state.database.autocommits:
+        pytest.skip("SQLite chains the steps in one transaction")
+    seen: list[tuple[str, object]] = []
+
+    def record(conn, _cursor, statement, *_args):
+        seen.append((statement, conn.get_execution_options().get("isolation_level")))
+
+    engine = app.state.database.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        assert (await send(client, alice, room)).status_code == 202
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert len(seen) == 1, [s for s, _ in seen]
+    statement, isolation = seen[0]
+    assert statement.startswith("WITH room AS")
+    assert isolation == "AUTOCOMMIT"
 
 
 @pytest.mark.parametrize("settings_overrides", [{"basic_daily_limit": 1}])

@@ -2,32 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 import structlog
 from fastapi import Depends, Path, Request
 
 from gemini_backend.auth.dependencies import CurrentUser
 from gemini_backend.chat import repository as repo
+from gemini_backend.chat.errors import MessageNotFound, found_room
 from gemini_backend.chat.models import Chatroom, Message, RoomView
 from gemini_backend.chat.sending import MessageSender
 from gemini_backend.chat.service import ChatroomService
 from gemini_backend.core.db import DbSession
-from gemini_backend.core.errors import NotFound
 
 MAX_ID = 2**63 - 1
-_Room = TypeVar("_Room", bound=RoomView)
 ChatroomId = Annotated[int, Path(ge=1, le=MAX_ID, description="Chatroom id")]
-
-
-class MessageNotFound(NotFound):
-    code = "message_not_found"
-    detail = "No such message in this chatroom."
-
-
-class ChatroomNotFound(NotFound):
-    code = "chatroom_not_found"
-    detail = "No such chatroom."
 
 
 async def _owned_chatroom(
@@ -46,14 +35,6 @@ async def _room_view(
 ) -> RoomView:
     """The same check for routes that only read the room: a plain row, no ORM instance."""
     return found_room(await repo.owned_room_view(session, user.id, chatroom_id))
-
-
-def found_room(room: _Room | None) -> _Room:
-    """The room, or 404 (missing and another user's alike)."""
-    if room is None:
-        raise ChatroomNotFound()
-    structlog.contextvars.bind_contextvars(chatroom_id=room.id)
-    return room
 
 
 async def _room_message(
@@ -79,10 +60,12 @@ async def _chatroom_service(request: Request, session: DbSession) -> ChatroomSer
     return ChatroomService(session, state.clock, state.chatroom_cache)
 
 
-async def _message_sender(request: Request, session: DbSession) -> MessageSender:
+async def _message_sender(request: Request) -> MessageSender:
+    """No request session: a send takes its own connection (sending.py); retry and cancel are
+    given the request's session."""
     state = request.app.state
     return MessageSender(
-        session=session,
+        database=state.database,
         settings=state.settings,
         clock=state.clock,
         quota=state.quota,

@@ -30,7 +30,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from gemini_backend.chat.models import Chatroom, IdempotencyKey, Message, RoomView
 from gemini_backend.core.db import BigIntId, UTCDateTime
@@ -187,6 +187,7 @@ _room_id = bindparam("room_id", type_=BigIntId)
 _now = bindparam("now", type_=UTCDateTime())
 _body = bindparam("body", type_=Text())
 _answers = bindparam("answers", type_=BigIntId)
+_owner = bindparam("owner", type_=BigIntId)
 _quota_day = _messages.c.quota_day
 _slot_day = bindparam("slot_day", type_=_quota_day.type)
 
@@ -232,7 +233,7 @@ def _touch(added: int) -> Any:
 
 
 @cache
-def _exchange_postgresql(limited: bool, with_user_message: bool) -> Any:
+def _exchange_postgresql(limited: bool, with_user_message: bool, owner_checked: bool) -> Any:
     """The whole send as ONE statement (data-modifying CTEs):
 
         WITH slot  AS (INSERT INTO daily_usage ... ON CONFLICT DO UPDATE ... RETURNING count),
@@ -249,8 +250,18 @@ def _exchange_postgresql(limited: bool, with_user_message: bool) -> Any:
     produced from the user message's row, so its id (from the same sequence) is the higher one,
     as with two separate inserts. A retry (`with_user_message=False`) inserts only the reply,
     answering `reply_to`.
+
+    `owner_checked` (a send): the room's ownership is checked in the same statement, by a first
+    step `room AS (SELECT id FROM chatrooms WHERE id = :room_id AND user_id = :owner)` from which
+    the slot's row is selected, and the statement always returns one row: (room found, slot
+    count, user message id, reply id), the last three NULL when nothing was written.
     """
-    slot = daily_slot_upsert("postgresql", limited).cte("slot")
+    room = (
+        select(_rooms.c.id).where(_rooms.c.id == _room_id, _rooms.c.user_id == _owner).cte("room")
+        if owner_checked
+        else None
+    )
+    slot = daily_slot_upsert("postgresql", limited, only_if=room).cte("slot")
     if with_user_message:
         um = (
             insert(_messages)
@@ -268,6 +279,11 @@ def _exchange_postgresql(limited: bool, with_user_message: bool) -> Any:
         .cte("reply")
     )
     touch = _touch(added).where(_rooms.c.id == _room_id, select(reply.c.id).exists()).cte("touch")
+    if room is not None:
+        return select(
+            select(room.c.id).exists(),
+            *(select(c).scalar_subquery() for c in (slot.c.count, answered, reply.c.id)),
+        ).add_cte(touch)
     if with_user_message:
         joined = slot.join(um, true()).join(reply, true())
         columns = (slot.c.count, um.c.id, reply.c.id)
@@ -322,7 +338,7 @@ async def insert_exchange(
         params["answers"] = reply_to
     limited = "slot_limit" in slot
     if session.get_bind().dialect.name == "postgresql":
-        stmt = _exchange_postgresql(limited, with_user_message)
+        stmt = _exchange_postgresql(limited, with_user_message, False)
         row = (await session.execute(stmt, params)).one_or_none()
         return None if row is None else Exchange(row[0], row[1], row[2])
 
@@ -338,6 +354,27 @@ async def insert_exchange(
     reply_id = (await session.execute(_INSERT_REPLY, params)).scalar_one()
     await session.execute(_TOUCH_ROOM[2 if with_user_message else 1], params)
     return Exchange(used, params["answers"], reply_id)
+
+
+async def send_to_owned_room(
+    conn: AsyncConnection,
+    slot: dict[str, Any],
+    *,
+    user_id: int,
+    room_id: int,
+    now: datetime,
+    content: str,
+) -> tuple[bool, Exchange | None]:
+    """PostgreSQL: `insert_exchange` of a new user message with the room's ownership checked in
+    the same single statement, for a connection in autocommit (the statement is the whole
+    transaction). (False, None): no such room of this user; (True, None): the slot was not
+    taken; nothing is written in either case."""
+    params = {**slot, "room_id": room_id, "owner": user_id, "now": now, "body": content}
+    stmt = _exchange_postgresql("slot_limit" in slot, True, True)
+    found, used, message_id, reply_id = (await conn.execute(stmt, params)).one()
+    if not found or used is None:
+        return bool(found), None
+    return True, Exchange(used, message_id, reply_id)
 
 
 # --- idempotency keys ---------------------------------------------------------------------

@@ -18,8 +18,8 @@ from gemini_backend.chat.dependencies import (
     MessageSenderDep,
     OwnedChatroom,
     RoomMessage,
-    found_room,
 )
+from gemini_backend.chat.errors import found_room
 from gemini_backend.chat.replies import ReplyStreamResponse, reply_events
 from gemini_backend.chat.schemas import (
     REPLY_EXAMPLE,
@@ -34,6 +34,7 @@ from gemini_backend.chat.schemas import (
     SendReceipt,
 )
 from gemini_backend.chat.service import ChatroomService
+from gemini_backend.core.db import DbSession
 from gemini_backend.core.errors import BadRequest
 from gemini_backend.core.openapi import (
     AUTH_ERRORS,
@@ -294,7 +295,7 @@ class NotAReply(BadRequest):
 )
 async def send_message(
     body: MessageCreate,
-    room: ChatroomView,
+    chatroom_id: ChatroomId,
     user: CurrentUser,
     sender: MessageSenderDep,
     response: Response,
@@ -303,7 +304,9 @@ async def send_message(
         Header(alias="Idempotency-Key", description="Same key (24 h) = same receipt"),
     ] = None,
 ) -> SendReceipt:
-    receipt, quota = await sender.send(user, room, body.content, idempotency_key)
+    # The room is checked by the send itself (in its statement on PostgreSQL), not by a
+    # dependency: the send needs no request session.
+    receipt, quota = await sender.send(user, chatroom_id, body.content, idempotency_key)
     response.headers.update(quota.headers(sender.clock.now()))
     return receipt
 
@@ -385,11 +388,11 @@ async def stream_reply(
     },
 )
 async def cancel_reply(
-    message: RoomMessage, user: CurrentUser, sender: MessageSenderDep
+    message: RoomMessage, user: CurrentUser, sender: MessageSenderDep, session: DbSession
 ) -> MessageOut:
     if message.role != "assistant":
         raise NotAReply()
-    return MessageOut.from_row(await sender.cancel(user.id, message))
+    return MessageOut.from_row(await sender.cancel(session, user.id, message))
 
 
 @router.post(
@@ -422,8 +425,9 @@ async def retry_reply(
     message: RoomMessage,
     user: CurrentUser,
     sender: MessageSenderDep,
+    session: DbSession,
     response: Response,
 ) -> SendReceipt:
-    receipt, quota = await sender.retry(user, room, message)
+    receipt, quota = await sender.retry(session, user, room, message)
     response.headers.update(quota.headers(sender.clock.now()))
     return receipt

@@ -1,13 +1,16 @@
 """Sending a message (DESIGN.md, "The path of a message", step 1).
 
-In one transaction: the idempotency key is claimed, the quota slot is taken, the user message
-and a `queued` reply are inserted and the room's counters move. The job (the reply id) is
-enqueued only after the commit, so a rolled-back request enqueues nothing.
+First the per-minute throttle counts the send. Then, in one transaction: the room's ownership is
+checked, the idempotency key is claimed, the quota slot is taken, the user message and a
+`queued` reply are inserted and the room's counters move. The job (the reply id) is enqueued
+only after the commit, so a rolled-back request enqueues nothing.
 
-The slot, the two inserts and the room's counters are one statement on PostgreSQL (a
-data-modifying CTE, chat/repository.py `insert_exchange`) and four prebuilt Core statements on
-SQLite; no ORM unit of work is involved. The receipt is built from the values written and the ids
-returned (the rows hold nothing else the receipt shows).
+On PostgreSQL a send without an Idempotency-Key is ONE statement in autocommit on a connection
+of its own (a data-modifying CTE, chat/repository.py `send_to_owned_room`: the room check, the
+slot, the two inserts and the room's counters), with no ORM session: one round trip. With a key,
+or on SQLite, the steps run in a session of their own (prebuilt Core statements; on PostgreSQL
+the slot, inserts and counters are still one statement). The receipt is built from the values
+written and the ids returned (the rows hold nothing else the receipt shows).
 """
 
 from __future__ import annotations
@@ -23,13 +26,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from gemini_backend.auth.principals import SignedInUser
 from gemini_backend.chat import repository as repo
 from gemini_backend.chat.cache import ChatroomCache
+from gemini_backend.chat.errors import ChatroomNotFound, found_room
 from gemini_backend.chat.models import Message, RoomView
 from gemini_backend.chat.repository import Exchange
 from gemini_backend.chat.schemas import MessageOut, SendReceipt, Usage
 from gemini_backend.config import Settings
 from gemini_backend.core.cache import Cache
 from gemini_backend.core.clock import Clock
-from gemini_backend.core.db import after_commit
+from gemini_backend.core.db import Database, after_commit, run_after_commit
 from gemini_backend.core.errors import BadRequest, Conflict, TooManyRequests, ValidationFailed
 from gemini_backend.core.metrics import QUOTA_REJECTIONS
 from gemini_backend.core.streams import ReplyStream
@@ -91,7 +95,7 @@ class MessageSender:
     def __init__(
         self,
         *,
-        session: AsyncSession,
+        database: Database,
         settings: Settings,
         clock: Clock,
         quota: Quota,
@@ -101,7 +105,7 @@ class MessageSender:
         streams: ReplyStream,
         cache: Cache,
     ) -> None:
-        self.session = session
+        self.database = database
         self.settings = settings
         self.clock = clock
         self.quota = quota
@@ -112,73 +116,86 @@ class MessageSender:
         self.cache = cache
 
     async def send(
-        self, user: SignedInUser, room: RoomView, content: str, idempotency_key: str | None
+        self, user: SignedInUser, room_id: int, content: str, idempotency_key: str | None
     ) -> tuple[SendReceipt, QuotaState]:
         """The receipt and the caller's quota after it (a replay spends nothing)."""
         if len(content) > self.settings.max_message_chars:
             raise MessageTooLong(
                 f"A message may have at most {self.settings.max_message_chars} characters."
             )
+        if idempotency_key is not None and not (
+            0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY
+            and idempotency_key.isascii()
+            and idempotency_key.isprintable()
+        ):
+            raise InvalidIdempotencyKey()
         now = self.clock.now()
-        key_row: int | None = None
-        if idempotency_key is not None:
-            if not (
-                0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY
-                and idempotency_key.isascii()
-                and idempotency_key.isprintable()
-            ):
-                raise InvalidIdempotencyKey()
-            replay = await self._claim_key(user.id, room.id, idempotency_key, now)
-            if isinstance(replay, SendReceipt):
-                quota = await self.quota.state(
-                    self.session, user.id, tier_of(user, now, self.settings), now
+        tier = tier_of(user, now, self.settings)
+        if idempotency_key is None and self.database.autocommits:
+            await self._throttle(user.id)
+            async with self.database.autocommit_engine.connect() as conn:
+                found, exchange = await repo.send_to_owned_room(
+                    conn,
+                    self.quota.slot_params(user.id, tier, now),
+                    user_id=user.id,
+                    room_id=room_id,
+                    now=now,
+                    content=content,
                 )
-                return replay, quota
-            key_row = replay
-        room_id, tier = room.id, tier_of(user, now, self.settings)
-        exchange, quota = await self._take_slot(user.id, tier, now, room_id, content=content)
-        user_message = MessageOut(
-            id=exchange.message_id,
-            chatroom_id=room_id,
-            role="user",
-            content=content,
-            status="completed",
-            error=None,
-            finish_reason=None,
-            usage=_no_usage(),
-            model=None,
-            reply_to=None,
-            created_at=now,
-            completed_at=now,
-        )
-        receipt = self._receipt(room_id, user_message, exchange.reply_id, now)
-        if key_row is not None:
-            await repo.store_receipt(self.session, key_row, receipt.model_dump_json())
-        self._after_commit(user.id, exchange.reply_id)
+            if not found:
+                raise ChatroomNotFound()
+            structlog.contextvars.bind_contextvars(chatroom_id=room_id)
+            quota = self.quota.admit(exchange.used if exchange is not None else None, tier, now)
+            assert exchange is not None  # admit() refused otherwise
+            receipt = self._send_receipt(room_id, content, exchange, now)
+        else:
+            async with self.database.sessionmaker() as session:
+                found_room(await repo.owned_room_view(session, user.id, room_id))
+                key_row: int | None = None
+                if idempotency_key is not None:
+                    replay = await self._claim_key(session, user.id, room_id, idempotency_key, now)
+                    if isinstance(replay, SendReceipt):
+                        quota = await self.quota.state(session, user.id, tier, now)
+                        return replay, quota
+                    key_row = replay
+                exchange, quota = await self._take_slot(
+                    session, user.id, tier, now, room_id, content=content
+                )
+                receipt = self._send_receipt(room_id, content, exchange, now)
+                if key_row is not None:
+                    await repo.store_receipt(session, key_row, receipt.model_dump_json())
+                await session.commit()
+        await self._announce(user.id, exchange.reply_id)
         return receipt, quota
 
     async def retry(
-        self, user: SignedInUser, room: RoomView, message: Message
+        self, session: AsyncSession, user: SignedInUser, room: RoomView, message: Message
     ) -> tuple[SendReceipt, QuotaState]:
-        """A new reply to the user message that `message` is (or answers)."""
+        """A new reply to the user message that `message` is (or answers), in the request's
+        session `session`."""
         user_message = message
         if message.role != "user":
-            found = await self.session.get(Message, message.reply_to) if message.reply_to else None
+            found = await session.get(Message, message.reply_to) if message.reply_to else None
             if found is None or found.chatroom_id != room.id:
                 raise NothingToRetry()
             user_message = found
-        if await repo.active_replies(self.session, user_message.id, tuple(ACTIVE_STATES)):
+        if await repo.active_replies(session, user_message.id, tuple(ACTIVE_STATES)):
             raise ReplyInProgress()
         now = self.clock.now()
         tier = tier_of(user, now, self.settings)
         exchange, quota = await self._take_slot(
-            user.id, tier, now, room.id, reply_to=user_message.id
+            session, user.id, tier, now, room.id, reply_to=user_message.id
         )
-        self._after_commit(user.id, exchange.reply_id)
+        user_id, reply_id = user.id, exchange.reply_id
+
+        async def announce() -> None:
+            await self._announce(user_id, reply_id)
+
+        after_commit(session, announce)
         receipt = self._receipt(room.id, MessageOut.from_row(user_message), exchange.reply_id, now)
         return receipt, quota
 
-    async def cancel(self, user_id: int, reply: Message) -> Message:
+    async def cancel(self, session: AsyncSession, user_id: int, reply: Message) -> Message:
         """Stop a reply: a queued one is cancelled in this transaction; a generating one is told
         to stop through the shared cache, which the worker producing it (in any process) polls,
         and ends `cancelled` with its partial text."""
@@ -188,7 +205,7 @@ class MessageSender:
             raise ReplyAlreadyFinished()
         now = self.clock.now()
         cancelled = (
-            await self.session.execute(
+            await session.execute(
                 update(Message)
                 .where(Message.id == reply.id, Message.status == QUEUED)
                 .values(status=CANCELLED, error="cancelled", completed_at=now, updated_at=now)
@@ -204,44 +221,19 @@ class MessageSender:
                 await self.chatrooms.room_changed(user_id)
                 await self.streams.append(reply_id, "error", final, expire_seconds=ttl)
 
-            after_commit(self.session, announce)
+            after_commit(session, announce)
             return cancelled
 
         async def signal() -> None:
             await self.cache.set(cancel_key(reply_id), b"1", max(60, ttl))
 
-        after_commit(self.session, signal)
+        after_commit(session, signal)
         return reply
 
-    async def _take_slot(
-        self,
-        user_id: int,
-        tier: Tier,
-        now: datetime,
-        room_id: int,
-        *,
-        content: str | None = None,
-        reply_to: int | None = None,
-    ) -> tuple[Exchange, QuotaState]:
-        """One slot of today's quota with the exchange it pays for (in this transaction), then
-        the per-minute throttle.
-
-        `content`: a new user message and its reply; else (a retry) a reply to `reply_to`. The
-        slot, the inserts and the room's counters are written together (repository
-        `insert_exchange`); nothing is inserted when the slot is refused. A send refused by the
-        daily limit spends no per-minute slot, and one refused by the throttle rolls the quota
-        upsert and the inserts back with its transaction.
-        """
-        exchange = await repo.insert_exchange(
-            self.session,
-            self.quota.slot_params(user_id, tier, now),
-            room_id=room_id,
-            now=now,
-            content=content,
-            reply_to=reply_to,
-        )
-        quota = self.quota.admit(exchange.used if exchange is not None else None, tier, now)
-        assert exchange is not None  # admit() refused otherwise
+    async def _throttle(self, user_id: int) -> None:
+        """The per-minute throttle: counted before the daily quota (every send or retry that
+        gets this far counts, also one then refused for its room or the daily limit), and a
+        send it refuses writes nothing."""
         try:
             await self.throttle.hit(
                 _per_minute(self.settings.send_per_minute),
@@ -252,7 +244,56 @@ class MessageSender:
         except TooManyRequests:
             QUOTA_REJECTIONS.labels("per_minute").inc()
             raise
+
+    async def _take_slot(
+        self,
+        session: AsyncSession,
+        user_id: int,
+        tier: Tier,
+        now: datetime,
+        room_id: int,
+        *,
+        content: str | None = None,
+        reply_to: int | None = None,
+    ) -> tuple[Exchange, QuotaState]:
+        """The per-minute throttle, then one slot of today's quota with the exchange it pays for
+        (in `session`'s transaction).
+
+        `content`: a new user message and its reply; else (a retry) a reply to `reply_to`. The
+        slot, the inserts and the room's counters are written together (repository
+        `insert_exchange`); nothing is inserted when the slot is refused.
+        """
+        await self._throttle(user_id)
+        exchange = await repo.insert_exchange(
+            session,
+            self.quota.slot_params(user_id, tier, now),
+            room_id=room_id,
+            now=now,
+            content=content,
+            reply_to=reply_to,
+        )
+        quota = self.quota.admit(exchange.used if exchange is not None else None, tier, now)
+        assert exchange is not None  # admit() refused otherwise
         return exchange, quota
+
+    def _send_receipt(
+        self, room_id: int, content: str, exchange: Exchange, now: datetime
+    ) -> SendReceipt:
+        user_message = MessageOut(
+            id=exchange.message_id,
+            chatroom_id=room_id,
+            role="user",
+            content=content,
+            status="completed",
+            error=None,
+            finish_reason=None,
+            usage=_no_usage(),
+            model=None,
+            reply_to=None,
+            created_at=now,
+            completed_at=now,
+        )
+        return self._receipt(room_id, user_message, exchange.reply_id, now)
 
     @staticmethod
     def _receipt(
@@ -280,7 +321,10 @@ class MessageSender:
             reply=reply,
         )
 
-    def _after_commit(self, user_id: int, reply_id: int) -> None:
+    async def _announce(self, user_id: int, reply_id: int) -> None:
+        """After the commit of a send or retry: the job is enqueued and the user's cached
+        chatrooms are invalidated (a failure of either is logged; the sweeper enqueues a
+        reply whose job was lost)."""
         structlog.contextvars.bind_contextvars(reply_id=reply_id)
 
         async def enqueue() -> None:
@@ -289,11 +333,10 @@ class MessageSender:
         async def invalidate() -> None:
             await self.chatrooms.invalidate(user_id)
 
-        after_commit(self.session, enqueue)
-        after_commit(self.session, invalidate)
+        await run_after_commit([enqueue, invalidate])
 
     async def _claim_key(
-        self, user_id: int, room_id: int, key: str, now: datetime
+        self, session: AsyncSession, user_id: int, room_id: int, key: str, now: datetime
     ) -> SendReceipt | int:
         """The stored receipt for a key already used, or the id of a fresh key row.
 
@@ -301,7 +344,7 @@ class MessageSender:
         waits on it and then finds the receipt of the one that committed.
         """
         key_id = await repo.claim_idempotency_key(
-            self.session,
+            session,
             user_id=user_id,
             room_id=room_id,
             key=key,
@@ -310,7 +353,7 @@ class MessageSender:
         )
         if key_id is not None:
             return key_id
-        receipt = await repo.idempotency_receipt(self.session, user_id, key)
+        receipt = await repo.idempotency_receipt(session, user_id, key)
         if receipt is None:  # pragma: no cover - the row is only visible once committed
             raise InvalidIdempotencyKey("That Idempotency-Key is being used by another request.")
         return SendReceipt.model_validate_json(receipt)

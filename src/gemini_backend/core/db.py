@@ -155,6 +155,11 @@ class Database:
             else self.sessionmaker
         )
 
+    @property
+    def autocommits(self) -> bool:
+        """True on PostgreSQL: `autocommit_engine` runs each statement as its own transaction."""
+        return self.autocommit_engine is not self.engine
+
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
@@ -208,7 +213,11 @@ def after_commit(session: AsyncSession, action: AfterCommit) -> None:
 
 async def _commit(session: AsyncSession) -> None:
     await session.commit()
-    actions: list[AfterCommit] = session.info.pop(_AFTER_COMMIT_KEY, [])
+    await run_after_commit(session.info.pop(_AFTER_COMMIT_KEY, []))
+
+
+async def run_after_commit(actions: list[AfterCommit]) -> None:
+    """Run the actions of a committed write in order; one that fails is logged, not raised."""
     for action in actions:
         try:
             await action()

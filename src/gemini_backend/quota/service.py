@@ -20,7 +20,7 @@ from functools import cache
 from typing import Any, cast
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Date, Integer, Table, bindparam, select, update
+from sqlalchemy import Date, Integer, Table, bindparam, literal_column, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -40,16 +40,26 @@ _usage = cast(Table, DailyUsage.__table__)
 
 
 @cache
-def daily_slot_upsert(dialect: str, limited: bool) -> Any:
+def daily_slot_upsert(dialect: str, limited: bool, *, only_if: Any = None) -> Any:
     """`INSERT ... ON CONFLICT (user_id, day) DO UPDATE SET count = count + 1 [WHERE count <
-    :slot_limit] RETURNING count` for this dialect, built once. Bound per execution:
-    `slot_user`, `slot_day` and, when `limited`, `slot_limit`."""
+    :slot_limit] RETURNING count` for this dialect. Bound per execution: `slot_user`,
+    `slot_day` and, when `limited`, `slot_limit`. Built once per set of arguments.
+
+    `only_if`: a selectable (a CTE of the same statement); the slot is taken only when it has
+    a row and the limit is above 0 (`INSERT ... SELECT ... FROM only_if WHERE :slot_limit > 0`),
+    else nothing is written and no row comes back: the statement can commit on its own, with
+    no refused slot to roll back.
+    """
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = insert(_usage).values(
-        user_id=bindparam("slot_user", type_=BigIntId),
-        day=bindparam("slot_day", type_=Date()),
-        count=1,
-    )
+    user = bindparam("slot_user", type_=BigIntId)
+    day = bindparam("slot_day", type_=Date())
+    if only_if is None:
+        stmt = insert(_usage).values(user_id=user, day=day, count=1)
+    else:
+        row: Any = select(user, day, literal_column("1")).select_from(only_if)
+        if limited:  # a limit of 0: not even a first slot (there is no rollback to undo one)
+            row = row.where(bindparam("slot_limit", type_=Integer()) > 0)
+        stmt = insert(_usage).from_select(["user_id", "day", "count"], row)
     return stmt.on_conflict_do_update(
         index_elements=[_usage.c.user_id, _usage.c.day],
         set_={"count": _usage.c.count + 1},
