@@ -366,9 +366,9 @@ async def send_to_owned_room(
     content: str,
 ) -> tuple[bool, Exchange | None]:
     """PostgreSQL: `insert_exchange` of a new user message with the room's ownership checked in
-    the same single statement, for a connection in autocommit (the statement is the whole
-    transaction). (False, None): no such room of this user; (True, None): the slot was not
-    taken; nothing is written in either case."""
+    the same single statement. (False, None): no such room of this user; (True, None): the slot
+    was not taken; nothing is written in either case. The caller judges the count and rolls
+    back on a refusal, as with `insert_exchange`."""
     params = {**slot, "room_id": room_id, "owner": user_id, "now": now, "body": content}
     stmt = _exchange_postgresql("slot_limit" in slot, True, True)
     found, used, message_id, reply_id = (await conn.execute(stmt, params)).one()

@@ -1,16 +1,16 @@
 """Sending a message (DESIGN.md, "The path of a message", step 1).
 
-First the per-minute throttle counts the send. Then, in one transaction: the room's ownership is
-checked, the idempotency key is claimed, the quota slot is taken, the user message and a
-`queued` reply are inserted and the room's counters move. The job (the reply id) is enqueued
-only after the commit, so a rolled-back request enqueues nothing.
+In one transaction: the room's ownership is checked, the idempotency key is claimed, the quota
+slot is taken, the user message and a `queued` reply are inserted, the room's counters move and
+the per-minute throttle is hit. The job (the reply id) is enqueued only after the commit, so a
+rolled-back request enqueues nothing.
 
-On PostgreSQL a send without an Idempotency-Key is ONE statement in autocommit on a connection
-of its own (a data-modifying CTE, chat/repository.py `send_to_owned_room`: the room check, the
-slot, the two inserts and the room's counters), with no ORM session: one round trip. With a key,
-or on SQLite, the steps run in a session of their own (prebuilt Core statements; on PostgreSQL
-the slot, inserts and counters are still one statement). The receipt is built from the values
-written and the ids returned (the rows hold nothing else the receipt shows).
+On PostgreSQL a send without an Idempotency-Key is ONE statement (a data-modifying CTE,
+chat/repository.py `send_to_owned_room`: the room check, the slot, the two inserts and the
+room's counters) in a transaction of a Core connection of its own, with no ORM session. With a
+key, or on SQLite, the steps run in a session of their own (prebuilt Core statements; on
+PostgreSQL the slot, inserts and counters are still one statement). The receipt is built from
+the values written and the ids returned (the rows hold nothing else the receipt shows).
 """
 
 from __future__ import annotations
@@ -131,9 +131,10 @@ class MessageSender:
             raise InvalidIdempotencyKey()
         now = self.clock.now()
         tier = tier_of(user, now, self.settings)
-        if idempotency_key is None and self.database.autocommits:
-            await self._throttle(user.id)
-            async with self.database.autocommit_engine.connect() as conn:
+        if idempotency_key is None and self.database.engine.dialect.name == "postgresql":
+            # A Core connection, no ORM session: BEGIN, the statement, COMMIT (a refusal by
+            # the daily limit or the throttle rolls it back).
+            async with self.database.engine.connect() as conn, conn.begin():
                 found, exchange = await repo.send_to_owned_room(
                     conn,
                     self.quota.slot_params(user.id, tier, now),
@@ -142,11 +143,12 @@ class MessageSender:
                     now=now,
                     content=content,
                 )
-            if not found:
-                raise ChatroomNotFound()
-            structlog.contextvars.bind_contextvars(chatroom_id=room_id)
-            quota = self.quota.admit(exchange.used if exchange is not None else None, tier, now)
-            assert exchange is not None  # admit() refused otherwise
+                if not found:
+                    raise ChatroomNotFound()
+                structlog.contextvars.bind_contextvars(chatroom_id=room_id)
+                quota = self._admit(exchange, tier, now)
+                await self._throttle(user.id)
+            assert exchange is not None  # _admit() refused otherwise
             receipt = self._send_receipt(room_id, content, exchange, now)
         else:
             async with self.database.sessionmaker() as session:
@@ -230,10 +232,13 @@ class MessageSender:
         after_commit(session, signal)
         return reply
 
+    def _admit(self, exchange: Exchange | None, tier: Tier, now: datetime) -> QuotaState:
+        return self.quota.admit(exchange.used if exchange is not None else None, tier, now)
+
     async def _throttle(self, user_id: int) -> None:
-        """The per-minute throttle: counted before the daily quota (every send or retry that
-        gets this far counts, also one then refused for its room or the daily limit), and a
-        send it refuses writes nothing."""
+        """The per-minute throttle, hit after the daily slot is taken (a send refused by the
+        daily limit spends no per-minute slot) and before the commit (one it refuses rolls the
+        slot and the inserts back)."""
         try:
             await self.throttle.hit(
                 _per_minute(self.settings.send_per_minute),
@@ -256,14 +261,15 @@ class MessageSender:
         content: str | None = None,
         reply_to: int | None = None,
     ) -> tuple[Exchange, QuotaState]:
-        """The per-minute throttle, then one slot of today's quota with the exchange it pays for
-        (in `session`'s transaction).
+        """One slot of today's quota with the exchange it pays for (in `session`'s
+        transaction), then the per-minute throttle.
 
         `content`: a new user message and its reply; else (a retry) a reply to `reply_to`. The
         slot, the inserts and the room's counters are written together (repository
-        `insert_exchange`); nothing is inserted when the slot is refused.
+        `insert_exchange`); nothing is inserted when the slot is refused. A send refused by the
+        daily limit spends no per-minute slot, and one refused by the throttle rolls the quota
+        upsert and the inserts back with its transaction.
         """
-        await self._throttle(user_id)
         exchange = await repo.insert_exchange(
             session,
             self.quota.slot_params(user_id, tier, now),
@@ -272,8 +278,9 @@ class MessageSender:
             content=content,
             reply_to=reply_to,
         )
-        quota = self.quota.admit(exchange.used if exchange is not None else None, tier, now)
-        assert exchange is not None  # admit() refused otherwise
+        quota = self._admit(exchange, tier, now)
+        await self._throttle(user_id)
+        assert exchange is not None  # _admit() refused otherwise
         return exchange, quota
 
     def _send_receipt(

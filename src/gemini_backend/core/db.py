@@ -155,11 +155,6 @@ class Database:
             else self.sessionmaker
         )
 
-    @property
-    def autocommits(self) -> bool:
-        """True on PostgreSQL: `autocommit_engine` runs each statement as its own transaction."""
-        return self.autocommit_engine is not self.engine
-
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))

@@ -46,9 +46,7 @@ def daily_slot_upsert(dialect: str, limited: bool, *, only_if: Any = None) -> An
     `slot_day` and, when `limited`, `slot_limit`. Built once per set of arguments.
 
     `only_if`: a selectable (a CTE of the same statement); the slot is taken only when it has
-    a row and the limit is above 0 (`INSERT ... SELECT ... FROM only_if WHERE :slot_limit > 0`),
-    else nothing is written and no row comes back: the statement can commit on its own, with
-    no refused slot to roll back.
+    a row (`INSERT ... SELECT ... FROM only_if`), else nothing is written and no row comes back.
     """
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     user = bindparam("slot_user", type_=BigIntId)
@@ -57,8 +55,6 @@ def daily_slot_upsert(dialect: str, limited: bool, *, only_if: Any = None) -> An
         stmt = insert(_usage).values(user_id=user, day=day, count=1)
     else:
         row: Any = select(user, day, literal_column("1")).select_from(only_if)
-        if limited:  # a limit of 0: not even a first slot (there is no rollback to undo one)
-            row = row.where(bindparam("slot_limit", type_=Integer()) > 0)
         stmt = insert(_usage).from_select(["user_id", "day", "count"], row)
     return stmt.on_conflict_do_update(
         index_elements=[_usage.c.user_id, _usage.c.day],
