@@ -18,6 +18,7 @@ from gemini_backend.billing import mock as stripe_mock
 from gemini_backend.billing.router import router as billing_router
 from gemini_backend.chat.fastpath import CachedReadMiddleware
 from gemini_backend.chat.router import router as chat_router
+from gemini_backend.chat.sending import MessageSender
 from gemini_backend.config import Settings
 from gemini_backend.core.clock import Clock, SystemClock
 from gemini_backend.core.errors import install_error_handlers
@@ -60,6 +61,18 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
         state.pipeline = services.pipeline
         state.stripe = services.stripe
         state.stripe_mock = services.stripe_mock
+        # Built once: a sender holds no per-request state (a send takes its own connection).
+        state.message_sender = MessageSender(
+            database=services.database,
+            settings=settings,
+            clock=clock,
+            quota=services.quota,
+            throttle=services.throttle,
+            pipeline=services.pipeline,
+            chatrooms=services.chatroom_cache,
+            streams=services.reply_streams,
+            cache=services.cache,
+        )
         state.auth = AuthDeps(
             settings=settings,
             clock=clock,

@@ -61,20 +61,10 @@ async def _chatroom_service(request: Request, session: DbSession) -> ChatroomSer
 
 
 async def _message_sender(request: Request) -> MessageSender:
-    """No request session: a send takes its own connection (sending.py); retry and cancel are
-    given the request's session."""
-    state = request.app.state
-    return MessageSender(
-        database=state.database,
-        settings=state.settings,
-        clock=state.clock,
-        quota=state.quota,
-        throttle=state.throttle,
-        pipeline=state.pipeline,
-        chatrooms=state.chatroom_cache,
-        streams=state.reply_streams,
-        cache=state.cache,
-    )
+    """The app's sender (main.py): it holds no request session; a send takes its own
+    connection (sending.py), retry and cancel are given the request's session."""
+    sender: MessageSender = request.app.state.message_sender
+    return sender
 
 
 OwnedChatroom = Annotated[Chatroom, Depends(_owned_chatroom)]

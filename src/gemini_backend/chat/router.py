@@ -33,6 +33,7 @@ from gemini_backend.chat.schemas import (
     MessagePage,
     SendReceipt,
 )
+from gemini_backend.chat.sending import MessageSender
 from gemini_backend.chat.service import ChatroomService
 from gemini_backend.core.db import DbSession
 from gemini_backend.core.errors import BadRequest
@@ -297,7 +298,7 @@ async def send_message(
     body: MessageCreate,
     chatroom_id: ChatroomId,
     user: CurrentUser,
-    sender: MessageSenderDep,
+    request: Request,
     response: Response,
     idempotency_key: Annotated[
         str | None,
@@ -305,7 +306,9 @@ async def send_message(
     ] = None,
 ) -> SendReceipt:
     # The room is checked by the send itself (in its statement on PostgreSQL), not by a
-    # dependency: the send needs no request session.
+    # dependency, and the app's sender is taken from its state: the send needs no request
+    # session, and each dependency costs FastAPI's resolution on every request.
+    sender: MessageSender = request.app.state.message_sender
     receipt, quota = await sender.send(user, chatroom_id, body.content, idempotency_key)
     response.headers.update(quota.headers(sender.clock.now()))
     return receipt
