@@ -18,6 +18,7 @@ import json
 import math
 import os
 import platform
+import random
 import re
 import secrets
 import shutil
@@ -928,9 +929,12 @@ def phase_pipeline(run: Run, stack: Stack, users: list[User], api_workers: int) 
         }
         log(f"  end to end: {done}/{count} replies in {span:.1f} s = {rate or 0:.1f} replies/s")
 
-        for level in args.ttft_levels:
+        levels = [(level, str(level), None) for level in args.ttft_levels]
+        think = (args.ttft_think[0], args.ttft_think[-1])
+        levels += [(level, f"{level} paced", think) for level in args.ttft_paced]
+        for level, key, pause in levels:
             shares = CpuShares(proc, stack.workers)
-            entry = ttft_level(run, base_url, users, level, str(level))
+            entry = ttft_level(run, base_url, users, level, key, pause)
             spent = shares.stop()
             if entry["samples"]:
                 # Where the machine's CPU went, per message: the analysis' breakdown.
@@ -943,9 +947,17 @@ def phase_pipeline(run: Run, stack: Stack, users: list[User], api_workers: int) 
         proc.stop()
 
 
-def ttft_level(run: Run, base_url: str, users: list[User], level: int, key: str) -> dict[str, Any]:
+def ttft_level(
+    run: Run,
+    base_url: str,
+    users: list[User],
+    level: int,
+    key: str,
+    think: tuple[float, float] | None = None,
+) -> dict[str, Any]:
     """`level` conversations at once, each sending, streaming its reply to the end, and
-    sending again; the backend-added time to first token of every message."""
+    sending again (at once, or `think` = a pause drawn from (low, high) seconds later, a
+    person's pace); the backend-added time to first token of every message."""
     if level > len(users):
         run.note(f"ttft at {level}: only {len(users)} users; using {len(users)}")
         level = len(users)
@@ -956,11 +968,14 @@ def ttft_level(run: Run, base_url: str, users: list[User], level: int, key: str)
     async def go() -> tuple[list[Any], float]:
         async def conversation(user: User) -> list[Any]:
             conn = lean.Connection.to(base_url)  # one keep-alive connection per conversation
+            pace = random.Random(user.user_id)
+            done: list[Any] = []
             try:
-                return [
-                    await lean.converse(conn, user.token, user.rooms[-1], f"ttft {i}")
-                    for i in range(rounds)
-                ]
+                for i in range(rounds):
+                    if think is not None:  # also before the first: the starts are spread
+                        await asyncio.sleep(pace.uniform(*think))
+                    done.append(await lean.converse(conn, user.token, user.rooms[-1], f"ttft {i}"))
+                return done
             finally:
                 await conn.close()
 
@@ -988,6 +1003,7 @@ def ttft_level(run: Run, base_url: str, users: list[User], level: int, key: str)
         "done_p50_ms": round(percentile([r.done_ms for r in ok], 50), 2),
         "done_p99_ms": round(percentile([r.done_ms for r in ok], 99), 2),
         "messages_per_s": round(len(ok) / elapsed, 1) if elapsed else None,
+        "think_seconds": list(think) if think else None,
     }
     run.results["ttft_ms"][key] = entry
     log(
@@ -1088,6 +1104,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     def ints(text: str) -> list[int]:
         return [int(x) for x in text.split(",") if x]
 
+    def floats(text: str) -> list[float]:
+        return [float(x) for x in text.split(",") if x]
+
     p.add_argument("--duration", type=float, default=8.0, help="seconds of each measured load")
     p.add_argument("--warmup", type=float, default=1.0, help="seconds of warm-up before each")
     p.add_argument("--connections", type=int, default=32)
@@ -1105,6 +1124,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--drain-timeout", type=float, default=120.0)
     p.add_argument("--drain-seconds", type=float, default=25.0, help="window of the backlog drain")
     p.add_argument("--ttft-levels", type=ints, default=[1, 50, 500])
+    p.add_argument(
+        "--ttft-paced", type=ints, default=[50], help="levels again, each conversation pausing"
+    )
+    p.add_argument(
+        "--ttft-think", type=floats, default=[1.0, 3.0], help="the pause: low,high seconds"
+    )
     p.add_argument("--ttft-samples", type=int, default=500, help="messages per TTFT level (about)")
     p.add_argument("--sweep", type=ints, default=[1, 2, 4])
     p.add_argument("--pgbench-seconds", type=int, default=20)
