@@ -796,7 +796,9 @@ def drain_backlog(run: Run, stack: Stack) -> None:
     stack.start_workers(run.args.worker_procs)
     began = time.monotonic()
     if run.args.profile:
-        time.sleep(3.0)  # past the workers' start-up (imports)
+        # Past the workers' start-up (their imports take seconds here): from the first reply.
+        while time.monotonic() < began + 60 and not first_completed(stack, since):
+            time.sleep(0.2)
         seconds = run.args.duration
         profiled(run, "worker", stack.workers[0].pid, seconds, lambda: time.sleep(seconds))
     deadline = began + window
@@ -825,6 +827,15 @@ def drain_backlog(run: Run, stack: Stack) -> None:
         "cancelled_after_window": len(left),
     }
     log(f"  backlog drain: {count} replies in {span:.1f} s = {rate or 0:.1f} replies/s")
+
+
+def first_completed(stack: Stack, since: Any) -> bool:
+    rows = stack.query(
+        "SELECT EXISTS (SELECT 1 FROM messages WHERE role = 'assistant' "
+        "AND status = 'completed' AND completed_at >= $1)",
+        since,
+    )
+    return bool(rows[0][0])
 
 
 def wait_queue_empty(stack: Stack, timeout: float) -> None:
