@@ -146,9 +146,7 @@ class MessageSender:
                 if not found:
                     raise ChatroomNotFound()
                 structlog.contextvars.bind_contextvars(chatroom_id=room_id)
-                quota = self._admit(exchange, tier, now)
-                await self._throttle(user.id)
-            assert exchange is not None  # _admit() refused otherwise
+                exchange, quota = await self._admit(exchange, user.id, tier, now)
             receipt = self._send_receipt(room_id, content, exchange, now)
         else:
             async with self.database.sessionmaker() as session:
@@ -232,13 +230,14 @@ class MessageSender:
         after_commit(session, signal)
         return reply
 
-    def _admit(self, exchange: Exchange | None, tier: Tier, now: datetime) -> QuotaState:
-        return self.quota.admit(exchange.used if exchange is not None else None, tier, now)
-
-    async def _throttle(self, user_id: int) -> None:
-        """The per-minute throttle, hit after the daily slot is taken (a send refused by the
-        daily limit spends no per-minute slot) and before the commit (one it refuses rolls the
-        slot and the inserts back)."""
+    async def _admit(
+        self, exchange: Exchange | None, user_id: int, tier: Tier, now: datetime
+    ) -> tuple[Exchange, QuotaState]:
+        """The verdict on a slot just taken (or not), in its transaction: the daily quota, then
+        the per-minute throttle. A send refused by the daily limit spends no per-minute slot;
+        one refused by the throttle rolls the slot and the inserts back with the transaction."""
+        quota = self.quota.admit(exchange.used if exchange is not None else None, tier, now)
+        assert exchange is not None  # admit() refused otherwise
         try:
             await self.throttle.hit(
                 _per_minute(self.settings.send_per_minute),
@@ -249,6 +248,7 @@ class MessageSender:
         except TooManyRequests:
             QUOTA_REJECTIONS.labels("per_minute").inc()
             raise
+        return exchange, quota
 
     async def _take_slot(
         self,
@@ -278,10 +278,7 @@ class MessageSender:
             content=content,
             reply_to=reply_to,
         )
-        quota = self._admit(exchange, tier, now)
-        await self._throttle(user_id)
-        assert exchange is not None  # _admit() refused otherwise
-        return exchange, quota
+        return await self._admit(exchange, user_id, tier, now)
 
     def _send_receipt(
         self, room_id: int, content: str, exchange: Exchange, now: datetime

@@ -94,14 +94,14 @@ _TURNS = (
 # PostgreSQL: the claim, the room and the conversation in ONE statement (one round trip
 # instead of three). The conversation comes back as two arrays, newest first. The LATERAL
 # read sees the rows as they were before the claim, which changes only the reply itself
-# (never part of its own conversation). The same states and limit as _CLAIM and _TURNS.
+# (never part of its own conversation). The states and the limit are _CLAIM's and _TURNS'.
 _CLAIM_POSTGRESQL = text(
     """
     WITH claimed AS (
         UPDATE messages
-        SET status = 'generating', attempts = attempts + 1, updated_at = :now,
+        SET status = :generating, attempts = attempts + 1, updated_at = :now,
             model = :model_name
-        WHERE id = :reply_id AND status = 'queued' AND role = 'assistant'
+        WHERE id = :reply_id AND status = :queued AND role = 'assistant'
         RETURNING attempts, chatroom_id, reply_to, created_at
     )
     SELECT claimed.attempts, claimed.chatroom_id, claimed.reply_to, claimed.created_at,
@@ -115,13 +115,19 @@ _CLAIM_POSTGRESQL = text(
         FROM (
             SELECT id, role, content FROM messages
             WHERE chatroom_id = claimed.chatroom_id AND id < :reply_id
-              AND (status = 'completed' OR id = claimed.reply_to)
+              AND (status = :completed OR id = claimed.reply_to)
             ORDER BY id DESC
-            LIMIT 500
+            LIMIT :max_turns
         ) AS recent
     ) AS turns
     """
-).bindparams(bindparam("now", type_=UTCDateTime()))
+).bindparams(
+    bindparam("now", type_=UTCDateTime()),
+    queued=QUEUED,
+    generating=GENERATING,
+    completed=COMPLETED,
+    max_turns=MAX_TURNS,
+)
 # The reply as one attempt claimed it: still generating, not taken over by a later attempt.
 _THIS_ATTEMPT = update(_messages).where(
     _messages.c.id == bindparam("reply_id"),
