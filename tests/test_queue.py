@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from redis.commands.core import StreamCommands
 from taskiq import BrokerMessage
 
 from gemini_backend.config import Settings
@@ -41,5 +42,64 @@ async def test_a_read_cancelled_at_any_point_ends_at_once(
         assert done == {pending}, "the cancelled read did not end"
         assert pending.cancelled()
         await messages.aclose()
+    finally:
+        await broker.shutdown()
+
+
+async def test_a_job_a_dead_worker_left_unacknowledged_is_reclaimed_once_idle(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """A job read by a worker that died before acknowledging it goes to another worker once it
+    was idle for `idle_timeout` (twice REPLY_STALE_SECONDS), without any new job arriving."""
+    settings = make_settings(
+        redis_key_prefix=f"gbtest:{uuid.uuid4().hex[:12]}", reply_stale_seconds=1
+    )
+    dead: Any = create_broker(settings)
+    live: Any = create_broker(settings)
+    await dead.startup()
+    await live.startup()
+    try:
+        await dead.kick(BrokerMessage(task_id="1", task_name="t", message=b"orphan", labels={}))
+        dead_reads = dead.listen()
+        taken = await asyncio.wait_for(anext(dead_reads), 10)  # read, never acknowledged
+        assert taken.data == b"orphan"
+        await dead_reads.aclose()
+        live_reads = live.listen()
+        reclaimed = await asyncio.wait_for(anext(live_reads), 20)
+        assert reclaimed.data == b"orphan"
+        await reclaimed.ack()
+        await live_reads.aclose()
+        pending: Any = await live._redis().xpending(live.queue_name, live.consumer_group_name)
+        assert pending["pending"] == 0
+    finally:
+        await dead.shutdown()
+        await live.shutdown()
+
+
+async def test_reads_do_not_each_reclaim(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reclaim (`XAUTOCLAIM`) runs at most every quarter of `idle_timeout`, not after every
+    read: jobs arriving one at a time cost one Redis round trip each to read."""
+    settings = make_settings(redis_key_prefix=f"gbtest:{uuid.uuid4().hex[:12]}")
+    broker: Any = create_broker(settings)
+    reclaims: list[str] = []
+    original = StreamCommands.xautoclaim
+
+    def counted(self: Any, name: Any, *args: Any, **kwargs: Any) -> Any:
+        if name == broker.queue_name:  # any client, pipeline or not
+            reclaims.append(name)
+        return original(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(StreamCommands, "xautoclaim", counted)
+    await broker.startup()
+    try:
+        reads = broker.listen()
+        for i in range(10):  # each job read alone
+            await broker.kick(BrokerMessage(task_id=str(i), task_name="t", message=b"j", labels={}))
+            job = await asyncio.wait_for(anext(reads), 10)
+            await job.ack()
+        await reads.aclose()
+        assert len(reclaims) <= 1  # idle_timeout is 120 s here: one reclaim, after the first read
     finally:
         await broker.shutdown()

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from taskiq import AckableMessage, AsyncBroker, BrokerMessage, InMemoryBroker
 from taskiq_redis import RedisStreamBroker
@@ -54,11 +56,78 @@ class ResilientRedisStreamBroker(RedisStreamBroker):
 
         return _ack
 
+    async def _read_jobs(self) -> AsyncGenerator[AckableMessage, None]:
+        """The stock listener's reads, with its reclaim of jobs left unacknowledged by a dead
+        worker (`XAUTOCLAIM`) made at most every quarter of `idle_timeout` instead of after
+        every read: a pipeline round trip per read, when jobs arrive one or two at a time, was
+        a share of each reply's Redis traffic. A job is only reclaimed once idle that long, so
+        the reclaim comes at most a quarter later; the sweeper re-queues such replies anyway."""
+        redis = self._redis()
+        interval = self.idle_timeout / 4000
+        next_reclaim = 0.0  # the first read is followed by a reclaim, as the stock listener's
+        while True:
+            fetched: Any = await redis.xreadgroup(  # redis-py's types are loose here
+                self.consumer_group_name,
+                self.consumer_name,
+                {self.queue_name: ">"},
+                block=self.block,
+                noack=False,
+                count=self.count,
+            )
+            for stream, entries in fetched or []:
+                for entry_id, fields in entries:
+                    yield AckableMessage(
+                        data=fields[b"data"],
+                        ack=self._ack_generator(id=entry_id, queue_name=stream),
+                    )
+            now = asyncio.get_running_loop().time()
+            if now < next_reclaim:
+                continue
+            next_reclaim = now + interval
+            claimed: Any = await redis.xautoclaim(
+                self.queue_name,
+                self.consumer_group_name,
+                self.consumer_name,
+                min_idle_time=self.idle_timeout,
+                count=self.unacknowledged_batch_size,
+            )
+            for entry_id, fields in claimed[1]:  # [next start, entries, deleted ids]
+                yield AckableMessage(
+                    data=fields[b"data"],
+                    ack=self._ack_generator(id=entry_id, queue_name=self.queue_name),
+                )
+
+    async def waiting_since(self) -> datetime | None:
+        """When the oldest job that no worker has read yet was queued, by the stream entry's
+        id (Redis' clock); None when none is waiting, or when Redis cannot tell (no stream,
+        no group, an outage). Jobs queued after it are waiting in the stream too."""
+        redis = self._redis()
+        try:
+            groups: Any = await redis.xinfo_groups(self.queue_name)
+            last = next(
+                (
+                    group["last-delivered-id"]
+                    for group in groups
+                    if _text(group["name"]) == self.consumer_group_name
+                ),
+                None,
+            )
+            if last is None:
+                return None
+            waiting: Any = await redis.xrange(self.queue_name, min=f"({_text(last)}", count=1)
+        except (RedisError, OSError) as exc:
+            log.warning("queue_position_unknown", error=type(exc).__name__)
+            return None
+        if not waiting:
+            return None
+        queued_ms = int(_text(waiting[0][0]).split("-", 1)[0])
+        return datetime.fromtimestamp(queued_ms / 1000, UTC)
+
     async def listen(self) -> AsyncGenerator[AckableMessage, None]:
         delay = 0.5
         while True:
             try:
-                async for message in _cancellable(super().listen()):
+                async for message in _cancellable(self._read_jobs()):
                     delay = 0.5
                     yield message
             except (RedisConnectionError, RedisTimeoutError, ResponseError, OSError) as exc:
@@ -74,15 +143,19 @@ class ResilientRedisStreamBroker(RedisStreamBroker):
                 log.info("queue_reconnected")
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 async def _cancellable(
     messages: AsyncGenerator[AckableMessage, None],
 ) -> AsyncGenerator[AckableMessage, None]:
-    """The stock listener, cancellable at any point.
+    """The listener, cancellable at any point.
 
     taskiq stops a worker by cancelling the listener's pending read once, then waits for it.
-    A cancel that lands while the stock listener is sending its XAUTOCLAIM pipeline is lost
-    (redis-py 8.1 / taskiq-redis 1.2), and the listener goes back to a blocking XREADGROUP
-    that only a new job ends: the worker's stop then waited for its whole timeout. Here each
+    A cancel that landed while the stock listener was sending its XAUTOCLAIM pipeline was lost
+    (redis-py 8.1 / taskiq-redis 1.2), and the listener went back to a blocking XREADGROUP
+    that only a new job ended: the worker's stop then waited for its whole timeout. Here each
     read is a task of its own, cancelled again until it is done. A job read meanwhile is not
     acknowledged, so it is delivered again (and the sweeper re-queues its reply anyway).
     """
