@@ -228,6 +228,13 @@ class ChatroomCache(NoticeFed):
         except _UNAVAILABLE as exc:
             log.warning("cache_invalidation_failed", user_id=user_id, error=type(exc).__name__)
 
+    def room_changed_notice(self, user_id: int) -> tuple[str, str] | None:
+        """`room_changed`, with the notice to other processes left to the caller: a Pub/Sub
+        (channel, message) to send in its own Redis round trip after the commit (None when there
+        are no other processes to tell)."""
+        self.forget(user_id)
+        return self._notice(user_id)
+
     def forget(self, user_id: int) -> None:
         """Drop the user's bodies in this process; reads that began before are not stored."""
         self._generation += 1

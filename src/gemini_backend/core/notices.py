@@ -153,6 +153,10 @@ class NoticeFed:
         if self._feed is not None:
             await self._feed.publish(user_id)
 
+    def _notice(self, user_id: int) -> tuple[str, str] | None:
+        """The notice `_publish` sends, for a caller to send with its own Redis commands."""
+        return (self._feed.channel, str(user_id)) if self._feed is not None else None
+
     def _start_listening(self, enabled: bool) -> None:
         if self._feed is not None and enabled:
             self._feed.start()

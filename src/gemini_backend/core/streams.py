@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -27,10 +27,17 @@ class StreamEvent:
 
 class ReplyStream(Protocol):
     async def append(
-        self, reply_id: int, type_: str, data: str, *, expire_seconds: int | None = None
+        self,
+        reply_id: int,
+        type_: str,
+        data: str,
+        *,
+        expire_seconds: int | None = None,
+        notices: Sequence[tuple[str, str]] = (),
     ) -> str:
         """Add an event; `expire_seconds` (with the final event) also sets the stream's expiry,
-        in the same round trip."""
+        and `notices`, Pub/Sub (channel, message) pairs, are published before the event, all in
+        the same round trip (an in-process stream has no other process to tell)."""
         ...
 
     async def read(self, reply_id: int, after: str | None, block_ms: int) -> list[StreamEvent]:
@@ -70,7 +77,13 @@ class MemoryReplyStream:
             del self._buffers[key]
 
     async def append(
-        self, reply_id: int, type_: str, data: str, *, expire_seconds: int | None = None
+        self,
+        reply_id: int,
+        type_: str,
+        data: str,
+        *,
+        expire_seconds: int | None = None,
+        notices: Sequence[tuple[str, str]] = (),
     ) -> str:
         buffer = self._buffer(reply_id, create=True)
         assert buffer is not None
@@ -138,16 +151,24 @@ class RedisReplyStream:
         return f"{self._prefix}:reply-notice:{reply_id}"
 
     async def append(
-        self, reply_id: int, type_: str, data: str, *, expire_seconds: int | None = None
+        self,
+        reply_id: int,
+        type_: str,
+        data: str,
+        *,
+        expire_seconds: int | None = None,
+        notices: Sequence[tuple[str, str]] = (),
     ) -> str:
         key = self._key(reply_id)
         async with self._redis.pipeline(transaction=False) as pipe:
+            for channel, message in notices:
+                pipe.publish(channel, message)
             pipe.xadd(key, {"t": type_, "d": data}, maxlen=self._max_events)
             if expire_seconds is not None:
                 pipe.expire(key, expire_seconds)
             pipe.publish(self._channel(reply_id), b"1")
             results = await pipe.execute()
-        return _text(results[0])
+        return _text(results[len(notices)])
 
     async def read(self, reply_id: int, after: str | None, block_ms: int) -> list[StreamEvent]:
         start = after if after and _valid_stream_id(after) else "0-0"

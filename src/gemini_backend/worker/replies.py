@@ -447,12 +447,18 @@ class ReplyGenerator:
                 await self.quota.release_daily_slot(session, claim.user_id, reply.quota_day)
             await session.commit()
             final = MessageOut.from_row(reply).model_dump_json()
-        # Before the final event: a client that saw `done` and reads the room sees it finished.
+        # Before the final event, in its round trip: a client that saw `done` and reads the room
+        # sees it finished.
+        notice = None
         if claim.user_id is not None:
-            await self.chatrooms.room_changed(claim.user_id)
+            notice = self.chatrooms.room_changed_notice(claim.user_id)
         event = "done" if outcome.status == COMPLETED else "error"
         await self.streams.append(
-            claim.reply_id, event, final, expire_seconds=self.settings.reply_stream_ttl_seconds
+            claim.reply_id,
+            event,
+            final,
+            expire_seconds=self.settings.reply_stream_ttl_seconds,
+            notices=(notice,) if notice is not None else (),
         )
         REPLIES.labels(outcome.status, outcome.error or "").inc()
         log.info("reply_finished", status=outcome.status, error=outcome.error)
