@@ -7,12 +7,15 @@ import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import pytest
 from sqlalchemy import func, select
 
 from gemini_backend.ai.base import Finished, ProviderError
 from gemini_backend.chat.models import Message
+from gemini_backend.main import create_app
 from gemini_backend.quota.models import DailyUsage
+from tests.conftest import BACKEND
 from tests.helpers import bearer, drop_reply_stream, read_sse, sign_in
 
 
@@ -325,6 +328,38 @@ async def test_sweeper_finishes_a_stuck_reply_exactly_once(
     assert replies == 1
     assert (await finished_reply(client, alice, fresh))["status"] == "completed"
     assert await app.state.pipeline.sweep_once() == []
+
+
+@pytest.mark.skipif(BACKEND != "production", reason="the jobs wait in Redis Streams")
+async def test_sweeper_leaves_replies_whose_jobs_wait_behind_a_backlog(
+    make_settings, clock, settings_overrides
+):
+    """A backlog older than REPLY_STALE_SECONDS is not doubled by the sweeper: a queued reply
+    whose job still waits in the stream is left alone; one queued before the oldest waiting job
+    (its job lost) is queued again."""
+    application = create_app(make_settings(**settings_overrides), clock=clock)
+    async with application.router.lifespan_context(application):  # an API process, no worker
+        transport = httpx.ASGITransport(app=application, client=("198.51.100.9", 40002))
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as api:
+            clock.set(datetime.now(UTC))  # the app's times compared with the jobs' stream ids
+            auth = bearer(await sign_in(api))
+            room_id = (await api.post("/chatroom", json={"name": "q"}, headers=auth)).json()["id"]
+            lost = await _stuck_reply(application, room_id, clock, "queued", 0)  # never queued
+            clock.set(datetime.now(UTC))  # the sends' times: next to their jobs' stream ids
+            receipts = [(await send(api, auth, room_id)).json() for _ in range(3)]
+            assert all("reply_id" in r for r in receipts), receipts
+            waiting = [r["reply_id"] for r in receipts]
+            clock.advance(application.state.settings.reply_stale_seconds + 5)  # all stale now
+            pipeline = application.state.pipeline
+            assert await pipeline.sweep_once() == [lost]
+            jobs = pipeline.broker.queue_name
+            assert await pipeline.broker._redis().xlen(jobs) == len(waiting) + 1
+            # Once no job waits (the stream lost them: a Redis without persistence restarted),
+            # every stale queued reply is queued again.
+            await pipeline.broker._redis().delete(jobs)
+            await pipeline.broker.startup()  # the group, as a worker declares it on reconnect
+            clock.advance(application.state.settings.reply_stale_seconds + 5)
+            assert sorted(await pipeline.sweep_once()) == sorted([lost, *waiting])
 
 
 async def test_duplicate_delivery_is_a_no_op(client, app, alice, room):

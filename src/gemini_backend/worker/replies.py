@@ -11,11 +11,11 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import cast
 
 import structlog
-from sqlalchemy import Table, bindparam, or_, select, text, update
+from sqlalchemy import ColumnElement, Table, and_, bindparam, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gemini_backend.ai.base import (
@@ -465,20 +465,32 @@ class ReplyGenerator:
 
     # --- the sweeper ---------------------------------------------------------------------------
     async def sweep(
-        self, enqueue: Callable[[int], Awaitable[None]], *, stale_seconds: float | None = None
+        self,
+        enqueue: Callable[[int], Awaitable[None]],
+        *,
+        stale_seconds: float | None = None,
+        queued_before: datetime | None = None,
     ) -> list[int]:
-        """Re-enqueue replies stuck in `queued` or `generating` past REPLY_STALE_SECONDS."""
+        """Re-enqueue replies stuck in `queued` or `generating` past REPLY_STALE_SECONDS; a
+        queued one only if also last queued before `queued_before` (when given: the jobs
+        queued after it are still waiting in the queue)."""
         now = self.clock.now()
         if stale_seconds is None:
             stale_seconds = self.settings.reply_stale_seconds
         cutoff = now - timedelta(seconds=stale_seconds)
+        stuck: ColumnElement[bool] = Message.status.in_([QUEUED, GENERATING])
+        if queued_before is not None and queued_before < cutoff:
+            stuck = or_(
+                Message.status == GENERATING,
+                and_(Message.status == QUEUED, Message.updated_at < queued_before),
+            )
         async with self.sessionmaker() as session, session.begin():
             stale = (
                 await session.execute(
                     update(Message)
                     .where(
                         Message.role == "assistant",
-                        Message.status.in_([QUEUED, GENERATING]),
+                        stuck,
                         Message.updated_at < cutoff,
                     )
                     .values(status=QUEUED, updated_at=now)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from datetime import timedelta
 from typing import Any
 
 import structlog
@@ -17,10 +18,14 @@ from taskiq import AsyncBroker, InMemoryBroker
 from taskiq.decor import AsyncTaskiqDecoratedTask
 
 from gemini_backend.config import Settings
-from gemini_backend.core.queue import GENERATE_REPLY
+from gemini_backend.core.queue import GENERATE_REPLY, ResilientRedisStreamBroker
 from gemini_backend.worker.replies import ReplyGenerator
 
 log = structlog.get_logger(__name__)
+
+# A reply's `updated_at` is set before its send commits; its job's stream id after. A reply
+# queued later than this before the oldest waiting job may be that job's (or a later one's).
+ENQUEUE_MARGIN = timedelta(seconds=1)
 
 
 class ReplyPipeline:
@@ -60,7 +65,19 @@ class ReplyPipeline:
         await self.broker.shutdown()
 
     async def sweep_once(self, *, stale_seconds: float | None = None) -> list[int]:
-        return await self.generator.sweep(self.enqueue, stale_seconds=stale_seconds)
+        queued_before = None
+        if isinstance(self.broker, ResilientRedisStreamBroker):
+            # A queued reply whose job still waits in the stream is not stuck, only behind a
+            # backlog: queuing it again would add a second job for it, and under a backlog
+            # older than REPLY_STALE_SECONDS the sweeper would double the queue it is behind.
+            # Only replies queued before the oldest waiting job (with a margin for the time
+            # between a send's commit and its enqueue) can have lost theirs.
+            waiting_since = await self.broker.waiting_since()
+            if waiting_since is not None:
+                queued_before = waiting_since - ENQUEUE_MARGIN
+        return await self.generator.sweep(
+            self.enqueue, stale_seconds=stale_seconds, queued_before=queued_before
+        )
 
     async def _sweep_forever(self) -> None:
         interval = max(1.0, min(10.0, self.settings.reply_stale_seconds / 4))
