@@ -17,7 +17,12 @@ from typing import Protocol
 import structlog
 from redis.asyncio import Redis
 
+from gemini_backend.core.tasks import cancel_and_wait
+
 log = structlog.get_logger(__name__)
+
+# The longest a closing feed waits for its task (which should end at once when cancelled).
+SHUTDOWN_SECONDS = 5.0
 
 
 class NoticeTarget(Protocol):
@@ -112,9 +117,7 @@ class InvalidationFeed:
 
     async def aclose(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task, give_up_after=SHUTDOWN_SECONDS)
             self._task = None
 
 

@@ -21,6 +21,7 @@ from taskiq import AckableMessage, AsyncBroker, BrokerMessage, InMemoryBroker
 from taskiq_redis import RedisStreamBroker
 
 from gemini_backend.config import Settings
+from gemini_backend.core.tasks import cancel_and_wait
 
 GENERATE_REPLY = "generate_reply"
 log = structlog.get_logger(__name__)
@@ -165,9 +166,7 @@ async def _cancellable(
             try:
                 await asyncio.wait({step})
             except asyncio.CancelledError:
-                while not step.done():
-                    step.cancel()
-                    await asyncio.wait({step}, timeout=0.05)
+                await cancel_and_wait(step)
                 raise
             try:
                 message = step.result()

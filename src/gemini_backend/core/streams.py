@@ -17,6 +17,9 @@ from typing import Any, Protocol
 
 from redis.asyncio import Redis
 
+from gemini_backend.core.notices import SHUTDOWN_SECONDS
+from gemini_backend.core.tasks import cancel_and_wait
+
 
 @dataclass(frozen=True, slots=True)
 class StreamEvent:
@@ -329,9 +332,7 @@ class _Notices:
     async def aclose(self) -> None:
         for task in (self._commander, self._receiver):
             if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await cancel_and_wait(task, give_up_after=SHUTDOWN_SECONDS)
         if self._pubsub is not None:
             with contextlib.suppress(Exception):
                 await self._pubsub.aclose()

@@ -9,7 +9,6 @@ re-queued by one conditional UPDATE).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from datetime import timedelta
 from typing import Any
 
@@ -19,6 +18,7 @@ from taskiq.decor import AsyncTaskiqDecoratedTask
 
 from gemini_backend.config import Settings
 from gemini_backend.core.queue import GENERATE_REPLY, ResilientRedisStreamBroker
+from gemini_backend.core.tasks import cancel_and_wait
 from gemini_backend.worker.replies import ReplyGenerator
 
 log = structlog.get_logger(__name__)
@@ -53,9 +53,7 @@ class ReplyPipeline:
 
     async def stop(self, grace_seconds: float = 10.0) -> None:
         if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+            await cancel_and_wait(self._sweeper, give_up_after=grace_seconds)
         if isinstance(self.broker, InMemoryBroker):
             # Embedded mode: let replies in progress finish; the rest are swept at next start.
             try:
