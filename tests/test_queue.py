@@ -103,3 +103,26 @@ async def test_reads_do_not_each_reclaim(
         assert len(reclaims) <= 1  # idle_timeout is 120 s here: one reclaim, after the first read
     finally:
         await broker.shutdown()
+
+
+async def test_the_stream_keeps_only_jobs_not_yet_done(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """An acknowledged job is deleted from the stream (the stock broker kept every job ever
+    queued); one read but not acknowledged stays, for another worker to reclaim."""
+    settings = make_settings(redis_key_prefix=f"gbtest:{uuid.uuid4().hex[:12]}")
+    broker: Any = create_broker(settings)
+    await broker.startup()
+    try:
+        for i in range(3):
+            await broker.kick(BrokerMessage(task_id=str(i), task_name="t", message=b"j", labels={}))
+        reads = broker.listen()
+        jobs = [await asyncio.wait_for(anext(reads), 10) for _ in range(3)]
+        await reads.aclose()
+        for job in jobs[:2]:
+            await job.ack()
+        assert await broker._redis().xlen(broker.queue_name) == 1
+        pending: Any = await broker._redis().xpending(broker.queue_name, broker.consumer_group_name)
+        assert pending["pending"] == 1
+    finally:
+        await broker.shutdown()

@@ -53,7 +53,14 @@ class ResilientRedisStreamBroker(RedisStreamBroker):
 
     def _ack_generator(self, id: str, queue_name: str) -> Callable[[], Awaitable[None]]:
         async def _ack() -> None:
-            await self._redis().xack(queue_name, self.consumer_group_name, id)
+            # Acknowledged and deleted in one round trip: the stream holds only the jobs not
+            # yet done. The stock broker only acknowledges, and with no length limit (a limit
+            # would drop jobs not yet read under a backlog) the stream grew by every job ever
+            # queued, for as long as Redis kept it.
+            async with self._redis().pipeline(transaction=False) as pipe:
+                pipe.xack(queue_name, self.consumer_group_name, id)
+                pipe.xdel(queue_name, id)
+                await pipe.execute()
 
         return _ack
 
