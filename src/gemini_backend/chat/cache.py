@@ -29,11 +29,13 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from gemini_backend.core.cache import Cache
@@ -199,8 +201,12 @@ class ChatroomCache(NoticeFed):
 
     # --- changes -------------------------------------------------------------------------
 
-    async def invalidate(self, user_id: int) -> None:
-        """The user's list changed (and maybe a room): call after the commit."""
+    async def invalidate(
+        self, user_id: int, *, along: Callable[[Pipeline], Awaitable[None]] | None = None
+    ) -> None:
+        """The user's list changed (and maybe a room): call after the commit. `along` adds other
+        commands (the send's job) to the invalidation's transaction, in its one round trip; it
+        runs only when the cache is on Redis (the caller sends them itself otherwise)."""
         self.forget(user_id)
         # The version outlives every page stored under it. An invalidation lost to an outage
         # leaves the user's cached list stale for at most CHATROOM_CACHE_TTL.
@@ -209,6 +215,8 @@ class ChatroomCache(NoticeFed):
             if self._redis is not None:
                 version_key, pages_key = self._redis_keys(user_id)
                 async with self._redis.pipeline(transaction=True) as pipe:
+                    if along is not None:
+                        await along(pipe)
                     pipe.incr(version_key)
                     pipe.expire(version_key, keep)
                     pipe.delete(pages_key)
@@ -219,6 +227,13 @@ class ChatroomCache(NoticeFed):
                 await self._cache.incr(self._version_key(user_id), keep)
         except _UNAVAILABLE as exc:
             log.warning("cache_invalidation_failed", user_id=user_id, error=type(exc).__name__)
+            if along is not None:
+                raise  # what went along is lost too: the caller's to report
+
+    @property
+    def on_redis(self) -> bool:
+        """Whether `invalidate` sends its commands to Redis (and so takes `along`)."""
+        return self._redis is not None
 
     async def room_changed(self, user_id: int) -> None:
         """Only the messages of one of the user's rooms changed: call after the commit."""

@@ -20,6 +20,7 @@ from functools import cache
 
 import structlog
 from limits import RateLimitItem, parse
+from redis.asyncio.client import Pipeline
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -36,6 +37,7 @@ from gemini_backend.core.clock import Clock
 from gemini_backend.core.db import Database, after_commit, run_after_commit
 from gemini_backend.core.errors import BadRequest, Conflict, TooManyRequests, ValidationFailed
 from gemini_backend.core.metrics import QUOTA_REJECTIONS
+from gemini_backend.core.queue import kicks_into
 from gemini_backend.core.streams import ReplyStream
 from gemini_backend.core.throttle import Throttle
 from gemini_backend.quota.service import Quota, QuotaState
@@ -333,6 +335,18 @@ class MessageSender:
 
         async def enqueue() -> None:
             await self.pipeline.enqueue(reply_id)
+
+        if self.pipeline.queues_on_redis and self.chatrooms.on_redis:
+            # Production: the job goes in the invalidation's transaction, one round trip.
+            async def enqueue_into(pipe: Pipeline) -> None:
+                with kicks_into(pipe):
+                    await enqueue()
+
+            async def both() -> None:
+                await self.chatrooms.invalidate(user_id, along=enqueue_into)
+
+            await run_after_commit([both])
+            return
 
         async def invalidate() -> None:
             await self.chatrooms.invalidate(user_id)

@@ -8,12 +8,15 @@ duplicate delivery is harmless because the worker's claim is a conditional UPDAT
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Awaitable, Callable
+import contextlib
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -25,6 +28,21 @@ from gemini_backend.core.tasks import cancel_and_wait
 
 GENERATE_REPLY = "generate_reply"
 log = structlog.get_logger(__name__)
+
+
+_KICKS_INTO: ContextVar[Pipeline | None] = ContextVar("kicks_into", default=None)
+
+
+@contextlib.contextmanager
+def kicks_into(pipe: Pipeline) -> Iterator[None]:
+    """Jobs enqueued meanwhile (by this task) on the Redis Streams broker are added to `pipe`
+    instead of sent: they go out when the caller executes it, with its other commands, in one
+    round trip. A send's job thus travels in its cache invalidation's transaction."""
+    token = _KICKS_INTO.set(pipe)
+    try:
+        yield
+    finally:
+        _KICKS_INTO.reset(token)
 
 
 class ResilientRedisStreamBroker(RedisStreamBroker):
@@ -47,8 +65,13 @@ class ResilientRedisStreamBroker(RedisStreamBroker):
 
     async def kick(self, message: BrokerMessage) -> None:
         queue_name = message.labels.get("queue_name") or self.queue_name
+        fields: Any = {b"data": message.message}
+        into = _KICKS_INTO.get()
+        if into is not None:  # sent by the caller, with its own commands
+            into.xadd(queue_name, fields, maxlen=self.maxlen, approximate=self.approximate)
+            return
         await self._redis().xadd(
-            queue_name, {b"data": message.message}, maxlen=self.maxlen, approximate=self.approximate
+            queue_name, fields, maxlen=self.maxlen, approximate=self.approximate
         )
 
     def _ack_generator(self, id: str, queue_name: str) -> Callable[[], Awaitable[None]]:

@@ -43,6 +43,11 @@ class ReplyPipeline:
             task_name=GENERATE_REPLY,
         )
 
+    @property
+    def queues_on_redis(self) -> bool:
+        """Whether jobs go to Redis Streams (`core.queue.kicks_into` applies to them)."""
+        return isinstance(self.broker, ResilientRedisStreamBroker)
+
     async def enqueue(self, reply_id: int) -> None:
         await self._task.kiq(reply_id)
 
