@@ -441,3 +441,12 @@ async def _exercise_auth(
 
     tokens = [r.json() for r in (verified, login, refreshed, changed, other)]
     return tokens, [otp, second_otp]
+
+
+@pytest.mark.parametrize("enabled", [False, True])
+def test_fastapi_opentelemetry_only_when_configured(make_settings, clock, enabled: bool) -> None:
+    """OPENTELEMETRY=true hands FastAPI's native telemetry its defaults (the global providers);
+    otherwise it is off, and no request looks the providers up."""
+    app = create_app(make_settings(opentelemetry=enabled), clock=clock)
+    config = app._native_telemetry.config
+    assert [config["tracing"], config["metrics"], config["logs"]] == [enabled] * 3

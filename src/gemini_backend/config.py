@@ -56,6 +56,10 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     public_base_url: str | None = None
     worker_metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    # FastAPI's native OpenTelemetry (request spans, metrics and logs, sent to the providers an
+    # OpenTelemetry SDK or agent installs). Off: without one, FastAPI only looks the providers
+    # up again on every request (a few percent of a request's CPU in a profile).
+    opentelemetry: bool = False
 
     # --- storage -------------------------------------------------------------------------
     database_url: str | None = None

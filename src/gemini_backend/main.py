@@ -117,6 +117,11 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
         ),
         lifespan=lifespan,
         redirect_slashes=False,
+        telemetry=(
+            None
+            if settings.opentelemetry
+            else {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}
+        ),
     )
     install_error_handlers(app)
     # Routes are matched in this order, one after the other: the busiest routers come first.
