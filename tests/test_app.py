@@ -3,6 +3,7 @@ trailing slashes and what reaches the logs."""
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import re
@@ -450,3 +451,18 @@ def test_fastapi_opentelemetry_only_when_configured(make_settings, clock, enable
     app = create_app(make_settings(opentelemetry=enabled), clock=clock)
     config = app._native_telemetry.config
     assert [config["tracing"], config["metrics"], config["logs"]] == [enabled] * 3
+
+
+async def test_only_a_served_app_settles_its_heap(make_settings, clock) -> None:
+    """`gemini-backend serve`'s app moves what it built at startup out of the garbage
+    collector's sight (gc.freeze); an app made by a test, one of hundreds per process, does not."""
+    assert gc.get_freeze_count() == 0
+    plain = create_app(make_settings(), clock=clock)
+    async with plain.router.lifespan_context(plain):
+        assert gc.get_freeze_count() == 0
+    served = create_app(make_settings(), clock=clock, settle_heap_at_startup=True)
+    try:
+        async with served.router.lifespan_context(served):
+            assert gc.get_freeze_count() > 10_000
+    finally:
+        gc.unfreeze()

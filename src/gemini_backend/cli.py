@@ -61,9 +61,9 @@ def _serve(args: argparse.Namespace) -> int:
     }
     if workers > 1:
         _prepare_multiprocess_metrics()
-        uvicorn.run("gemini_backend.main:create_app", workers=workers, **options)
+        uvicorn.run("gemini_backend.main:create_served_app", workers=workers, **options)
     else:
-        _GracefulServer(uvicorn.Config("gemini_backend.main:create_app", **options)).run()
+        _GracefulServer(uvicorn.Config("gemini_backend.main:create_served_app", **options)).run()
     return 0
 
 
@@ -109,7 +109,7 @@ def _worker(_args: argparse.Namespace) -> int:
 
         # The worker's own /metrics (replies, provider latency, time to first token).
         start_http_server(settings.worker_metrics_port, addr=settings.host)
-    asyncio.run(run_worker(settings))
+    asyncio.run(run_worker(settings, settle_heap_at_startup=True))
     return 0
 
 

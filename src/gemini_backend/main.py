@@ -22,6 +22,7 @@ from gemini_backend.chat.sending import MessageSender
 from gemini_backend.config import Settings
 from gemini_backend.core.clock import Clock, SystemClock
 from gemini_backend.core.errors import install_error_handlers
+from gemini_backend.core.heap import settle_heap
 from gemini_backend.core.logging import configure_logging, log_level
 from gemini_backend.core.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from gemini_backend.core.openapi import install_openapi
@@ -34,7 +35,18 @@ from gemini_backend.users.router import router as users_router
 log = structlog.get_logger(__name__)
 
 
-def create_app(settings: Settings | None = None, clock: Clock | None = None) -> FastAPI:
+def create_served_app() -> FastAPI:
+    """The app `gemini-backend serve` runs (uvicorn's factory): one per process, for its whole
+    life, so its heap is settled once started (core/heap.py)."""
+    return create_app(settle_heap_at_startup=True)
+
+
+def create_app(
+    settings: Settings | None = None,
+    clock: Clock | None = None,
+    *,
+    settle_heap_at_startup: bool = False,
+) -> FastAPI:
     settings = settings or Settings()
     clock = clock or SystemClock()
     configure_logging(settings)
@@ -94,6 +106,8 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
             except Exception:
                 # Start anyway (/ready reports the database); the periodic sweep retries.
                 log.exception("startup_sweep_failed")
+        if settle_heap_at_startup:
+            settle_heap()
         log.info(
             "startup",
             mode="embedded" if embedded else "production",

@@ -16,6 +16,7 @@ from taskiq.receiver import Receiver
 
 from gemini_backend.config import Settings
 from gemini_backend.core.clock import Clock, SystemClock
+from gemini_backend.core.heap import settle_heap
 from gemini_backend.services import Services
 
 log = structlog.get_logger(__name__)
@@ -31,7 +32,9 @@ async def run_worker(
     max_concurrent_replies: int = 200,
     shutdown_grace_seconds: float = SHUTDOWN_GRACE_SECONDS,
     on_started: Callable[[Services], None] | None = None,
+    settle_heap_at_startup: bool = False,
 ) -> None:
+    """`settle_heap_at_startup`: the process runs only this worker (core/heap.py)."""
     services = Services.build(settings, clock or SystemClock())
     if on_started is not None:
         on_started(services)
@@ -55,6 +58,8 @@ async def run_worker(
             propagate_exceptions=False,
             wait_tasks_timeout=shutdown_grace_seconds,
         )
+        if settle_heap_at_startup:
+            settle_heap()
         log.info(
             "worker_started",
             ai_provider=services.provider.name,
