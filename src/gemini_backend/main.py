@@ -3,6 +3,7 @@ and clients of the process."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -110,6 +111,7 @@ def create_app(
             settle_heap()
         log.info(
             "startup",
+            event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
             mode="embedded" if embedded else "production",
             database=settings.resolved_database_url.split("://", 1)[0],
             environment=settings.environment.value,

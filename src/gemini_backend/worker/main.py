@@ -62,6 +62,7 @@ async def run_worker(
             settle_heap()
         log.info(
             "worker_started",
+            event_loop=type(loop).__module__.split(".")[0],
             ai_provider=services.provider.name,
             ai_model=services.provider.model,
         )
