@@ -86,7 +86,7 @@ def _replay(message: MessageOut) -> list[ServerSentEvent]:
             ServerSentEvent(json.dumps({"text": message.content}), event="delta", id="db-1")
         )
     final = "done" if message.status == COMPLETED else "error"
-    events.append(ServerSentEvent(message.model_dump_json(), event=final, id="db-2"))
+    events.append(ServerSentEvent(message.model_dump_json(), event=final, id="db-2", last=True))
     return events
 
 
@@ -123,10 +123,18 @@ async def reply_events(
             # Redis is unreachable: end the stream cleanly; the client resumes with Last-Event-ID.
             log.warning("reply_stream_interrupted", reply_id=reply_id, error=type(exc).__name__)
             return
-        for item in events:
-            yield ServerSentEvent(item.data, event=item.type, id=item.id)
-            after = item.id
-            if item.type in TERMINAL_EVENTS:
+        if events:
+            # The events of one read go out together (one write); the stream ends with its
+            # final event.
+            batch = []
+            for item in events:
+                terminal = item.type in TERMINAL_EVENTS
+                batch.append(ServerSentEvent(item.data, event=item.type, id=item.id, last=terminal))
+                after = item.id
+                if terminal:
+                    break
+            yield tuple(batch)
+            if batch[-1].last:
                 return
         now = loop.time()
         if events:
@@ -161,6 +169,8 @@ async def reply_events(
                 for item in pending:
                     yield ServerSentEvent(item.data, event=item.type, id=item.id)
                 kind = "done" if final.status == COMPLETED else "error"
-                yield ServerSentEvent(final.model_dump_json(), event=kind, id=after or "db-2")
+                yield ServerSentEvent(
+                    final.model_dump_json(), event=kind, id=after or "db-2", last=True
+                )
                 return
         del current  # the row (and its text) is not kept until the next check

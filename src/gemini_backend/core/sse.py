@@ -6,10 +6,11 @@ response (the generator, pings, a disconnect listener, a shutdown watcher), whic
 stream cost about 70 KB. `EventStreamResponse` does the same work from the one task that
 already serves the request:
 
-- **Events.** The body comes from an async iterator of `ServerSentEvent | None`, one body chunk
-  per event, byte for byte what sse-starlette 3.x sends (`\\r\\n` line endings, a multi-line
-  value split into several `data:` lines, comments as `: ...` lines). `None` means "nothing new
-  yet": nothing is sent, but the response gets to look at the client (below).
+- **Events.** The body comes from an async iterator of `ServerSentEvent | None` (or a tuple of
+  events ready together), one body chunk per item, byte for byte what sse-starlette 3.x sends
+  (`\\r\\n` line endings, a multi-line value split into several `data:` lines, comments as
+  `: ...` lines). `None` means "nothing new yet": nothing is sent, but the response gets to
+  look at the client (below).
 - **Pings.** The iterator sends them itself (`ping_event()`, `: ping - <UTC time>`, the format of
   sse-starlette's default ping): it is the one that waits, so it bounds its waits by the time
   the next ping is due and yields the ping from the same loop. A ping timer of the response's
@@ -33,9 +34,10 @@ already serves the request:
   cancellation from anyone else (uvicorn's graceful timeout) propagates. `end_streams()` does
   the same without uvicorn. uvicorn only sends the lifespan shutdown after open requests have
   finished, so the lifespan cannot do this.
-- **Always a clean end.** After the last event, a client gone or a shutdown, the final empty
-  body chunk is sent, so a client never sees a truncated chunked response; an EventSource then
-  reconnects with `Last-Event-ID` (to another process) and resumes. An error from the iterator
+- **Always a clean end.** With an event marked `last`, the body ends in that event's write;
+  after the iterator's end, a client gone or a shutdown, the final empty body chunk is sent.
+  So a client never sees a truncated chunked response; an EventSource then reconnects with
+  `Last-Event-ID` (to another process) and resumes. An error from the iterator
   propagates instead (the server closes the connection, the client reconnects as well).
 """
 
@@ -68,6 +70,8 @@ class ServerSentEvent:
     id: str | None = None
     retry: int | None = None
     comment: str | None = None
+    # The stream's last event: it goes out with the end of the body, in one write.
+    last: bool = False
 
     def encode(self) -> bytes:
         lines: list[str] = []
@@ -90,7 +94,9 @@ def ping_event() -> ServerSentEvent:
     return ServerSentEvent(comment=f"ping - {datetime.now(UTC)}")
 
 
-EventSource = AsyncGenerator[ServerSentEvent | None, None]
+# An item of a stream: an event, events ready together (one body chunk, one write), or None.
+EventItem = ServerSentEvent | tuple[ServerSentEvent, ...] | None
+EventSource = AsyncGenerator[EventItem, None]
 
 MEDIA_TYPE = "text/event-stream"
 # The headers sse-starlette sends, in its order. Shared (immutable) by every response; each one
@@ -123,6 +129,7 @@ class EventStreamResponse(Response):
         streams = _open_streams()
         task = asyncio.current_task()
         assert task is not None
+        ended = False
         try:
             await self._start(send)
             # HEAD: the headers only; the stream never starts (it would never end).
@@ -134,13 +141,20 @@ class EventStreamResponse(Response):
                             break
                         if event is None:
                             continue
-                        body = event.encode()
+                        if isinstance(event, tuple):
+                            body = b"".join(e.encode() for e in event)
+                            last = bool(event) and event[-1].last
+                        else:
+                            body, last = event.encode(), event.last
                         try:
                             await send(
-                                {"type": "http.response.body", "body": body, "more_body": True}
+                                {"type": "http.response.body", "body": body, "more_body": not last}
                             )
                         except OSError:
                             break  # a closed connection (servers of ASGI spec 2.4)
+                        if last:
+                            ended = True  # the body ended with it
+                            break
                 except asyncio.CancelledError:
                     # The shutdown's own cancellation ends the stream cleanly; anyone else's
                     # (uvicorn's graceful timeout) goes on.
@@ -152,8 +166,9 @@ class EventStreamResponse(Response):
             # Runs the iterator's cleanup when it is left suspended (client gone, shutdown
             # during a send); a no-op when it has finished.
             await self.events.aclose()
-        with contextlib.suppress(OSError):  # the client may be gone already
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        if not ended:
+            with contextlib.suppress(OSError):  # the client may be gone already
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
         if self.background is not None:
             await self.background()
 
