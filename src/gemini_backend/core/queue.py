@@ -24,6 +24,7 @@ from taskiq import AckableMessage, AsyncBroker, BrokerMessage, InMemoryBroker
 from taskiq_redis import RedisStreamBroker
 
 from gemini_backend.config import Settings
+from gemini_backend.core.redis import as_text
 from gemini_backend.core.tasks import cancel_and_wait
 
 GENERATE_REPLY = "generate_reply"
@@ -139,19 +140,19 @@ class ResilientRedisStreamBroker(RedisStreamBroker):
                 (
                     group["last-delivered-id"]
                     for group in groups
-                    if _text(group["name"]) == self.consumer_group_name
+                    if as_text(group["name"]) == self.consumer_group_name
                 ),
                 None,
             )
             if last is None:
                 return None
-            waiting: Any = await redis.xrange(self.queue_name, min=f"({_text(last)}", count=1)
+            waiting: Any = await redis.xrange(self.queue_name, min=f"({as_text(last)}", count=1)
         except (RedisError, OSError) as exc:
             log.warning("queue_position_unknown", error=type(exc).__name__)
             return None
         if not waiting:
             return None
-        queued_ms = int(_text(waiting[0][0]).split("-", 1)[0])
+        queued_ms = int(as_text(waiting[0][0]).split("-", 1)[0])
         return datetime.fromtimestamp(queued_ms / 1000, UTC)
 
     async def listen(self) -> AsyncGenerator[AckableMessage, None]:
@@ -172,10 +173,6 @@ class ResilientRedisStreamBroker(RedisStreamBroker):
                 except (RedisConnectionError, RedisTimeoutError, OSError):
                     continue
                 log.info("queue_reconnected")
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 async def _cancellable(

@@ -22,3 +22,9 @@ def create_redis(settings: Settings) -> Redis | None:
         health_check_interval=30,
     )
     return Redis.from_pool(pool)  # closing the client closes the pool
+
+
+def as_text(value: bytes | str) -> str:
+    """A value of a Redis reply as text (this project's clients answer bytes, `decode_responses`
+    off)."""
+    return value.decode() if isinstance(value, bytes) else value

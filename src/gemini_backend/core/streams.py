@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from redis.asyncio import Redis
 
 from gemini_backend.core.notices import SHUTDOWN_SECONDS
+from gemini_backend.core.redis import as_text
 from gemini_backend.core.tasks import cancel_and_wait
 
 
@@ -171,7 +172,7 @@ class RedisReplyStream:
                 pipe.expire(key, expire_seconds)
             pipe.publish(self._channel(reply_id), b"1")
             results = await pipe.execute()
-        return _text(results[len(notices)])
+        return as_text(results[len(notices)])
 
     async def read(self, reply_id: int, after: str | None, block_ms: int) -> list[StreamEvent]:
         start = after if after and _valid_stream_id(after) else "0-0"
@@ -320,7 +321,7 @@ class _Notices:
             pause = 0.05
             if message is None:
                 continue
-            receiver = self._channels.get(_text(message["channel"]))
+            receiver = self._channels.get(as_text(message["channel"]))
             if receiver is None:
                 continue
             if message["type"] == "subscribe":
@@ -339,11 +340,7 @@ class _Notices:
 
 
 def _event(raw_id: bytes | str, fields: dict[bytes, bytes]) -> StreamEvent:
-    return StreamEvent(_text(raw_id), _text(fields[b"t"]), _text(fields[b"d"]))
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+    return StreamEvent(as_text(raw_id), as_text(fields[b"t"]), as_text(fields[b"d"]))
 
 
 def _valid_stream_id(value: str) -> bool:
