@@ -220,8 +220,8 @@ class ChatroomCache(NoticeFed):
                     pipe.incr(version_key)
                     pipe.expire(version_key, keep)
                     pipe.delete(pages_key)
-                    if self._feed is not None:
-                        pipe.publish(self._feed.channel, str(user_id))
+                    if (notice := self._notice(user_id)) is not None:
+                        pipe.publish(*notice)
                     await pipe.execute()
             else:
                 await self._cache.incr(self._version_key(user_id), keep)

@@ -58,12 +58,12 @@ class InvalidationFeed:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name=f"{self._name}-invalidations")
 
-    async def publish(self, user_id: int) -> None:
-        await self._redis.publish(self._channel, str(user_id))
+    def notice(self, user_id: int) -> tuple[str, str]:
+        """The (channel, message) that tells every process to forget `user_id`."""
+        return self._channel, str(user_id)
 
-    @property
-    def channel(self) -> str:
-        return self._channel
+    async def publish(self, user_id: int) -> None:
+        await self._redis.publish(*self.notice(user_id))
 
     async def wait_subscribed(self, more_than: int = 0) -> None:
         """Until the channel is subscribed for the (more_than + 1)th time (readiness, tests)."""
@@ -158,7 +158,7 @@ class NoticeFed:
 
     def _notice(self, user_id: int) -> tuple[str, str] | None:
         """The notice `_publish` sends, for a caller to send with its own Redis commands."""
-        return (self._feed.channel, str(user_id)) if self._feed is not None else None
+        return self._feed.notice(user_id) if self._feed is not None else None
 
     def _start_listening(self, enabled: bool) -> None:
         if self._feed is not None and enabled:
