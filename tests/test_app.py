@@ -184,6 +184,23 @@ async def test_wrong_method_is_json_405(client, method, path):
     assert body["detail"]
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("DELETE", "/health", {"GET"}),
+        ("OPTIONS", "/chatroom", {"GET", "POST"}),
+        ("PUT", "/chatroom/1", {"GET", "PATCH", "DELETE"}),
+        ("PUT", "/chatroom/1/", {"GET", "PATCH", "DELETE"}),
+        ("OPTIONS", "/chatroom/usage", {"GET"}),  # not a room: its own path
+    ],
+)
+async def test_405_allow_lists_every_method_of_the_path(client, method, path, allowed):
+    # A path served by one route per method: every one of them, not only the first route's.
+    response = await client.request(method, path)
+    assert_error(response, 405, "method_not_allowed")
+    assert set(response.headers["allow"].split(", ")) == allowed
+
+
 async def test_trailing_slash_on_post_is_served_without_redirect(client):
     number = new_number()
     response = await client.post("/auth/send-otp/", json={"mobile_number": number})

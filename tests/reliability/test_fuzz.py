@@ -1,5 +1,7 @@
 """schemathesis against /openapi.json of a real server process, signed in and not: no 5xx, no
-response outside the schema (status codes, content types, bodies)."""
+response outside the schema (status codes, content types, headers, bodies), `Allow` on every
+405, invalid data refused, resources readable once created and gone once deleted, no
+operation that ignores its authentication."""
 
 from __future__ import annotations
 
@@ -19,12 +21,13 @@ from tests.processes import free_port, running_service, service_env
 
 # Examples per operation; `make soak` raises it.
 EXAMPLES = int(os.environ.get("GB_FUZZ_EXAMPLES", "200" if os.environ.get("GB_SOAK") else "8"))
-CHECKS = [
-    "not_a_server_error",
-    "status_code_conformance",
-    "content_type_conformance",
-    "response_schema_conformance",
-]
+# Every check but two whose premise this API does not meet, by design:
+# - positive_data_acceptance: a schema-valid body can still be refused with a 4xx, because
+#   JSON Schema cannot say which strings are valid phone numbers (phonenumbers decides) or
+#   which Stripe-Signature headers verify;
+# - unsupported_method: `PATCH /chatroom/usage` is routed to `PATCH /chatroom/{chatroom_id}`
+#   and answers 422 (not an integer id) rather than 405.
+EXCLUDED_CHECKS = ["positive_data_acceptance", "unsupported_method"]
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 
 
@@ -70,7 +73,9 @@ def _fuzz(base: str, tmp_path: Path, *extra: str) -> subprocess.CompletedProcess
             "run",
             f"{base}/openapi.json",
             "--checks",
-            ",".join(CHECKS),
+            "all",
+            "--exclude-checks",
+            ",".join(EXCLUDED_CHECKS),
             "--max-examples",
             str(EXAMPLES),
             "--seed",

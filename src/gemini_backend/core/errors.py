@@ -12,6 +12,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 log = structlog.get_logger(__name__)
 
@@ -174,9 +175,26 @@ async def _http_exception_handler(request: Request, exc: Exception) -> JSONRespo
     assert isinstance(exc, StarletteHTTPException)
     code = _STATUS_CODES.get(exc.status_code, "error")
     detail = exc.detail
+    headers = exc.headers
     if exc.status_code == 404 and detail == "Not Found":
         detail = "No such route."
-    return error_response(exc.status_code, code, detail, exc.headers)
+    elif exc.status_code == 405:
+        headers = {**(headers or {}), "Allow": _allowed_methods(request)}
+    return error_response(exc.status_code, code, detail, headers)
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method the path answers to (RFC 9110 15.5.6). Starlette's 405 names only the
+    methods of the first route whose path matched, and a path such as `/chatroom` has one
+    route per method. A concrete path (`/chatroom/usage`) is its own resource, not an instance
+    of a templated one (`/chatroom/{chatroom_id}`), as OpenAPI matches paths."""
+    concrete: set[str] = set()
+    templated: set[str] = set()
+    for route in request.app.router.routes:
+        methods = getattr(route, "methods", None)
+        if methods and route.matches(request.scope)[0] is not Match.NONE:
+            (templated if getattr(route, "param_convertors", None) else concrete).update(methods)
+    return ", ".join(sorted(concrete or templated))
 
 
 # PostgreSQL errors that mean "not now" rather than "wrong": connection exceptions (08),
