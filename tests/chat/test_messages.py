@@ -198,6 +198,23 @@ async def test_idempotency_key_returns_the_first_receipt(client, app, alice, roo
     assert again.headers["X-RateLimit-Remaining"] == "4"
 
 
+async def test_a_key_reused_for_another_message_is_refused(client, app, alice, room):
+    first = await send(client, alice, room, "once", **{"Idempotency-Key": "reused"})
+    assert first.status_code == 202
+    # The same text with blanks around it is the same message: a retry.
+    again = await send(client, alice, room, "  once ", **{"Idempotency-Key": "reused"})
+    assert again.json() == first.json()
+    other_room = (await client.post("/chatroom", json={"name": "b"}, headers=alice)).json()["id"]
+    for room_id, text in ((room, "twice"), (other_room, "once")):
+        refused = await send(client, alice, room_id, text, **{"Idempotency-Key": "reused"})
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["code"] == "idempotency_key_reused"
+    assert await count_messages(app, room) == 2
+    assert await count_messages(app, other_room) == 0
+    usage = (await client.get("/user/usage", headers=alice)).json()
+    assert usage["used_today"] == 1
+
+
 async def test_concurrent_sends_with_one_key_create_one_exchange(client, app, alice, room):
     responses = await asyncio.gather(
         *(send(client, alice, room, "same", **{"Idempotency-Key": "k1"}) for _ in range(10))

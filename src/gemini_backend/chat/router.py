@@ -277,7 +277,9 @@ class NotAReply(BadRequest):
         "poll `GET /chatroom/{chatroom_id}/messages/{reply_id}`.\n\n"
         "`content` (aliases `message`, `text`) is 1 to MAX_MESSAGE_CHARS (8000) characters "
         "after trimming. An `Idempotency-Key` header (per user, 24 h) makes retries safe: the "
-        "same key answers the first receipt again and creates nothing.\n\n"
+        "same key with the same chatroom and text answers the first receipt again and creates "
+        "nothing; the same key with another chatroom or text is 422 `idempotency_key_reused`."
+        "\n\n"
         "Each send takes a slot of the daily quota: a Basic user's sixth message of the day is "
         "429 `daily_limit_reached` with `Retry-After`. Accepted sends carry `X-RateLimit-Limit`, "
         "`X-RateLimit-Remaining` and `X-RateLimit-Reset` (the first two absent when unlimited)."
@@ -289,6 +291,7 @@ class NotAReply(BadRequest):
         422: validation_doc(
             "message_too_long",
             "invalid_idempotency_key",
+            "idempotency_key_reused",
             example=problem("missing", ("body", "content"), "Field required"),
         ),
         **QUOTA_ERRORS,

@@ -80,6 +80,14 @@ class InvalidIdempotencyKey(ValidationFailed):
     detail = f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters."
 
 
+class IdempotencyKeyReused(ValidationFailed):
+    code = "idempotency_key_reused"
+    detail = (
+        "That Idempotency-Key was used for a different message (another chatroom or text) in "
+        "the last 24 hours; a new message needs a new key."
+    )
+
+
 def stream_url(room_id: int, reply_id: int) -> str:
     return f"/chatroom/{room_id}/messages/{reply_id}/stream"
 
@@ -157,6 +165,11 @@ class MessageSender:
                 if idempotency_key is not None:
                     replay = await self._claim_key(session, user.id, room_id, idempotency_key, now)
                     if isinstance(replay, SendReceipt):
+                        sent = replay.user_message
+                        if sent.chatroom_id != room_id or sent.content != content:
+                            # Not a retry of that send: answering its receipt would drop this
+                            # message without a word (draft-ietf-httpapi-idempotency-key-header).
+                            raise IdempotencyKeyReused()
                         quota = await self.quota.state(session, user.id, tier, now)
                         return replay, quota
                     key_row = replay
