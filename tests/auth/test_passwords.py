@@ -181,6 +181,13 @@ async def test_signup_with_password_and_details(client):
     assert PASSWORD not in response.text
 
 
+async def test_signup_name_with_a_nul_character_is_422(client):
+    number = new_number()
+    response = await signup(client, number, name="As\x00ha")
+    assert response.status_code == 422, response.text
+    assert (await signup(client, number, name="Asha")).status_code == 201  # nothing was stored
+
+
 async def test_signup_without_password(client):
     number = new_number()
     response = await signup(client, number)

@@ -365,3 +365,17 @@ async def test_concurrent_creates(client, alice):
     assert len({r["id"] for r in rooms}) == 20
     listed = (await listing(client, alice, limit=100)).json()["chatrooms"]
     assert len(listed) == 20
+
+
+@pytest.mark.parametrize(
+    "body", [{"name": "a\x00b"}, {"name": "ok", "system_prompt": "be\x00brief"}]
+)
+async def test_text_with_a_nul_character_is_422_and_stores_nothing(client, alice, body):
+    # PostgreSQL's text cannot hold U+0000: refused up front in both modes, never a 500.
+    response = await client.post("/chatroom", json=body, headers=alice)
+    assert response.status_code == 422, response.text
+    assert response.json()["code"] == "validation_error"
+    room = await create(client, alice, name="kept")
+    renamed = await client.patch(f"/chatroom/{room['id']}", json=body, headers=alice)
+    assert renamed.status_code == 422, renamed.text
+    assert [r["name"] for r in (await listing(client, alice)).json()["chatrooms"]] == ["kept"]

@@ -215,6 +215,17 @@ async def test_a_key_reused_for_another_message_is_refused(client, app, alice, r
     assert usage["used_today"] == 1
 
 
+@pytest.mark.parametrize("key", [None, "nul-key"])
+async def test_a_message_with_a_nul_character_is_422_and_stores_nothing(
+    client, app, alice, room, key
+):
+    headers = {} if key is None else {"Idempotency-Key": key}
+    response = await send(client, alice, room, "a\x00b", **headers)
+    assert response.status_code == 422, response.text
+    assert response.json()["code"] == "validation_error"
+    assert await count_messages(app, room) == 0
+
+
 async def test_concurrent_sends_with_one_key_create_one_exchange(client, app, alice, room):
     responses = await asyncio.gather(
         *(send(client, alice, room, "same", **{"Idempotency-Key": "k1"}) for _ in range(10))

@@ -5,6 +5,7 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, EmailStr, Field, StringConstraints
 
 from gemini_backend.auth.passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
+from gemini_backend.core.db import STORABLE_TEXT
 from gemini_backend.users.schemas import USER_EXAMPLE, UserOut
 
 MobileNumber = Annotated[
@@ -32,7 +33,10 @@ NewPassword = Annotated[
 ]
 
 
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+Name = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=100, pattern=STORABLE_TEXT),
+]
 
 # Realistic values shared by the examples of the OpenAPI schema.
 EXAMPLE_NUMBER = "+919876543210"

@@ -7,9 +7,15 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StringConstrain
 from sqlalchemy import Row
 
 from gemini_backend.chat.models import Message, RoomView
+from gemini_backend.core.db import STORABLE_TEXT
 
-RoomName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
-SystemPrompt = Annotated[str, StringConstraints(strip_whitespace=True, max_length=8000)]
+RoomName = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=STORABLE_TEXT),
+]
+SystemPrompt = Annotated[
+    str, StringConstraints(strip_whitespace=True, max_length=8000, pattern=STORABLE_TEXT)
+]
 
 # Realistic values shared by the examples of the OpenAPI schema: one exchange in chatroom 12.
 PROMPT_EXAMPLE = "Plan a 3-day trip to Goa in December."
@@ -199,7 +205,9 @@ class MessagePage(BaseModel):
     next_cursor: str | None = Field(description="Pass as `before` for older messages.")
 
 
-MessageContent = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+MessageContent = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, pattern=STORABLE_TEXT)
+]
 
 
 class MessageCreate(BaseModel):

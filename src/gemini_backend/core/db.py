@@ -30,6 +30,10 @@ from gemini_backend.core.errors import AppError
 
 log = structlog.get_logger(__name__)
 
+# The `pattern` of every free-text field a request stores: PostgreSQL's text cannot hold U+0000
+# (asyncpg fails with "invalid byte sequence"), so it is refused as a 422 in both modes.
+STORABLE_TEXT = r"^[^\x00]*$"
+
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
