@@ -117,6 +117,21 @@ async def test_stream_events_and_resume(client, alice, room):
     assert await read_sse(client, receipt["stream_url"], alice) == events
 
 
+@pytest.mark.parametrize(
+    "last_event_id",
+    ["abc", "18446744073709551616-0", "1-18446744073709551616", b"\xb2-0", "1-", "-1"],
+)
+async def test_a_last_event_id_that_is_no_stream_id_replays_the_whole_reply(
+    client, alice, room, last_event_id
+):
+    # Out of range or not ASCII digits: Redis refused such an id, and the stream ended right
+    # after it opened (an unhandled error) instead of replaying.
+    receipt = (await send(client, alice, room, "stream me please")).json()
+    events = await read_sse(client, receipt["stream_url"], alice)
+    assert events[-1][1] == "done"
+    assert await read_sse(client, receipt["stream_url"], alice, last_event_id) == events
+
+
 async def test_chunks_arriving_faster_than_the_stream_takes_them_are_batched(client, alice, room):
     # The demo model at zero delay yields its 4+ chunks at once: rather than a Redis round trip
     # each, the worker appends the first and then the rest together, with nothing lost.

@@ -343,6 +343,14 @@ def _event(raw_id: bytes | str, fields: dict[bytes, bytes]) -> StreamEvent:
     return StreamEvent(as_text(raw_id), as_text(fields[b"t"]), as_text(fields[b"d"]))
 
 
+_MAX_ID_PART = 2**64 - 1  # a Redis stream id is two unsigned 64-bit integers
+
+
 def _valid_stream_id(value: str) -> bool:
-    head, _, tail = value.partition("-")
-    return head.isdigit() and (tail == "" or tail.isdigit())
+    """A Last-Event-ID Redis takes as a stream id; anything else would fail the read (the
+    stream would end right after it opened)."""
+    head, dash, tail = value.partition("-")
+    return all(
+        part.isascii() and part.isdigit() and int(part) <= _MAX_ID_PART
+        for part in ((head, tail) if dash else (head,))
+    )
