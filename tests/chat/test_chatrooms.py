@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 
 import pytest
 from sqlalchemy import func, select
@@ -118,11 +120,42 @@ async def test_same_timestamp_rooms_paginate_without_loss(client, alice):
     assert len(seen) == len(set(seen))
 
 
-@pytest.mark.parametrize("cursor", ["nonsense", "eyJ4IjoxfQ", "W10"])
+def _cursor(*parts: object) -> str:
+    """A cursor of the server's shape holding any values (the server never issued it)."""
+    return base64.urlsafe_b64encode(json.dumps(parts).encode()).decode().rstrip("=")
+
+
+WHEN = "2026-11-22T10:00:00+00:00"
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        "nonsense",
+        "eyJ4IjoxfQ",
+        "W10",
+        # An id beyond BIGINT was a 500 on PostgreSQL (the driver refused the parameter).
+        _cursor(WHEN, 2**63),
+        _cursor(WHEN, 0),
+        _cursor(WHEN, True),
+        _cursor(WHEN, 1.0),
+        _cursor("2026-11-22T10:00:00", 1),  # no time zone
+    ],
+)
 async def test_bad_cursor_is_400(client, alice, cursor):
     response = await client.get("/chatroom", params={"cursor": cursor}, headers=alice)
     assert response.status_code == 400
     assert response.json()["code"] == "invalid_cursor"
+
+
+@pytest.mark.parametrize(
+    "when", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+00:00"]
+)
+async def test_a_cursor_at_the_ends_of_time_is_answered(client, alice, when):
+    # Any instant a cursor can hold is a page (empty or not) or a 400, never a 500.
+    await create(client, alice, name="one")
+    response = await client.get("/chatroom", params={"cursor": _cursor(when, 1)}, headers=alice)
+    assert response.status_code in {200, 400}, response.text
 
 
 @pytest.mark.parametrize("limit", [0, 101, "x"])

@@ -13,9 +13,8 @@ from gemini_backend.chat.errors import MessageNotFound, found_room
 from gemini_backend.chat.models import Chatroom, Message, RoomView
 from gemini_backend.chat.sending import MessageSender
 from gemini_backend.chat.service import ChatroomService
-from gemini_backend.core.db import DbSession
+from gemini_backend.core.db import MAX_ID, DbSession
 
-MAX_ID = 2**63 - 1
 ChatroomId = Annotated[int, Path(ge=1, le=MAX_ID, description="Chatroom id")]
 
 

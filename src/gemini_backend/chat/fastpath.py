@@ -27,11 +27,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gemini_backend.auth.principals import Principals
 from gemini_backend.chat.cache import ChatroomCache
+from gemini_backend.core.db import MAX_ID
 from gemini_backend.core.errors import AppError
 
 LIST_PATH = "/chatroom"
 ROOM_PREFIX = "/chatroom/"
-MAX_ID = 2**63 - 1
 MAX_LIMIT = 100
 DEFAULT_LIMIT = 20
 _LIMIT = re.compile(rb"[1-9][0-9]{0,2}")

@@ -11,7 +11,6 @@ from gemini_backend.auth.dependencies import CurrentUser
 from gemini_backend.chat import repository as repo
 from gemini_backend.chat.cache import ChatroomCache
 from gemini_backend.chat.dependencies import (
-    MAX_ID,
     ChatroomId,
     ChatroomServiceDep,
     ChatroomView,
@@ -35,7 +34,7 @@ from gemini_backend.chat.schemas import (
 )
 from gemini_backend.chat.sending import MessageSender
 from gemini_backend.chat.service import ChatroomService
-from gemini_backend.core.db import DbSession
+from gemini_backend.core.db import MAX_ID, DbSession
 from gemini_backend.core.errors import BadRequest
 from gemini_backend.core.openapi import (
     AUTH_ERRORS,

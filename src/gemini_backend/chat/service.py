@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -22,7 +22,7 @@ from gemini_backend.chat.schemas import (
     MessagePage,
 )
 from gemini_backend.core.clock import Clock
-from gemini_backend.core.db import after_commit
+from gemini_backend.core.db import MAX_ID, after_commit
 from gemini_backend.core.errors import BadRequest, ValidationFailed
 
 ROOM_DETAIL_MESSAGES = 50
@@ -83,10 +83,16 @@ def decode_room_cursor(cursor: str) -> tuple[datetime, int]:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         when, room_id = json.loads(raw)
         parsed = datetime.fromisoformat(when)
-        if parsed.tzinfo is None or not isinstance(room_id, int):
+        if (
+            parsed.tzinfo is None
+            or type(room_id) is not int
+            or not 1 <= room_id <= MAX_ID  # beyond it PostgreSQL refuses the parameter (a 500)
+        ):
             raise ValueError
-        return parsed, room_id
-    except (ValueError, TypeError, binascii.Error, json.JSONDecodeError) as exc:
+        # In UTC, as the database compares it: an instant at the ends of time may not exist
+        # there (OverflowError), and the driver would fail on it (a 500).
+        return parsed.astimezone(UTC), room_id
+    except (ValueError, TypeError, OverflowError, binascii.Error, json.JSONDecodeError) as exc:
         raise InvalidCursor() from exc
 
 

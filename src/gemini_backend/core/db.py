@@ -44,6 +44,7 @@ NAMING_CONVENTION = {
 
 # Integer ids: BIGINT on PostgreSQL; INTEGER on SQLite, where only that type is the rowid alias.
 BigIntId = BigInteger().with_variant(Integer(), "sqlite")
+MAX_ID = 2**63 - 1  # the largest id a BIGINT (and SQLite's INTEGER) holds
 
 
 class Base(DeclarativeBase):
