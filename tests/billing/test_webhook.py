@@ -124,6 +124,46 @@ class TestSignature:
         assert response.status_code == 400
         assert response.json()["code"] == "invalid_payload"
 
+    @pytest.mark.parametrize(
+        ("field", "value", "status"),
+        [
+            # Values PostgreSQL cannot store or compare were 500s there, and Stripe retries a
+            # 5xx for days: a signed body that cannot be an event is 400, and a value that
+            # cannot be Stripe's is taken as absent.
+            (("id",), "evt_\x00", 400),
+            (("type",), "checkout.session.completed\x00", 400),
+            (("created",), 2**70, 400),
+            (("created",), 253_402_300_800, 400),  # after 9999-12-31
+            (("data", "object", "customer"), "cus_\x00", 200),
+            (("data", "object", "subscription"), "sub_\x00", 200),
+            (("data", "object", "client_reference_id"), "\u00b2", 200),  # a digit, not ASCII
+            (("data", "object", "metadata"), {"user_id": "\u00b2"}, 200),
+        ],
+    )
+    async def test_signed_values_out_of_range_are_never_a_5xx(
+        self, client, now, field, value, status
+    ):
+        customer, auth = await new_customer(client)
+        body = customer.checkout_completed("sub_range", now)
+        target = body
+        for key in field[:-1]:
+            target = target[key]
+        target[field[-1]] = value
+        response = await post_event(client, body, now)
+        assert response.status_code == status, response.text
+        if status == 400:
+            assert response.json()["code"] == "invalid_payload"
+            assert await tier_of(client, auth) == "basic"
+
+    @pytest.mark.parametrize("period_end", [2**70, 10**12])
+    async def test_a_period_end_out_of_range_is_taken_as_absent(self, client, now, period_end):
+        customer, auth = await new_customer(client)
+        await deliver(client, customer.checkout_completed("sub_period", now), now)
+        body = customer.subscription("updated", "sub_period", "active", now + 1, period_end)
+        response = await post_event(client, body, now)
+        assert response.status_code == 200, response.text
+        assert await tier_of(client, auth) == "pro"
+
     async def test_a_non_utf8_body_is_400(self, client, now):
         response = await client.post(
             "/webhook/stripe",

@@ -93,6 +93,10 @@ def _timestamp(header: str) -> int:
     raise InvalidSignature("The Stripe-Signature header has no valid timestamp.")
 
 
+# The last second a datetime holds (9999-12-31T23:59:59Z); Stripe's times are far below it.
+MAX_EPOCH = 253_402_300_799
+
+
 def parse(payload: bytes) -> StripeEventIn:
     try:
         body = json.loads(payload)
@@ -109,8 +113,10 @@ def parse(payload: bytes) -> StripeEventIn:
         or len(event_id) > 255
         or not isinstance(event_type, str)
         or not event_type
+        or "\x00" in event_id + event_type  # PostgreSQL's text cannot hold it
         or isinstance(created, bool)
         or not isinstance(created, int)
+        or not 0 <= created <= MAX_EPOCH
         or not isinstance(obj, dict)
     ):
         raise InvalidEvent("A Stripe event needs id, type, created and data.object.")
@@ -161,7 +167,8 @@ def facts_of(event: StripeEventIn) -> SubscriptionFacts | None:
 
 
 def _str(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
+    # A string PostgreSQL cannot store is no Stripe value: treated as absent.
+    return value if isinstance(value, str) and value and "\x00" not in value else None
 
 
 def _id(value: Any) -> str | None:
@@ -172,7 +179,7 @@ def _id(value: Any) -> str | None:
 
 
 def _user_id(value: Any) -> int | None:
-    if isinstance(value, str) and value.isdigit() and len(value) < 19:
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 19:
         return int(value)
     return None
 
@@ -183,7 +190,7 @@ def _metadata_user(obj: dict[str, Any]) -> int | None:
 
 
 def _time(value: Any) -> datetime | None:
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_EPOCH:
         return datetime.fromtimestamp(value, UTC)
     return None
 
