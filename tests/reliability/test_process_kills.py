@@ -2,7 +2,8 @@
 
 - production mode: an API process and a worker on PostgreSQL + Redis; the worker is killed
   mid-reply and another one started: the reply completes exactly once, and the client's open
-  stream sees it through (a `reset` event, then the whole reply).
+  stream sees it through (a `reset` event, then the whole reply). And the acceptance run's
+  settings: two workers, the busy one killed, nothing restarted, `REPLY_STALE_SECONDS=20`.
 - embedded mode: the API process (its own worker) is killed mid-reply and restarted on the
   same SQLite file: the reply completes exactly once.
 """
@@ -139,6 +140,57 @@ def test_worker_killed_mid_reply(env: dict[str, str], tmp_path: Path) -> None:
         for process in (api, first, second):
             if process is not None:
                 process.kill()
+
+
+@pytest.mark.skipif(BACKEND != "production", reason="separate workers exist in production mode")
+def test_the_acceptance_run_a_surviving_worker_completes_a_killed_workers_reply(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """The acceptance run as the issue states it: two workers at `DEMO_CHUNK_DELAY_MS=400`,
+    `REPLY_STALE_SECONDS=20`; the one producing the reply is killed with SIGKILL and nothing
+    is restarted. The other one's sweeper finds the reply stale (no heartbeat for 20 s) and
+    produces it again: it completes exactly once, and the open stream sees it through."""
+    env = {**env, "REPLY_STALE_SECONDS": "20"}
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    api = ServiceProcess(
+        ["serve", "--port", str(port), "--no-migrate"], env, tmp_path, tmp_path / "api.log"
+    )
+    workers = [
+        ServiceProcess(["worker"], env, tmp_path, tmp_path / f"worker{i}.log") for i in range(2)
+    ]
+    try:
+        api.wait_healthy(base)
+        with httpx.Client(base_url=base, timeout=60.0) as client:
+            auth, receipt = sign_in_and_send(client)
+            seen: list[tuple[str, str, str]] = []
+            with client.stream("GET", receipt["stream_url"], headers=auth) as response:
+                events = sse_events(response)
+                for event in events:
+                    seen.append(event)
+                    if event[1] == "delta":
+                        break
+                busy = [w for w in workers if "Executing task generate_reply" in w.output()]
+                assert len(busy) == 1, [w.output()[-2000:] for w in workers]
+                busy[0].kill()  # mid-reply: its job unacknowledged, the reply `generating`
+                for event in events:
+                    seen.append(event)
+                    if event[1] in {"done", "error"}:
+                        break
+        survivor = next(w for w in workers if w is not busy[0])
+        kinds = [kind for _, kind, _ in seen]
+        assert "reset" in kinds, kinds
+        assert kinds[-1] == "done", (kinds, survivor.output()[-3000:])
+        after_reset = seen[kinds.index("reset") + 1 :]
+        text = "".join(json.loads(d)["text"] for _, k, d in after_reset if k == "delta")
+        assert text == DEMO_TEXT
+        assert json.loads(seen[-1][2])["content"] == DEMO_TEXT
+        rows = replies_in_db(env["DATABASE_URL"], receipt["message_id"])
+        assert rows == [("completed", DEMO_TEXT, 2)]  # one reply, produced by a second attempt
+        assert '"reply_swept"' in survivor.output()
+    finally:
+        for process in (api, *workers):
+            process.kill()
 
 
 @pytest.mark.skipif(BACKEND != "embedded", reason="the API process is the worker in embedded mode")
