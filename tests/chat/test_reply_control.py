@@ -92,6 +92,41 @@ async def test_cancel_a_generating_reply_keeps_the_partial_text(client, app, ali
         assert (await session.execute(select(DailyUsage.count))).scalar_one() == 1
 
 
+class CountingGatedProvider(GatedProvider):
+    """A GatedProvider that counts the chunks it streamed after the gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.after_gate = 0
+        self.closed = asyncio.Event()
+
+    async def stream(self, conversation):
+        try:
+            yield Delta("partial ")
+            self.first_chunk_sent.set()
+            await self.gate.wait()
+            for word in ("more ", "words ", "here"):
+                yield Delta(word)
+                self.after_gate += 1
+            yield Finished("stop", Usage(1, 4, 0))
+        finally:
+            self.closed.set()
+
+
+async def test_deleting_a_room_stops_its_generating_reply(client, app, alice, room):
+    # Without the stop, the worker streamed the whole reply (paying the provider for it) into
+    # a room that no longer exists.
+    provider = CountingGatedProvider()
+    use_provider(app, provider)
+    await send(client, alice, room)
+    await asyncio.wait_for(provider.first_chunk_sent.wait(), 10)
+    assert (await client.delete(f"/chatroom/{room}", headers=alice)).status_code == 204
+    provider.gate.set()
+    await asyncio.wait_for(provider.closed.wait(), 10)
+    assert provider.after_gate == 0  # stopped at the first chunk after the delete
+    assert (await client.get(f"/chatroom/{room}", headers=alice)).status_code == 404
+
+
 async def test_cancel_a_queued_reply(client, app, alice, room):
     provider = GatedProvider()
     use_provider(app, provider)

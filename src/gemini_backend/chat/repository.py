@@ -86,6 +86,16 @@ async def delete_room(session: AsyncSession, room_id: int) -> None:
     await session.execute(delete(Chatroom).where(Chatroom.id == room_id))
 
 
+async def room_replies(session: AsyncSession, room_id: int, status: str) -> list[int]:
+    """The ids of the room's messages in `status`."""
+    rows = await session.execute(
+        select(_messages.c.id).where(
+            _messages.c.chatroom_id == room_id, _messages.c.status == status
+        )
+    )
+    return list(rows.scalars())
+
+
 # --- messages as the API shows them -------------------------------------------------------
 
 # The columns of a MessageOut (schemas.MessageOut), in one plain row per message.

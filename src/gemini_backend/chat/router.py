@@ -237,7 +237,10 @@ async def update_chatroom(
     summary="Delete a chatroom and its messages",
     responses=NOT_FOUND,
 )
-async def delete_chatroom(room: OwnedChatroom, chat: ChatroomServiceDep) -> Response:
+async def delete_chatroom(
+    room: OwnedChatroom, chat: ChatroomServiceDep, sender: MessageSenderDep, session: DbSession
+) -> Response:
+    await sender.stop_replies_in(session, room.id)
     await chat.delete(room)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 

@@ -47,6 +47,7 @@ from gemini_backend.worker.replies import (
     ACTIVE_STATES,
     CANCELLED,
     FINAL_STATES,
+    GENERATING,
     QUEUED,
     cancel_key,
 )
@@ -239,11 +240,28 @@ class MessageSender:
             after_commit(session, announce)
             return cancelled
 
+        self._stop_after_commit(session, [reply_id])
+        return reply
+
+    async def stop_replies_in(self, session: AsyncSession, room_id: int) -> None:
+        """The room is being deleted in this transaction: once that commits, the workers
+        producing its replies are told to stop, as by a cancel, rather than streaming on (and
+        paying the provider) for rows that are gone. A queued reply needs nothing: its claim
+        finds no row."""
+        reply_ids = await repo.room_replies(session, room_id, GENERATING)
+        if reply_ids:
+            self._stop_after_commit(session, reply_ids)
+
+    def _stop_after_commit(self, session: AsyncSession, reply_ids: list[int]) -> None:
+        """Once this transaction commits, flag the replies in the shared cache: the worker
+        producing each one (in any process) polls its flag and stops."""
+        ttl = max(60, self.settings.reply_stream_ttl_seconds)
+
         async def signal() -> None:
-            await self.cache.set(cancel_key(reply_id), b"1", max(60, ttl))
+            for reply_id in reply_ids:
+                await self.cache.set(cancel_key(reply_id), b"1", ttl)
 
         after_commit(session, signal)
-        return reply
 
     async def _admit(
         self, exchange: Exchange | None, user_id: int, tier: Tier, now: datetime
