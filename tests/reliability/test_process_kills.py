@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -98,6 +98,43 @@ def env(storage: Storage, database_url: str, tmp_path: Path) -> dict[str, str]:
     )
 
 
+def follow_through_a_kill(
+    client: httpx.Client, auth: dict[str, str], receipt: dict, kill: Callable[[], None]
+) -> list[tuple[str, str, str]]:
+    """The events of the reply's stream up to its final one; `kill` runs at the first delta
+    (mid-reply: the job unacknowledged, the reply `generating`)."""
+    seen: list[tuple[str, str, str]] = []
+    with client.stream("GET", receipt["stream_url"], headers=auth) as response:
+        events = sse_events(response)
+        for event in events:
+            seen.append(event)
+            if event[1] == "delta":
+                break
+        kill()
+        for event in events:
+            seen.append(event)
+            if event[1] in {"done", "error"}:
+                break
+    return seen
+
+
+def assert_completed_once_after_a_reset(
+    seen: list[tuple[str, str, str]], database_url: str, receipt: dict, logs: str
+) -> None:
+    kinds = [kind for _, kind, _ in seen]
+    assert kinds[0] == "delta"
+    assert "reset" in kinds, kinds
+    assert kinds[-1] == "done", (kinds, logs[-3000:])
+    after_reset = seen[kinds.index("reset") + 1 :]
+    text = "".join(json.loads(d)["text"] for _, k, d in after_reset if k == "delta")
+    assert text == DEMO_TEXT
+    final = json.loads(seen[-1][2])
+    assert final["status"] == "completed"
+    assert final["content"] == DEMO_TEXT
+    rows = replies_in_db(database_url, receipt["message_id"])
+    assert rows == [("completed", DEMO_TEXT, 2)]  # one reply, produced by a second attempt
+
+
 @pytest.mark.skipif(BACKEND != "production", reason="separate workers exist in production mode")
 def test_worker_killed_mid_reply(env: dict[str, str], tmp_path: Path) -> None:
     port = free_port()
@@ -105,41 +142,23 @@ def test_worker_killed_mid_reply(env: dict[str, str], tmp_path: Path) -> None:
     api = ServiceProcess(
         ["serve", "--port", str(port), "--no-migrate"], env, tmp_path, tmp_path / "api.log"
     )
-    first = ServiceProcess(["worker"], env, tmp_path, tmp_path / "worker1.log")
-    second: ServiceProcess | None = None
+    workers = [ServiceProcess(["worker"], env, tmp_path, tmp_path / "worker1.log")]
+
+    def kill_and_replace() -> None:
+        workers[0].kill()
+        workers.append(ServiceProcess(["worker"], env, tmp_path, tmp_path / "worker2.log"))
+
     try:
         api.wait_healthy(base)
         with httpx.Client(base_url=base, timeout=30.0) as client:
             auth, receipt = sign_in_and_send(client)
-            seen: list[tuple[str, str, str]] = []
-            with client.stream("GET", receipt["stream_url"], headers=auth) as response:
-                events = sse_events(response)
-                for event in events:
-                    seen.append(event)
-                    if event[1] == "delta":
-                        break
-                first.kill()  # mid-reply: the job is unacknowledged, the reply `generating`
-                second = ServiceProcess(["worker"], env, tmp_path, tmp_path / "worker2.log")
-                for event in events:
-                    seen.append(event)
-                    if event[1] in {"done", "error"}:
-                        break
-        kinds = [kind for _, kind, _ in seen]
-        assert kinds[0] == "delta"
-        assert "reset" in kinds, kinds
-        assert kinds[-1] == "done", (kinds, second.output() if second else "")
-        after_reset = seen[kinds.index("reset") + 1 :]
-        text = "".join(json.loads(d)["text"] for _, k, d in after_reset if k == "delta")
-        assert text == DEMO_TEXT
-        final = json.loads(seen[-1][2])
-        assert final["status"] == "completed"
-        assert final["content"] == DEMO_TEXT
-        rows = replies_in_db(env["DATABASE_URL"], receipt["message_id"])
-        assert rows == [("completed", DEMO_TEXT, 2)]  # one reply, produced by a second attempt
+            seen = follow_through_a_kill(client, auth, receipt, kill_and_replace)
+        assert_completed_once_after_a_reset(
+            seen, env["DATABASE_URL"], receipt, workers[-1].output()
+        )
     finally:
-        for process in (api, first, second):
-            if process is not None:
-                process.kill()
+        for process in (api, *workers):
+            process.kill()
 
 
 @pytest.mark.skipif(BACKEND != "production", reason="separate workers exist in production mode")
@@ -159,34 +178,20 @@ def test_the_acceptance_run_a_surviving_worker_completes_a_killed_workers_reply(
     workers = [
         ServiceProcess(["worker"], env, tmp_path, tmp_path / f"worker{i}.log") for i in range(2)
     ]
+    busy: list[ServiceProcess] = []
+
+    def kill_the_busy_one() -> None:
+        busy.extend(w for w in workers if "Executing task generate_reply" in w.output())
+        assert len(busy) == 1, [w.output()[-2000:] for w in workers]
+        busy[0].kill()
+
     try:
         api.wait_healthy(base)
         with httpx.Client(base_url=base, timeout=60.0) as client:
             auth, receipt = sign_in_and_send(client)
-            seen: list[tuple[str, str, str]] = []
-            with client.stream("GET", receipt["stream_url"], headers=auth) as response:
-                events = sse_events(response)
-                for event in events:
-                    seen.append(event)
-                    if event[1] == "delta":
-                        break
-                busy = [w for w in workers if "Executing task generate_reply" in w.output()]
-                assert len(busy) == 1, [w.output()[-2000:] for w in workers]
-                busy[0].kill()  # mid-reply: its job unacknowledged, the reply `generating`
-                for event in events:
-                    seen.append(event)
-                    if event[1] in {"done", "error"}:
-                        break
+            seen = follow_through_a_kill(client, auth, receipt, kill_the_busy_one)
         survivor = next(w for w in workers if w is not busy[0])
-        kinds = [kind for _, kind, _ in seen]
-        assert "reset" in kinds, kinds
-        assert kinds[-1] == "done", (kinds, survivor.output()[-3000:])
-        after_reset = seen[kinds.index("reset") + 1 :]
-        text = "".join(json.loads(d)["text"] for _, k, d in after_reset if k == "delta")
-        assert text == DEMO_TEXT
-        assert json.loads(seen[-1][2])["content"] == DEMO_TEXT
-        rows = replies_in_db(env["DATABASE_URL"], receipt["message_id"])
-        assert rows == [("completed", DEMO_TEXT, 2)]  # one reply, produced by a second attempt
+        assert_completed_once_after_a_reset(seen, env["DATABASE_URL"], receipt, survivor.output())
         assert '"reply_swept"' in survivor.output()
     finally:
         for process in (api, *workers):
