@@ -108,10 +108,7 @@ class ResilientRedisStreamBroker(RedisStreamBroker):
             )
             for stream, entries in fetched or []:
                 for entry_id, fields in entries:
-                    yield AckableMessage(
-                        data=fields[b"data"],
-                        ack=self._ack_generator(id=entry_id, queue_name=stream),
-                    )
+                    yield self._job(stream, entry_id, fields)
             now = asyncio.get_running_loop().time()
             if now < next_reclaim:
                 continue
@@ -124,10 +121,13 @@ class ResilientRedisStreamBroker(RedisStreamBroker):
                 count=self.unacknowledged_batch_size,
             )
             for entry_id, fields in claimed[1]:  # [next start, entries, deleted ids]
-                yield AckableMessage(
-                    data=fields[b"data"],
-                    ack=self._ack_generator(id=entry_id, queue_name=self.queue_name),
-                )
+                yield self._job(self.queue_name, entry_id, fields)
+
+    def _job(self, queue_name: Any, entry_id: Any, fields: Any) -> AckableMessage:
+        """A stream entry as a job, acknowledged (and deleted) once it ran."""
+        return AckableMessage(
+            data=fields[b"data"], ack=self._ack_generator(id=entry_id, queue_name=queue_name)
+        )
 
     async def waiting_since(self) -> datetime | None:
         """When the oldest job that no worker has read yet was queued, by the stream entry's
