@@ -86,11 +86,11 @@ async def delete_room(session: AsyncSession, room_id: int) -> None:
     await session.execute(delete(Chatroom).where(Chatroom.id == room_id))
 
 
-async def room_replies(session: AsyncSession, room_id: int, status: str) -> list[int]:
-    """The ids of the room's messages in `status`."""
+async def room_replies(session: AsyncSession, room_id: int, states: Sequence[str]) -> list[int]:
+    """The ids of the room's messages in one of `states`."""
     rows = await session.execute(
         select(_messages.c.id).where(
-            _messages.c.chatroom_id == room_id, _messages.c.status == status
+            _messages.c.chatroom_id == room_id, _messages.c.status.in_(list(states))
         )
     )
     return list(rows.scalars())

@@ -47,7 +47,6 @@ from gemini_backend.worker.replies import (
     ACTIVE_STATES,
     CANCELLED,
     FINAL_STATES,
-    GENERATING,
     QUEUED,
     cancel_key,
 )
@@ -246,9 +245,9 @@ class MessageSender:
     async def stop_replies_in(self, session: AsyncSession, room_id: int) -> None:
         """The room is being deleted in this transaction: once that commits, the workers
         producing its replies are told to stop, as by a cancel, rather than streaming on (and
-        paying the provider) for rows that are gone. A queued reply needs nothing: its claim
-        finds no row."""
-        reply_ids = await repo.room_replies(session, room_id, GENERATING)
+        paying the provider) for rows that are gone. Queued replies are flagged too: one
+        claimed between this read and the delete would otherwise go unflagged."""
+        reply_ids = await repo.room_replies(session, room_id, tuple(ACTIVE_STATES))
         if reply_ids:
             self._stop_after_commit(session, reply_ids)
 
