@@ -10,11 +10,13 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 from sqlalchemy import func, select
+from taskiq import InMemoryBroker
 
 from gemini_backend.ai.base import Finished, ProviderError
 from gemini_backend.chat.models import Message
 from gemini_backend.main import create_app
 from gemini_backend.quota.models import DailyUsage
+from gemini_backend.worker.runtime import ReplyPipeline
 from tests.conftest import BACKEND
 from tests.helpers import bearer, drop_reply_stream, read_sse, sign_in
 
@@ -371,6 +373,30 @@ async def test_sweeper_finishes_a_stuck_reply_exactly_once(
     assert replies == 1
     assert (await finished_reply(client, alice, fresh))["status"] == "completed"
     assert await app.state.pipeline.sweep_once() == []
+
+
+async def test_stopping_the_sweeper_lets_a_sweep_in_progress_finish(app):
+    # A cancel inside a sweep's database call invalidated its connection, and a second cancel
+    # during that connection's close left a task that never ended (the test run's event loop
+    # then hung at its close): the sweeper is asked to stop between sweeps instead.
+    settings = app.state.settings
+    pipeline = ReplyPipeline(settings, InMemoryBroker(), app.state.pipeline.generator)
+    in_sweep, release = asyncio.Event(), asyncio.Event()
+    finished: list[bool] = []
+
+    async def slow_sweep(**_: object) -> list[int]:
+        in_sweep.set()
+        await release.wait()
+        finished.append(True)
+        return []
+
+    pipeline.sweep_once = slow_sweep  # type: ignore[method-assign]
+    await pipeline.start(run_sweeper=True)
+    await asyncio.wait_for(in_sweep.wait(), 5)
+    stopping = asyncio.create_task(pipeline.stop(grace_seconds=5))
+    release.set()  # the stop runs first: it has the sweep in progress to deal with
+    await asyncio.wait_for(stopping, 10)
+    assert finished == [True]  # the sweep ran to its end, uncancelled
 
 
 @pytest.mark.skipif(BACKEND != "production", reason="the jobs wait in Redis Streams")

@@ -9,6 +9,7 @@ re-queued by one conditional UPDATE).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import timedelta
 from typing import Any
 
@@ -34,6 +35,7 @@ class ReplyPipeline:
         self.broker = broker
         self.generator = generator
         self._sweeper: asyncio.Task[None] | None = None
+        self._stop_sweeping = asyncio.Event()
 
         async def generate_reply(reply_id: int) -> None:
             await generator.run(reply_id)
@@ -54,11 +56,18 @@ class ReplyPipeline:
     async def start(self, *, run_sweeper: bool) -> None:
         await self.broker.startup()
         if run_sweeper:
+            self._stop_sweeping.clear()
             self._sweeper = asyncio.create_task(self._sweep_forever(), name="reply-sweeper")
 
     async def stop(self, grace_seconds: float = 10.0) -> None:
         if self._sweeper is not None:
-            await cancel_and_wait(self._sweeper, give_up_after=grace_seconds)
+            # Asked to stop between sweeps, not cancelled in one: a cancel landing in a
+            # database call invalidates its connection, and a second one during that
+            # connection's close (SQLAlchemy's shielded graceful close, then aiosqlite's stop)
+            # left a close task that never ended, which hung the event loop's close.
+            self._stop_sweeping.set()
+            await asyncio.wait({self._sweeper}, timeout=grace_seconds)
+            await cancel_and_wait(self._sweeper, give_up_after=grace_seconds)  # only if stuck
         if isinstance(self.broker, InMemoryBroker):
             # Embedded mode: let replies in progress finish; the rest are swept at next start.
             try:
@@ -84,9 +93,10 @@ class ReplyPipeline:
 
     async def _sweep_forever(self) -> None:
         interval = max(1.0, min(10.0, self.settings.reply_stale_seconds / 4))
-        while True:
+        while not self._stop_sweeping.is_set():
             try:
                 await self.sweep_once()
             except Exception:
                 log.exception("sweep_failed")
-            await asyncio.sleep(interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop_sweeping.wait(), interval)
