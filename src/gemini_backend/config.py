@@ -88,16 +88,38 @@ class Settings(BaseSettings):
     access_token_ttl_seconds: int = Field(default=900, ge=30)
     refresh_token_ttl_seconds: int = Field(default=30 * 24 * 3600, ge=60)
     default_phone_region: str = "IN"
-    otp_delivery: Literal["response"] = "response"
+    # `response` returns the code in the body (the brief's local/demo mode); `log` writes it to
+    # the log (development); `twilio` sends it by SMS through Twilio's Messaging API.
+    otp_delivery: Literal["response", "log", "twilio"] = "response"
+    # A production deployment that returns codes in responses lets anyone sign in as anyone:
+    # allowed only when said on purpose (a public demo).
+    otp_response_in_production: bool = False
+    twilio_account_sid: str | None = None
+    twilio_auth_token: SecretStr | None = None
+    twilio_from_number: str | None = None
+    twilio_messaging_service_sid: str | None = None
+    # Another endpoint for Twilio's REST API (a regional edge, or the tests' local fake server).
+    twilio_api_base_url: str | None = None
+    otp_delivery_timeout_seconds: float = Field(default=10.0, gt=0)
     otp_ttl_seconds: int = Field(default=300, ge=30)
     otp_resend_seconds: int = Field(default=30, ge=0)
     otp_max_attempts: int = Field(default=5, ge=1)
+    # Consecutive failed sign-ins that lock a number for one client address, and (higher, so
+    # one address cannot lock anyone out) for every address together.
     otp_lockout_threshold: int = Field(default=10, ge=1)
+    otp_number_lockout_threshold: int = Field(default=50, ge=1)
     otp_lockout_seconds: int = Field(default=900, ge=1)
+    # Sign-in, verify, reset and signup requests from one client address per minute.
+    auth_attempts_per_ip_per_minute: int = Field(default=60, ge=1)
+    # Two uses of one refresh token this close together (a client's parallel requests) get the
+    # same new token instead of being taken for theft.
+    refresh_reuse_grace_seconds: float = Field(default=5.0, ge=0)
     otp_sends_per_number_per_hour: int = Field(default=10, ge=1)
     otp_sends_per_ip_per_hour: int = Field(default=100, ge=1)
     otp_test_numbers: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     password_hash_concurrency: int = Field(default=4, ge=1)
+    # Hashes allowed to wait for a hashing thread; beyond them a request is 503 at once.
+    password_hash_queue: int = Field(default=32, ge=0)
     # How long an API process may reuse what it read about a signed-in user (session still
     # live, plan) before reading it again. Changes (logout, password, plan) reach every process
     # at once over Redis Pub/Sub; this only bounds an entry's age. 0 reads on every request.
@@ -173,6 +195,11 @@ class Settings(BaseSettings):
                 )
             if self.otp_test_numbers:
                 raise ValueError("OTP_TEST_NUMBERS is refused when ENVIRONMENT=production")
+            if self.otp_delivery == "response" and not self.otp_response_in_production:
+                raise ValueError(
+                    "OTP_DELIVERY=response returns sign-in codes to whoever asks: refused when "
+                    "ENVIRONMENT=production unless OTP_RESPONSE_IN_PRODUCTION=true (a demo)"
+                )
             if "*" in self.cors_origins:
                 raise ValueError("CORS_ORIGINS may not be '*' in production")
             if (
@@ -182,7 +209,25 @@ class Settings(BaseSettings):
                 raise ValueError(
                     "STRIPE_WEBHOOK_SECRET must be the endpoint's signing secret in production"
                 )
+        if self.otp_delivery == "twilio":
+            if not (self.twilio_account_sid and self.twilio_auth_token):
+                raise ValueError(
+                    "OTP_DELIVERY=twilio needs TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN"
+                )
+            if not (self.twilio_from_number or self.twilio_messaging_service_sid):
+                raise ValueError(
+                    "OTP_DELIVERY=twilio needs TWILIO_FROM_NUMBER or TWILIO_MESSAGING_SERVICE_SID"
+                )
         return self
+
+    @property
+    def otp_in_response(self) -> bool:
+        return self.otp_delivery == "response"
+
+    @property
+    def otp_response_exposed(self) -> bool:
+        """Codes are returned to whoever asks in a production deployment (a demo, on purpose)."""
+        return self.otp_in_response and self.environment is Environment.PRODUCTION
 
     # --- derived -------------------------------------------------------------------------
     @cached_property

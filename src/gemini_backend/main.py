@@ -12,6 +12,7 @@ import structlog
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from gemini_backend.auth.delivery import create_otp_sender
 from gemini_backend.auth.phone import normalize_test_number
 from gemini_backend.auth.router import router as auth_router
 from gemini_backend.auth.service import AuthDeps
@@ -89,11 +90,12 @@ def create_app(
         state.auth = AuthDeps(
             settings=settings,
             clock=clock,
-            hasher=PasswordHasher(settings.password_hash_concurrency),
+            hasher=PasswordHasher(settings.password_hash_concurrency, settings.password_hash_queue),
             tokens=TokenCodec(settings.jwt_secret_value(), settings.access_token_ttl_seconds),
             throttle=services.throttle,
             test_numbers=test_numbers,
             principals=services.principals,
+            otp_sender=create_otp_sender(settings),
         )
         services.principals.start()
         services.chatroom_cache.start()
@@ -117,10 +119,18 @@ def create_app(
             environment=settings.environment.value,
             ai_provider=services.provider.name,
             ai_model=services.provider.model,
+            code_delivery=settings.otp_delivery,
         )
+        if settings.otp_response_exposed:
+            log.warning(
+                "otp_codes_in_responses",
+                detail="OTP_RESPONSE_IN_PRODUCTION=true: sign-in codes are returned to whoever "
+                "asks; anyone can sign in as anyone. For a demo deployment only.",
+            )
         try:
             yield
         finally:
+            await state.auth.otp_sender.aclose()
             await services.aclose()
             log.info("shutdown")
 

@@ -1,6 +1,6 @@
 """Every table of the service, imported in one place for Alembic and the tests."""
 
-from gemini_backend.auth.models import AuthSession, LoginGuard, OtpCode, RefreshToken
+from gemini_backend.auth.models import AuthGuard, AuthSession, OtpCode, RefreshToken
 from gemini_backend.billing.models import StripeEvent, Subscription
 from gemini_backend.chat.models import Chatroom, IdempotencyKey, Message
 from gemini_backend.core.db import Base
@@ -10,11 +10,11 @@ from gemini_backend.users.models import User
 metadata = Base.metadata
 
 __all__ = [
+    "AuthGuard",
     "AuthSession",
     "Chatroom",
     "DailyUsage",
     "IdempotencyKey",
-    "LoginGuard",
     "Message",
     "OtpCode",
     "RefreshToken",

@@ -86,10 +86,13 @@ async def test_password_change_ends_the_other_sessions_despite_the_cache(app, cl
     tokens = await sign_in(client)
     other = await sign_in(client, tokens["user"]["mobile_number"])
     assert (await client.get("/user/me", headers=bearer(other))).status_code == 200
+    otp = (
+        await client.post("/auth/send-otp", json={"mobile_number": tokens["user"]["mobile_number"]})
+    ).json()["otp"]
     response = await client.post(
         "/auth/change-password",
         headers=bearer(tokens),
-        json={"new_password": "a much longer passphrase 42"},
+        json={"new_password": "a much longer passphrase 42", "otp": otp},
     )
     assert response.status_code == 200, response.text
     assert (await client.get("/user/me", headers=bearer(other))).status_code == 401

@@ -121,9 +121,10 @@ async def test_refresh_rotates_and_spends_the_old_token(client):
     assert second.status_code == 200
 
 
-async def test_reused_refresh_token_is_refused_and_ends_the_session(client):
+async def test_reused_refresh_token_is_refused_and_ends_the_session(client, clock):
     tokens = await sign_in(client)
     rotated = (await refresh(client, tokens["refresh_token"])).json()
+    clock.advance(6)  # past the reuse grace
     reused = await refresh(client, tokens["refresh_token"])
     assert_401(reused, "invalid_refresh_token")
     # Replay of a spent token means it leaked: the whole session is ended.
@@ -141,12 +142,38 @@ async def test_unknown_and_expired_refresh_tokens(client, clock):
     assert_401(await refresh(client, tokens["refresh_token"]), "invalid_refresh_token")
 
 
-async def test_concurrent_refreshes_of_one_token_succeed_once(client):
+async def test_concurrent_refreshes_of_one_token_share_one_successor(client):
+    # A client's parallel requests each refresh with the token they hold: within the reuse
+    # grace they all get the same new token, and the session lives on (Auth0, Okta).
     tokens = await sign_in(client)
     responses = await asyncio.gather(*(refresh(client, tokens["refresh_token"]) for _ in range(20)))
-    statuses = [r.status_code for r in responses]
-    assert statuses.count(200) == 1, statuses
-    assert statuses.count(401) == 19
+    assert [r.status_code for r in responses] == [200] * 20
+    successors = {r.json()["refresh_token"] for r in responses}
+    assert len(successors) == 1
+    (successor,) = successors
+    assert successor != tokens["refresh_token"]
+    following = await refresh(client, successor)
+    assert following.status_code == 200, following.text
+    assert (await me(client, following.json()["access_token"])).status_code == 200
+
+
+async def test_reuse_within_the_grace_after_the_successor_was_used_ends_the_session(client):
+    tokens = await sign_in(client)
+    successor = (await refresh(client, tokens["refresh_token"])).json()
+    assert (await refresh(client, successor["refresh_token"])).status_code == 200
+    # The first token again, though its successor is spent: a replay, not a parallel request.
+    assert_401(await refresh(client, tokens["refresh_token"]), "invalid_refresh_token")
+    assert_401(await me(client, successor["access_token"]), "invalid_token")
+
+
+async def test_reuse_after_the_grace_ends_the_session(client, clock):
+    tokens = await sign_in(client)
+    successor = (await refresh(client, tokens["refresh_token"])).json()
+    clock.advance(5)
+    assert (await refresh(client, tokens["refresh_token"])).status_code == 200  # within 5 s
+    clock.advance(1)
+    assert_401(await refresh(client, tokens["refresh_token"]), "invalid_refresh_token")
+    assert_401(await me(client, successor["access_token"]), "invalid_token")
 
 
 async def test_logout_ends_the_session(client):

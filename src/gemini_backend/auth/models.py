@@ -26,16 +26,18 @@ class OtpCode(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
-class LoginGuard(Base):
-    """Consecutive failed sign-in attempts (OTP or password) on a number, and its lockout.
+class AuthGuard(Base):
+    """Consecutive failed sign-in attempts (OTP or password) and the lockout they cause, for one
+    subject: a number from one client address, or a number from every address together.
 
-    Kept apart from the OTP so that asking for a new code never resets the count.
+    Kept apart from the OTP so that asking for a new code never resets the count. An attempt is
+    counted when it is reserved, before the secret is checked, so a burst cannot outrun it.
     """
 
-    __tablename__ = "login_guards"
+    __tablename__ = "auth_guards"
 
-    mobile_number: Mapped[str] = mapped_column(String(20), primary_key=True)
-    consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
+    subject: Mapped[str] = mapped_column(String(128), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
     locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 

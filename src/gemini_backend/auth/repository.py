@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy import bindparam, case, delete, func, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gemini_backend.auth.models import AuthSession, LoginGuard, OtpCode, RefreshToken
+from gemini_backend.auth.models import AuthGuard, AuthSession, OtpCode, RefreshToken
+from gemini_backend.core.db import UTCDateTime
 from gemini_backend.core.sql import insert_for
 from gemini_backend.users.models import User
 
@@ -63,87 +64,93 @@ async def otp_created_at(
     ).scalar_one_or_none()
 
 
-async def consume_otp(
+async def reserve_otp_attempt(
     session: AsyncSession,
     *,
     mobile_number: str,
     purpose: str,
-    code_digest: str,
     now: datetime,
     max_attempts: int,
-) -> bool:
-    """Use the code if it matches, is unexpired and not burned; one caller wins, ever."""
+) -> tuple[int, str] | None:
+    """Count one try of the live code before it is compared: (its id, its digest), or None when
+    there is no live code (none, expired or burned). Concurrent tries never see a stale count."""
+    row = (
+        await session.execute(
+            update(OtpCode)
+            .where(
+                OtpCode.mobile_number == mobile_number,
+                OtpCode.purpose == purpose,
+                OtpCode.expires_at > now,
+                OtpCode.failed_attempts < max_attempts,
+            )
+            .values(failed_attempts=OtpCode.failed_attempts + 1)
+            .returning(OtpCode.id, OtpCode.code_digest)
+        )
+    ).one_or_none()
+    return (row[0], row[1]) if row else None
+
+
+async def consume_otp(session: AsyncSession, otp_id: int, code_digest: str) -> bool:
+    """Use the code; one caller wins, ever."""
     stmt = (
         delete(OtpCode)
-        .where(
-            OtpCode.mobile_number == mobile_number,
-            OtpCode.purpose == purpose,
-            OtpCode.code_digest == code_digest,
-            OtpCode.expires_at > now,
-            OtpCode.failed_attempts < max_attempts,
-        )
+        .where(OtpCode.id == otp_id, OtpCode.code_digest == code_digest)
         .returning(OtpCode.id)
     )
     return (await session.execute(stmt)).scalar_one_or_none() is not None
 
 
-async def count_wrong_otp(
-    session: AsyncSession, *, mobile_number: str, purpose: str, now: datetime
-) -> None:
+async def delete_otp(session: AsyncSession, mobile_number: str, purpose: str) -> None:
     await session.execute(
-        update(OtpCode)
-        .where(
-            OtpCode.mobile_number == mobile_number,
-            OtpCode.purpose == purpose,
-            OtpCode.expires_at > now,
-        )
-        .values(failed_attempts=OtpCode.failed_attempts + 1)
+        delete(OtpCode).where(OtpCode.mobile_number == mobile_number, OtpCode.purpose == purpose)
     )
 
 
 # --- lockout ------------------------------------------------------------------------------
 
 
-async def locked_until(session: AsyncSession, mobile_number: str, now: datetime) -> datetime | None:
+async def reserve_attempt(
+    session: AsyncSession, subject: str, *, now: datetime, threshold: int, lockout: timedelta
+) -> bool:
+    """Count one sign-in attempt on `subject` before its secret is checked, in one statement.
+
+    False when the subject is locked. The attempt that reaches `threshold` locks it at once (a
+    success clears the guard again), so no more than `threshold` are ever checked in a row.
+    """
+    table = AuthGuard.__table__
+    first_lock = now + lockout if threshold <= 1 else None
+    stmt = insert_for(session, table).values(subject=subject, failures=1, locked_until=first_lock)
+    lapsed = table.c.locked_until.is_not(None) & (table.c.locked_until <= now)
+    failures = case((lapsed, 1), else_=table.c.failures + 1)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[table.c.subject],
+        set_={
+            "failures": failures,
+            "locked_until": case(
+                (failures >= threshold, literal(now + lockout, UTCDateTime())), else_=None
+            ),
+        },
+        where=table.c.locked_until.is_(None) | lapsed,
+    ).returning(table.c.failures)
+    return (await session.execute(stmt)).scalar_one_or_none() is not None
+
+
+async def locked_until(
+    session: AsyncSession, subjects: list[str], now: datetime
+) -> datetime | None:
+    """When the latest lock among `subjects` ends, if any is locked."""
     until = (
         await session.execute(
-            select(LoginGuard.locked_until).where(LoginGuard.mobile_number == mobile_number)
+            select(func.max(AuthGuard.locked_until)).where(
+                AuthGuard.subject.in_(subjects), AuthGuard.locked_until > now
+            )
         )
     ).scalar_one_or_none()
-    return until if until is not None and until > now else None
-
-
-async def record_failure(
-    session: AsyncSession,
-    *,
-    mobile_number: str,
-    now: datetime,
-    threshold: int,
-    lockout: timedelta,
-) -> datetime | None:
-    """Count one failed sign-in on the number; lock it when the count reaches `threshold`."""
-    table = LoginGuard.__table__
-    stmt = insert_for(session, table).values(
-        mobile_number=mobile_number, consecutive_failures=1, locked_until=None
-    )
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[table.c.mobile_number],
-        set_={"consecutive_failures": table.c.consecutive_failures + 1},
-    ).returning(table.c.consecutive_failures)
-    failures = (await session.execute(stmt)).scalar_one()
-    if failures < threshold:
-        return None
-    until = now + lockout
-    await session.execute(
-        update(LoginGuard)
-        .where(LoginGuard.mobile_number == mobile_number)
-        .values(consecutive_failures=0, locked_until=until)
-    )
     return until
 
 
-async def clear_failures(session: AsyncSession, mobile_number: str) -> None:
-    await session.execute(delete(LoginGuard).where(LoginGuard.mobile_number == mobile_number))
+async def clear_failures(session: AsyncSession, subjects: list[str]) -> None:
+    await session.execute(delete(AuthGuard).where(AuthGuard.subject.in_(subjects)))
 
 
 # --- users --------------------------------------------------------------------------------
@@ -182,7 +189,7 @@ async def insert_user(
     now: datetime,
     name: str | None = None,
     email: str | None = None,
-    password_hash: str | None = None,
+    pending_password_hash: str | None = None,
 ) -> int | None:
     """Create the account; None if the number is already registered."""
     table = User.__table__
@@ -192,7 +199,7 @@ async def insert_user(
             mobile_number=mobile_number,
             name=name,
             email=email,
-            password_hash=password_hash,
+            pending_password_hash=pending_password_hash,
             created_at=now,
             updated_at=now,
         )
@@ -208,6 +215,20 @@ async def set_password_hash(
 ) -> None:
     await session.execute(
         update(User).where(User.id == user_id).values(password_hash=password_hash, updated_at=now)
+    )
+
+
+async def settle_pending_password(
+    session: AsyncSession, user_id: int, *, activate: bool, now: datetime
+) -> None:
+    """The number is proven: the pending password becomes the password, or is dropped."""
+    values: dict[str, object] = {"pending_password_hash": None, "updated_at": now}
+    if activate:
+        values["password_hash"] = User.pending_password_hash
+    await session.execute(
+        update(User)
+        .where(User.id == user_id, User.pending_password_hash.is_not(None))
+        .values(values)
     )
 
 
@@ -259,6 +280,27 @@ async def spend_refresh_token(
     return session_id, user_id
 
 
+async def live_refresh_token(session: AsyncSession, token_digest: str, now: datetime) -> int | None:
+    """The session of an unused, unexpired refresh token whose session is live."""
+    live_sessions = select(AuthSession.id).where(AuthSession.revoked_at.is_(None))
+    session_id: int | None = (
+        await session.execute(
+            select(RefreshToken.session_id).where(
+                RefreshToken.token_digest == token_digest,
+                RefreshToken.used_at.is_(None),
+                RefreshToken.expires_at > now,
+                RefreshToken.session_id.in_(live_sessions),
+            )
+        )
+    ).scalar_one_or_none()
+    return session_id
+
+
+async def user_of_live_session(session: AsyncSession, session_id: int) -> User | None:
+    user_id = await session_owner(session, session_id)
+    return None if user_id is None else await user_with_live_session(session, user_id, session_id)
+
+
 async def refresh_token_record(
     session: AsyncSession, token_digest: str
 ) -> tuple[int, datetime | None] | None:
@@ -291,9 +333,13 @@ async def revoke_session(session: AsyncSession, session_id: int, now: datetime) 
     return user_id
 
 
-async def revoke_all_sessions(session: AsyncSession, user_id: int, now: datetime) -> None:
-    await session.execute(
-        update(AuthSession)
-        .where(AuthSession.user_id == user_id, AuthSession.revoked_at.is_(None))
-        .values(revoked_at=now)
+async def revoke_all_sessions(
+    session: AsyncSession, user_id: int, now: datetime, *, keep: int | None = None
+) -> None:
+    """End every live session of the user but `keep`."""
+    stmt = update(AuthSession).where(
+        AuthSession.user_id == user_id, AuthSession.revoked_at.is_(None)
     )
+    if keep is not None:
+        stmt = stmt.where(AuthSession.id != keep)
+    await session.execute(stmt.values(revoked_at=now))

@@ -86,8 +86,8 @@ OTP_DESCRIPTION = (
         422: validation_doc("invalid_mobile_number", "password_too_common"),
     },
 )
-async def signup(body: SignupIn, auth: AuthServiceDep) -> UserOut:
-    user = await auth.signup(body.mobile_number, body.name, body.email, body.password)
+async def signup(body: SignupIn, auth: AuthServiceDep, ip: ClientIp) -> UserOut:
+    user = await auth.signup(body.mobile_number, body.name, body.email, body.password, ip)
     return user_out(user, auth.deps.clock.now(), auth.deps.settings)
 
 
@@ -114,8 +114,8 @@ async def send_otp(body: MobileNumberIn, auth: AuthServiceDep, ip: ClientIp) -> 
     ),
     responses={**CREDENTIAL_ERRORS, 422: validation_doc("invalid_mobile_number")},
 )
-async def verify_otp(body: VerifyOtpIn, auth: AuthServiceDep) -> TokenOut:
-    return await auth.verify_login_otp(body.mobile_number, body.otp)
+async def verify_otp(body: VerifyOtpIn, auth: AuthServiceDep, ip: ClientIp) -> TokenOut:
+    return await auth.verify_login_otp(body.mobile_number, body.otp, ip, body.password)
 
 
 @router.post(
@@ -124,8 +124,8 @@ async def verify_otp(body: VerifyOtpIn, auth: AuthServiceDep) -> TokenOut:
     description="For accounts with a password (set at signup, reset or change).",
     responses={**CREDENTIAL_ERRORS, 422: validation_doc("invalid_mobile_number")},
 )
-async def login(body: LoginIn, auth: AuthServiceDep) -> TokenOut:
-    return await auth.login_with_password(body.mobile_number, body.password)
+async def login(body: LoginIn, auth: AuthServiceDep, ip: ClientIp) -> TokenOut:
+    return await auth.login_with_password(body.mobile_number, body.password, ip)
 
 
 @router.post(
@@ -206,8 +206,8 @@ async def forgot_password(body: MobileNumberIn, auth: AuthServiceDep, ip: Client
         422: validation_doc("invalid_mobile_number", "password_too_common"),
     },
 )
-async def reset_password(body: ResetPasswordIn, auth: AuthServiceDep) -> TokenOut:
-    return await auth.reset_password(body.mobile_number, body.otp, body.new_password)
+async def reset_password(body: ResetPasswordIn, auth: AuthServiceDep, ip: ClientIp) -> TokenOut:
+    return await auth.reset_password(body.mobile_number, body.otp, body.new_password, ip)
 
 
 @router.post(
@@ -241,6 +241,17 @@ async def reset_password(body: ResetPasswordIn, auth: AuthServiceDep) -> TokenOu
     },
 )
 async def change_password(
-    body: ChangePasswordIn, user: CurrentUserRecord, auth: AuthServiceDep
+    body: ChangePasswordIn,
+    principal: CurrentUser,
+    user: CurrentUserRecord,
+    auth: AuthServiceDep,
+    ip: ClientIp,
 ) -> TokenOut:
-    return await auth.change_password(user, body.current_password, body.new_password)
+    return await auth.change_password(
+        user,
+        principal.session_id,
+        ip,
+        current_password=body.current_password,
+        otp=body.otp,
+        new_password=body.new_password,
+    )

@@ -21,7 +21,7 @@ MobileNumber = Annotated[
 OtpCodeField = Annotated[
     str,
     StringConstraints(strip_whitespace=True, pattern=r"^\d{6}$"),
-    Field(validation_alias=AliasChoices("otp", "code"), examples=["123456"]),
+    Field(validation_alias=AliasChoices("otp", "code", "otp_code"), examples=["123456"]),
 ]
 NewPassword = Annotated[
     str,
@@ -69,9 +69,19 @@ class SignupIn(_In):
     )
 
     mobile_number: MobileNumber
-    name: Name | None = None
+    name: Annotated[
+        Name | None, Field(validation_alias=AliasChoices("name", "full_name", "fullName"))
+    ] = None
     email: EmailStr | None = None
-    password: NewPassword | None = None
+    password: Annotated[
+        NewPassword | None,
+        Field(
+            description=(
+                "Pending until the number is proven: it takes effect when the first "
+                "`POST /auth/verify-otp` presents it too, and is dropped by any other."
+            )
+        ),
+    ] = None
 
 
 class MobileNumberIn(_In):
@@ -87,6 +97,16 @@ class VerifyOtpIn(_In):
 
     mobile_number: MobileNumber
     otp: OtpCodeField
+    password: Annotated[
+        str | None,
+        Field(
+            max_length=1024,
+            description=(
+                "The password given at signup, to activate it with this first verification "
+                "(without it, a signup password is dropped)."
+            ),
+        ),
+    ] = None
 
 
 class LoginIn(_In):
@@ -151,6 +171,17 @@ class ChangePasswordIn(_In):
             max_length=1024,
             validation_alias=AliasChoices(
                 "current_password", "old_password", "oldPassword", "currentPassword"
+            ),
+        ),
+    ] = None
+    otp: Annotated[
+        str | None,
+        StringConstraints(strip_whitespace=True, pattern=r"^\d{6}$"),
+        Field(
+            validation_alias=AliasChoices("otp", "code", "otp_code"),
+            description=(
+                "A fresh sign-in code (`POST /auth/send-otp`): required instead of "
+                "`current_password` when the account has no password yet."
             ),
         ),
     ] = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -10,15 +11,15 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gemini_backend.auth import repository as repo
+from gemini_backend.auth.delivery import OtpDeliveryFailed, OtpSender
 from gemini_backend.auth.passwords import check_password_policy
 from gemini_backend.auth.phone import normalize_mobile_number
 from gemini_backend.auth.principals import Principals
 from gemini_backend.auth.schemas import OtpSentOut, TokenOut
 from gemini_backend.config import Settings
 from gemini_backend.core.clock import Clock
-from gemini_backend.core.db import after_commit, release_connection
+from gemini_backend.core.db import after_commit, commit_now, release_connection
 from gemini_backend.core.errors import (
-    AppError,
     Conflict,
     TooManyRequests,
     Unauthorized,
@@ -64,8 +65,34 @@ class CurrentPasswordRequired(ValidationFailed):
     detail = "current_password is required to change an existing password."
 
 
+class NoCodeToCheck(InvalidCredentials):
+    """No live code to check a guess against: the same answer, and nothing is kept."""
+
+    keeps_changes = False
+
+
+class VerificationRequired(Unauthorized):
+    code = "verification_required"
+    detail = (
+        "This password was set at signup and the number is not verified yet: verify a sign-in "
+        "code with POST /auth/verify-otp, giving this password too, to activate it."
+    )
+    keeps_changes = True
+
+
+class OtpRequired(ValidationFailed):
+    code = "otp_required"
+    detail = (
+        "Setting a first password needs a fresh sign-in code: request one with "
+        "POST /auth/send-otp and give it as `otp`."
+    )
+
+
 class OtpResendTooSoon(TooManyRequests):
     code = "otp_resend_too_soon"
+
+
+PER_NUMBER_DETAIL = "Too many codes requested for this number; try again later."
 
 
 class LoginLocked(TooManyRequests):
@@ -83,6 +110,7 @@ class AuthDeps:
     throttle: Throttle
     test_numbers: Mapping[str, str]
     principals: Principals
+    otp_sender: OtpSender
 
 
 class AuthService:
@@ -133,44 +161,78 @@ class AuthService:
             user=user_out(user, self.deps.clock.now(), self.deps.settings),
         )
 
-    async def _ensure_not_locked(self, number: str) -> None:
-        now = self._now()
-        until = await repo.locked_until(self.session, number, now)
-        if until is not None:
-            raise LoginLocked(
-                (until - now).total_seconds(),
-                "Too many failed attempts on this number; try again later.",
-            )
+    # --- attempts and lockouts -------------------------------------------------------------
+    def _guards(self, number: str, client_ip: str) -> list[tuple[str, int]]:
+        """The subjects an attempt on `number` counts against, with their thresholds: the number
+        from this client address, and the number from every address (a higher threshold, so
+        that nobody can lock a number for everyone from one address)."""
+        settings = self.settings
+        return [
+            (f"{number} {client_ip[:64]}", settings.otp_lockout_threshold),
+            (number, settings.otp_number_lockout_threshold),
+        ]
 
-    async def _fail(self, number: str, error: AppError | None = None) -> AppError:
-        """Count a failed sign-in attempt and return the error to raise (its changes persist)."""
-        await repo.record_failure(
-            self.session,
-            mobile_number=number,
-            now=self._now(),
-            threshold=self.settings.otp_lockout_threshold,
-            lockout=timedelta(seconds=self.settings.otp_lockout_seconds),
+    async def _locked(self, subjects: list[str]) -> LoginLocked | None:
+        now = self._now()
+        until = await repo.locked_until(self.session, subjects, now)
+        if until is None:
+            return None
+        return LoginLocked(
+            (until - now).total_seconds(),
+            "Too many failed attempts on this number; try again later.",
         )
-        log.info("auth_failure", mobile_number_suffix=number[-4:])
-        return error or InvalidCredentials()
+
+    async def _reserve_attempt(self, number: str, client_ip: str) -> list[str]:
+        """Count an attempt before its secret is checked, or raise 429 when it is locked.
+
+        The caller commits it before checking anything: attempts that run concurrently then
+        each see the others' counts, so no more than the threshold are ever checked. A success
+        clears the count again.
+        """
+        now = self._now()
+        lockout = timedelta(seconds=self.settings.otp_lockout_seconds)
+        guards = self._guards(number, client_ip)
+        for subject, threshold in guards:
+            reserved = await repo.reserve_attempt(
+                self.session, subject, now=now, threshold=threshold, lockout=lockout
+            )
+            if not reserved:
+                # Nothing of this attempt is kept: the error rolls the reservations back.
+                raise await self._locked([s for s, _ in guards]) or LoginLocked(1)
+        log.info("auth_attempt", mobile_number_suffix=number[-4:])
+        return [subject for subject, _ in guards]
+
+    async def _throttle_attempt(self, client_ip: str) -> None:
+        await self.deps.throttle.hit(
+            f"{self.settings.auth_attempts_per_ip_per_minute}/minute",
+            "auth-attempt-ip",
+            client_ip,
+            detail="Too many sign-in requests from this address; try again later.",
+        )
 
     async def _throttle_send(self, number: str, client_ip: str) -> None:
-        limits = self.settings
+        """Codes asked from this address are counted at once; codes for the number only once one
+        is really sent (a refused request never spends the number's budget)."""
         await self.deps.throttle.hit(
-            f"{limits.otp_sends_per_ip_per_hour}/hour",
+            f"{self.settings.otp_sends_per_ip_per_hour}/hour",
             "otp-send-ip",
             client_ip,
             detail="Too many codes requested from this address; try again later.",
         )
-        await self.deps.throttle.hit(
-            f"{limits.otp_sends_per_number_per_hour}/hour",
-            "otp-send-number",
-            number,
-            detail="Too many codes requested for this number; try again later.",
+        locked = await self._locked([s for s, _ in self._guards(number, client_ip)])
+        if locked is not None:
+            raise locked
+        await self.deps.throttle.check(
+            self._per_number_sends, "otp-send-number", number, detail=PER_NUMBER_DETAIL
         )
 
-    async def _issue_otp(self, number: str, purpose: str, *, reveal: bool) -> str | None:
-        """Store a fresh code for (number, purpose); returns it when it may be shown."""
+    @property
+    def _per_number_sends(self) -> str:
+        return f"{self.settings.otp_sends_per_number_per_hour}/hour"
+
+    async def _issue_otp(self, number: str, purpose: str, *, deliver: bool) -> str | None:
+        """Store a fresh code for (number, purpose) and deliver it; returns it when the code is
+        shown in the response."""
         now = self._now()
         code = self.deps.test_numbers.get(number) or new_otp()
         stored = await repo.store_otp(
@@ -188,44 +250,90 @@ class AuthService:
             if created is not None:
                 wait = int((created + timedelta(seconds=wait) - now).total_seconds())
             raise OtpResendTooSoon(wait, "A code was sent moments ago; wait before asking again.")
-        if reveal and self.settings.otp_delivery == "response":
-            return code
-        return None
+        sender = self.deps.otp_sender
+        if deliver and not sender.in_response:
+            # Sent once the code is committed (no lock is held across the SMS provider's round
+            # trip); a code that could not be sent is withdrawn, so asking again is not too soon.
+            await commit_now(self.session)
+            try:
+                await sender.send(number, code, purpose, self.settings.otp_ttl_seconds)
+            except OtpDeliveryFailed:
+                await repo.delete_otp(self.session, number, purpose)
+                raise
+        await self.deps.throttle.hit(
+            self._per_number_sends, "otp-send-number", number, detail=PER_NUMBER_DETAIL
+        )
+        return code if deliver and sender.in_response else None
 
-    async def _use_otp(self, number: str, purpose: str, code: str) -> None:
-        """Consume the code or count the failure and raise 401."""
-        await self._ensure_not_locked(number)
+    async def _use_otp(self, number: str, client_ip: str, purpose: str, code: str) -> None:
+        """Consume the code, or raise 401 (the attempt stays counted) or 429 (locked)."""
+        locked = await self._locked([subject for subject, _ in self._guards(number, client_ip)])
+        if locked is not None:  # the clear answer; the reservation below is what enforces it
+            raise locked
         now = self._now()
-        digest = otp_digest(self.settings.otp_secret_value(), number, purpose, code)
-        if await repo.consume_otp(
+        # The code's row first, then the guards: the order every transaction here locks them.
+        live = await repo.reserve_otp_attempt(
             self.session,
             mobile_number=number,
             purpose=purpose,
-            code_digest=digest,
             now=now,
             max_attempts=self.settings.otp_max_attempts,
+        )
+        if live is None:
+            # No live code: nothing is checked, so nothing is counted either.
+            raise NoCodeToCheck()
+        guards = await self._reserve_attempt(number, client_ip)
+        await commit_now(self.session)
+        otp_id, stored_digest = live
+        digest = otp_digest(self.settings.otp_secret_value(), number, purpose, code)
+        if hmac.compare_digest(digest, stored_digest) and await repo.consume_otp(
+            self.session, otp_id, stored_digest
         ):
-            await repo.clear_failures(self.session, number)
+            await repo.clear_failures(self.session, guards)
             return
-        await repo.count_wrong_otp(self.session, mobile_number=number, purpose=purpose, now=now)
-        raise await self._fail(number)
+        log.info("auth_failure", mobile_number_suffix=number[-4:], via="otp")
+        raise InvalidCredentials()
+
+    async def _check_password(
+        self, number: str, client_ip: str, password: str, password_hash: str | None
+    ) -> list[str]:
+        """Verify a password as a counted attempt; the guards to clear once it succeeds."""
+        guards = await self._reserve_attempt(number, client_ip)
+        await commit_now(self.session)
+        if not await self.deps.hasher.verify(password, password_hash):
+            log.info("auth_failure", mobile_number_suffix=number[-4:], via="password")
+            raise InvalidCredentials()
+        return guards
 
     # --- flows --------------------------------------------------------------------------------
     async def signup(
-        self, raw_number: str, name: str | None, email: str | None, password: str | None
+        self,
+        raw_number: str,
+        name: str | None,
+        email: str | None,
+        password: str | None,
+        client_ip: str,
     ) -> User:
+        """Register up front. A password given here is pending: nobody has proven the number
+        yet, so it only takes effect when the first OTP verification presents it too."""
         number = self.number(raw_number)
-        password_hash = None
+        await self._throttle_attempt(client_ip)
         if password is not None:
             check_password_policy(password)
-            password_hash = await self.deps.hasher.hash(password)
+        # Checked before hashing: a taken number costs no CPU.
+        if await repo.user_by_number(self.session, number) is not None:
+            raise UserExists()
+        pending = None
+        if password is not None:
+            await release_connection(self.session)
+            pending = await self.deps.hasher.hash(password)
         user_id = await repo.insert_user(
             self.session,
             mobile_number=number,
             now=self._now(),
             name=name,
             email=str(email) if email else None,
-            password_hash=password_hash,
+            pending_password_hash=pending,
         )
         if user_id is None:
             raise UserExists()
@@ -236,13 +344,15 @@ class AuthService:
     async def send_login_otp(self, raw_number: str, client_ip: str) -> OtpSentOut:
         number = self.number(raw_number)
         await self._throttle_send(number, client_ip)
-        await self._ensure_not_locked(number)
-        code = await self._issue_otp(number, LOGIN, reveal=True)
+        code = await self._issue_otp(number, LOGIN, deliver=True)
         return OtpSentOut(message="OTP sent.", otp=code, expires_in=self.settings.otp_ttl_seconds)
 
-    async def verify_login_otp(self, raw_number: str, code: str) -> TokenOut:
+    async def verify_login_otp(
+        self, raw_number: str, code: str, client_ip: str, password: str | None = None
+    ) -> TokenOut:
         number = self.number(raw_number)
-        await self._use_otp(number, LOGIN, code)
+        await self._throttle_attempt(client_ip)
+        await self._use_otp(number, client_ip, LOGIN, code)
         # Sign-in-or-up: a verified number with no account gets one now.
         now = self._now()
         created = await repo.insert_user(self.session, mobile_number=number, now=now) is not None
@@ -250,17 +360,37 @@ class AuthService:
         assert user is not None
         if created:
             log.info("user_created", user_id=user.id, via="otp")
+        if user.pending_password_hash is not None:
+            await commit_now(self.session)
+            await self._settle_pending_password(user, password)
         return await self._issue_tokens(user, is_new_user=created)
 
-    async def login_with_password(self, raw_number: str, password: str) -> TokenOut:
+    async def _settle_pending_password(self, user: User, password: str | None) -> None:
+        """The number is proven now. The signup's password takes effect if this verification
+        presents it (whoever set it also holds the phone); any other verification drops it, so
+        a password set by someone else on this number never opens the account."""
+        pending = user.pending_password_hash
+        assert pending is not None
+        activate = password is not None and await self.deps.hasher.verify(password, pending)
+        await repo.settle_pending_password(
+            self.session, user.id, activate=activate, now=self._now()
+        )
+        if activate:
+            user.password_hash = pending
+        user.pending_password_hash = None
+        log.info("pending_password_settled", user_id=user.id, activated=activate)
+
+    async def login_with_password(self, raw_number: str, password: str, client_ip: str) -> TokenOut:
         number = self.number(raw_number)
-        await self._ensure_not_locked(number)
+        await self._throttle_attempt(client_ip)
         user = await repo.user_by_number(self.session, number)
-        await release_connection(self.session)
-        ok = await self.deps.hasher.verify(password, user.password_hash if user else None)
-        if not ok or user is None:
-            raise await self._fail(number)
-        await repo.clear_failures(self.session, number)
+        stored = user.password_hash if user else None
+        pending = user.pending_password_hash if user and stored is None else None
+        guards = await self._check_password(number, client_ip, password, stored or pending)
+        assert user is not None
+        if stored is None:
+            raise VerificationRequired()
+        await repo.clear_failures(self.session, guards)
         return await self._issue_tokens(user)
 
     async def refresh(self, refresh_token: str) -> TokenOut:
@@ -268,14 +398,9 @@ class AuthService:
         digest = digest_token(refresh_token)
         spent = await repo.spend_refresh_token(self.session, digest, now)
         if spent is None:
-            record = await repo.refresh_token_record(self.session, digest)
-            if record is not None and record[1] is not None:
-                # A spent token shown again: it was stolen or replayed. End that session.
-                self._changed(await repo.revoke_session(self.session, record[0], now))
-                log.warning("refresh_token_reuse", session_id=record[0])
-            raise InvalidRefreshToken()
+            return await self._refresh_again(refresh_token, digest, now)
         session_id, user_id = spent
-        new_token = new_refresh_token()
+        new_token = self.deps.tokens.successor_refresh_token(refresh_token)
         await repo.add_refresh_token(
             self.session,
             session_id,
@@ -288,6 +413,28 @@ class AuthService:
             raise InvalidRefreshToken()
         return self._token_out(user, session_id, new_token)
 
+    async def _refresh_again(self, refresh_token: str, digest: str, now: datetime) -> TokenOut:
+        """A token that is not live. Spent moments ago, with its successor still unused: the
+        client's own parallel requests, answered with that successor. Spent earlier: stolen or
+        replayed, and its session ends."""
+        record = await repo.refresh_token_record(self.session, digest)
+        if record is None:
+            raise InvalidRefreshToken()
+        session_id, used_at = record
+        if used_at is None:  # expired, or its session ended
+            raise InvalidRefreshToken()
+        grace = timedelta(seconds=self.settings.refresh_reuse_grace_seconds)
+        if now - used_at <= grace:
+            successor = self.deps.tokens.successor_refresh_token(refresh_token)
+            live = await repo.live_refresh_token(self.session, digest_token(successor), now)
+            if live == session_id:
+                user = await repo.user_of_live_session(self.session, session_id)
+                if user is not None:
+                    return self._token_out(user, session_id, successor)
+        self._changed(await repo.revoke_session(self.session, session_id, now))
+        log.warning("refresh_token_reuse", session_id=session_id)
+        raise InvalidRefreshToken()
+
     async def logout(self, user_id: int, session_id: int, refresh_token: str | None) -> None:
         now = self._now()
         self._changed(await repo.revoke_session(self.session, session_id, now))
@@ -299,52 +446,83 @@ class AuthService:
     async def forgot_password(self, raw_number: str, client_ip: str) -> OtpSentOut:
         number = self.number(raw_number)
         await self._throttle_send(number, client_ip)
-        await self._ensure_not_locked(number)
         user = await repo.user_by_number(self.session, number)
         # An unknown number goes through the same steps (a code is stored, so the resend
-        # cooldown applies alike) but nothing is revealed and no account can be reset with it.
-        code = await self._issue_otp(number, RESET, reveal=user is not None)
+        # cooldown applies alike) but nothing is sent or shown and no account can be reset.
+        code = await self._issue_otp(number, RESET, deliver=user is not None)
         return OtpSentOut(
             message="If an account exists for this number, a reset code has been sent.",
             otp=code,
             expires_in=self.settings.otp_ttl_seconds,
         )
 
-    async def reset_password(self, raw_number: str, code: str, new_password: str) -> TokenOut:
+    async def reset_password(
+        self, raw_number: str, code: str, new_password: str, client_ip: str
+    ) -> TokenOut:
         number = self.number(raw_number)
+        await self._throttle_attempt(client_ip)
         check_password_policy(new_password)
-        new_hash = await self.deps.hasher.hash(new_password)
-        await self._use_otp(number, RESET, code)
+        await self._use_otp(number, client_ip, RESET, code)
         user = await repo.user_by_number(self.session, number)
         if user is None:
-            raise await self._fail(number)
+            raise InvalidCredentials()
+        # Hashed only once the code is proven: an anonymous request costs no Argon2 run.
+        await release_connection(self.session)
+        new_hash = await self.deps.hasher.hash(new_password)
         now = self._now()
         await repo.set_password_hash(self.session, user.id, new_hash, now)
         await repo.revoke_all_sessions(self.session, user.id, now)
         self._changed(user.id)
         user.password_hash = new_hash
+        user.pending_password_hash = None
         log.info("password_reset", user_id=user.id)
         return await self._issue_tokens(user)
 
     async def change_password(
-        self, user: User, current_password: str | None, new_password: str
+        self,
+        user: User,
+        session_id: int,
+        client_ip: str,
+        *,
+        current_password: str | None,
+        otp: str | None,
+        new_password: str,
     ) -> TokenOut:
+        """Change the password. With one set, `current_password` proves the caller; without,
+        a fresh sign-in code does (an access token alone never sets a first password). The
+        calling session stays signed in; every other one ends."""
         check_password_policy(new_password)
+        number = user.mobile_number
         if user.password_hash is not None:
             if not current_password:
                 raise CurrentPasswordRequired()
-            # A stolen access token must not allow unlimited guesses of the password.
-            await self._ensure_not_locked(user.mobile_number)
-        await release_connection(self.session)
-        if user.password_hash is not None:
-            assert current_password is not None
-            if not await self.deps.hasher.verify(current_password, user.password_hash):
-                raise await self._fail(user.mobile_number)
+            guards = await self._check_password(
+                number, client_ip, current_password, user.password_hash
+            )
+            await repo.clear_failures(self.session, guards)
+        else:
+            if not otp:
+                raise OtpRequired()
+            await self._use_otp(number, client_ip, LOGIN, otp)
+        await commit_now(self.session)
         new_hash = await self.deps.hasher.hash(new_password)
         now = self._now()
         await repo.set_password_hash(self.session, user.id, new_hash, now)
-        await repo.revoke_all_sessions(self.session, user.id, now)
+        await repo.revoke_all_sessions(self.session, user.id, now, keep=session_id)
         self._changed(user.id)
         user.password_hash = new_hash
         log.info("password_changed", user_id=user.id)
-        return await self._issue_tokens(user)
+        return await self._fresh_pair(user, session_id)
+
+    async def _fresh_pair(self, user: User, session_id: int) -> TokenOut:
+        """A new access and refresh token for a session that goes on (its earlier ones stay)."""
+        now = self._now()
+        refresh = new_refresh_token()
+        await repo.add_refresh_token(
+            self.session,
+            session_id,
+            digest_token(refresh),
+            now,
+            timedelta(seconds=self.settings.refresh_token_ttl_seconds),
+        )
+        return self._token_out(user, session_id, refresh)

@@ -218,7 +218,7 @@ class MessageCreate(BaseModel):
     content: Annotated[
         MessageContent,
         Field(
-            validation_alias=AliasChoices("content", "message", "text"),
+            validation_alias=AliasChoices("content", "message", "text", "user_message"),
             description="1..MAX_MESSAGE_CHARS characters after trimming.",
         ),
     ]

@@ -237,3 +237,10 @@ async def release_connection(session: AsyncSession) -> None:
     usable (`expire_on_commit=False`); the next statement starts a new transaction.
     """
     await session.commit()
+
+
+async def commit_now(session: AsyncSession) -> None:
+    """Commit what the request has written so far, so that concurrent requests see it before
+    this one goes on (a sign-in attempt counted before its secret is checked). After-commit
+    actions still wait for the end of the request."""
+    await session.commit()

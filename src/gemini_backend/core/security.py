@@ -10,19 +10,21 @@
 
 from __future__ import annotations
 
+import base64
 import functools
 import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import anyio
 import jwt
 from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
 
-from gemini_backend.core.errors import Unauthorized
+from gemini_backend.core.errors import ServiceUnavailable, Unauthorized
 
 JWT_ALGORITHM = "HS256"
 ACCESS_TOKEN_TYPE = "access"  # noqa: S105 - a claim value, not a secret
@@ -56,6 +58,10 @@ class TokenCodec:
         self._secret = secret
         self.ttl_seconds = ttl_seconds
         self._verified = functools.lru_cache(maxsize=self.VERIFIED_CACHE_SIZE)(self._verify)
+        self._rotation_key = hmac.new(secret.encode(), b"refresh-rotation", hashlib.sha256).digest()
+
+    def successor_refresh_token(self, token: str) -> str:
+        return successor_refresh_token(self._rotation_key, token)
 
     def issue_access_token(self, user_id: int, session_id: int, now: datetime) -> str:
         payload = {
@@ -105,6 +111,14 @@ def new_refresh_token() -> str:
     return secrets.token_urlsafe(32)
 
 
+def successor_refresh_token(key: bytes, token: str) -> str:
+    """The token that replaces `token` when it is rotated. Derived, not random, so that a
+    second use of `token` within the reuse grace can answer the same successor (only its digest
+    is stored); unguessable without both the server key and `token` itself."""
+    mac = hmac.new(key, b"refresh-rotation\x00" + token.encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+
+
 def digest_token(token: str) -> str:
     """SHA-256 of a high-entropy token: enough for lookup, useless to whoever reads the table."""
     return hashlib.sha256(token.encode()).hexdigest()
@@ -119,27 +133,46 @@ def otp_digest(key: bytes, mobile_number: str, purpose: str, code: str) -> str:
     return hmac.new(key, message, hashlib.sha256).hexdigest()
 
 
-class PasswordHasher:
-    """Argon2id hashing off the event loop, at most `concurrency` hashes at a time."""
+class HashingBusy(ServiceUnavailable):
+    code = "busy"
+    detail = "Too many sign-ins are being processed; try again in a moment."
 
-    def __init__(self, concurrency: int) -> None:
-        self._hasher = PasswordHash((Argon2Hasher(),))
+    def __init__(self) -> None:
+        super().__init__(headers={"Retry-After": "1"})
+
+
+class PasswordHasher:
+    """Argon2id hashing off the event loop, at most `concurrency` hashes at a time and at most
+    `queue` more waiting: a flood of anonymous requests gets 503 at once instead of delaying
+    every real sign-in behind it."""
+
+    def __init__(
+        self, concurrency: int, queue: int = 32, hasher: Argon2Hasher | None = None
+    ) -> None:
+        self._hasher = PasswordHash((hasher or Argon2Hasher(),))
         self._limiter = anyio.CapacityLimiter(concurrency)
+        self._capacity = concurrency + queue
+        self._pending = 0
         self._dummy_hash: str | None = None
 
+    async def _run(self, function: Any, *args: str) -> Any:
+        if self._pending >= self._capacity:
+            raise HashingBusy()
+        self._pending += 1
+        try:
+            return await anyio.to_thread.run_sync(function, *args, limiter=self._limiter)
+        finally:
+            self._pending -= 1
+
     async def hash(self, password: str) -> str:
-        return await anyio.to_thread.run_sync(self._hasher.hash, password, limiter=self._limiter)
+        result: str = await self._run(self._hasher.hash, password)
+        return result
 
     async def verify(self, password: str, password_hash: str | None) -> bool:
         """Check a password; with no stored hash, burn the same time and answer False."""
         if password_hash is None:
             if self._dummy_hash is None:
                 self._dummy_hash = await self.hash(secrets.token_urlsafe(16))
-            password_hash = self._dummy_hash
-            await anyio.to_thread.run_sync(
-                self._hasher.verify, password, password_hash, limiter=self._limiter
-            )
+            await self._run(self._hasher.verify, password, self._dummy_hash)
             return False
-        return await anyio.to_thread.run_sync(
-            self._hasher.verify, password, password_hash, limiter=self._limiter
-        )
+        return bool(await self._run(self._hasher.verify, password, password_hash))

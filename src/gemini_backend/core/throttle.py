@@ -45,6 +45,14 @@ class Throttle:
         stats = await self._limiter.get_window_stats(item, *identifiers)
         raise TooManyRequests(stats.reset_time - time.time(), detail)
 
+    async def check(self, limit: str | RateLimitItem, *identifiers: str, detail: str) -> None:
+        """Raise 429 when the limit is used up, without counting a hit."""
+        item = parse(limit) if isinstance(limit, str) else limit
+        if await self._limiter.test(item, *identifiers):
+            return
+        stats = await self._limiter.get_window_stats(item, *identifiers)
+        raise TooManyRequests(stats.reset_time - time.time(), detail)
+
     async def ping(self) -> None:
         if not await self.storage.check():
             raise ConnectionError("throttle storage is unreachable")

@@ -36,6 +36,7 @@ class ReadyOut(BaseModel):
                 "checks": {"database": "ok", "throttle": "ok"},
                 "ai": {"provider": "demo", "model": "demo"},
                 "queue": "in-process",
+                "otp_delivery": "response",
             }
         }
     )
@@ -45,6 +46,11 @@ class ReadyOut(BaseModel):
     checks: dict[str, str] = Field(description='Each dependency: "ok" or "error: <type>"')
     ai: ReadyAi
     queue: str = Field(description="in-process | redis-streams")
+    otp_delivery: str = Field(description="response | log | twilio (OTP_DELIVERY)")
+    warning: str | None = Field(
+        default=None,
+        description="Present when a production deployment returns OTPs in responses on purpose",
+    )
 
 
 @router.get(
@@ -109,7 +115,13 @@ async def ready(request: Request) -> JSONResponse:
         "ai": {"provider": state.services.provider.name, "model": state.services.provider.model},
         # Embedded mode: jobs run in this process. Production: Redis Streams (the redis check).
         "queue": "redis-streams" if state.settings.is_production_mode else "in-process",
+        "otp_delivery": state.settings.otp_delivery,
     }
+    if state.settings.otp_response_exposed:
+        body["warning"] = (
+            "OTP_RESPONSE_IN_PRODUCTION=true: sign-in codes are returned in responses, so "
+            "anyone can sign in as anyone (a demo deployment)."
+        )
     return JSONResponse(body, status_code=200 if ok else 503)
 
 

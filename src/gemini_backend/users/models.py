@@ -21,6 +21,9 @@ class User(Base):
     name: Mapped[str | None] = mapped_column(String(100))
     email: Mapped[str | None] = mapped_column(String(254))
     password_hash: Mapped[str | None] = mapped_column(String(255))
+    # A password given at signup, before anyone proved the number: it becomes `password_hash`
+    # only when an OTP verification also presents it, and is dropped by any other.
+    pending_password_hash: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
     # Loaded with the user in the same query (a LEFT JOIN): the tier is needed on most requests.
