@@ -164,6 +164,27 @@ class TestSignature:
         assert response.status_code == 200, response.text
         assert await tier_of(client, auth) == "pro"
 
+    @pytest.mark.parametrize(
+        "field", [("id",), ("type",), ("data", "object", "customer"), ("data", "object", "mode")]
+    )
+    async def test_a_lone_surrogate_is_400_and_applies_nothing(self, client, now, field):
+        customer, auth = await new_customer(client)
+        body = customer.checkout_completed("sub_surrogate", now)
+        whole = json.loads(json.dumps(body))
+        target = body
+        for key in field[:-1]:
+            target = target[key]
+        target[field[-1]] = "\ud800"  # half a UTF-16 pair; json.dumps escapes it
+        payload = json.dumps(body)
+        assert "\\ud800" in payload
+        response = await post_event(client, payload, now)
+        assert response.status_code == 400, response.text
+        assert response.json()["code"] == "invalid_payload"
+        assert await tier_of(client, auth) == "basic"
+        # Nothing was recorded: the event, whole, still applies.
+        await deliver(client, whole, now)
+        assert await tier_of(client, auth) == "pro"
+
     async def test_a_non_utf8_body_is_400(self, client, now):
         response = await client.post(
             "/webhook/stripe",
@@ -403,3 +424,27 @@ async def test_shuffled_orders_and_duplicates_end_in_the_right_state(client, now
             assert response.status_code == 200, response.text
         result = await status_of(client, auth)
         assert (result["tier"], result["status"]) == (tier, status), (trial, deliveries)
+
+
+# --- no payment provider -----------------------------------------------------------------------
+class TestProductionWithoutStripe:
+    """Production without STRIPE_SECRET_KEY (what compose.yaml runs by default): the webhook
+    secret is the public default, so a "signed" event proves nothing and is never applied."""
+
+    @pytest.fixture
+    def settings_overrides(self):
+        return {"environment": "production", "jwt_secret": "p" * 40}
+
+    @pytest.mark.parametrize("kind", ["upgrade", "downgrade"])
+    async def test_events_signed_with_the_public_secret_are_503(self, client, now, kind):
+        customer, auth = await new_customer(client)
+        if kind == "upgrade":
+            body = customer.checkout_completed("sub_forged", now)
+        else:
+            body = customer.subscription("deleted", "sub_forged", "canceled", now, now + PERIOD)
+        response = await post_event(client, body, now)
+        assert response.status_code == 503, response.text
+        assert response.json()["code"] == "payments_unavailable"
+        assert await tier_of(client, auth) == "basic"
+        status = await status_of(client, auth)
+        assert (status["status"], status["subscription_id"]) == ("none", None)
