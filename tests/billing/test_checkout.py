@@ -3,6 +3,7 @@ mock's Pay button sends signed events to /webhook/stripe, and the quota follows 
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -124,6 +125,8 @@ async def test_checkout_to_pro_to_a_sixth_message_then_cancel_to_basic(live, liv
 async def test_the_customer_is_reused_across_checkouts(live, sdk):
     auth = await new_user(live)
     first = await checkout(live, auth)
+    cancelled = await live.post((await checkout_buttons(live, first))["Cancel"])
+    assert cancelled.status_code == 303
     second = await checkout(live, auth)
     assert first["session_id"] != second["session_id"]
     # Read back through the SDK, from the mock, over HTTP.
@@ -133,9 +136,29 @@ async def test_the_customer_is_reused_across_checkouts(live, sdk):
     assert one.customer.startswith("cus_")
     assert one.client_reference_id == str((await live.get("/user/me", headers=auth)).json()["id"])
     assert one.mode == "subscription"
-    assert one.status == "open"
+    assert (one.status, two.status) == ("expired", "open")
     customer = await sdk.v1.customers.retrieve_async(one.customer)
     assert customer.metadata["user_id"] == one.client_reference_id
+
+
+async def test_one_open_checkout_per_user(live, sdk):
+    auth = await new_user(live)
+    first = await checkout(live, auth)
+    again = await checkout(live, auth)
+    assert again == first  # the same session id and URL
+    # Concurrent first checkouts of another user: one customer, one session.
+    other = await new_user(live)
+    started = await asyncio.gather(*(checkout(live, other) for _ in range(5)))
+    assert len({(one["session_id"], one["checkout_url"]) for one in started}) == 1
+    session = await sdk.v1.checkout.sessions.retrieve_async(started[0]["session_id"])
+    listed = await sdk.v1.checkout.sessions.list_async(params={"customer": str(session.customer)})
+    assert [one.id for one in listed.data] == [started[0]["session_id"]]
+    # Paid, the session is done: after a cancellation the next checkout is a new one.
+    await pay(live, first)
+    subscription = (await status_of(live, auth))["subscription_id"]
+    cancelled = await live.post(f"/mock-stripe/subscriptions/{subscription}/cancel", headers=auth)
+    assert cancelled.status_code == 200, cancelled.text
+    assert (await checkout(live, auth))["session_id"] != first["session_id"]
 
 
 async def test_cancelling_the_checkout_changes_nothing(live):
