@@ -121,7 +121,8 @@ Billing = Annotated[BillingService, Depends(_billing)]
     status_code=status.HTTP_201_CREATED,
     summary="Start a Stripe Checkout session for the Pro plan",
     description=(
-        "No body. Answers the Checkout page to open (`checkout_url`, also as `url`). The user "
+        "No body. Answers the Checkout page to open (`checkout_url`, also as `url`); while "
+        "that session is open, calling again answers the same one. The user "
         "becomes Pro only when Stripe's signed events reach `POST /webhook/stripe`, usually "
         "seconds after paying; poll `GET /subscription/status` to see it. Without a Stripe key "
         "(and outside production) the page is the built-in mock under `/mock-stripe`."
