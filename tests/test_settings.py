@@ -3,6 +3,7 @@ the mode that follows from the storage URLs."""
 
 from __future__ import annotations
 
+import os
 import stat
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from gemini_backend.config import Environment, Settings
+from gemini_backend.config import DEV_WEBHOOK_SECRET, Environment, Settings
 
 STRONG_SECRET = "s" * 32
 
@@ -28,6 +29,11 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 def settings(**values: Any) -> Settings:
+    production = "production" in (values.get("environment"), os.environ.get("ENVIRONMENT"))
+    if production and "otp_delivery" not in values and "OTP_DELIVERY" not in os.environ:
+        # Production refuses codes in responses (tests/auth/test_delivery.py): these tests are
+        # about the other rules.
+        values["otp_delivery"] = "log"
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
 
@@ -136,6 +142,9 @@ def test_production_refuses_otp_test_numbers(monkeypatch):
         settings()
 
 
+REAL_WEBHOOK_SECRET = "whsec_" + "a1B2c3D4" * 4
+
+
 def test_production_refuses_the_public_webhook_secret_with_a_stripe_key():
     with pytest.raises(ValidationError, match="STRIPE_WEBHOOK_SECRET"):
         settings(environment="production", jwt_secret=STRONG_SECRET, stripe_secret_key="sk_live_x")
@@ -143,9 +152,63 @@ def test_production_refuses_the_public_webhook_secret_with_a_stripe_key():
         environment="production",
         jwt_secret=STRONG_SECRET,
         stripe_secret_key="sk_live_x",
-        stripe_webhook_secret="whsec_real",
+        stripe_webhook_secret=REAL_WEBHOOK_SECRET,
     )
     assert not s.stripe_mock_enabled
+
+
+@pytest.mark.parametrize("stripe_key", [None, "sk_live_x"])
+@pytest.mark.parametrize(
+    "secret",
+    [DEV_WEBHOOK_SECRET, "x", "whsec_", "whsec_short", "a" * 40, "whsec_" + "a" * 23],
+)
+def test_production_refuses_the_public_or_a_weak_webhook_secret(monkeypatch, stripe_key, secret):
+    # Set explicitly, the public default or a placeholder is refused with or without a key.
+    with pytest.raises(ValidationError, match="STRIPE_WEBHOOK_SECRET"):
+        settings(
+            environment="production",
+            jwt_secret=STRONG_SECRET,
+            stripe_secret_key=stripe_key,
+            stripe_webhook_secret=secret,
+        )
+    monkeypatch.setenv("ENVIRONMENT", "production")
+    monkeypatch.setenv("JWT_SECRET", STRONG_SECRET)
+    monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", secret)
+    with pytest.raises(ValidationError, match="STRIPE_WEBHOOK_SECRET"):
+        settings()
+
+
+def test_production_accepts_a_real_webhook_secret_with_or_without_a_key():
+    for key in (None, "sk_live_x"):
+        s = settings(
+            environment="production",
+            jwt_secret=STRONG_SECRET,
+            stripe_secret_key=key,
+            stripe_webhook_secret=REAL_WEBHOOK_SECRET,
+        )
+        assert s.stripe_webhook_secret.get_secret_value() == REAL_WEBHOOK_SECRET
+
+
+def test_production_starts_with_nothing_stripe_related_set(monkeypatch):
+    # What compose.yaml and render.yaml pass when no Stripe values are filled in: empty or no
+    # variables. The service starts, with payments off (the webhook is 503, see tests/billing).
+    monkeypatch.setenv("ENVIRONMENT", "production")
+    monkeypatch.setenv("JWT_SECRET", STRONG_SECRET)
+    monkeypatch.setenv("STRIPE_SECRET_KEY", "")
+    monkeypatch.setenv("STRIPE_WEBHOOK_SECRET", "")
+    monkeypatch.setenv("STRIPE_PRO_PRICE_ID", "")
+    s = settings()
+    assert s.stripe_secret_key is None
+    assert not s.stripe_mock_enabled
+    monkeypatch.delenv("STRIPE_SECRET_KEY")
+    monkeypatch.delenv("STRIPE_WEBHOOK_SECRET")
+    assert settings().stripe_secret_key is None
+
+
+def test_development_keeps_the_public_webhook_secret():
+    assert settings().stripe_webhook_secret.get_secret_value() == DEV_WEBHOOK_SECRET
+    s = settings(environment="development", stripe_webhook_secret="x")
+    assert s.stripe_webhook_secret.get_secret_value() == "x"
 
 
 def test_the_stripe_mock_is_never_on_in_production():

@@ -22,6 +22,10 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 MIN_SECRET_BYTES = 32
 # The signing secret the built-in Stripe mock and the Postman environment use by default.
 DEV_WEBHOOK_SECRET = "whsec_dev_insecure_local_mock_secret"  # noqa: S105 (public on purpose)
+# A Stripe endpoint secret is `whsec_` and 32 or more random characters; production wants that
+# shape (with some slack), so a placeholder such as `x` cannot stand in for one.
+WEBHOOK_SECRET_PREFIX = "whsec_"  # noqa: S105 (a prefix, not a secret)
+MIN_WEBHOOK_SECRET_CHARS = 24
 
 
 class Environment(StrEnum):
@@ -202,13 +206,7 @@ class Settings(BaseSettings):
                 )
             if "*" in self.cors_origins:
                 raise ValueError("CORS_ORIGINS may not be '*' in production")
-            if (
-                self.stripe_secret_key is not None
-                and self.stripe_webhook_secret.get_secret_value() == DEV_WEBHOOK_SECRET
-            ):
-                raise ValueError(
-                    "STRIPE_WEBHOOK_SECRET must be the endpoint's signing secret in production"
-                )
+            self._production_webhook_secret()
         if self.otp_delivery == "twilio":
             if not (self.twilio_account_sid and self.twilio_auth_token):
                 raise ValueError(
@@ -228,6 +226,25 @@ class Settings(BaseSettings):
     def otp_response_exposed(self) -> bool:
         """Codes are returned to whoever asks in a production deployment (a demo, on purpose)."""
         return self.otp_in_response and self.environment is Environment.PRODUCTION
+
+    def _production_webhook_secret(self) -> None:
+        """Set, or needed by a Stripe key, the webhook secret must be a real one: the public
+        default (or a placeholder) would let anyone sign events. Neither set: payments off."""
+        explicit = "stripe_webhook_secret" in self.model_fields_set
+        if not explicit and self.stripe_secret_key is None:
+            return
+        secret = self.stripe_webhook_secret.get_secret_value()
+        body = secret.removeprefix(WEBHOOK_SECRET_PREFIX)
+        if (
+            secret == DEV_WEBHOOK_SECRET
+            or not secret.startswith(WEBHOOK_SECRET_PREFIX)
+            or len(body) < MIN_WEBHOOK_SECRET_CHARS
+        ):
+            raise ValueError(
+                "STRIPE_WEBHOOK_SECRET must be the endpoint's signing secret in production "
+                f"(whsec_ and at least {MIN_WEBHOOK_SECRET_CHARS} more characters, not the "
+                "development default)"
+            )
 
     # --- derived -------------------------------------------------------------------------
     @cached_property

@@ -1,7 +1,7 @@
 """Every table of the service, imported in one place for Alembic and the tests."""
 
 from gemini_backend.auth.models import AuthGuard, AuthSession, OtpCode, RefreshToken
-from gemini_backend.billing.models import StripeEvent, Subscription
+from gemini_backend.billing.models import StripeEvent, StripeSubscription, Subscription
 from gemini_backend.chat.models import Chatroom, IdempotencyKey, Message
 from gemini_backend.core.db import Base
 from gemini_backend.quota.models import DailyUsage
@@ -19,6 +19,7 @@ __all__ = [
     "OtpCode",
     "RefreshToken",
     "StripeEvent",
+    "StripeSubscription",
     "Subscription",
     "User",
     "metadata",

@@ -9,8 +9,10 @@ from typing import Any
 
 import httpx
 import pytest
+import stripe
 import uvicorn
 
+from gemini_backend.billing.gateway import mock_api_key
 from tests.processes import free_port
 
 
@@ -45,3 +47,22 @@ async def live(app: Any, live_port: int) -> AsyncIterator[httpx.AsyncClient]:
     finally:
         server.should_exit = True
         await asyncio.wait_for(serving, 15)
+
+
+@pytest.fixture
+def service_key(app: Any) -> str:
+    """The one API key the built-in mock accepts (the service's own)."""
+    return mock_api_key(app.state.settings)
+
+
+@pytest.fixture
+async def sdk(app: Any, service_key: str) -> AsyncIterator[stripe.StripeClient]:
+    """A second, independent SDK client with the service's key, to read the mock's objects
+    over HTTP."""
+    http = stripe.HTTPXClient()
+    yield stripe.StripeClient(
+        service_key,
+        base_addresses={"api": f"{app.state.settings.base_url}/mock-stripe"},
+        http_client=http,
+    )
+    await http.close_async()

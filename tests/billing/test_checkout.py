@@ -3,27 +3,15 @@ mock's Pay button sends signed events to /webhook/stripe, and the quota follows 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 import stripe
 
-from gemini_backend.billing.gateway import MOCK_API_KEY
+from tests.billing.pages import form_actions
 from tests.helpers import bearer, sign_in
-
-
-@pytest.fixture
-async def sdk(app) -> AsyncIterator[stripe.StripeClient]:
-    """A second, independent SDK client, to read the mock's objects over HTTP."""
-    http = stripe.HTTPXClient()
-    yield stripe.StripeClient(
-        MOCK_API_KEY,
-        base_addresses={"api": f"{app.state.settings.base_url}/mock-stripe"},
-        http_client=http,
-    )
-    await http.close_async()
 
 
 async def new_user(live) -> dict[str, str]:
@@ -59,12 +47,17 @@ def path_of(url: str) -> str:
     return parts.path + (f"?{parts.query}" if parts.query else "")
 
 
-async def pay(live, started: dict[str, Any]) -> str:
+async def checkout_buttons(live, started: dict[str, Any]) -> dict[str, str]:
     page = await live.get(path_of(started["checkout_url"]))
-    assert page.status_code == 200
-    assert "Pay" in page.text
-    assert "Cancel" in page.text
-    paid = await live.post(f"{path_of(started['checkout_url'])}/pay")
+    assert page.status_code == 200, page.text
+    actions = form_actions(page.text)
+    assert set(actions) == {"Pay", "Cancel"}
+    return actions
+
+
+async def pay(live, started: dict[str, Any]) -> str:
+    """Open the checkout URL and press Pay, as a browser does (no Authorization header)."""
+    paid = await live.post((await checkout_buttons(live, started))["Pay"])
     assert paid.status_code == 303, paid.text
     location: str = paid.headers["location"]
     return location
@@ -79,8 +72,8 @@ async def test_checkout_to_pro_to_a_sixth_message_then_cancel_to_basic(live, liv
 
     started = await checkout(live, auth)
     assert started["url"] == started["checkout_url"]
-    assert started["checkout_url"] == (
-        f"http://127.0.0.1:{live_port}/mock-stripe/checkout/{started['session_id']}"
+    assert started["checkout_url"].startswith(
+        f"http://127.0.0.1:{live_port}/mock-stripe/checkout/{started['session_id']}?token="
     )
     # The success page alone never grants Pro: only the signed events do.
     success = await live.get(f"/subscribe/success?session_id={started['session_id']}")
@@ -115,8 +108,7 @@ async def test_checkout_to_pro_to_a_sixth_message_then_cancel_to_basic(live, liv
     portal_page = await live.get(path_of(portal.json()["url"]))
     assert portal_page.status_code == 200
     assert status["subscription_id"] in portal_page.text
-    assert "Cancel plan" in portal_page.text
-    cancel_action = portal_page.text.split("action='")[1].split("'")[0]
+    cancel_action = form_actions(portal_page.text)["Cancel plan"]
     cancelled = await live.post(cancel_action)
     assert cancelled.status_code == 303
     assert path_of(cancelled.headers["location"]) == path_of(portal.json()["url"])
@@ -133,6 +125,8 @@ async def test_checkout_to_pro_to_a_sixth_message_then_cancel_to_basic(live, liv
 async def test_the_customer_is_reused_across_checkouts(live, sdk):
     auth = await new_user(live)
     first = await checkout(live, auth)
+    cancelled = await live.post((await checkout_buttons(live, first))["Cancel"])
+    assert cancelled.status_code == 303
     second = await checkout(live, auth)
     assert first["session_id"] != second["session_id"]
     # Read back through the SDK, from the mock, over HTTP.
@@ -142,21 +136,42 @@ async def test_the_customer_is_reused_across_checkouts(live, sdk):
     assert one.customer.startswith("cus_")
     assert one.client_reference_id == str((await live.get("/user/me", headers=auth)).json()["id"])
     assert one.mode == "subscription"
-    assert one.status == "open"
+    assert (one.status, two.status) == ("expired", "open")
     customer = await sdk.v1.customers.retrieve_async(one.customer)
     assert customer.metadata["user_id"] == one.client_reference_id
+
+
+async def test_one_open_checkout_per_user(live, sdk):
+    auth = await new_user(live)
+    first = await checkout(live, auth)
+    again = await checkout(live, auth)
+    assert again == first  # the same session id and URL
+    # Concurrent first checkouts of another user: one customer, one session.
+    other = await new_user(live)
+    started = await asyncio.gather(*(checkout(live, other) for _ in range(5)))
+    assert len({(one["session_id"], one["checkout_url"]) for one in started}) == 1
+    session = await sdk.v1.checkout.sessions.retrieve_async(started[0]["session_id"])
+    listed = await sdk.v1.checkout.sessions.list_async(params={"customer": str(session.customer)})
+    assert [one.id for one in listed.data] == [started[0]["session_id"]]
+    # Paid, the session is done: after a cancellation the next checkout is a new one.
+    await pay(live, first)
+    subscription = (await status_of(live, auth))["subscription_id"]
+    cancelled = await live.post(f"/mock-stripe/subscriptions/{subscription}/cancel", headers=auth)
+    assert cancelled.status_code == 200, cancelled.text
+    assert (await checkout(live, auth))["session_id"] != first["session_id"]
 
 
 async def test_cancelling_the_checkout_changes_nothing(live):
     auth = await new_user(live)
     started = await checkout(live, auth)
-    cancelled = await live.post(f"{path_of(started['checkout_url'])}/cancel")
+    buttons = await checkout_buttons(live, started)
+    cancelled = await live.post(buttons["Cancel"])
     assert cancelled.status_code == 303
     assert path_of(cancelled.headers["location"]) == "/subscribe/cancelled"
     assert (await live.get("/subscribe/cancelled")).status_code == 200
     assert (await status_of(live, auth))["tier"] == "basic"
     # An expired session cannot be paid.
-    refused = await live.post(f"{path_of(started['checkout_url'])}/pay")
+    refused = await live.post(buttons["Pay"])
     assert refused.status_code == 400
     assert (await status_of(live, auth))["tier"] == "basic"
 
@@ -165,11 +180,13 @@ async def test_a_declined_renewal_then_a_paid_one(live):
     auth = await new_user(live)
     await pay(live, await checkout(live, auth))
     subscription = (await status_of(live, auth))["subscription_id"]
-    failed = await live.post(f"/mock-stripe/subscriptions/{subscription}/fail-payment")
+    failed = await live.post(
+        f"/mock-stripe/subscriptions/{subscription}/fail-payment", headers=auth
+    )
     assert failed.status_code == 200, failed.text
     status = await status_of(live, auth)
     assert (status["tier"], status["status"]) == ("pro", "past_due")  # within the grace period
-    renewed = await live.post(f"/mock-stripe/subscriptions/{subscription}/renew")
+    renewed = await live.post(f"/mock-stripe/subscriptions/{subscription}/renew", headers=auth)
     assert renewed.status_code == 200, renewed.text
     status = await status_of(live, auth)
     assert (status["tier"], status["status"]) == ("pro", "active")
@@ -238,7 +255,7 @@ class TestProductionWithoutStripe:
         return {
             "environment": "production",
             "jwt_secret": "p" * 40,
-            "otp_delivery": "response",
+            "otp_response_in_production": True,  # the tests read the code from the response
         }
 
     async def test_payments_are_unavailable_and_the_mock_is_off(self, client):

@@ -164,6 +164,27 @@ class TestSignature:
         assert response.status_code == 200, response.text
         assert await tier_of(client, auth) == "pro"
 
+    @pytest.mark.parametrize(
+        "field", [("id",), ("type",), ("data", "object", "customer"), ("data", "object", "mode")]
+    )
+    async def test_a_lone_surrogate_is_400_and_applies_nothing(self, client, now, field):
+        customer, auth = await new_customer(client)
+        body = customer.checkout_completed("sub_surrogate", now)
+        whole = json.loads(json.dumps(body))
+        target = body
+        for key in field[:-1]:
+            target = target[key]
+        target[field[-1]] = "\ud800"  # half a UTF-16 pair; json.dumps escapes it
+        payload = json.dumps(body)
+        assert "\\ud800" in payload
+        response = await post_event(client, payload, now)
+        assert response.status_code == 400, response.text
+        assert response.json()["code"] == "invalid_payload"
+        assert await tier_of(client, auth) == "basic"
+        # Nothing was recorded: the event, whole, still applies.
+        await deliver(client, whole, now)
+        assert await tier_of(client, auth) == "pro"
+
     async def test_a_non_utf8_body_is_400(self, client, now):
         response = await client.post(
             "/webhook/stripe",
@@ -346,6 +367,61 @@ class TestExactlyOnce:
         assert await tier_of(client, auth) == "pro"
 
 
+# --- several subscriptions --------------------------------------------------------------------
+class TestTwoSubscriptions:
+    """Two checkouts paid (possible at Stripe: a second one started before the first's events
+    arrived): the user stays Pro while any of their subscriptions is live."""
+
+    @pytest.mark.parametrize("cancelled_first", ["sub_a", "sub_b"])
+    async def test_cancelling_one_of_two_keeps_pro(self, client, now, cancelled_first):
+        customer, auth = await new_customer(client)
+        end = now + PERIOD
+        await deliver(client, customer.subscription("created", "sub_a", "active", now, end), now)
+        await deliver(
+            client, customer.subscription("created", "sub_b", "active", now + 5, end + 5), now
+        )
+        deleted = customer.subscription("deleted", cancelled_first, "canceled", now + 10, end)
+        await deliver(client, deleted, now)
+        live = "sub_b" if cancelled_first == "sub_a" else "sub_a"
+        status = await status_of(client, auth)
+        assert (status["tier"], status["status"], status["subscription_id"]) == (
+            "pro",
+            "active",
+            live,
+        )
+        await deliver(
+            client, customer.subscription("deleted", live, "canceled", now + 20, end), now
+        )
+        status = await status_of(client, auth)
+        assert (status["tier"], status["status"]) == ("basic", "canceled")
+
+    async def test_a_past_due_one_does_not_hide_an_active_one(self, client, now):
+        customer, auth = await new_customer(client)
+        end = now + PERIOD
+        await deliver(client, customer.subscription("created", "sub_a", "active", now, end), now)
+        await deliver(client, customer.subscription("created", "sub_b", "active", now, end), now)
+        await deliver(
+            client, customer.subscription("updated", "sub_b", "past_due", now + 5, end), now
+        )
+        status = await status_of(client, auth)
+        assert (status["tier"], status["status"], status["subscription_id"]) == (
+            "pro",
+            "active",
+            "sub_a",
+        )
+
+    async def test_another_users_subscription_id_changes_nothing(self, client, now):
+        owner, owner_auth = await new_customer(client)
+        other, other_auth = await new_customer(client)
+        end = now + PERIOD
+        await deliver(client, owner.subscription("created", "sub_mine", "active", now, end), now)
+        # The other customer's events never take over or end the owner's subscription.
+        body = other.subscription("deleted", "sub_mine", "canceled", now + 10, end)
+        await deliver(client, body, now, "ignored")
+        assert await tier_of(client, owner_auth) == "pro"
+        assert await tier_of(client, other_auth) == "basic"
+
+
 # --- any order -------------------------------------------------------------------------------
 def lifecycle(customer: Customer, now: int) -> tuple[list[dict], str, str]:
     """Subscribe, a failed renewal, a paid retry, then cancellation; the final tier/status."""
@@ -386,11 +462,35 @@ def resubscribe(customer: Customer, now: int) -> tuple[list[dict], str, str]:
     return events, "pro", "active"
 
 
+def two_live(customer: Customer, now: int) -> tuple[list[dict], str, str]:
+    """Two subscriptions paid, the later one cancelled: the first still bills, so Pro."""
+    end = now + PERIOD
+    sub, sub_2 = f"sub_{customer.customer}", f"sub2_{customer.customer}"
+    events = [
+        customer.checkout_completed(sub, now),
+        customer.subscription("created", sub, "active", now, end),
+        customer.invoice("paid", sub, now, end),
+        customer.checkout_completed(sub_2, now + 50),
+        customer.subscription("created", sub_2, "active", now + 50, end + 50),
+        customer.invoice("paid", sub_2, now + 50, end + 50),
+        customer.subscription("deleted", sub_2, "canceled", now + 100, end + 50),
+    ]
+    return events, "pro", "active"
+
+
+def two_cancelled(customer: Customer, now: int) -> tuple[list[dict], str, str]:
+    """Both of two subscriptions cancelled: Basic."""
+    events, _, _ = two_live(customer, now)
+    sub = f"sub_{customer.customer}"
+    events.append(customer.subscription("deleted", sub, "canceled", now + 200, now + PERIOD))
+    return events, "basic", "canceled"
+
+
 # Shuffled deliveries per scenario; `make soak` (GB_SOAK=1) runs 100 of each.
 SHUFFLES = 100 if os.environ.get("GB_SOAK") else 10
 
 
-@pytest.mark.parametrize("scenario", [lifecycle, renewal, resubscribe])
+@pytest.mark.parametrize("scenario", [lifecycle, renewal, resubscribe, two_live, two_cancelled])
 async def test_shuffled_orders_and_duplicates_end_in_the_right_state(client, now, scenario):
     rng = random.Random(scenario.__name__)
     for trial in range(SHUFFLES):
@@ -403,3 +503,31 @@ async def test_shuffled_orders_and_duplicates_end_in_the_right_state(client, now
             assert response.status_code == 200, response.text
         result = await status_of(client, auth)
         assert (result["tier"], result["status"]) == (tier, status), (trial, deliveries)
+
+
+# --- no payment provider -----------------------------------------------------------------------
+class TestProductionWithoutStripe:
+    """Production without STRIPE_SECRET_KEY (what compose.yaml runs by default): the webhook
+    secret is the public default, so a "signed" event proves nothing and is never applied."""
+
+    @pytest.fixture
+    def settings_overrides(self):
+        return {
+            "environment": "production",
+            "jwt_secret": "p" * 40,
+            "otp_response_in_production": True,
+        }
+
+    @pytest.mark.parametrize("kind", ["upgrade", "downgrade"])
+    async def test_events_signed_with_the_public_secret_are_503(self, client, now, kind):
+        customer, auth = await new_customer(client)
+        if kind == "upgrade":
+            body = customer.checkout_completed("sub_forged", now)
+        else:
+            body = customer.subscription("deleted", "sub_forged", "canceled", now, now + PERIOD)
+        response = await post_event(client, body, now)
+        assert response.status_code == 503, response.text
+        assert response.json()["code"] == "payments_unavailable"
+        assert await tier_of(client, auth) == "basic"
+        status = await status_of(client, auth)
+        assert (status["status"], status["subscription_id"]) == ("none", None)

@@ -104,6 +104,8 @@ def parse(payload: bytes) -> StripeEventIn:
         raise InvalidEvent("The body is not valid JSON.") from exc
     if not isinstance(body, dict):
         raise InvalidEvent()
+    if b"\\u" in payload and _has_lone_surrogate(body):
+        raise InvalidEvent("The body holds a string that is not valid Unicode.")
     event_id, event_type, created = body.get("id"), body.get("type"), body.get("created")
     data = body.get("data")
     obj = data.get("object") if isinstance(data, dict) else None
@@ -121,6 +123,16 @@ def parse(payload: bytes) -> StripeEventIn:
     ):
         raise InvalidEvent("A Stripe event needs id, type, created and data.object.")
     return StripeEventIn(event_id, event_type[:100], created, obj)
+
+
+def _has_lone_surrogate(body: dict[str, Any]) -> bool:
+    """JSON may escape half of a UTF-16 pair (`"\\ud800"`): no database can store it, and no
+    Stripe event holds one."""
+    try:
+        json.dumps(body, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def facts_of(event: StripeEventIn) -> SubscriptionFacts | None:

@@ -7,13 +7,23 @@ and signed webhooks run in every mode.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+
 import stripe
 
 from gemini_backend.config import Settings
 
-# Any `sk_test_...` string works against the mock; it only checks that a key is sent.
-MOCK_API_KEY = "sk_test_builtin_mock"
 STRIPE_TIMEOUT_SECONDS = 20.0
+
+
+def mock_api_key(settings: Settings) -> str:
+    """The one API key the built-in mock accepts: derived from the JWT key, so every process of
+    a deployment holds the same one and nobody without the server's secret can call the mock."""
+    digest = hmac.new(
+        settings.jwt_secret_value().encode(), b"stripe-mock-api-key", hashlib.sha256
+    ).hexdigest()
+    return f"sk_test_mock_{digest[:40]}"
 
 
 class StripeGateway:
@@ -36,7 +46,7 @@ def create_gateway(settings: Settings) -> StripeGateway | None:
         return StripeGateway(client, http, mock=False)
     if settings.stripe_mock_enabled:
         client = stripe.StripeClient(
-            MOCK_API_KEY,
+            mock_api_key(settings),
             base_addresses={"api": f"{settings.base_url}/mock-stripe"},
             http_client=http,
             max_network_retries=2,

@@ -11,8 +11,9 @@ from gemini_backend.core.db import Base, UTCDateTime
 
 
 class Subscription(Base):
-    """One row per user who ever started a checkout: the Stripe customer and the latest state
-    of their subscription. The tier is derived from `status` (see billing.plans)."""
+    """One row per user who ever started a checkout: the Stripe customer, and the state of the
+    subscription that decides the tier among all of theirs (`stripe_subscriptions`): a live
+    one if any is. The tier is derived from `status` (see billing.plans)."""
 
     __tablename__ = "subscriptions"
 
@@ -29,6 +30,23 @@ class Subscription(Base):
     # `created` (Unix seconds) of the Stripe event that set the state above: an event older
     # than this never overwrites it, so out-of-order deliveries end in the right state.
     state_created: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class StripeSubscription(Base):
+    """Each Stripe subscription of a user, folded from its events one by one; a user may have
+    several at once (two checkouts paid), and stays Pro while any of them is live."""
+
+    __tablename__ = "stripe_subscriptions"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    status: Mapped[str] = mapped_column(String(32))
+    current_period_end: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    cancel_at_period_end: Mapped[bool] = mapped_column(Boolean)
+    # `created` of the Stripe event that set the status (see Subscription.state_created).
+    state_created: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 

@@ -14,7 +14,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gemini_backend.auth.dependencies import CurrentUserRecord
 from gemini_backend.billing.events import HANDLED_TYPES, verify
-from gemini_backend.billing.service import BillingService, subscription_fields
+from gemini_backend.billing.service import (
+    BillingService,
+    PaymentsUnavailable,
+    subscription_fields,
+)
 from gemini_backend.core.db import DbSession
 from gemini_backend.core.errors import AppError
 from gemini_backend.core.metrics import WEBHOOK_EVENTS
@@ -117,7 +121,8 @@ Billing = Annotated[BillingService, Depends(_billing)]
     status_code=status.HTTP_201_CREATED,
     summary="Start a Stripe Checkout session for the Pro plan",
     description=(
-        "No body. Answers the Checkout page to open (`checkout_url`, also as `url`). The user "
+        "No body. Answers the Checkout page to open (`checkout_url`, also as `url`); while "
+        "that session is open, calling again answers the same one. The user "
         "becomes Pro only when Stripe's signed events reach `POST /webhook/stripe`, usually "
         "seconds after paying; poll `GET /subscription/status` to see it. Without a Stripe key "
         "(and outside production) the page is the built-in mock under `/mock-stripe`."
@@ -144,8 +149,9 @@ async def subscribe_pro(user: CurrentUserRecord, billing: Billing) -> CheckoutOu
         "The raw Stripe event, verified with the `Stripe-Signature` header (HMAC-SHA256, 300 s "
         "tolerance). Each event id is applied once; replays answer 200 with outcome duplicate; "
         "an event of another type, or for no known user, is acknowledged with outcome ignored, "
-        "and an older state than the one applied with outcome stale. Called by Stripe (or the "
-        "built-in mock), not by clients."
+        "and an older state than the one applied with outcome stale. Without a payment "
+        "provider (production without STRIPE_SECRET_KEY) it answers 503 and applies nothing. "
+        "Called by Stripe (or the built-in mock), not by clients."
     ),
     responses={
         400: error_doc(
@@ -154,6 +160,7 @@ async def subscribe_pro(user: CurrentUserRecord, billing: Billing) -> CheckoutOu
             "invalid_signature",
             "The Stripe-Signature header does not verify.",
         ),
+        503: PROVIDER_ERRORS[503],
     },
     openapi_extra={
         "requestBody": {
@@ -167,6 +174,10 @@ async def stripe_webhook(
     billing: Billing,
     stripe_signature: Annotated[str | None, Header(alias="Stripe-Signature")] = None,
 ) -> WebhookAck:
+    if billing.gateway is None:
+        # No payment provider (production without Stripe): no event can be genuine.
+        WEBHOOK_EVENTS.labels("unknown", "payments_unavailable").inc()
+        raise PaymentsUnavailable()
     payload = await request.body()
     secret = request.app.state.settings.stripe_webhook_secret.get_secret_value()
     try:

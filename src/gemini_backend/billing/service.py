@@ -7,7 +7,7 @@ the session reads, commits, calls Stripe, and then writes in a new short transac
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import stripe
@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from gemini_backend.billing.events import StripeEventIn, SubscriptionFacts, facts_of
 from gemini_backend.billing.gateway import StripeGateway
-from gemini_backend.billing.models import StripeEvent, Subscription
+from gemini_backend.billing.models import StripeEvent, StripeSubscription, Subscription
 from gemini_backend.billing.plans import PRO_STATUSES
 from gemini_backend.config import Settings
 from gemini_backend.core.db import after_commit, release_connection
@@ -94,6 +94,13 @@ class BillingService:
         try:
             if customer_id is None:
                 customer_id = await self._create_customer(gateway, user)
+            latest = await self._latest_checkout(gateway, customer_id)
+            if latest is not None and latest.status == "open" and latest.url:
+                log.info("checkout_reused", session_id=latest.id, customer_id=customer_id)
+                return CheckoutStarted(url=latest.url, session_id=latest.id)
+            # Keyed by the session it follows: two concurrent requests (which both saw the same
+            # latest session) create one new session, and a later one another.
+            after = latest.id if latest is not None else "none"
             checkout = await gateway.client.v1.checkout.sessions.create_async(
                 params={
                     "mode": "subscription",
@@ -104,7 +111,8 @@ class BillingService:
                     "cancel_url": self.settings.cancel_url,
                     "metadata": {"user_id": str(user.id)},
                     "subscription_data": {"metadata": {"user_id": str(user.id)}},
-                }
+                },
+                options={"idempotency_key": f"gemini-backend-checkout-{user.id}-after-{after}"},
             )
         except stripe.StripeError as exc:
             raise _provider_error(exc, "checkout") from exc
@@ -112,6 +120,16 @@ class BillingService:
             raise PaymentProviderError("Stripe returned a checkout session without a URL.")
         log.info("checkout_started", session_id=checkout.id, customer_id=customer_id)
         return CheckoutStarted(url=checkout.url, session_id=checkout.id)
+
+    @staticmethod
+    async def _latest_checkout(
+        gateway: StripeGateway, customer_id: str
+    ) -> stripe.checkout.Session | None:
+        """The customer's newest checkout session (Stripe lists newest first)."""
+        sessions = await gateway.client.v1.checkout.sessions.list_async(
+            params={"customer": customer_id, "limit": 1}
+        )
+        return sessions.data[0] if sessions.data else None
 
     async def _create_customer(self, gateway: StripeGateway, user: User) -> str:
         # The idempotency key makes two concurrent first checkouts create one customer.
@@ -204,16 +222,65 @@ class BillingService:
                 return known
         if facts.subscription_id is not None:
             return await self.session.scalar(
-                select(Subscription.user_id).where(
-                    Subscription.stripe_subscription_id == facts.subscription_id
+                select(StripeSubscription.user_id).where(
+                    StripeSubscription.id == facts.subscription_id
                 )
             )
         return None
 
     async def _fold(self, user_id: int, facts: SubscriptionFacts, created: int) -> str:
-        """Apply the facts unless the stored state is newer. Order-independent by construction:
-        the period end only moves forward, canceled is final for a subscription, and a status
-        is replaced only by one from an event at least as recent."""
+        """Fold the facts into their subscription, then show on the user's row the one that
+        decides the tier. Order-independent by construction: each subscription's state only
+        moves forward (see `_merge`), and the row is a function of all of them."""
+        row = await self._locked_row(user_id)
+        if row.stripe_customer_id is None and facts.customer_id is not None:
+            row.stripe_customer_id = facts.customer_id
+        if facts.subscription_id is None:
+            return "ignored"  # nothing to say about a subscription
+        sub = await self.session.get(
+            StripeSubscription, facts.subscription_id, populate_existing=True
+        )
+        if sub is None:
+            sub = StripeSubscription(
+                id=facts.subscription_id,
+                user_id=user_id,
+                status="none",
+                current_period_end=None,
+                cancel_at_period_end=False,
+                state_created=0,
+                created_at=self.now,
+                updated_at=self.now,
+            )
+        elif sub.user_id != user_id:
+            return "ignored"  # another user's subscription: never moved between users
+        if not self._merge(sub, facts, created):
+            return "stale"
+        sub.updated_at = self.now
+        self.session.add(sub)
+        await self.session.flush()
+        subscriptions = (
+            await self.session.scalars(
+                select(StripeSubscription).where(StripeSubscription.user_id == user_id)
+            )
+        ).all()
+        self._show(row, max(subscriptions, key=_precedence))
+        principals = self.principals
+        if principals is not None:
+            # The plan is part of what API processes cache about a signed-in user.
+            after_commit(self.session, lambda: principals.invalidate(user_id))
+        log.info(
+            "subscription_changed",
+            user_id=user_id,
+            subscription_id=sub.id,
+            status=sub.status,
+            shown=row.stripe_subscription_id,
+            tier_status=row.status,
+            live=sum(1 for one in subscriptions if one.status in _LIVE_STATUSES),
+        )
+        return "applied"
+
+    async def _locked_row(self, user_id: int) -> Subscription:
+        """The user's row, created if need be and locked: a user's events apply one at a time."""
         table = Subscription.__table__
         await self.session.execute(
             insert_for(self.session, table)
@@ -227,7 +294,7 @@ class BillingService:
             )
             .on_conflict_do_nothing(index_elements=[table.c.user_id])
         )
-        row = (
+        return (
             await self.session.execute(
                 select(Subscription)
                 .where(Subscription.user_id == user_id)
@@ -235,70 +302,56 @@ class BillingService:
                 .execution_options(populate_existing=True)
             )
         ).scalar_one()
-        if row.stripe_customer_id is None and facts.customer_id is not None:
-            row.stripe_customer_id = facts.customer_id
-        outcome = "stale"
-        same = facts.subscription_id is None or row.stripe_subscription_id in (
-            None,
-            facts.subscription_id,
-        )
-        if same:
-            if facts.current_period_end is not None and (
-                row.current_period_end is None or facts.current_period_end > row.current_period_end
-            ):
-                row.current_period_end = facts.current_period_end
-                outcome = "applied"
-            if self._status_wins(row, facts, created):
-                self._set_state(row, facts, created)
-                outcome = "applied"
-        elif (
-            created >= row.state_created
-            and facts.status is not None
-            and not (facts.status not in _LIVE_STATUSES and row.status in _LIVE_STATUSES)
+
+    def _merge(self, sub: StripeSubscription, facts: SubscriptionFacts, created: int) -> bool:
+        """Apply the facts to one subscription unless its state is newer: the period end only
+        moves forward, canceled is final, and a status is replaced only by one from an event
+        at least as recent. True if anything changed."""
+        changed = False
+        if facts.current_period_end is not None and (
+            sub.current_period_end is None or facts.current_period_end > sub.current_period_end
         ):
-            # A different subscription (a new one after a cancellation) takes over, unless it
-            # is dead news while the user's current subscription is live.
-            row.stripe_subscription_id = facts.subscription_id
-            row.current_period_end = facts.current_period_end
-            row.cancel_at_period_end = False
-            self._set_state(row, facts, created)
-            outcome = "applied"
-        if outcome == "applied":
-            row.updated_at = self.now
-            principals = self.principals
-            if principals is not None:
-                # The plan is part of what API processes cache about a signed-in user.
-                after_commit(self.session, lambda: principals.invalidate(user_id))
-            log.info(
-                "subscription_changed",
-                user_id=user_id,
-                subscription_id=row.stripe_subscription_id,
-                status=row.status,
-                period_end=row.current_period_end.isoformat() if row.current_period_end else None,
-            )
-        return outcome
+            sub.current_period_end = facts.current_period_end
+            changed = True
+        if facts.status is not None and self._status_wins(sub, facts.status, facts, created):
+            sub.status = facts.status
+            if facts.cancel_at_period_end is not None:
+                sub.cancel_at_period_end = facts.cancel_at_period_end
+            sub.state_created = max(sub.state_created, created)
+            changed = True
+        return changed
 
     @staticmethod
-    def _status_wins(row: Subscription, facts: SubscriptionFacts, created: int) -> bool:
-        if facts.status is None:
-            return False
-        if facts.only_if_live and row.status not in PRO_STATUSES:
+    def _status_wins(
+        sub: StripeSubscription, status: str, facts: SubscriptionFacts, created: int
+    ) -> bool:
+        if facts.only_if_live and sub.status not in PRO_STATUSES:
             return False  # a failed first payment does not start a grace period
-        if row.status == "canceled" and row.stripe_subscription_id is not None:
-            return facts.status == "canceled" and created > row.state_created
-        if created != row.state_created:
-            return created > row.state_created
-        return _STATUS_RANK.get(facts.status, 1) >= _STATUS_RANK.get(row.status, 1)
+        if sub.status == "canceled":
+            return status == "canceled" and created > sub.state_created
+        if created != sub.state_created:
+            return created > sub.state_created
+        return _STATUS_RANK.get(status, 1) >= _STATUS_RANK.get(sub.status, 1)
 
-    @staticmethod
-    def _set_state(row: Subscription, facts: SubscriptionFacts, created: int) -> None:
-        if facts.subscription_id is not None:
-            row.stripe_subscription_id = facts.subscription_id
-        if facts.status is not None:
-            row.status = facts.status
-        if facts.cancel_at_period_end is not None:
-            row.cancel_at_period_end = facts.cancel_at_period_end
-        row.state_created = max(row.state_created, created)
+    def _show(self, row: Subscription, sub: StripeSubscription) -> None:
+        row.stripe_subscription_id = sub.id
+        row.status = sub.status
+        row.current_period_end = sub.current_period_end
+        row.cancel_at_period_end = sub.cancel_at_period_end
+        row.state_created = sub.state_created
+        row.updated_at = self.now
+
+
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
+_STANDING = {"active": 2, "trialing": 2, "past_due": 1}
+
+
+def _precedence(sub: StripeSubscription) -> tuple[int, datetime, int, str]:
+    """Which of a user's subscriptions decides the tier: a Pro one, else one in its grace
+    period (the latest paid period first), else the latest news of a dead one."""
+    standing = _STANDING.get(sub.status, 0)
+    period_end = (sub.current_period_end or _EARLIEST) if standing else _EARLIEST
+    return standing, period_end, sub.state_created, sub.id
 
 
 def _with_session_placeholder(url: str) -> str:
