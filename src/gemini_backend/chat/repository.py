@@ -21,7 +21,6 @@ from sqlalchemy import (
     Text,
     bindparam,
     delete,
-    func,
     insert,
     literal_column,
     select,
@@ -168,23 +167,6 @@ async def owned_message(
 ) -> Message | None:
     params = {"message_id": message_id, "room_id": room_id, "user_id": user_id}
     return (await session.execute(_OWNED_MESSAGE, params)).scalar_one_or_none()
-
-
-_ACTIVE_REPLIES = (
-    select(func.count())
-    .select_from(_messages)
-    .where(
-        _messages.c.reply_to == bindparam("message_id"),
-        _messages.c.status.in_(bindparam("states", expanding=True)),
-    )
-)
-
-
-async def active_replies(session: AsyncSession, message_id: int, states: Sequence[str]) -> int:
-    """How many replies to this message are in one of `states`."""
-    params = {"message_id": message_id, "states": list(states)}
-    count: int = (await session.execute(_ACTIVE_REPLIES, params)).scalar_one()
-    return count
 
 
 # --- the send: quota slot, user message, queued reply, room counters ----------------------

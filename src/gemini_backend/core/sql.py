@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 
@@ -13,3 +14,10 @@ def insert_for(session: AsyncSession, table: Any) -> Any:
     if session.get_bind().dialect.name == "postgresql":
         return postgresql.insert(table)
     return sqlite.insert(table)
+
+
+def violates_unique(exc: IntegrityError, index: str, columns: str) -> bool:
+    """Whether `exc` is a duplicate in the unique index `index` on `columns` ("table.column"):
+    PostgreSQL names the index, SQLite the columns."""
+    message = str(exc.orig)
+    return f'"{index}"' in message or f"UNIQUE constraint failed: {columns}" in message
