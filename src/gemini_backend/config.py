@@ -110,6 +110,8 @@ class Settings(BaseSettings):
     # bounds an entry's age. 0 turns the in-process level off.
     chatroom_local_cache_seconds: float = Field(default=10.0, ge=0)
     max_message_chars: int = Field(default=8000, ge=1)
+    max_system_prompt_chars: int = Field(default=8000, ge=1)
+    max_chatrooms_per_user: int = Field(default=1000, ge=1)
     ai_provider: Literal["auto", "gemini", "openai", "demo"] = "auto"
     gemini_api_key: SecretStr | None = None
     gemini_model: str = "gemini-2.5-flash"

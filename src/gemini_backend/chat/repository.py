@@ -21,6 +21,7 @@ from sqlalchemy import (
     Text,
     bindparam,
     delete,
+    func,
     insert,
     literal_column,
     select,
@@ -34,11 +35,30 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from gemini_backend.chat.models import Chatroom, IdempotencyKey, Message, RoomView
 from gemini_backend.core.db import BigIntId, UTCDateTime
 from gemini_backend.quota.service import daily_slot_upsert
+from gemini_backend.users.models import User
 from gemini_backend.worker.replies import QUEUED
 
 _rooms = cast(Table, Chatroom.__table__)
 _messages = cast(Table, Message.__table__)
 _keys = cast(Table, IdempotencyKey.__table__)
+
+
+# The owner's row locked (FOR NO KEY UPDATE: foreign-key checks on it still pass) so that the
+# count of their rooms and the insert of a new one are not interleaved with another create's.
+# SQLite renders no lock: its single writer (BEGIN IMMEDIATE) serialises the two already.
+_LOCK_OWNER = select(User.id).where(User.id == bindparam("user_id")).with_for_update(key_share=True)
+_ROOM_COUNT = (
+    select(func.count()).select_from(_rooms).where(_rooms.c.user_id == bindparam("user_id"))
+)
+
+
+async def room_count_locked(session: AsyncSession, user_id: int) -> int:
+    """How many rooms the user has, with their row locked until the transaction ends: a room
+    inserted in this transaction keeps the count true for every concurrent create."""
+    params = {"user_id": user_id}
+    await session.execute(_LOCK_OWNER, params)
+    count: int = (await session.execute(_ROOM_COUNT, params)).scalar_one()
+    return count
 
 
 async def add_room(session: AsyncSession, room: Chatroom) -> Chatroom:
