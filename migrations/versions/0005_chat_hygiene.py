@@ -1,4 +1,4 @@
-"""one live reply per message; purge indexes
+"""one live reply per message; login guards' last failure; purge indexes
 
 Revision ID: 0005
 Revises: 0004
@@ -16,6 +16,12 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 IN_PROGRESS = "status IN ('queued', 'generating')"
+PURGE_INDEXES = [
+    ("otp_codes", "expires_at"),
+    ("refresh_tokens", "expires_at"),
+    ("login_guards", "last_failure_at"),
+    ("idempotency_keys", "created_at"),
+]
 
 
 def upgrade() -> None:
@@ -38,8 +44,21 @@ def upgrade() -> None:
             postgresql_where=sa.text(IN_PROGRESS),
             sqlite_where=sa.text(IN_PROGRESS),
         )
+    with op.batch_alter_table("login_guards", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("last_failure_at", sa.DateTime(timezone=True), nullable=True))
+    # Guards from before the column: their quiet period starts now (purged a day later).
+    op.execute("UPDATE login_guards SET last_failure_at = CURRENT_TIMESTAMP")
+    # The purge's scans (worker/housekeeping.py).
+    for table, column in PURGE_INDEXES:
+        with op.batch_alter_table(table, schema=None) as batch_op:
+            batch_op.create_index(batch_op.f(f"ix_{table}_{column}"), [column], unique=False)
 
 
 def downgrade() -> None:
+    for table, column in reversed(PURGE_INDEXES):
+        with op.batch_alter_table(table, schema=None) as batch_op:
+            batch_op.drop_index(batch_op.f(f"ix_{table}_{column}"))
+    with op.batch_alter_table("login_guards", schema=None) as batch_op:
+        batch_op.drop_column("last_failure_at")
     with op.batch_alter_table("messages", schema=None) as batch_op:
         batch_op.drop_index("uq_messages_live_reply")

@@ -126,6 +126,8 @@ class Settings(BaseSettings):
     ai_timeout_seconds: float = Field(default=60.0, gt=0)
     reply_stale_seconds: int = Field(default=60, ge=1)
     reply_stream_ttl_seconds: int = Field(default=3600, ge=1)
+    # How often each sweeper purges expired OTPs, refresh tokens, login guards, idempotency keys.
+    purge_interval_seconds: int = Field(default=600, ge=1)
 
     # --- quota and billing (used by the subscriptions capability) --------------------------
     quota_timezone: str = "UTC"

@@ -23,7 +23,7 @@ class OtpCode(Base):
     code_digest: Mapped[str] = mapped_column(String(64))
     failed_attempts: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)  # for the purge
 
 
 class LoginGuard(Base):
@@ -37,6 +37,8 @@ class LoginGuard(Base):
     mobile_number: Mapped[str] = mapped_column(String(20), primary_key=True)
     consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
     locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # A row quiet for long enough (and not locked) is purged, which forgets its count.
+    last_failure_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
 
 
 class AuthSession(Base):
@@ -62,5 +64,5 @@ class RefreshToken(Base):
     )
     token_digest: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)  # for the purge
     used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy import bindparam, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gemini_backend.auth.models import AuthSession, LoginGuard, OtpCode, RefreshToken
-from gemini_backend.core.sql import insert_for
+from gemini_backend.core.sql import bounded_delete, insert_for
 from gemini_backend.users.models import User
 
 # --- OTPs ---------------------------------------------------------------------------------
@@ -124,11 +124,11 @@ async def record_failure(
     """Count one failed sign-in on the number; lock it when the count reaches `threshold`."""
     table = LoginGuard.__table__
     stmt = insert_for(session, table).values(
-        mobile_number=mobile_number, consecutive_failures=1, locked_until=None
+        mobile_number=mobile_number, consecutive_failures=1, locked_until=None, last_failure_at=now
     )
     stmt = stmt.on_conflict_do_update(
         index_elements=[table.c.mobile_number],
-        set_={"consecutive_failures": table.c.consecutive_failures + 1},
+        set_={"consecutive_failures": table.c.consecutive_failures + 1, "last_failure_at": now},
     ).returning(table.c.consecutive_failures)
     failures = (await session.execute(stmt)).scalar_one()
     if failures < threshold:
@@ -297,3 +297,47 @@ async def revoke_all_sessions(session: AsyncSession, user_id: int, now: datetime
         .where(AuthSession.user_id == user_id, AuthSession.revoked_at.is_(None))
         .values(revoked_at=now)
     )
+
+
+# --- purge of rows past their use (worker/housekeeping.py) ---------------------------------
+# Each call deletes at most `limit` rows, in the caller's short transaction.
+
+
+async def purge_expired_otps(
+    session: AsyncSession, *, now: datetime, resend_after: timedelta, limit: int
+) -> int:
+    """Codes past their expiry and their resend cooldown (a row inside the cooldown is what
+    refuses an early second code)."""
+    table = OtpCode.__table__
+    stmt = bounded_delete(
+        table,
+        table.c.id,
+        table.c.expires_at <= now,
+        table.c.created_at <= now - resend_after,
+        limit=limit,
+    )
+    return (await session.execute(stmt)).rowcount  # type: ignore[attr-defined, no-any-return]
+
+
+async def purge_expired_refresh_tokens(session: AsyncSession, *, now: datetime, limit: int) -> int:
+    """Tokens past their expiry, spent or not: none can be used, and a replayed one is refused
+    as unknown (its session's live token, if any, is newer and still stored)."""
+    table = RefreshToken.__table__
+    stmt = bounded_delete(table, table.c.id, table.c.expires_at <= now, limit=limit)
+    return (await session.execute(stmt)).rowcount  # type: ignore[attr-defined, no-any-return]
+
+
+async def purge_stale_login_guards(
+    session: AsyncSession, *, now: datetime, quiet: timedelta, limit: int
+) -> int:
+    """Guards not locked and with no failure for `quiet`: the count they hold is forgotten,
+    as a success would reset it."""
+    table = LoginGuard.__table__
+    stmt = bounded_delete(
+        table,
+        table.c.mobile_number,
+        or_(table.c.locked_until.is_(None), table.c.locked_until <= now),
+        table.c.last_failure_at <= now - quiet,
+        limit=limit,
+    )
+    return (await session.execute(stmt)).rowcount  # type: ignore[attr-defined, no-any-return]

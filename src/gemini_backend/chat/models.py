@@ -119,4 +119,4 @@ class IdempotencyKey(Base):
     key: Mapped[str] = mapped_column(String(255))
     chatroom_id: Mapped[int] = mapped_column(BigIntId)
     receipt: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)  # for the purge

@@ -34,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from gemini_backend.chat.models import Chatroom, IdempotencyKey, Message, RoomView
 from gemini_backend.core.db import BigIntId, UTCDateTime
+from gemini_backend.core.sql import bounded_delete
 from gemini_backend.quota.service import daily_slot_upsert
 from gemini_backend.users.models import User
 from gemini_backend.worker.replies import QUEUED
@@ -447,3 +448,12 @@ async def idempotency_receipt(session: AsyncSession, user_id: int, key: str) -> 
 
 async def store_receipt(session: AsyncSession, key_id: int, receipt: str) -> None:
     await session.execute(_STORE_RECEIPT, {"key_id": key_id, "receipt_json": receipt})
+
+
+async def purge_expired_idempotency_keys(
+    session: AsyncSession, *, cutoff: datetime, limit: int
+) -> int:
+    """Up to `limit` keys claimed before `cutoff` (past their window: a claim replaces such a
+    row anyway), in the caller's short transaction (worker/housekeeping.py)."""
+    stmt = bounded_delete(_keys, _keys.c.id, _keys.c.created_at < cutoff, limit=limit)
+    return (await session.execute(stmt)).rowcount  # type: ignore[attr-defined, no-any-return]
