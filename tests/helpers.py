@@ -71,7 +71,7 @@ async def drop_reply_stream(app: Any, reply_id: int) -> None:
         await app.state.redis.delete(f"{app.state.settings.redis_key_prefix}:reply:{reply_id}")
 
 
-async def insert_queued_reply(app: Any, room_id: int, reply_to: int) -> int:
+async def insert_queued_reply(app: Any, room_id: int, reply_to: int | None) -> int:
     """A reply written straight into the database as `queued`, behind the service's back: no
     worker has its job and no change notice announces it."""
     from gemini_backend.chat.models import Message

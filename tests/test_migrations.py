@@ -6,6 +6,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +16,11 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect
+from sqlalchemy import bindparam, inspect, text
 from sqlalchemy.engine import Connection
 
 from gemini_backend.config import Settings
-from gemini_backend.core.db import create_engine
+from gemini_backend.core.db import UTCDateTime, create_engine
 from gemini_backend.migrate import alembic_config, upgrade_to_head
 from gemini_backend.models import metadata
 from tests.conftest import BACKEND, JWT_SECRET, TEST_DATABASE_URL
@@ -158,3 +159,116 @@ async def test_upgrade_from_a_running_event_loop_via_a_thread(fresh_settings):
 def test_single_head():
     settings = _settings("sqlite+aiosqlite:///unused.db", Path("unused"))
     assert len(ScriptDirectory.from_config(alembic_config(settings)).get_heads()) == 1
+
+
+def test_0007_ends_all_but_the_newest_reply_in_progress_of_a_message(fresh_settings):
+    """Replies queued side by side by concurrent retries before 0007 would block its unique
+    index of replies in progress: the upgrade keeps the newest of each message's."""
+    config = alembic_config(fresh_settings)
+    command.upgrade(config, "0006")
+    at = bindparam("at", type_=UTCDateTime())
+    user = text(
+        "INSERT INTO users (id, mobile_number, created_at, updated_at) "
+        "VALUES (1, '+919876500000', :at, :at)"
+    ).bindparams(at)
+    room = text(
+        "INSERT INTO chatrooms (id, user_id, name, auto_title, message_count, activity_at, "
+        "created_at, updated_at) VALUES (1, 1, 'r', false, 0, :at, :at, :at)"
+    ).bindparams(at)
+    message = text(
+        "INSERT INTO messages (id, chatroom_id, role, content, status, attempts, reply_to, "
+        "created_at, updated_at) VALUES (:id, 1, :role, '', :status, 0, :reply_to, :at, :at)"
+    ).bindparams(at)
+    replies = [(1, "user", "completed", None), (2, "assistant", "completed", 1)]
+    replies += [(3, "assistant", "generating", 1), (4, "assistant", "queued", 1)]
+    replies += [(5, "assistant", "queued", 1), (6, "user", "completed", None)]
+    replies += [(7, "assistant", "queued", 6)]
+    now = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
+    rows: list[tuple[Any, dict[str, Any]]] = [(user, {"at": now}), (room, {"at": now})]
+    for id_, role, status, reply_to in replies:
+        values = {"id": id_, "role": role, "status": status, "reply_to": reply_to, "at": now}
+        rows.append((message, values))
+
+    async def run(statements: list[tuple[Any, dict[str, Any]]]) -> list[Any]:
+        engine = create_engine(fresh_settings)
+        try:
+            async with engine.begin() as conn:
+                for statement, values in statements:
+                    await conn.execute(statement, values)
+                return list(await conn.execute(text("SELECT id, status FROM messages ORDER BY id")))
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run(rows))
+    upgrade_to_head(fresh_settings)
+    statuses = dict(asyncio.run(run([])))
+    assert statuses == {
+        1: "completed",
+        2: "completed",
+        3: "cancelled",
+        4: "cancelled",
+        5: "queued",
+        6: "completed",
+        7: "queued",
+    }
+
+
+def test_0005_keeps_running_lockouts_as_number_guards(fresh_settings):
+    """Login guards filled by 0001 become the numbers' auth guards, locks and counts kept; the
+    users table gains the pending password, empty for everyone."""
+    config = alembic_config(fresh_settings)
+    command.upgrade(config, "0004")
+    at = bindparam("at", type_=UTCDateTime())
+    until = datetime(2026, 11, 22, 10, 15, tzinfo=UTC)
+    statements = [
+        (
+            text(
+                "INSERT INTO users (id, mobile_number, password_hash, created_at, updated_at) "
+                "VALUES (1, '+919876500000', 'h', :at, :at)"
+            ).bindparams(at),
+            {"at": until},
+        ),
+        (
+            text(
+                "INSERT INTO login_guards (mobile_number, consecutive_failures, locked_until) "
+                "VALUES ('+919876500000', 0, :at), ('+919876500001', 3, NULL)"
+            ).bindparams(at),
+            {"at": until},
+        ),
+    ]
+
+    async def run(sql: list[tuple[Any, dict[str, Any]]], query: str) -> list[Any]:
+        engine = create_engine(fresh_settings)
+        try:
+            async with engine.begin() as conn:
+                for statement, values in sql:
+                    await conn.execute(statement, values)
+                return list(await conn.execute(text(query))) if query else []
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run(statements, ""))
+    command.upgrade(config, "0005")
+    guards = asyncio.run(
+        run([], "SELECT subject, failures, locked_until, last_failure_at FROM auth_guards")
+    )
+    by_subject = {row[0]: row[1:] for row in guards}
+    assert set(by_subject) == {"+919876500000", "+919876500001"}
+    assert by_subject["+919876500001"][0] == 3
+    assert by_subject["+919876500000"][1] is not None  # still locked
+    assert all(row[2] is not None for row in by_subject.values())  # quiet period starts now
+    users = asyncio.run(run([], "SELECT password_hash, pending_password_hash FROM users"))
+    assert users == [("h", None)]
+    assert "login_guards" not in _tables(fresh_settings)
+
+
+def _tables(settings: Settings) -> set[str]:
+    async def read() -> set[str]:
+        engine = create_engine(settings)
+        try:
+            async with engine.connect() as conn:
+                return set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(read())

@@ -22,16 +22,25 @@ def upgrade() -> None:
         sa.Column("subject", sa.String(length=128), nullable=False),
         sa.Column("failures", sa.Integer(), nullable=False),
         sa.Column("locked_until", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("last_failure_at", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("subject", name=op.f("pk_auth_guards")),
     )
-    # A number's guard keeps its subject (the number itself): running lockouts survive.
+    with op.batch_alter_table("auth_guards", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_auth_guards_last_failure_at"), ["last_failure_at"], unique=False
+        )
+    # A number's guard keeps its subject (the number itself): running lockouts survive, and
+    # their quiet period (the purge's) starts now.
     op.execute(
-        "INSERT INTO auth_guards (subject, failures, locked_until) "
-        "SELECT mobile_number, consecutive_failures, locked_until FROM login_guards"
+        "INSERT INTO auth_guards (subject, failures, locked_until, last_failure_at) "
+        "SELECT mobile_number, consecutive_failures, locked_until, CURRENT_TIMESTAMP "
+        "FROM login_guards"
     )
     op.drop_table("login_guards")
     with op.batch_alter_table("users", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("pending_password_hash", sa.String(length=255), nullable=True))
+        batch_op.add_column(
+            sa.Column("pending_password_hash", sa.String(length=255), nullable=True)
+        )
 
 
 def downgrade() -> None:

@@ -136,6 +136,8 @@ class Settings(BaseSettings):
     # bounds an entry's age. 0 turns the in-process level off.
     chatroom_local_cache_seconds: float = Field(default=10.0, ge=0)
     max_message_chars: int = Field(default=8000, ge=1)
+    max_system_prompt_chars: int = Field(default=8000, ge=1)
+    max_chatrooms_per_user: int = Field(default=1000, ge=1)
     ai_provider: Literal["auto", "gemini", "openai", "demo"] = "auto"
     gemini_api_key: SecretStr | None = None
     gemini_model: str = "gemini-2.5-flash"
@@ -150,6 +152,8 @@ class Settings(BaseSettings):
     ai_timeout_seconds: float = Field(default=60.0, gt=0)
     reply_stale_seconds: int = Field(default=60, ge=1)
     reply_stream_ttl_seconds: int = Field(default=3600, ge=1)
+    # How often each sweeper purges expired OTPs, refresh tokens, login guards, idempotency keys.
+    purge_interval_seconds: int = Field(default=600, ge=1)
 
     # --- quota and billing (used by the subscriptions capability) --------------------------
     quota_timezone: str = "UTC"

@@ -24,6 +24,7 @@ from gemini_backend.core.redis import create_redis
 from gemini_backend.core.streams import MemoryReplyStream, RedisReplyStream, ReplyStream
 from gemini_backend.core.throttle import Throttle
 from gemini_backend.quota.service import Quota
+from gemini_backend.worker.housekeeping import Housekeeping
 from gemini_backend.worker.replies import ReplyGenerator
 from gemini_backend.worker.runtime import ReplyPipeline
 
@@ -92,7 +93,12 @@ class Services:
             reply_streams=streams,
             provider=provider,
             quota=quota,
-            pipeline=ReplyPipeline(settings, create_broker(settings), generator),
+            pipeline=ReplyPipeline(
+                settings,
+                create_broker(settings),
+                generator,
+                Housekeeping(settings, clock, database.sessionmaker),
+            ),
             stripe=create_gateway(settings),
             stripe_mock=(
                 MockStripe(

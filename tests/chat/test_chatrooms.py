@@ -67,7 +67,6 @@ async def test_create_without_name_and_with_title_alias(client, alice):
         {"name": ""},
         {"name": "   "},
         {"name": "x" * 201},
-        {"system_prompt": "x" * 8001},
         {"name": 5},
     ],
 )
@@ -76,6 +75,55 @@ async def test_create_rejects_bad_input(client, alice, body):
     assert response.status_code == 422
     assert response.json()["code"] == "validation_error"
     assert (await listing(client, alice)).json()["chatrooms"] == []
+
+
+async def test_a_system_prompt_over_the_default_limit_is_refused(client, alice):
+    response = await client.post("/chatroom", json={"system_prompt": "x" * 8001}, headers=alice)
+    assert response.status_code == 422
+    assert response.json()["code"] == "system_prompt_too_long"
+    assert (await create(client, alice, system_prompt="x" * 8000))["system_prompt"] == "x" * 8000
+
+
+@pytest.mark.parametrize("settings_overrides", [{"max_system_prompt_chars": 10}])
+async def test_system_prompts_are_held_to_max_system_prompt_chars(client, alice):
+    room = await create(client, alice, system_prompt="  0123456789  ")  # 10 after trimming
+    for method, url in [("POST", "/chatroom"), ("PATCH", f"/chatroom/{room['id']}")]:
+        response = await client.request(
+            method, url, json={"name": "renamed", "system_prompt": "x" * 11}, headers=alice
+        )
+        assert response.status_code == 422, (method, response.text)
+        assert response.json()["code"] == "system_prompt_too_long"
+    # Nothing changed: no second room, the first one neither renamed nor re-prompted.
+    (only,) = (await listing(client, alice)).json()["chatrooms"]
+    assert (only["name"], only["system_prompt"]) == ("New chat", "0123456789")
+
+
+@pytest.mark.parametrize("settings_overrides", [{"max_chatrooms_per_user": 3}])
+async def test_a_user_has_at_most_max_chatrooms_per_user(client, alice, bob):
+    rooms = [await create(client, alice, name=f"room {i}") for i in range(3)]
+    refused = await client.post("/chatroom", json={"name": "one more"}, headers=alice)
+    assert refused.status_code == 409
+    assert refused.json()["code"] == "chatroom_limit_reached"
+    assert len((await listing(client, alice)).json()["chatrooms"]) == 3
+    await create(client, bob, name="bob's")  # the cap is per user
+    assert (await client.delete(f"/chatroom/{rooms[0]['id']}", headers=alice)).status_code == 204
+    await create(client, alice, name="in its place")
+
+
+@pytest.mark.parametrize("settings_overrides", [{"max_chatrooms_per_user": 5}])
+async def test_a_burst_of_creates_stops_exactly_at_the_cap(client, app):
+    # Counted and inserted in one step per user: concurrent creates cannot all see room
+    # for one more.
+    for _ in range(3):
+        auth = bearer(await sign_in(client))
+        responses = await asyncio.gather(
+            *(client.post("/chatroom", json={"name": f"r{i}"}, headers=auth) for i in range(20))
+        )
+        statuses = sorted(r.status_code for r in responses)
+        assert statuses == [201] * 5 + [409] * 15, [
+            r.text for r in responses if r.status_code >= 500
+        ]
+        assert len((await listing(client, auth)).json()["chatrooms"]) == 5
 
 
 async def test_routes_need_auth(client):

@@ -134,7 +134,8 @@ async def test_cancel_a_queued_reply(client, app, alice, room):
     await asyncio.wait_for(provider.first_chunk_sent.wait(), 10)
     # While the first reply holds the provider, cancel one that no worker has claimed yet:
     # write it directly as queued to be sure no worker races the cancel.
-    queued_id = await insert_queued_reply(app, room, first["message_id"])
+    # Answering no message: the first's reply is in progress, and a message has one at a time.
+    queued_id = await insert_queued_reply(app, room, None)
     response = await client.post(f"/chatroom/{room}/messages/{queued_id}/cancel", headers=alice)
     assert response.status_code == 200
     assert response.json()["status"] == "cancelled"
@@ -213,6 +214,36 @@ async def test_retry_while_a_reply_is_in_progress_is_409(client, app, alice, roo
     assert response.json()["code"] == "reply_in_progress"
     provider.gate.set()
     await read_sse(client, receipt["stream_url"], alice)
+
+
+@pytest.mark.parametrize("settings_overrides", [{"basic_daily_limit": 100}])
+async def test_concurrent_retries_of_one_message_queue_one_reply(client, app, alice, room):
+    # The check for a reply in progress and the insert of the new one were two steps: four
+    # concurrent retries all passed the check, and each queued a reply and spent a slot.
+    for trial in range(3):
+        provider = GatedProvider()
+        provider.gate.set()
+        use_provider(app, provider)
+        receipt = await send(client, alice, room, f"trial {trial}")
+        await read_sse(client, receipt["stream_url"], alice)
+        held = GatedProvider()  # the new reply stays in progress
+        use_provider(app, held)
+        url = f"/chatroom/{room}/messages/{receipt['reply_id']}/retry"
+        responses = await asyncio.gather(*(client.post(url, headers=alice) for _ in range(4)))
+        statuses = sorted(r.status_code for r in responses)
+        assert statuses == [202, 409, 409, 409], [r.text for r in responses]
+        assert {r.json()["code"] for r in responses if r.status_code == 409} == {
+            "reply_in_progress"
+        }
+        (winner,) = (r.json() for r in responses if r.status_code == 202)
+        usage = (await client.get("/chatroom/usage", headers=alice)).json()
+        assert usage["used_today"] == 2 * (trial + 1)  # the send and one retry per trial
+        history = (await client.get(f"/chatroom/{room}/messages", headers=alice)).json()
+        replies = [m for m in history["messages"] if m["reply_to"] == receipt["message_id"]]
+        assert [m["id"] for m in replies] == [receipt["reply_id"], winner["reply_id"]]
+        held.gate.set()
+        done = await read_sse(client, winner["stream_url"], alice)
+        assert json.loads(done[-1][2])["status"] == "completed"
 
 
 async def test_retry_needs_a_room_of_mine(client, alice, room):

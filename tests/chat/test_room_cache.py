@@ -135,7 +135,8 @@ async def test_a_cancelled_queued_reply_shows_in_the_cached_room(app, client, al
     use_provider(app, provider)
     first = await send(client, alice, room, "first")
     await asyncio.wait_for(provider.first_chunk_sent.wait(), 10)
-    queued_id = await insert_queued_reply(app, room, first["message_id"])
+    # Answering no message: the first's reply is in progress, and a message has one at a time.
+    queued_id = await insert_queued_reply(app, room, None)
     url = f"/chatroom/{room}"
 
     # Written behind the service's back: the room is read (and cached) after that write.

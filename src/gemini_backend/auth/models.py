@@ -23,7 +23,7 @@ class OtpCode(Base):
     code_digest: Mapped[str] = mapped_column(String(64))
     failed_attempts: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)  # for the purge
 
 
 class AuthGuard(Base):
@@ -39,6 +39,8 @@ class AuthGuard(Base):
     subject: Mapped[str] = mapped_column(String(128), primary_key=True)
     failures: Mapped[int] = mapped_column(Integer, default=0)
     locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # A row quiet for long enough (and not locked) is purged, which forgets its count.
+    last_failure_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
 
 
 class AuthSession(Base):
@@ -64,5 +66,5 @@ class RefreshToken(Base):
     )
     token_digest: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)  # for the purge
     used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

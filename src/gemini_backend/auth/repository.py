@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import bindparam, case, delete, func, literal, select, update
+from sqlalchemy import bindparam, case, delete, func, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gemini_backend.auth.models import AuthGuard, AuthSession, OtpCode, RefreshToken
 from gemini_backend.core.db import UTCDateTime
-from gemini_backend.core.sql import insert_for
+from gemini_backend.core.sql import bounded_delete, insert_for
 from gemini_backend.users.models import User
 
 # --- OTPs ---------------------------------------------------------------------------------
@@ -119,7 +119,9 @@ async def reserve_attempt(
     """
     table = AuthGuard.__table__
     first_lock = now + lockout if threshold <= 1 else None
-    stmt = insert_for(session, table).values(subject=subject, failures=1, locked_until=first_lock)
+    stmt = insert_for(session, table).values(
+        subject=subject, failures=1, locked_until=first_lock, last_failure_at=now
+    )
     lapsed = table.c.locked_until.is_not(None) & (table.c.locked_until <= now)
     failures = case((lapsed, 1), else_=table.c.failures + 1)
     stmt = stmt.on_conflict_do_update(
@@ -129,6 +131,7 @@ async def reserve_attempt(
             "locked_until": case(
                 (failures >= threshold, literal(now + lockout, UTCDateTime())), else_=None
             ),
+            "last_failure_at": now,
         },
         where=table.c.locked_until.is_(None) | lapsed,
     ).returning(table.c.failures)
@@ -343,3 +346,47 @@ async def revoke_all_sessions(
     if keep is not None:
         stmt = stmt.where(AuthSession.id != keep)
     await session.execute(stmt.values(revoked_at=now))
+
+
+# --- purge of rows past their use (worker/housekeeping.py) ---------------------------------
+# Each call deletes at most `limit` rows, in the caller's short transaction.
+
+
+async def purge_expired_otps(
+    session: AsyncSession, *, now: datetime, resend_after: timedelta, limit: int
+) -> int:
+    """Codes past their expiry and their resend cooldown (a row inside the cooldown is what
+    refuses an early second code)."""
+    table = OtpCode.__table__
+    stmt = bounded_delete(
+        table,
+        table.c.id,
+        table.c.expires_at <= now,
+        table.c.created_at <= now - resend_after,
+        limit=limit,
+    )
+    return (await session.execute(stmt)).rowcount  # type: ignore[attr-defined, no-any-return]
+
+
+async def purge_expired_refresh_tokens(session: AsyncSession, *, now: datetime, limit: int) -> int:
+    """Tokens past their expiry, spent or not: none can be used, and a replayed one is refused
+    as unknown (its session's live token, if any, is newer and still stored)."""
+    table = RefreshToken.__table__
+    stmt = bounded_delete(table, table.c.id, table.c.expires_at <= now, limit=limit)
+    return (await session.execute(stmt)).rowcount  # type: ignore[attr-defined, no-any-return]
+
+
+async def purge_stale_auth_guards(
+    session: AsyncSession, *, now: datetime, quiet: timedelta, limit: int
+) -> int:
+    """Guards not locked and with no failure for `quiet`: the count they hold is forgotten,
+    as a success would reset it."""
+    table = AuthGuard.__table__
+    stmt = bounded_delete(
+        table,
+        table.c.subject,
+        or_(table.c.locked_until.is_(None), table.c.locked_until <= now),
+        table.c.last_failure_at <= now - quiet,
+        limit=limit,
+    )
+    return (await session.execute(stmt)).rowcount  # type: ignore[attr-defined, no-any-return]

@@ -56,7 +56,7 @@ async def _room_message(
 # dependency in its thread pool, a thread hop per request.
 async def _chatroom_service(request: Request, session: DbSession) -> ChatroomService:
     state = request.app.state
-    return ChatroomService(session, state.clock, state.chatroom_cache)
+    return ChatroomService(session, state.clock, state.chatroom_cache, state.settings)
 
 
 async def _message_sender(request: Request) -> MessageSender:

@@ -3,12 +3,25 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Protocol
 
-from sqlalchemy import Boolean, Date, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    Boolean,
+    Date,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from gemini_backend.core.db import Base, BigIntId, UTCDateTime
 
 DEFAULT_ROOM_NAME = "New chat"
+# The states of a reply still to finish (worker.replies.ACTIVE_STATES), as SQL.
+_IN_PROGRESS = text("status IN ('queued', 'generating')")
+LIVE_REPLY_INDEX = "uq_messages_live_reply"
 
 
 class Chatroom(Base):
@@ -63,6 +76,15 @@ class Message(Base):
         Index("ix_messages_chatroom_id", "chatroom_id", "id"),
         # The sweeper's scan for replies stuck in queued/generating.
         Index("ix_messages_status_updated", "status", "updated_at"),
+        # At most one reply in progress per user message: of concurrent retries, the database
+        # lets one insert through (sending.py turns the others into 409 reply_in_progress).
+        Index(
+            LIVE_REPLY_INDEX,
+            "reply_to",
+            unique=True,
+            postgresql_where=_IN_PROGRESS,
+            sqlite_where=_IN_PROGRESS,
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
@@ -97,4 +119,4 @@ class IdempotencyKey(Base):
     key: Mapped[str] = mapped_column(String(255))
     chatroom_id: Mapped[int] = mapped_column(BigIntId)
     receipt: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)  # for the purge

@@ -34,12 +34,32 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from gemini_backend.chat.models import Chatroom, IdempotencyKey, Message, RoomView
 from gemini_backend.core.db import BigIntId, UTCDateTime
+from gemini_backend.core.sql import bounded_delete
 from gemini_backend.quota.service import daily_slot_upsert
+from gemini_backend.users.models import User
 from gemini_backend.worker.replies import QUEUED
 
 _rooms = cast(Table, Chatroom.__table__)
 _messages = cast(Table, Message.__table__)
 _keys = cast(Table, IdempotencyKey.__table__)
+
+
+# The owner's row locked (FOR NO KEY UPDATE: foreign-key checks on it still pass) so that the
+# count of their rooms and the insert of a new one are not interleaved with another create's.
+# SQLite renders no lock: its single writer (BEGIN IMMEDIATE) serialises the two already.
+_LOCK_OWNER = select(User.id).where(User.id == bindparam("user_id")).with_for_update(key_share=True)
+_ROOM_COUNT = (
+    select(func.count()).select_from(_rooms).where(_rooms.c.user_id == bindparam("user_id"))
+)
+
+
+async def room_count_locked(session: AsyncSession, user_id: int) -> int:
+    """How many rooms the user has, with their row locked until the transaction ends: a room
+    inserted in this transaction keeps the count true for every concurrent create."""
+    params = {"user_id": user_id}
+    await session.execute(_LOCK_OWNER, params)
+    count: int = (await session.execute(_ROOM_COUNT, params)).scalar_one()
+    return count
 
 
 async def add_room(session: AsyncSession, room: Chatroom) -> Chatroom:
@@ -168,23 +188,6 @@ async def owned_message(
 ) -> Message | None:
     params = {"message_id": message_id, "room_id": room_id, "user_id": user_id}
     return (await session.execute(_OWNED_MESSAGE, params)).scalar_one_or_none()
-
-
-_ACTIVE_REPLIES = (
-    select(func.count())
-    .select_from(_messages)
-    .where(
-        _messages.c.reply_to == bindparam("message_id"),
-        _messages.c.status.in_(bindparam("states", expanding=True)),
-    )
-)
-
-
-async def active_replies(session: AsyncSession, message_id: int, states: Sequence[str]) -> int:
-    """How many replies to this message are in one of `states`."""
-    params = {"message_id": message_id, "states": list(states)}
-    count: int = (await session.execute(_ACTIVE_REPLIES, params)).scalar_one()
-    return count
 
 
 # --- the send: quota slot, user message, queued reply, room counters ----------------------
@@ -445,3 +448,12 @@ async def idempotency_receipt(session: AsyncSession, user_id: int, key: str) -> 
 
 async def store_receipt(session: AsyncSession, key_id: int, receipt: str) -> None:
     await session.execute(_STORE_RECEIPT, {"key_id": key_id, "receipt_json": receipt})
+
+
+async def purge_expired_idempotency_keys(
+    session: AsyncSession, *, cutoff: datetime, limit: int
+) -> int:
+    """Up to `limit` keys claimed before `cutoff` (past their window: a claim replaces such a
+    row anyway), in the caller's short transaction (worker/housekeeping.py)."""
+    stmt = bounded_delete(_keys, _keys.c.id, _keys.c.created_at < cutoff, limit=limit)
+    return (await session.execute(stmt)).rowcount  # type: ignore[attr-defined, no-any-return]

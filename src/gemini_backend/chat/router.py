@@ -134,9 +134,18 @@ STREAM_EXAMPLE = (
     summary="Create a chatroom",
     description=(
         '`name` (alias `title`) may be omitted: the room is called "New chat" until the '
-        "first exchange gives it a title. `system_prompt` steers every reply in the room."
+        "first exchange gives it a title. `system_prompt` (at most MAX_SYSTEM_PROMPT_CHARS, "
+        "8000, characters after trimming: else 422 `system_prompt_too_long`) steers every "
+        "reply in the room. A user has at most MAX_CHATROOMS_PER_USER (1000) rooms."
     ),
-    responses=NAME_ERRORS,
+    responses={
+        **NAME_ERRORS,
+        409: error_doc(
+            "The user has the most chatrooms allowed (`chatroom_limit_reached`)",
+            "chatroom_limit_reached",
+            "You have 1000 chatrooms, the most allowed; delete one to create another.",
+        ),
+    },
 )
 async def create_chatroom(
     body: ChatroomCreate, user: CurrentUser, chat: ChatroomServiceDep
@@ -185,7 +194,9 @@ async def list_chatrooms(
         return Response(found.body, media_type="application/json", headers={"X-Cache": "HIT"})
     # A miss reads the database on a session of its own: a hit never opens one.
     async with state.database.autocommit_sessionmaker() as session:
-        page = await ChatroomService(session, state.clock, cache).list_page(user.id, limit, cursor)
+        page = await ChatroomService(session, state.clock, cache, state.settings).list_page(
+            user.id, limit, cursor
+        )
     body = page.model_dump_json().encode()
     await cache.put(user.id, found, page_key, body)
     return Response(body, media_type="application/json", headers={"X-Cache": "MISS"})
@@ -210,7 +221,7 @@ async def get_chatroom(request: Request, user: CurrentUser, chatroom_id: Chatroo
     if found.body is None:
         async with state.database.autocommit_sessionmaker() as session:
             room = found_room(await repo.owned_room_view(session, user.id, chatroom_id))
-            detail = await ChatroomService(session, state.clock, cache).detail(room)
+            detail = await ChatroomService(session, state.clock, cache, state.settings).detail(room)
         found.body = detail.model_dump_json().encode()
         cache.room_put(user.id, found, chatroom_id, found.body)
     return Response(found.body, media_type="application/json")

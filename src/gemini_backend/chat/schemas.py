@@ -13,9 +13,8 @@ RoomName = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=STORABLE_TEXT),
 ]
-SystemPrompt = Annotated[
-    str, StringConstraints(strip_whitespace=True, max_length=8000, pattern=STORABLE_TEXT)
-]
+# At most MAX_SYSTEM_PROMPT_CHARS after trimming (a setting: checked by the service).
+SystemPrompt = Annotated[str, StringConstraints(strip_whitespace=True, pattern=STORABLE_TEXT)]
 
 # Realistic values shared by the examples of the OpenAPI schema: one exchange in chatroom 12.
 PROMPT_EXAMPLE = "Plan a 3-day trip to Goa in December."

@@ -22,13 +22,14 @@ import structlog
 from limits import RateLimitItem, parse
 from redis.asyncio.client import Pipeline
 from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gemini_backend.auth.principals import SignedInUser
 from gemini_backend.chat import repository as repo
 from gemini_backend.chat.cache import ChatroomCache
 from gemini_backend.chat.errors import ChatroomNotFound, found_room
-from gemini_backend.chat.models import Message, RoomView
+from gemini_backend.chat.models import LIVE_REPLY_INDEX, Message, RoomView
 from gemini_backend.chat.repository import Exchange
 from gemini_backend.chat.schemas import MessageOut, SendReceipt, Usage
 from gemini_backend.config import Settings
@@ -38,6 +39,7 @@ from gemini_backend.core.db import Database, after_commit, run_after_commit
 from gemini_backend.core.errors import BadRequest, Conflict, TooManyRequests, ValidationFailed
 from gemini_backend.core.metrics import QUOTA_REJECTIONS
 from gemini_backend.core.queue import kicks_into
+from gemini_backend.core.sql import violates_unique
 from gemini_backend.core.streams import ReplyStream
 from gemini_backend.core.throttle import Throttle
 from gemini_backend.quota.service import Quota, QuotaState
@@ -194,13 +196,18 @@ class MessageSender:
             if found is None or found.chatroom_id != room.id:
                 raise NothingToRetry()
             user_message = found
-        if await repo.active_replies(session, user_message.id, tuple(ACTIVE_STATES)):
-            raise ReplyInProgress()
         now = self.clock.now()
         tier = tier_of(user, now, self.settings)
-        exchange, quota = await self._take_slot(
-            session, user.id, tier, now, room.id, reply_to=user_message.id
-        )
+        try:
+            # No check first: the unique index of replies in progress decides, in the insert
+            # itself, so of concurrent retries one wins; the others roll back with their slot.
+            exchange, quota = await self._take_slot(
+                session, user.id, tier, now, room.id, reply_to=user_message.id
+            )
+        except IntegrityError as exc:
+            if not violates_unique(exc, LIVE_REPLY_INDEX, "messages.reply_to"):
+                raise
+            raise ReplyInProgress() from exc
         user_id, reply_id = user.id, exchange.reply_id
 
         async def announce() -> None:

@@ -21,9 +21,10 @@ from gemini_backend.chat.schemas import (
     ChatroomUpdate,
     MessagePage,
 )
+from gemini_backend.config import Settings
 from gemini_backend.core.clock import Clock
 from gemini_backend.core.db import MAX_ID, after_commit
-from gemini_backend.core.errors import BadRequest, ValidationFailed
+from gemini_backend.core.errors import BadRequest, Conflict, ValidationFailed
 
 ROOM_DETAIL_MESSAGES = 50
 
@@ -31,6 +32,14 @@ ROOM_DETAIL_MESSAGES = 50
 class InvalidCursor(BadRequest):
     code = "invalid_cursor"
     detail = "The cursor is not one this server issued."
+
+
+class SystemPromptTooLong(ValidationFailed):
+    code = "system_prompt_too_long"
+
+
+class ChatroomLimitReached(Conflict):
+    code = "chatroom_limit_reached"
 
 
 def message_fields(row: repo.MessageRow) -> dict[str, Any]:
@@ -97,10 +106,18 @@ def decode_room_cursor(cursor: str) -> tuple[datetime, int]:
 
 
 class ChatroomService:
-    def __init__(self, session: AsyncSession, clock: Clock, cache: ChatroomCache) -> None:
+    def __init__(
+        self, session: AsyncSession, clock: Clock, cache: ChatroomCache, settings: Settings
+    ) -> None:
         self.session = session
         self.clock = clock
         self.cache = cache
+        self.settings = settings
+
+    def _check_prompt(self, system_prompt: str | None) -> None:
+        limit = self.settings.max_system_prompt_chars
+        if system_prompt is not None and len(system_prompt) > limit:
+            raise SystemPromptTooLong(f"A system prompt may have at most {limit} characters.")
 
     def _invalidate_list_after_commit(self, user_id: int) -> None:
         async def invalidate() -> None:
@@ -109,6 +126,12 @@ class ChatroomService:
         after_commit(self.session, invalidate)
 
     async def create(self, user_id: int, body: ChatroomCreate) -> ChatroomOut:
+        self._check_prompt(body.system_prompt)
+        limit = self.settings.max_chatrooms_per_user
+        if await repo.room_count_locked(self.session, user_id) >= limit:
+            raise ChatroomLimitReached(
+                f"You have {limit} chatrooms, the most allowed; delete one to create another."
+            )
         now = self.clock.now()
         room = await repo.add_room(
             self.session,
@@ -149,6 +172,7 @@ class ChatroomService:
         fields = body.model_fields_set
         if "name" in fields and body.name is None:
             raise ValidationFailed("A chatroom's name cannot be null.")
+        self._check_prompt(body.system_prompt)
         if "name" in fields and body.name is not None:
             room.name = body.name
             room.auto_title = False

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from taskiq import AsyncBroker, InMemoryBroker
@@ -22,6 +23,9 @@ from gemini_backend.core.queue import GENERATE_REPLY, ResilientRedisStreamBroker
 from gemini_backend.core.tasks import cancel_and_wait
 from gemini_backend.worker.replies import ReplyGenerator
 
+if TYPE_CHECKING:  # housekeeping imports the chat domain, which imports this module
+    from gemini_backend.worker.housekeeping import Housekeeping
+
 log = structlog.get_logger(__name__)
 
 # A reply's `updated_at` is set before its send commits; its job's stream id after. A reply
@@ -30,10 +34,17 @@ ENQUEUE_MARGIN = timedelta(seconds=1)
 
 
 class ReplyPipeline:
-    def __init__(self, settings: Settings, broker: AsyncBroker, generator: ReplyGenerator) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        broker: AsyncBroker,
+        generator: ReplyGenerator,
+        housekeeping: Housekeeping | None = None,
+    ) -> None:
         self.settings = settings
         self.broker = broker
         self.generator = generator
+        self.housekeeping = housekeeping  # purged every PURGE_INTERVAL_SECONDS by the sweeper
         self._sweeper: asyncio.Task[None] | None = None
         self._stop_sweeping = asyncio.Event()
 
@@ -93,10 +104,17 @@ class ReplyPipeline:
 
     async def _sweep_forever(self) -> None:
         interval = max(1.0, min(10.0, self.settings.reply_stale_seconds / 4))
+        purge_at = time.monotonic()  # the first round purges too
         while not self._stop_sweeping.is_set():
             try:
                 await self.sweep_once()
             except Exception:
                 log.exception("sweep_failed")
+            if self.housekeeping is not None and time.monotonic() >= purge_at:
+                purge_at = time.monotonic() + self.settings.purge_interval_seconds
+                try:
+                    await self.housekeeping.purge(self._stop_sweeping)
+                except Exception:
+                    log.exception("purge_failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop_sweeping.wait(), interval)
