@@ -423,7 +423,10 @@ async def _exercise_auth(
     assert signup.status_code == 201, signup.text
 
     otp = await request_otp(client, number)
-    verified = await client.post("/auth/verify-otp", json={"mobile_number": number, "otp": otp})
+    verified = await client.post(
+        "/auth/verify-otp",
+        json={"mobile_number": number, "otp": otp, "password": STRONG_PASSWORD},
+    )
     assert verified.status_code == 200, verified.text
 
     # A refused body and a failed login too: their passwords must not be logged either.

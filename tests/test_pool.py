@@ -23,13 +23,15 @@ async def _full_journey(client, clock_free_number: str) -> None:
         "/auth/signup", json={"mobile_number": number, "password": password, "name": "Pool"}
     )
     assert signup.status_code == 201, signup.text
+    otp = await request_otp(client, number)
+    verified = await client.post(
+        "/auth/verify-otp", json={"mobile_number": number, "otp": otp, "password": password}
+    )
+    assert verified.status_code == 200
     login = await client.post("/auth/login", json={"mobile_number": number, "password": password})
     assert login.status_code == 200, login.text
     tokens = login.json()
     assert (await client.get("/user/me", headers=bearer(tokens))).status_code == 200
-    otp = await request_otp(client, number)
-    verified = await client.post("/auth/verify-otp", json={"mobile_number": number, "otp": otp})
-    assert verified.status_code == 200
     rotated = await client.post("/auth/refresh", json={"refresh_token": tokens["refresh_token"]})
     assert rotated.status_code == 200
     tokens = rotated.json()

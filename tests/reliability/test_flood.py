@@ -74,7 +74,10 @@ async def _run(base: str) -> None:
         assert signup.status_code == 201, signup.text
         otp = (await client.post("/auth/send-otp", json={"mobile_number": number})).json()["otp"]
         tokens = (
-            await client.post("/auth/verify-otp", json={"mobile_number": number, "otp": otp})
+            await client.post(
+                "/auth/verify-otp",
+                json={"mobile_number": number, "otp": otp, "password": password},
+            )
         ).json()
         auth = {"Authorization": f"Bearer {tokens['access_token']}"}
         room = (await client.post("/chatroom", json={"name": "flood"}, headers=auth)).json()["id"]

@@ -47,7 +47,13 @@ LOCKED_OUT = error_doc(
     "Too many failed attempts on this number; try again later.",
     headers=RETRY_AFTER,
 )
-CREDENTIAL_ERRORS: Responses = {401: WRONG_CREDENTIALS, 429: LOCKED_OUT}
+BUSY = error_doc(
+    "Too many password hashes waiting (`busy`); see Retry-After",
+    "busy",
+    "Too many sign-ins are being processed; try again in a moment.",
+    headers=RETRY_AFTER,
+)
+CREDENTIAL_ERRORS: Responses = {401: WRONG_CREDENTIALS, 429: LOCKED_OUT, 503: BUSY}
 OTP_SEND_ERRORS: Responses = {
     422: validation_doc("invalid_mobile_number"),
     429: error_doc(
@@ -57,6 +63,11 @@ OTP_SEND_ERRORS: Responses = {
         "otp_resend_too_soon",
         "A code was sent moments ago; wait before asking again.",
         headers=RETRY_AFTER,
+    ),
+    502: error_doc(
+        "The SMS provider could not deliver the code (`otp_delivery_failed`); it was withdrawn",
+        "otp_delivery_failed",
+        "The code could not be sent; try again in a moment.",
     ),
 }
 OTP_DESCRIPTION = (
@@ -75,7 +86,9 @@ OTP_DESCRIPTION = (
     description=(
         "Registers up front; signing in with an OTP also creates the account. The number is "
         "normalised to E.164 (without a country code it takes DEFAULT_PHONE_REGION). Aliases "
-        "accepted: `mobile`, `phone`, `mobileNumber`. No tokens: sign in afterwards."
+        "accepted: `mobile`, `phone`, `mobileNumber`; `full_name` for `name`. No tokens: sign "
+        "in afterwards. A password given here is pending until the first `POST /auth/verify-otp` "
+        "presents it (else it is dropped), so registering someone else's number opens nothing."
     ),
     responses={
         409: error_doc(
@@ -84,6 +97,13 @@ OTP_DESCRIPTION = (
             "An account with this mobile number already exists.",
         ),
         422: validation_doc("invalid_mobile_number", "password_too_common"),
+        429: error_doc(
+            "Too many requests from this address (`rate_limited`); see Retry-After",
+            "rate_limited",
+            "Too many sign-in requests from this address; try again later.",
+            headers=RETRY_AFTER,
+        ),
+        503: BUSY,
     },
 )
 async def signup(body: SignupIn, auth: AuthServiceDep, ip: ClientIp) -> UserOut:
@@ -108,9 +128,11 @@ async def send_otp(body: MobileNumberIn, auth: AuthServiceDep, ip: ClientIp) -> 
     "/verify-otp",
     summary="Exchange a sign-in code for tokens (creates the account if new)",
     description=(
-        "`otp` (alias `code`) is the code from `POST /auth/send-otp`. `is_new_user` is true when "
-        "this created the account. A wrong code is 401; repeated failures lock the number "
-        "(429 with `Retry-After`)."
+        "`otp` (aliases `code`, `otp_code`) is the code from `POST /auth/send-otp`. `is_new_user` "
+        "is true when this created the account. A wrong code is 401; repeated failures lock the "
+        "number for this client address (10), or for everyone (50): 429 with `Retry-After`. "
+        "The first verification of a number registered with a password activates that "
+        "password if `password` presents it, and drops it otherwise."
     ),
     responses={**CREDENTIAL_ERRORS, 422: validation_doc("invalid_mobile_number")},
 )
@@ -121,8 +143,21 @@ async def verify_otp(body: VerifyOtpIn, auth: AuthServiceDep, ip: ClientIp) -> T
 @router.post(
     "/login",
     summary="Sign in with a password",
-    description="For accounts with a password (set at signup, reset or change).",
-    responses={**CREDENTIAL_ERRORS, 422: validation_doc("invalid_mobile_number")},
+    description=(
+        "For accounts with a password. A password given at signup works only once the first "
+        "`POST /auth/verify-otp` presented it (before that: 401 `verification_required`, "
+        "answered only to whoever knows that password)."
+    ),
+    responses={
+        **CREDENTIAL_ERRORS,
+        401: error_doc(
+            "Wrong password (`invalid_credentials`; the same for an unknown number), or a "
+            "signup password not yet activated by an OTP verification (`verification_required`)",
+            "invalid_credentials",
+            "The mobile number, code or password is not correct.",
+        ),
+        422: validation_doc("invalid_mobile_number"),
+    },
 )
 async def login(body: LoginIn, auth: AuthServiceDep, ip: ClientIp) -> TokenOut:
     return await auth.login_with_password(body.mobile_number, body.password, ip)
@@ -214,9 +249,11 @@ async def reset_password(body: ResetPasswordIn, auth: AuthServiceDep, ip: Client
     "/change-password",
     summary="Change the password (ends every other session)",
     description=(
-        "`current_password` is required when the account has a password (not for one created "
-        "by OTP). Every earlier access and refresh token is revoked; the answer holds new "
-        "tokens. A wrong current password counts as a failed sign-in attempt."
+        "`current_password` is required when the account has a password; without one, a fresh "
+        "sign-in code (`POST /auth/send-otp`) as `otp` sets the first password. The calling "
+        "session stays signed in (its tokens keep working; the answer also holds a fresh "
+        "pair); every other session of the user ends. A wrong current password or code counts "
+        "as a failed sign-in attempt."
     ),
     responses={
         401: error_doc(
@@ -229,6 +266,7 @@ async def reset_password(body: ResetPasswordIn, auth: AuthServiceDep, ip: Client
         ),
         422: validation_doc(
             "current_password_required",
+            "otp_required",
             "password_too_common",
             example=problem(
                 "string_too_short",
@@ -238,6 +276,7 @@ async def reset_password(body: ResetPasswordIn, auth: AuthServiceDep, ip: Client
             ),
         ),
         429: LOCKED_OUT,
+        503: BUSY,
     },
 )
 async def change_password(

@@ -37,6 +37,7 @@ class ReadyOut(BaseModel):
                 "ai": {"provider": "demo", "model": "demo"},
                 "queue": "in-process",
                 "otp_delivery": "response",
+                "warning": None,
             }
         }
     )
