@@ -54,7 +54,9 @@ def _serve(args: argparse.Namespace) -> int:
         "factory": True,
         "host": host,
         "port": port,
-        "proxy_headers": True,
+        # The client address behind proxies is the application's (TRUSTED_PROXY_HOPS): uvicorn's
+        # own trusts the left-most X-Forwarded-For entry, which the client writes.
+        "proxy_headers": False,
         "log_config": None,
         "access_log": False,
         "timeout_graceful_shutdown": 10,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import os
 import secrets
 from enum import StrEnum
@@ -60,6 +61,20 @@ class Settings(BaseSettings):
     # OpenTelemetry SDK or agent installs). Off: without one, FastAPI only looks the providers
     # up again on every request (a few percent of a request's CPU in a profile).
     opentelemetry: bool = False
+    # The reverse proxies in front (core/client_address.py): how many append to X-Forwarded-For
+    # (Render: 2), or their networks. Neither: X-Forwarded-For is ignored.
+    trusted_proxy_hops: int = Field(default=0, ge=0, le=8)
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # The server's own bounds on a request's head, whatever sits in front: larger is 431, slower
+    # (from the connection, or the request's first byte, to the end of its headers) is closed.
+    max_header_bytes: int = Field(default=65_536, ge=4096)
+    header_read_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Open reply streams of one user in one API process; more is 429 `too_many_streams`.
+    max_streams_per_user: int = Field(default=20, ge=1)
+    # /docs, /redoc and /openapi.json; default: on, except in production.
+    docs_enabled: bool | None = None
+    # A bearer token /metrics requires when set (in production /metrics is off without one).
+    metrics_token: SecretStr | None = None
 
     # --- storage -------------------------------------------------------------------------
     database_url: str | None = None
@@ -138,7 +153,7 @@ class Settings(BaseSettings):
     portal_return_url: str | None = None
     past_due_grace_days: int = Field(default=3, ge=0)
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "trusted_proxies", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):
@@ -162,6 +177,22 @@ class Settings(BaseSettings):
                 raise ValueError(f"OTP_TEST_NUMBERS entry {item!r} must be '<number>:<6 digits>'")
             pairs[number.strip()] = code
         return pairs
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"TRUSTED_PROXIES entry {item!r} is not a network") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _one_proxy_rule(self) -> Settings:
+        if self.trusted_proxy_hops and self.trusted_proxies:
+            raise ValueError("set TRUSTED_PROXY_HOPS or TRUSTED_PROXIES, not both")
+        return self
 
     @model_validator(mode="after")
     def _production_rules(self) -> Settings:

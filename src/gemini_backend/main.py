@@ -21,6 +21,7 @@ from gemini_backend.chat.fastpath import CachedReadMiddleware
 from gemini_backend.chat.router import router as chat_router
 from gemini_backend.chat.sending import MessageSender
 from gemini_backend.config import Settings
+from gemini_backend.core.client_address import ClientAddressMiddleware, parse_networks
 from gemini_backend.core.clock import Clock, SystemClock
 from gemini_backend.core.errors import install_error_handlers
 from gemini_backend.core.heap import settle_heap
@@ -170,4 +171,10 @@ def create_app(
         hsts=settings.base_url.startswith("https://"),
         log_requests=log_level(settings) <= logging.INFO,
     )
+    if settings.trusted_proxy_hops or settings.trusted_proxies:
+        app.add_middleware(
+            ClientAddressMiddleware,
+            hops=settings.trusted_proxy_hops,
+            networks=parse_networks(settings.trusted_proxies),
+        )
     return app
