@@ -18,6 +18,7 @@ from gemini_backend.auth.service import AuthDeps
 from gemini_backend.billing import mock as stripe_mock
 from gemini_backend.billing.router import router as billing_router
 from gemini_backend.chat.fastpath import CachedReadMiddleware
+from gemini_backend.chat.replies import StreamSlots
 from gemini_backend.chat.router import router as chat_router
 from gemini_backend.chat.sending import MessageSender
 from gemini_backend.config import Settings
@@ -71,6 +72,7 @@ def create_app(
         state.cache = services.cache
         state.chatroom_cache = services.chatroom_cache
         state.reply_streams = services.reply_streams
+        state.stream_slots = StreamSlots(settings.max_streams_per_user)
         state.quota = services.quota
         state.pipeline = services.pipeline
         state.stripe = services.stripe
