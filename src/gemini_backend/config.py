@@ -21,6 +21,10 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MIN_SECRET_BYTES = 32
+# A production JWT_SECRET needs this many different characters: a random value has far more
+# (32 hex digits: 14 on average, 9 the fewest in 100,000 draws; base64: at least 24); a typed
+# placeholder ("x" * 40, "abab...") has one or two.
+MIN_SECRET_DISTINCT_CHARS = 8
 # The signing secret the built-in Stripe mock and the Postman environment use by default.
 DEV_WEBHOOK_SECRET = "whsec_dev_insecure_local_mock_secret"  # noqa: S105 (public on purpose)
 
@@ -202,10 +206,18 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"JWT_SECRET must be set to at least {MIN_SECRET_BYTES} bytes in production"
                 )
+            if len(set(secret)) < MIN_SECRET_DISTINCT_CHARS:
+                raise ValueError(
+                    f"JWT_SECRET must have at least {MIN_SECRET_DISTINCT_CHARS} distinct "
+                    "characters in production (a random value, e.g. `openssl rand -base64 32`)"
+                )
             if self.otp_test_numbers:
                 raise ValueError("OTP_TEST_NUMBERS is refused when ENVIRONMENT=production")
             if "*" in self.cors_origins:
                 raise ValueError("CORS_ORIGINS may not be '*' in production")
+            # `Origin: null` is what sandboxed iframes and file:// pages send: anyone's page.
+            if any(origin.lower() == "null" for origin in self.cors_origins):
+                raise ValueError("CORS_ORIGINS may not list 'null' in production")
             if (
                 self.stripe_secret_key is not None
                 and self.stripe_webhook_secret.get_secret_value() == DEV_WEBHOOK_SECRET
