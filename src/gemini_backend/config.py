@@ -255,6 +255,18 @@ class Settings(BaseSettings):
         return (self.public_base_url or f"http://{self.host}:{self.port}").rstrip("/")
 
     @property
+    def docs_served(self) -> bool:
+        """/docs, /redoc and /openapi.json: DOCS_ENABLED, by default on except in production."""
+        if self.docs_enabled is not None:
+            return self.docs_enabled
+        return self.environment is not Environment.PRODUCTION
+
+    @property
+    def metrics_served(self) -> bool:
+        """/metrics on the API's port: in production only with METRICS_TOKEN (then required)."""
+        return self.metrics_token is not None or self.environment is not Environment.PRODUCTION
+
+    @property
     def stripe_mock_enabled(self) -> bool:
         """The built-in Stripe mock serves payments when no Stripe key is set (never in
         production, where payments are unavailable until STRIPE_SECRET_KEY is set)."""

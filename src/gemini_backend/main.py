@@ -136,6 +136,9 @@ def create_app(
         ),
         lifespan=lifespan,
         redirect_slashes=False,
+        docs_url="/docs" if settings.docs_served else None,
+        redoc_url="/redoc" if settings.docs_served else None,
+        openapi_url="/openapi.json" if settings.docs_served else None,
         telemetry=(
             None
             if settings.opentelemetry
