@@ -36,6 +36,13 @@ from gemini_backend.services import Services
 from gemini_backend.users.router import router as users_router
 
 log = structlog.get_logger(__name__)
+EXPOSED_HEADERS = [
+    "X-Request-ID",
+    "Retry-After",
+    "X-RateLimit-Limit",
+    "X-RateLimit-Remaining",
+    "X-RateLimit-Reset",
+]
 
 
 def create_served_app() -> FastAPI:
@@ -168,7 +175,9 @@ def create_app(
             allow_credentials="*" not in settings.cors_origins,
             allow_methods=["*"],
             allow_headers=["*"],
-            expose_headers=["X-Request-ID", "Retry-After"],
+            # What a browser client may read of a response (the rest of a cross-origin
+            # response's headers are hidden from its scripts).
+            expose_headers=EXPOSED_HEADERS,
         )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(
