@@ -239,7 +239,6 @@ async def reply_events(
                 if not is_outage(exc):
                     raise
                 pending = []  # the final event below carries the whole text
-
             if not any(e.type in TERMINAL_EVENTS for e in pending):
                 final = MessageOut.from_row(current)
                 for item in pending:

@@ -138,8 +138,6 @@ def _metrics_allowed(request: Request) -> None:
         "production not served without one."
     ),
     response_class=Response,
-    # The bearer is METRICS_TOKEN here, not an access token (see the description).
-    openapi_extra={"security": [{"HTTPBearer": []}]},
     responses={
         200: {"content": {"text/plain": {}}, "description": "Prometheus text format"},
         401: error_doc(
