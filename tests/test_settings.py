@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from gemini_backend.config import DEV_WEBHOOK_SECRET, Environment, Settings
 
-STRONG_SECRET = "s" * 32
+STRONG_SECRET = "0123456789abcdef" * 2  # 32 bytes, 16 distinct characters
 
 
 @pytest.fixture(autouse=True)
@@ -120,9 +120,27 @@ def test_production_accepts_a_32_byte_jwt_secret(monkeypatch):
     assert settings().jwt_secret_value() == STRONG_SECRET
 
 
+@pytest.mark.parametrize("secret", ["s" * 64, "ab" * 32, "0123456" * 8])
+def test_production_refuses_a_jwt_secret_of_few_characters(secret):
+    with pytest.raises(ValidationError, match="distinct characters"):
+        settings(environment="production", jwt_secret=secret)
+
+
+def test_production_accepts_eight_distinct_characters():
+    assert settings(environment="production", jwt_secret="01234567" * 4).jwt_secret is not None
+
+
+@pytest.mark.parametrize("origins", ["null", "https://app.example.com,NULL"])
+def test_production_refuses_the_null_cors_origin(origins, monkeypatch):
+    monkeypatch.setenv("CORS_ORIGINS", origins)
+    with pytest.raises(ValidationError, match="'null'"):
+        settings(environment="production", jwt_secret=STRONG_SECRET)
+    assert "null" in [o.lower() for o in settings(environment="development").cors_origins]
+
+
 def test_secret_length_is_counted_in_bytes():
-    # 17 characters but 32 bytes of UTF-8.
-    secret = "é" * 15 + "xx"
+    # 24 characters but 32 bytes of UTF-8.
+    secret = "àéîõü" + "é" * 3 + "abcdefghijklmnop"
     assert len(secret) < 32
     assert len(secret.encode()) == 32
     assert settings(environment="production", jwt_secret=secret).jwt_secret_value() == secret

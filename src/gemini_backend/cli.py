@@ -15,6 +15,7 @@ from typing import Any
 import uvicorn
 
 from gemini_backend.config import Settings
+from gemini_backend.core.http_protocol import BoundedHttpToolsProtocol
 
 
 class _GracefulServer(uvicorn.Server):
@@ -54,11 +55,15 @@ def _serve(args: argparse.Namespace) -> int:
         "factory": True,
         "host": host,
         "port": port,
-        "proxy_headers": True,
+        # The client address behind proxies is the application's (TRUSTED_PROXY_HOPS): uvicorn's
+        # own trusts the left-most X-Forwarded-For entry, which the client writes.
+        "proxy_headers": False,
         "log_config": None,
         "access_log": False,
         "timeout_graceful_shutdown": 10,
         "timeout_keep_alive": settings.keep_alive_seconds,
+        # Bounds on a request's head (MAX_HEADER_BYTES, HEADER_READ_TIMEOUT_SECONDS).
+        "http": BoundedHttpToolsProtocol,
     }
     if workers > 1:
         _prepare_multiprocess_metrics()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import os
 import secrets
 from enum import StrEnum
@@ -20,6 +21,10 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MIN_SECRET_BYTES = 32
+# A production JWT_SECRET needs this many different characters: a random value has far more
+# (32 hex digits: 14 on average, 9 the fewest in 100,000 draws; base64: at least 24); a typed
+# placeholder ("x" * 40, "abab...") has one or two.
+MIN_SECRET_DISTINCT_CHARS = 8
 # The signing secret the built-in Stripe mock and the Postman environment use by default.
 DEV_WEBHOOK_SECRET = "whsec_dev_insecure_local_mock_secret"  # noqa: S105 (public on purpose)
 # A Stripe endpoint secret is `whsec_` and 32 or more random characters; production wants that
@@ -64,6 +69,20 @@ class Settings(BaseSettings):
     # OpenTelemetry SDK or agent installs). Off: without one, FastAPI only looks the providers
     # up again on every request (a few percent of a request's CPU in a profile).
     opentelemetry: bool = False
+    # The reverse proxies in front (core/client_address.py): how many append to X-Forwarded-For
+    # (Render: 2), or their networks. Neither: X-Forwarded-For is ignored.
+    trusted_proxy_hops: int = Field(default=0, ge=0, le=8)
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # The server's own bounds on a request's head, whatever sits in front: larger is 431, slower
+    # (from the connection, or the request's first byte, to the end of its headers) is closed.
+    max_header_bytes: int = Field(default=65_536, ge=4096)
+    header_read_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Open reply streams of one user in one API process; more is 429 `too_many_streams`.
+    max_streams_per_user: int = Field(default=20, ge=1)
+    # /docs, /redoc and /openapi.json; default: on, except in production.
+    docs_enabled: bool | None = None
+    # A bearer token /metrics requires when set (in production /metrics is off without one).
+    metrics_token: SecretStr | None = None
 
     # --- storage -------------------------------------------------------------------------
     database_url: str | None = None
@@ -168,7 +187,7 @@ class Settings(BaseSettings):
     portal_return_url: str | None = None
     past_due_grace_days: int = Field(default=3, ge=0)
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "trusted_proxies", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):
@@ -193,6 +212,22 @@ class Settings(BaseSettings):
             pairs[number.strip()] = code
         return pairs
 
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"TRUSTED_PROXIES entry {item!r} is not a network") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _one_proxy_rule(self) -> Settings:
+        if self.trusted_proxy_hops and self.trusted_proxies:
+            raise ValueError("set TRUSTED_PROXY_HOPS or TRUSTED_PROXIES, not both")
+        return self
+
     @model_validator(mode="after")
     def _production_rules(self) -> Settings:
         if self.environment is Environment.PRODUCTION:
@@ -200,6 +235,11 @@ class Settings(BaseSettings):
             if len(secret.encode()) < MIN_SECRET_BYTES:
                 raise ValueError(
                     f"JWT_SECRET must be set to at least {MIN_SECRET_BYTES} bytes in production"
+                )
+            if len(set(secret)) < MIN_SECRET_DISTINCT_CHARS:
+                raise ValueError(
+                    f"JWT_SECRET must have at least {MIN_SECRET_DISTINCT_CHARS} distinct "
+                    "characters in production (a random value, e.g. `openssl rand -base64 32`)"
                 )
             if self.otp_test_numbers:
                 raise ValueError("OTP_TEST_NUMBERS is refused when ENVIRONMENT=production")
@@ -210,6 +250,9 @@ class Settings(BaseSettings):
                 )
             if "*" in self.cors_origins:
                 raise ValueError("CORS_ORIGINS may not be '*' in production")
+            # `Origin: null` is what sandboxed iframes and file:// pages send: anyone's page.
+            if any(origin.lower() == "null" for origin in self.cors_origins):
+                raise ValueError("CORS_ORIGINS may not list 'null' in production")
             self._production_webhook_secret()
         if self.otp_delivery == "twilio":
             if not (self.twilio_account_sid and self.twilio_auth_token):
@@ -278,6 +321,18 @@ class Settings(BaseSettings):
         return (self.public_base_url or f"http://{self.host}:{self.port}").rstrip("/")
 
     @property
+    def docs_served(self) -> bool:
+        """/docs, /redoc and /openapi.json: DOCS_ENABLED, by default on except in production."""
+        if self.docs_enabled is not None:
+            return self.docs_enabled
+        return self.environment is not Environment.PRODUCTION
+
+    @property
+    def metrics_served(self) -> bool:
+        """/metrics on the API's port: in production only with METRICS_TOKEN (then required)."""
+        return self.metrics_token is not None or self.environment is not Environment.PRODUCTION
+
+    @property
     def stripe_mock_enabled(self) -> bool:
         """The built-in Stripe mock serves payments when no Stripe key is set (never in
         production, where payments are unavailable until STRIPE_SECRET_KEY is set)."""
@@ -315,7 +370,7 @@ def _persisted_secret(path: Path) -> str:
     existing = _read_secret(path)
     if existing is not None:
         return existing
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     value = secrets.token_urlsafe(48)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(8)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

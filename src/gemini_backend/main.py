@@ -19,9 +19,11 @@ from gemini_backend.auth.service import AuthDeps
 from gemini_backend.billing import mock as stripe_mock
 from gemini_backend.billing.router import router as billing_router
 from gemini_backend.chat.fastpath import CachedReadMiddleware
+from gemini_backend.chat.replies import StreamSlots
 from gemini_backend.chat.router import router as chat_router
 from gemini_backend.chat.sending import MessageSender
 from gemini_backend.config import Settings
+from gemini_backend.core.client_address import ClientAddressMiddleware, parse_networks
 from gemini_backend.core.clock import Clock, SystemClock
 from gemini_backend.core.errors import install_error_handlers
 from gemini_backend.core.heap import settle_heap
@@ -35,6 +37,13 @@ from gemini_backend.services import Services
 from gemini_backend.users.router import router as users_router
 
 log = structlog.get_logger(__name__)
+EXPOSED_HEADERS = [
+    "X-Request-ID",
+    "Retry-After",
+    "X-RateLimit-Limit",
+    "X-RateLimit-Remaining",
+    "X-RateLimit-Reset",
+]
 
 
 def create_served_app() -> FastAPI:
@@ -71,6 +80,7 @@ def create_app(
         state.cache = services.cache
         state.chatroom_cache = services.chatroom_cache
         state.reply_streams = services.reply_streams
+        state.stream_slots = StreamSlots(settings.max_streams_per_user)
         state.quota = services.quota
         state.pipeline = services.pipeline
         state.stripe = services.stripe
@@ -143,6 +153,9 @@ def create_app(
         ),
         lifespan=lifespan,
         redirect_slashes=False,
+        docs_url="/docs" if settings.docs_served else None,
+        redoc_url="/redoc" if settings.docs_served else None,
+        openapi_url="/openapi.json" if settings.docs_served else None,
         telemetry=(
             None
             if settings.opentelemetry
@@ -172,7 +185,9 @@ def create_app(
             allow_credentials="*" not in settings.cors_origins,
             allow_methods=["*"],
             allow_headers=["*"],
-            expose_headers=["X-Request-ID", "Retry-After"],
+            # What a browser client may read of a response (the rest of a cross-origin
+            # response's headers are hidden from its scripts).
+            expose_headers=EXPOSED_HEADERS,
         )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(
@@ -180,4 +195,10 @@ def create_app(
         hsts=settings.base_url.startswith("https://"),
         log_requests=log_level(settings) <= logging.INFO,
     )
+    if settings.trusted_proxy_hops or settings.trusted_proxies:
+        app.add_middleware(
+            ClientAddressMiddleware,
+            hops=settings.trusted_proxy_hops,
+            networks=parse_networks(settings.trusted_proxies),
+        )
     return app

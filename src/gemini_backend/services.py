@@ -54,7 +54,9 @@ class Services:
         prefix = settings.redis_key_prefix
         cache: Cache = RedisCache(redis, prefix) if redis is not None else MemoryCache()
         streams: ReplyStream = (
-            RedisReplyStream(redis, prefix) if redis is not None else MemoryReplyStream()
+            RedisReplyStream(redis, prefix, timeout=settings.redis_socket_timeout_seconds)
+            if redis is not None
+            else MemoryReplyStream()
         )
         provider = create_provider(settings)
         quota = Quota(settings)

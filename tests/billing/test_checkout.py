@@ -254,7 +254,7 @@ class TestProductionWithoutStripe:
     def settings_overrides(self):
         return {
             "environment": "production",
-            "jwt_secret": "p" * 40,
+            "jwt_secret": "production-test-secret-0123456789",
             "otp_response_in_production": True,  # the tests read the code from the response
         }
 

@@ -37,6 +37,7 @@ def server(storage: Storage, database_url: str, tmp_path: Path) -> Iterator[str]
         DEMO_CHUNK_DELAY_MS="40",
         BASIC_DAILY_LIMIT="100000",
         SEND_PER_MINUTE="100000",
+        MAX_STREAMS_PER_USER=str(STREAMS),  # USERS hold them all
         LOG_LEVEL="WARNING",
     )
     with open_files_limit(STREAMS * 3 + 1024), running_service(BACKEND, env, tmp_path, port):

@@ -19,13 +19,15 @@ import json
 import math
 import random
 import weakref
+from collections.abc import Callable
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from starlette.types import Receive, Scope, Send
 
 from gemini_backend.chat.models import Message
 from gemini_backend.chat.schemas import MessageOut
-from gemini_backend.core.errors import is_outage
+from gemini_backend.core.errors import TooManyRequests, is_outage
 from gemini_backend.core.sse import EventSource, EventStreamResponse, ServerSentEvent, ping_event
 from gemini_backend.core.streams import ReplyStream
 from gemini_backend.worker.replies import COMPLETED, FINAL_STATES
@@ -62,9 +64,68 @@ def _check_turn() -> asyncio.Semaphore:
     return turns
 
 
+class StreamSlots:
+    """The open reply streams of each user in this process, at most `limit` each: a client
+    that opens streams and never reads them holds a bounded share of the process."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._open: dict[int, int] = {}
+
+    def take(self, user_id: int) -> Callable[[], None]:
+        """A slot for one more stream of `user_id` (TooManyStreams beyond the limit); returns
+        the function that gives it back (once, however often it is called)."""
+        count = self._open.get(user_id, 0)
+        if count >= self.limit:
+            raise TooManyStreams(STREAM_RETRY_SECONDS)
+        self._open[user_id] = count + 1
+        given_back = False
+
+        def give_back() -> None:
+            nonlocal given_back
+            if given_back:
+                return
+            given_back = True
+            left = self._open[user_id] - 1
+            if left:
+                self._open[user_id] = left
+            else:
+                del self._open[user_id]
+
+        return give_back
+
+    def open_streams(self, user_id: int) -> int:
+        return self._open.get(user_id, 0)
+
+
+class TooManyStreams(TooManyRequests):
+    code = "too_many_streams"
+    detail = "Too many open reply streams; close one first."
+
+
+STREAM_RETRY_SECONDS = 5
+
+
 class ReplyStreamResponse(EventStreamResponse):
     """A reply's events as `text/event-stream`: one task per open stream, pings, a clean end on
-    client disconnect and on server shutdown (see `core/sse.py`)."""
+    client disconnect and on server shutdown (see `core/sse.py`). `on_close` runs when the
+    response is over, however it ended."""
+
+    def __init__(
+        self,
+        events: EventSource,
+        status_code: int = 200,  # FastAPI reads the route's documented status from here
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__(events, status_code)
+        self.on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if self.on_close is not None:
+                self.on_close()
 
 
 async def _current_row(
@@ -77,6 +138,13 @@ async def _current_row(
 
 
 TERMINAL_EVENTS = frozenset({"done", "error"})
+
+
+async def needs_replay(streams: ReplyStream, snapshot: MessageOut) -> bool:
+    """Whether a stream of this reply is replayed from the database: it is finished and its
+    stream has expired. Asked before the response starts, so that a Redis that does not answer
+    is a 503, not a stream cut short."""
+    return snapshot.status in FINAL_STATES and not await streams.exists(snapshot.id)
 
 
 def _replay(message: MessageOut) -> list[ServerSentEvent]:
@@ -96,15 +164,17 @@ async def reply_events(
     sessionmaker: async_sessionmaker[AsyncSession],
     snapshot: MessageOut,
     last_event_id: str | None,
+    replay: bool = False,
     ping_seconds: float | None = None,
 ) -> EventSource:
-    """The events of a reply; `None` after a quiet read (nothing to send, see the module
-    docstring); a ping comment after `ping_seconds` (default PING_SECONDS) without an event."""
+    """The events of a reply (`replay`: from the finished `snapshot`, its stream gone; see
+    `needs_replay`); `None` after a quiet read (nothing to send, see the module docstring); a
+    ping comment after `ping_seconds` (default PING_SECONDS) without an event."""
     reply_id = snapshot.id
     ping_every = PING_SECONDS if ping_seconds is None else ping_seconds
     # A comment first: clients and proxies see the stream open before the first chunk.
     yield ServerSentEvent(comment="stream open")
-    if snapshot.status in FINAL_STATES and not await streams.exists(reply_id):
+    if replay:
         for replayed in _replay(snapshot):
             yield replayed
         return
@@ -163,7 +233,12 @@ async def reply_events(
         if current is None:
             return
         if current.status in FINAL_STATES:
-            pending = await streams.read(reply_id, after, 0)
+            try:
+                pending = await streams.read(reply_id, after, 0)
+            except Exception as exc:
+                if not is_outage(exc):
+                    raise
+                pending = []  # the final event below carries the whole text
             if not any(e.type in TERMINAL_EVENTS for e in pending):
                 final = MessageOut.from_row(current)
                 for item in pending:

@@ -19,7 +19,12 @@ from gemini_backend.chat.dependencies import (
     RoomMessage,
 )
 from gemini_backend.chat.errors import found_room
-from gemini_backend.chat.replies import ReplyStreamResponse, reply_events
+from gemini_backend.chat.replies import (
+    ReplyStreamResponse,
+    StreamSlots,
+    needs_replay,
+    reply_events,
+)
 from gemini_backend.chat.schemas import (
     REPLY_EXAMPLE,
     ChatroomCreate,
@@ -367,24 +372,44 @@ async def get_message(message: RoomMessage) -> MessageOut:
         },
         **NOT_A_REPLY,
         **MESSAGE_NOT_FOUND,
+        429: error_doc(
+            "The caller has MAX_STREAMS_PER_USER reply streams open on this server "
+            "(`too_many_streams`)",
+            "too_many_streams",
+            "Too many open reply streams; close one first.",
+            headers=RETRY_AFTER,
+        ),
+        503: error_doc(
+            "Redis, where the reply streams live, does not answer (`service_unavailable`)",
+            "service_unavailable",
+            "A backing service is unavailable; retry shortly.",
+            headers=RETRY_AFTER,
+        ),
     },
 )
 async def stream_reply(
     request: Request,
+    user: CurrentUser,
     message: RoomMessage,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=64)] = None,
 ) -> ReplyStreamResponse:
     if message.role != "assistant":
         raise NotAReply()
     state = request.app.state
+    snapshot = MessageOut.from_row(message)
+    replay = await needs_replay(state.reply_streams, snapshot)
+    slots: StreamSlots = state.stream_slots
+    give_back = slots.take(user.id)
     # The request's session ends when this returns: no connection is held while streaming.
     return ReplyStreamResponse(
         reply_events(
             streams=state.reply_streams,
             sessionmaker=state.database.sessionmaker,
-            snapshot=MessageOut.from_row(message),
+            snapshot=snapshot,
             last_event_id=last_event_id,
-        )
+            replay=replay,
+        ),
+        on_close=give_back,
     )
 
 

@@ -7,6 +7,8 @@ SQLite (embedded mode) runs in WAL mode with foreign keys on, and every transact
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -80,7 +82,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
     url = settings.resolved_database_url
     if url.startswith("sqlite"):
         if ":memory:" not in url:
-            Path(url.split("///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
+            _create_private_file(Path(url.split("///", 1)[1]))
         # SQLite has one writer, and every transaction here begins IMMEDIATE. One pooled
         # connection makes concurrent requests queue in the pool, first come first served,
         # instead of in SQLite's busy handler, which sleeps and retries (measured: 3x the
@@ -120,6 +122,15 @@ def _replace_closed_connections(engine: AsyncEngine) -> None:
         # out. Raising DisconnectionError makes the pool discard it and connect anew.
         if dbapi_connection.driver_connection.is_closed():
             raise DisconnectionError("the server closed this pooled connection")
+
+
+def _create_private_file(path: Path) -> None:
+    """The SQLite file (and its directory) readable by this user only, if it does not exist
+    yet: it holds password hashes and session digests. SQLite gives its -wal and -shm files
+    the database file's mode."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:

@@ -176,6 +176,9 @@ async def _http_exception_handler(request: Request, exc: Exception) -> JSONRespo
     code = _STATUS_CODES.get(exc.status_code, "error")
     detail = exc.detail
     headers = exc.headers
+    if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
+        # FastAPI's "error parsing the body" for a JSON body that is not UTF-8 (or 16, 32).
+        return error_response(400, MalformedJson.code, MalformedJson.detail)
     if exc.status_code == 404 and detail == "Not Found":
         detail = "No such route."
     elif exc.status_code == 405:

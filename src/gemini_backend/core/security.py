@@ -27,6 +27,8 @@ from pwdlib.hashers.argon2 import Argon2Hasher
 from gemini_backend.core.errors import ServiceUnavailable, Unauthorized
 
 JWT_ALGORITHM = "HS256"
+MAX_ID = 2**63 - 1  # core.db.MAX_ID: the largest id a BIGINT holds
+MAX_TIMESTAMP = 253_402_300_799  # 9999-12-31T23:59:59Z, the last second a datetime holds
 ACCESS_TOKEN_TYPE = "access"  # noqa: S105 - a claim value, not a secret
 
 
@@ -102,9 +104,17 @@ class TokenCodec:
         try:
             if claims["typ"] != ACCESS_TOKEN_TYPE:
                 raise InvalidToken()
-            return int(claims["sub"]), int(claims["sid"]), int(claims["iat"]), int(claims["exp"])
-        except (KeyError, TypeError, ValueError) as exc:
+            ids = int(claims["sub"]), int(claims["sid"])
+            times = int(claims["iat"]), int(claims["exp"])
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise InvalidToken() from exc
+        # Signed by us, yet a value no token of ours holds (a database id, a date a datetime
+        # holds) is as invalid as a bad signature, not an error further on.
+        if not all(1 <= value <= MAX_ID for value in ids) or not all(
+            0 <= value <= MAX_TIMESTAMP for value in times
+        ):
+            raise InvalidToken()
+        return ids[0], ids[1], times[0], times[1]
 
 
 def new_refresh_token() -> str:

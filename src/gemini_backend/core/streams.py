@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from redis.asyncio import Redis
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gemini_backend.core.notices import SHUTDOWN_SECONDS
 from gemini_backend.core.redis import as_text
@@ -142,11 +143,16 @@ class RedisReplyStream:
     thus hold one Redis connection, and each notice costs one read by the readers of that reply
     only."""
 
-    def __init__(self, redis: Redis, prefix: str, max_events: int = 100_000) -> None:
+    def __init__(
+        self, redis: Redis, prefix: str, max_events: int = 100_000, timeout: float = 10.0
+    ) -> None:
         self._redis = redis
         self._prefix = prefix
         self._max_events = max_events
-        self._notices = _Notices(redis)
+        # A reader's every wait on Redis (a pool connection, a command with its retries, a
+        # subscription) ends within this, as an outage: a hung Redis never holds an open stream.
+        self._timeout = timeout
+        self._notices = _Notices(redis, subscribe_within=timeout)
 
     def _key(self, reply_id: int) -> str:
         return f"{self._prefix}:reply:{reply_id}"
@@ -179,22 +185,23 @@ class RedisReplyStream:
         key = self._key(reply_id)
         if block_ms <= 0:
             return await self._read_now(key, start)
-        try:
-            async with (
-                asyncio.timeout(block_ms / 1000),
-                # Subscribed before the read: a notice for anything appended after the read
-                # cannot be missed.
-                self._notices.listening(self._channel(reply_id)) as notified,
-            ):
-                while not (events := await self._read_now(key, start)):
-                    await notified.wait()
-                    notified.clear()
-                return events
-        except TimeoutError:
-            return []
+        deadline = asyncio.get_running_loop().time() + block_ms / 1000
+        # Subscribed before the read: a notice for anything appended after the read cannot be
+        # missed. Only the wait for a notice ends quietly at the deadline; a Redis that does not
+        # answer a read fails it.
+        async with self._notices.listening(self._channel(reply_id)) as notified:
+            while not (events := await self._read_now(key, start)):
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        await notified.wait()
+                except TimeoutError:
+                    return []
+                notified.clear()
+            return events
 
     async def _read_now(self, key: str, start: str) -> list[StreamEvent]:
-        response: Any = await self._redis.xread({key: start})
+        async with _bounded(self._timeout):
+            response: Any = await self._redis.xread({key: start})
         return [
             _event(raw_id, fields)
             for _stream, entries in response or []
@@ -202,7 +209,8 @@ class RedisReplyStream:
         ]
 
     async def exists(self, reply_id: int) -> bool:
-        return bool(await self._redis.exists(self._key(reply_id)))
+        async with _bounded(self._timeout):
+            return bool(await self._redis.exists(self._key(reply_id)))
 
     async def clear(self, reply_id: int) -> None:
         # Trim, not delete: ids keep growing, so a client's Last-Event-ID stays meaningful.
@@ -231,8 +239,9 @@ class _Notices:
 
     LINGER = 2.0
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, subscribe_within: float = 10.0) -> None:
         self._redis = redis
+        self._subscribe_within = subscribe_within
         self._pubsub: Any = None
         self._channels: dict[str, _Channel] = {}
         self._to_subscribe: set[str] = set()
@@ -254,7 +263,8 @@ class _Notices:
                 self._work.set()
                 if self._commander is None or self._commander.done():
                     self._commander = asyncio.create_task(self._command(), name="reply-notices")
-                await entry.subscribed.wait()  # confirmed by Redis: no notice can be missed
+                async with _bounded(self._subscribe_within):
+                    await entry.subscribed.wait()  # confirmed by Redis: no notice can be missed
             yield notified
         finally:
             entry.listeners.discard(notified)
@@ -337,6 +347,16 @@ class _Notices:
         if self._pubsub is not None:
             with contextlib.suppress(Exception):
                 await self._pubsub.aclose()
+
+
+@contextlib.asynccontextmanager
+async def _bounded(seconds: float) -> AsyncIterator[None]:
+    """At most `seconds`, or Redis' TimeoutError (an outage, `core.errors.is_outage`)."""
+    try:
+        async with asyncio.timeout(seconds):
+            yield
+    except TimeoutError as exc:
+        raise RedisTimeoutError(f"no answer from Redis within {seconds} s") from exc
 
 
 def _event(raw_id: bytes | str, fields: dict[bytes, bytes]) -> StreamEvent:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 from datetime import UTC
 from typing import Any
 
@@ -12,6 +13,8 @@ from sqlalchemy import func, select
 from gemini_backend.chat.models import Message
 from gemini_backend.core import metrics
 from gemini_backend.core.db import DbSession, release_connection
+from gemini_backend.core.errors import NotFound, Unauthorized
+from gemini_backend.core.openapi import error_doc, header_doc
 
 router = APIRouter(tags=["Operations"])
 
@@ -126,13 +129,40 @@ async def ready(request: Request) -> JSONResponse:
     return JSONResponse(body, status_code=200 if ok else 503)
 
 
+def _metrics_allowed(request: Request) -> None:
+    """METRICS_TOKEN, when set, as a bearer token; in production /metrics is not served at all
+    without one (a 404, as for an unknown route)."""
+    settings = request.app.state.settings
+    if not settings.metrics_served:
+        raise NotFound("No such route.")
+    if settings.metrics_token is None:
+        return
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    expected = settings.metrics_token.get_secret_value()
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), expected.encode()):
+        raise Unauthorized("Send 'Authorization: Bearer <METRICS_TOKEN>'.")
+
+
 @router.get(
     "/metrics",
     summary="Prometheus metrics (all API processes of this host in multi-process mode)",
+    description=(
+        "With METRICS_TOKEN set, only for `Authorization: Bearer <METRICS_TOKEN>`; in "
+        "production not served without one."
+    ),
     response_class=Response,
-    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
+    responses={
+        200: {"content": {"text/plain": {}}, "description": "Prometheus text format"},
+        401: error_doc(
+            "METRICS_TOKEN is set and the request does not carry it (`not_authenticated`)",
+            "not_authenticated",
+            "Send 'Authorization: Bearer <METRICS_TOKEN>'.",
+            headers={"WWW-Authenticate": header_doc("Bearer")},
+        ),
+    },
 )
 async def prometheus_metrics(request: Request, session: DbSession) -> Response:
+    _metrics_allowed(request)
     # The queue as the database sees it (the source of truth): waiting replies and the oldest.
     depth, oldest = (
         await session.execute(
