@@ -136,17 +136,8 @@ class AuthService:
             after_commit(self.session, lambda: principals.invalidate(user_id))
 
     async def _issue_tokens(self, user: User, *, is_new_user: bool = False) -> TokenOut:
-        now = self._now()
-        session_id = await repo.create_session(self.session, user.id, now)
-        refresh = new_refresh_token()
-        await repo.add_refresh_token(
-            self.session,
-            session_id,
-            digest_token(refresh),
-            now,
-            timedelta(seconds=self.settings.refresh_token_ttl_seconds),
-        )
-        return self._token_out(user, session_id, refresh, is_new_user=is_new_user)
+        session_id = await repo.create_session(self.session, user.id, self._now())
+        return await self._fresh_pair(user, session_id, is_new_user=is_new_user)
 
     def _token_out(
         self, user: User, session_id: int, refresh: str, *, is_new_user: bool = False
@@ -514,15 +505,16 @@ class AuthService:
         log.info("password_changed", user_id=user.id)
         return await self._fresh_pair(user, session_id)
 
-    async def _fresh_pair(self, user: User, session_id: int) -> TokenOut:
-        """A new access and refresh token for a session that goes on (its earlier ones stay)."""
-        now = self._now()
+    async def _fresh_pair(
+        self, user: User, session_id: int, *, is_new_user: bool = False
+    ) -> TokenOut:
+        """A new access and refresh token for the session (its earlier ones stay valid)."""
         refresh = new_refresh_token()
         await repo.add_refresh_token(
             self.session,
             session_id,
             digest_token(refresh),
-            now,
+            self._now(),
             timedelta(seconds=self.settings.refresh_token_ttl_seconds),
         )
-        return self._token_out(user, session_id, refresh)
+        return self._token_out(user, session_id, refresh, is_new_user=is_new_user)

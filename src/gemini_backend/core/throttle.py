@@ -40,18 +40,20 @@ class Throttle:
     async def hit(self, limit: str | RateLimitItem, *identifiers: str, detail: str) -> None:
         """Count one hit; raise 429 with `Retry-After` when the limit is already used up."""
         item = parse(limit) if isinstance(limit, str) else limit
-        if await self._limiter.hit(item, *identifiers):
-            return
-        stats = await self._limiter.get_window_stats(item, *identifiers)
-        raise TooManyRequests(stats.reset_time - time.time(), detail)
+        if not await self._limiter.hit(item, *identifiers):
+            raise await self._refusal(item, identifiers, detail)
 
     async def check(self, limit: str | RateLimitItem, *identifiers: str, detail: str) -> None:
         """Raise 429 when the limit is used up, without counting a hit."""
         item = parse(limit) if isinstance(limit, str) else limit
-        if await self._limiter.test(item, *identifiers):
-            return
+        if not await self._limiter.test(item, *identifiers):
+            raise await self._refusal(item, identifiers, detail)
+
+    async def _refusal(
+        self, item: RateLimitItem, identifiers: tuple[str, ...], detail: str
+    ) -> TooManyRequests:
         stats = await self._limiter.get_window_stats(item, *identifiers)
-        raise TooManyRequests(stats.reset_time - time.time(), detail)
+        return TooManyRequests(stats.reset_time - time.time(), detail)
 
     async def ping(self) -> None:
         if not await self.storage.check():
