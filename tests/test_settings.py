@@ -30,10 +30,10 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 def settings(**values: Any) -> Settings:
     production = "production" in (values.get("environment"), os.environ.get("ENVIRONMENT"))
-    if production and "otp_delivery" not in values and "OTP_DELIVERY" not in os.environ:
-        # Production refuses codes in responses (tests/auth/test_delivery.py): these tests are
-        # about the other rules.
-        values["otp_delivery"] = "log"
+    if production and "OTP_RESPONSE_IN_PRODUCTION" not in os.environ:
+        # Production refuses codes in responses unless said on purpose (tests/auth/
+        # test_delivery.py): these tests are about the other rules.
+        values.setdefault("otp_response_in_production", True)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
 

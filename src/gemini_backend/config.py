@@ -248,6 +248,11 @@ class Settings(BaseSettings):
                     "OTP_DELIVERY=response returns sign-in codes to whoever asks: refused when "
                     "ENVIRONMENT=production unless OTP_RESPONSE_IN_PRODUCTION=true (a demo)"
                 )
+            if self.otp_delivery == "log":
+                raise ValueError(
+                    "OTP_DELIVERY=log writes sign-in codes to the log (anyone who reads it can "
+                    "sign in as anyone): refused when ENVIRONMENT=production"
+                )
             if "*" in self.cors_origins:
                 raise ValueError("CORS_ORIGINS may not be '*' in production")
             # `Origin: null` is what sandboxed iframes and file:// pages send: anyone's page.

@@ -140,8 +140,10 @@ def create_app(
         try:
             yield
         finally:
-            await state.auth.otp_sender.aclose()
-            await services.aclose()
+            try:
+                await state.auth.otp_sender.aclose()
+            finally:
+                await services.aclose()
             log.info("shutdown")
 
     app = FastAPI(

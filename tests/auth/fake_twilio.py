@@ -3,6 +3,7 @@ checking what the official SDK sends on the wire: Basic auth, form fields, the a
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import secrets
 from dataclasses import dataclass, field
@@ -21,6 +22,9 @@ class FakeTwilio:
     messages: list[dict[str, str]] = field(default_factory=list)
     # Set to answer every message with this Twilio error status (400, 429, 500...).
     fail_with: int | None = None
+    # Set to hold every message without an answer until the fake stops.
+    hang: bool = False
+    _released: asyncio.Event = field(default_factory=asyncio.Event)
     _runner: web.AppRunner | None = None
 
     async def start(self) -> None:
@@ -34,6 +38,7 @@ class FakeTwilio:
         self.url = f"http://127.0.0.1:{port}"
 
     async def stop(self) -> None:
+        self._released.set()
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -46,6 +51,8 @@ class FakeTwilio:
         if request.content_type != "application/x-www-form-urlencoded":
             return _error(400, 21000, "Form encoding expected")
         form = {k: str(v) for k, v in (await request.post()).items()}
+        if self.hang:
+            await self._released.wait()
         if self.fail_with is not None:
             return _error(self.fail_with, 21211, "Invalid 'To' Phone Number")
         if not form.get("To") or not form.get("Body"):

@@ -232,6 +232,26 @@ class TestLockoutAsAWeapon:
         own = await request_otp(client, number)
         assert (await verify(client, number, own)).status_code == 200
 
+    async def test_an_ipv6_prefix_counts_as_one_address(self, app):
+        number = new_number()
+        async with client_from(app, "2001:db8:1:2::10") as first:
+            otp = await request_otp(first, number)
+            for i in range(1, 6):
+                assert (await verify(first, number, wrong(otp, i))).status_code == 401
+        app.state.clock.advance(31)
+        async with client_from(app, "2001:db8:1:2::99") as second:  # the same /64
+            fresh = await request_otp(second, number)
+            for i in range(1, 6):
+                assert (await verify(second, number, wrong(fresh, i))).status_code == 401
+            locked = await second.post("/auth/send-otp", json={"mobile_number": number})
+            assert locked.status_code == 429
+            assert locked.json()["code"] == "too_many_attempts"
+        async with client_from(app, "2001:db8:1:3::10") as elsewhere:  # another /64
+            app.state.clock.advance(31)
+            assert (
+                await elsewhere.post("/auth/send-otp", json={"mobile_number": number})
+            ).status_code == 200
+
     async def test_many_addresses_together_lock_the_number_at_the_higher_threshold(self, app):
         number = new_number()
         app.state.settings.otp_number_lockout_threshold = 12  # type: ignore[misc]

@@ -3,6 +3,7 @@ log in development, and the response body only where that is allowed."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -43,6 +44,7 @@ class TestTwilio:
             "twilio_auth_token": AUTH_TOKEN,
             "twilio_from_number": FROM_NUMBER,
             "twilio_api_base_url": twilio.url,
+            "otp_delivery_timeout_seconds": 1,
         }
 
     async def test_the_code_goes_by_sms_and_never_in_the_response(self, client, twilio):
@@ -85,6 +87,14 @@ class TestTwilio:
         assert again.status_code == 200, again.text
         assert len(twilio.messages) == 1
 
+    async def test_a_twilio_that_does_not_answer_is_502_after_the_timeout(self, client, twilio):
+        twilio.hang = True
+        failed = await asyncio.wait_for(
+            client.post("/auth/send-otp", json={"mobile_number": new_number()}), 10
+        )
+        assert failed.status_code == 502
+        assert failed.json()["code"] == "otp_delivery_failed"
+
     async def test_twilio_unreachable_is_502(self, client, twilio):
         await twilio.stop()
         failed = await client.post("/auth/send-otp", json={"mobile_number": new_number()})
@@ -123,7 +133,8 @@ def test_production_refuses_codes_in_responses_unless_said_on_purpose():
     with pytest.raises(ValidationError, match="OTP_RESPONSE_IN_PRODUCTION"):
         production()
     assert production(otp_response_in_production=True).otp_response_exposed
-    assert not production(otp_delivery="log").otp_response_exposed
+    with pytest.raises(ValidationError, match="OTP_DELIVERY=log"):
+        production(otp_delivery="log")  # the log is no place for codes either
 
 
 def test_twilio_needs_its_credentials():

@@ -265,3 +265,18 @@ class TestProductionWithoutStripe:
         assert response.json()["code"] == "payments_unavailable"
         assert (await client.get("/mock-stripe/checkout/cs_test_x")).status_code == 404
         assert (await client.post("/mock-stripe/v1/customers")).status_code == 404
+
+
+async def test_a_paid_checkout_whose_events_are_late_is_not_sold_twice(live, app, monkeypatch):
+    auth = await new_user(live)
+    started = await checkout(live, auth)
+
+    async def delayed(*_args: Any) -> None:
+        return None  # Stripe has taken the payment; its events are still on their way
+
+    monkeypatch.setattr(app.state.stripe_mock, "_post", delayed)
+    await pay(live, started)
+    assert (await status_of(live, auth))["tier"] == "basic"
+    again = await live.post("/subscribe/pro", headers=auth)
+    assert again.status_code == 409, again.text
+    assert again.json()["code"] == "payment_processing"

@@ -8,7 +8,7 @@ import pytest
 PRODUCTION = {
     "environment": "production",
     "jwt_secret": "production-test-secret-0123456789",
-    "otp_delivery": "log",
+    "otp_response_in_production": True,
 }
 METRICS_TOKEN = "metrics-scraper-token-0123456789"
 

@@ -30,7 +30,7 @@ def test_defaults_match_the_documentation():
     assert s.docs_served
     assert s.metrics_served
     production = settings(
-        environment="production", jwt_secret="0123456789abcdef" * 2, otp_delivery="log"
+        environment="production", jwt_secret="0123456789abcdef" * 2, otp_response_in_production=True
     )
     assert not production.docs_served
     assert not production.metrics_served

@@ -3,6 +3,7 @@ the log (development), or by SMS through Twilio's Messaging API."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Protocol
 
 import aiohttp
@@ -74,6 +75,7 @@ class TwilioSender:
         )
         if settings.twilio_api_base_url:
             self._client.api.base_url = settings.twilio_api_base_url.rstrip("/")
+        self._timeout = settings.otp_delivery_timeout_seconds
         self._from = settings.twilio_from_number
         self._service = settings.twilio_messaging_service_sid
 
@@ -83,7 +85,9 @@ class TwilioSender:
             {"messaging_service_sid": self._service} if self._service else {"from_": self._from}
         )
         try:
-            message = await self._client.messages.create_async(to=number, body=body, **sender)
+            # The SDK's async client does not apply its own timeout to requests.
+            async with asyncio.timeout(self._timeout):
+                message = await self._client.messages.create_async(to=number, body=body, **sender)
         except (TwilioException, aiohttp.ClientError, OSError, TimeoutError) as exc:
             log.warning("otp_delivery_failed", error=type(exc).__name__, status=_status(exc))
             raise OtpDeliveryFailed() from exc

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Annotated
 
 import structlog
@@ -53,7 +54,18 @@ async def _auth_service(request: Request, session: DbSession) -> AuthService:
 
 
 async def client_ip(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
+    """The client as the per-client limits count it: its address, or for IPv6 its /64 (what one
+    subscriber or host is given), so rotating through a prefix buys no extra attempts."""
+    host = request.client.host if request.client else "unknown"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
 
 
 CurrentUser = Annotated[SignedInUser, Depends(_signed_in)]

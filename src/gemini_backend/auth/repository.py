@@ -153,7 +153,10 @@ async def locked_until(
 
 
 async def clear_failures(session: AsyncSession, subjects: list[str]) -> None:
-    await session.execute(delete(AuthGuard).where(AuthGuard.subject.in_(subjects)))
+    """One statement per guard, in the order the reservations lock them (no deadlock with a
+    concurrent reservation of the same guards)."""
+    for subject in subjects:
+        await session.execute(delete(AuthGuard).where(AuthGuard.subject == subject))
 
 
 # --- users --------------------------------------------------------------------------------
@@ -217,7 +220,9 @@ async def set_password_hash(
     session: AsyncSession, user_id: int, password_hash: str, now: datetime
 ) -> None:
     await session.execute(
-        update(User).where(User.id == user_id).values(password_hash=password_hash, updated_at=now)
+        update(User)
+        .where(User.id == user_id)
+        .values(password_hash=password_hash, pending_password_hash=None, updated_at=now)
     )
 
 

@@ -251,9 +251,8 @@ class AuthService:
             except OtpDeliveryFailed:
                 await repo.delete_otp(self.session, number, purpose)
                 raise
-        await self.deps.throttle.hit(
-            self._per_number_sends, "otp-send-number", number, detail=PER_NUMBER_DETAIL
-        )
+        # Counted once the code is out (the check before stopped a send over the budget).
+        await self.deps.throttle.count(self._per_number_sends, "otp-send-number", number)
         return code if deliver and sender.in_response else None
 
     async def _use_otp(self, number: str, client_ip: str, purpose: str, code: str) -> None:
@@ -453,6 +452,7 @@ class AuthService:
         number = self.number(raw_number)
         await self._throttle_attempt(client_ip)
         check_password_policy(new_password)
+        self.deps.hasher.ensure_room()  # before the code is spent
         await self._use_otp(number, client_ip, RESET, code)
         user = await repo.user_by_number(self.session, number)
         if user is None:
@@ -483,6 +483,7 @@ class AuthService:
         a fresh sign-in code does (an access token alone never sets a first password). The
         calling session stays signed in; every other one ends."""
         check_password_policy(new_password)
+        self.deps.hasher.ensure_room()  # before an attempt or a code is spent
         number = user.mobile_number
         if user.password_hash is not None:
             if not current_password:

@@ -130,7 +130,8 @@ Billing = Annotated[BillingService, Depends(_billing)]
     responses={
         **AUTH_ERRORS,
         409: error_doc(
-            "Already on the Pro plan (`already_pro`)",
+            "Already on the Pro plan (`already_pro`), or the last checkout is paid and its "
+            "events have not arrived yet (`payment_processing`)",
             "already_pro",
             "You are already on the Pro plan; manage it at POST /subscription/portal.",
         ),

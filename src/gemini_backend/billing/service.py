@@ -42,6 +42,14 @@ class AlreadyPro(Conflict):
     detail = "You are already on the Pro plan; manage it at POST /subscription/portal."
 
 
+class PaymentProcessing(Conflict):
+    code = "payment_processing"
+    detail = (
+        "Your last checkout is paid and its subscription is being set up; the Pro plan "
+        "appears in a moment (GET /subscription/status)."
+    )
+
+
 class NoSubscription(Conflict):
     code = "no_subscription"
     detail = "There is no subscription to manage yet; start one with POST /subscribe/pro."
@@ -98,6 +106,8 @@ class BillingService:
             if latest is not None and latest.status == "open" and latest.url:
                 log.info("checkout_reused", session_id=latest.id, customer_id=customer_id)
                 return CheckoutStarted(url=latest.url, session_id=latest.id)
+            if latest is not None and await self._awaiting_webhook(latest):
+                raise PaymentProcessing()
             # Keyed by the session it follows: two concurrent requests (which both saw the same
             # latest session) create one new session, and a later one another.
             after = latest.id if latest is not None else "none"
@@ -120,6 +130,21 @@ class BillingService:
             raise PaymentProviderError("Stripe returned a checkout session without a URL.")
         log.info("checkout_started", session_id=checkout.id, customer_id=customer_id)
         return CheckoutStarted(url=checkout.url, session_id=checkout.id)
+
+    async def _awaiting_webhook(self, checkout: stripe.checkout.Session) -> bool:
+        """Paid, but its subscription's events have not arrived yet: a new checkout now would
+        make the user pay twice."""
+        if checkout.status != "complete" or not checkout.subscription:
+            return False
+        subscription = checkout.subscription
+        subscription_id = subscription if isinstance(subscription, str) else subscription.id
+        known = (
+            await self.session.execute(
+                select(StripeSubscription.id).where(StripeSubscription.id == subscription_id)
+            )
+        ).scalar_one_or_none()
+        await release_connection(self.session)  # not held across the next Stripe call
+        return known is None
 
     @staticmethod
     async def _latest_checkout(

@@ -165,9 +165,14 @@ class PasswordHasher:
         self._pending = 0
         self._dummy_hash: str | None = None
 
-    async def _run(self, function: Any, *args: str) -> Any:
+    def ensure_room(self) -> None:
+        """Raise 503 now if a hash would be refused: for flows that spend something (a code)
+        before they hash."""
         if self._pending >= self._capacity:
             raise HashingBusy()
+
+    async def _run(self, function: Any, *args: str) -> Any:
+        self.ensure_room()
         self._pending += 1
         try:
             return await anyio.to_thread.run_sync(function, *args, limiter=self._limiter)

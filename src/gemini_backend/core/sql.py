@@ -26,5 +26,8 @@ def violates_unique(exc: IntegrityError, index: str, columns: str) -> bool:
 
 def bounded_delete(table: Any, key: Any, *where: ColumnElement[bool], limit: int) -> Delete:
     """DELETE of at most `limit` rows matching `where`, picked by their key in a subquery (both
-    databases), so a purge of many rows is many short transactions, never one long lock."""
-    return delete(table).where(key.in_(select(key).where(*where).limit(limit)))
+    databases), so a purge of many rows is many short transactions, never one long lock.
+
+    `where` is checked again on the rows themselves: a row updated while the DELETE waited for
+    its lock (a code sent again, a guard locked) is re-read by PostgreSQL and kept."""
+    return delete(table).where(key.in_(select(key).where(*where).limit(limit)), *where)

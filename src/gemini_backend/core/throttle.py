@@ -43,6 +43,11 @@ class Throttle:
         if not await self._limiter.hit(item, *identifiers):
             raise await self._refusal(item, identifiers, detail)
 
+    async def count(self, limit: str | RateLimitItem, *identifiers: str) -> None:
+        """Count one hit that has already happened (nothing to refuse any more)."""
+        item = parse(limit) if isinstance(limit, str) else limit
+        await self._limiter.hit(item, *identifiers)
+
     async def check(self, limit: str | RateLimitItem, *identifiers: str, detail: str) -> None:
         """Raise 429 when the limit is used up, without counting a hit."""
         item = parse(limit) if isinstance(limit, str) else limit
