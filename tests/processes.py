@@ -20,7 +20,7 @@ import pytest
 from gemini_backend.config import Settings
 
 SCRIPT = Path(sys.executable).parent / "gemini-backend"
-START_TIMEOUT = 30.0
+START_TIMEOUT = 60.0  # a loaded 2-core machine took over 30 s to import and start one
 STOP_TIMEOUT = 15.0
 
 
