@@ -92,7 +92,7 @@ def create_app(
             clock=clock,
             quota=services.quota,
             throttle=services.throttle,
-            pipeline=services.pipeline,
+            queue=services.pipeline,
             chatrooms=services.chatroom_cache,
             streams=services.reply_streams,
             cache=services.cache,

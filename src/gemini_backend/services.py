@@ -15,6 +15,7 @@ from gemini_backend.auth.principals import Principals
 from gemini_backend.billing.gateway import StripeGateway, create_gateway
 from gemini_backend.billing.mock import MockStripe
 from gemini_backend.chat.cache import ChatroomCache
+from gemini_backend.chat.generation import ReplyGenerator
 from gemini_backend.config import Settings
 from gemini_backend.core.cache import Cache, MemoryCache, RedisCache
 from gemini_backend.core.clock import Clock
@@ -25,7 +26,6 @@ from gemini_backend.core.streams import MemoryReplyStream, RedisReplyStream, Rep
 from gemini_backend.core.throttle import Throttle
 from gemini_backend.quota.service import Quota
 from gemini_backend.worker.housekeeping import Housekeeping
-from gemini_backend.worker.replies import ReplyGenerator
 from gemini_backend.worker.runtime import ReplyPipeline
 
 

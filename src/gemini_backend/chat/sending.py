@@ -30,8 +30,10 @@ from gemini_backend.chat import repository as repo
 from gemini_backend.chat.cache import ChatroomCache
 from gemini_backend.chat.errors import ChatroomNotFound, found_room
 from gemini_backend.chat.models import LIVE_REPLY_INDEX, Message, RoomView
+from gemini_backend.chat.queue import ReplyQueue
 from gemini_backend.chat.repository import Exchange
 from gemini_backend.chat.schemas import MessageOut, SendReceipt, Usage
+from gemini_backend.chat.states import ACTIVE_STATES, FINAL_STATES, ReplyStatus, cancel_key
 from gemini_backend.config import Settings
 from gemini_backend.core.cache import Cache
 from gemini_backend.core.clock import Clock
@@ -45,14 +47,6 @@ from gemini_backend.core.throttle import Throttle
 from gemini_backend.quota.service import Quota, QuotaState
 from gemini_backend.users.schemas import Tier
 from gemini_backend.users.service import tier_of
-from gemini_backend.worker.replies import (
-    ACTIVE_STATES,
-    CANCELLED,
-    FINAL_STATES,
-    QUEUED,
-    cancel_key,
-)
-from gemini_backend.worker.runtime import ReplyPipeline
 
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
 MAX_IDEMPOTENCY_KEY = 255
@@ -112,7 +106,7 @@ class MessageSender:
         clock: Clock,
         quota: Quota,
         throttle: Throttle,
-        pipeline: ReplyPipeline,
+        queue: ReplyQueue,
         chatrooms: ChatroomCache,
         streams: ReplyStream,
         cache: Cache,
@@ -122,7 +116,7 @@ class MessageSender:
         self.clock = clock
         self.quota = quota
         self.throttle = throttle
-        self.pipeline = pipeline
+        self.queue = queue
         self.chatrooms = chatrooms
         self.streams = streams
         self.cache = cache
@@ -222,15 +216,20 @@ class MessageSender:
         to stop through the shared cache, which the worker producing it (in any process) polls,
         and ends `cancelled` with its partial text."""
         if reply.status in FINAL_STATES:
-            if reply.status == CANCELLED:
+            if reply.status == ReplyStatus.CANCELLED:
                 return reply
             raise ReplyAlreadyFinished()
         now = self.clock.now()
         cancelled = (
             await session.execute(
                 update(Message)
-                .where(Message.id == reply.id, Message.status == QUEUED)
-                .values(status=CANCELLED, error="cancelled", completed_at=now, updated_at=now)
+                .where(Message.id == reply.id, Message.status == ReplyStatus.QUEUED)
+                .values(
+                    status=ReplyStatus.CANCELLED,
+                    error="cancelled",
+                    completed_at=now,
+                    updated_at=now,
+                )
                 .returning(Message)
                 .execution_options(populate_existing=True)
             )
@@ -327,7 +326,7 @@ class MessageSender:
             chatroom_id=room_id,
             role="user",
             content=content,
-            status="completed",
+            status=ReplyStatus.COMPLETED,
             error=None,
             finish_reason=None,
             usage=_no_usage(),
@@ -347,7 +346,7 @@ class MessageSender:
             chatroom_id=room_id,
             role="assistant",
             content="",
-            status=QUEUED,
+            status=ReplyStatus.QUEUED,
             error=None,
             finish_reason=None,
             usage=_no_usage(),
@@ -371,9 +370,9 @@ class MessageSender:
         structlog.contextvars.bind_contextvars(reply_id=reply_id)
 
         async def enqueue() -> None:
-            await self.pipeline.enqueue(reply_id)
+            await self.queue.enqueue(reply_id)
 
-        if self.pipeline.queues_on_redis and self.chatrooms.on_redis:
+        if self.queue.queues_on_redis and self.chatrooms.on_redis:
             # Production: the job goes in the invalidation's transaction, one round trip.
             async def enqueue_into(pipe: Pipeline) -> None:
                 with kicks_into(pipe):

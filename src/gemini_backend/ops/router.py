@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 
 from gemini_backend.chat.models import Message
+from gemini_backend.chat.states import ReplyStatus
 from gemini_backend.core import metrics
 from gemini_backend.core.db import DbSession, release_connection
 from gemini_backend.core.errors import NotFound, Unauthorized
@@ -167,7 +168,7 @@ async def prometheus_metrics(request: Request, session: DbSession) -> Response:
     depth, oldest = (
         await session.execute(
             select(func.count(), func.min(Message.created_at)).where(
-                Message.role == "assistant", Message.status == "queued"
+                Message.role == "assistant", Message.status == ReplyStatus.QUEUED
             )
         )
     ).one()

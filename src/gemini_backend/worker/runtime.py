@@ -12,19 +12,17 @@ import asyncio
 import contextlib
 import time
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 from taskiq import AsyncBroker, InMemoryBroker
 from taskiq.decor import AsyncTaskiqDecoratedTask
 
+from gemini_backend.chat.generation import ReplyGenerator
 from gemini_backend.config import Settings
 from gemini_backend.core.queue import GENERATE_REPLY, ResilientRedisStreamBroker
 from gemini_backend.core.tasks import cancel_and_wait
-from gemini_backend.worker.replies import ReplyGenerator
-
-if TYPE_CHECKING:  # housekeeping imports the chat domain, which imports this module
-    from gemini_backend.worker.housekeeping import Housekeeping
+from gemini_backend.worker.housekeeping import Housekeeping
 
 log = structlog.get_logger(__name__)
 

@@ -1,0 +1,60 @@
+"""Print the import graph between the top-level parts of gemini_backend (packages and modules),
+and the cycles in it: `python scripts/package_graph.py`. Counts every import, TYPE_CHECKING
+ones included (a cycle hidden behind TYPE_CHECKING is still a cycle for a reader)."""
+
+from __future__ import annotations
+
+import sys
+from collections import defaultdict
+
+import grimp
+
+PACKAGE = "gemini_backend"
+
+
+def part(module: str) -> str:
+    return module.split(".")[1] if "." in module else module
+
+
+def package_graph() -> dict[str, set[str]]:
+    graph = grimp.build_graph(PACKAGE)
+    edges: dict[str, set[str]] = defaultdict(set)
+    for module in graph.modules:
+        if module == PACKAGE:
+            continue
+        for imported in graph.find_modules_directly_imported_by(module):
+            if imported != PACKAGE and part(imported) != part(module):
+                edges[part(module)].add(part(imported))
+    return edges
+
+
+def cycles(edges: dict[str, set[str]]) -> list[tuple[str, str]]:
+    """The pairs of parts that reach each other (each pair once)."""
+
+    def reach(start: str) -> set[str]:
+        seen: set[str] = set()
+        todo = [start]
+        while todo:
+            for nxt in edges.get(todo.pop(), ()):
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        return seen
+
+    reachable = {name: reach(name) for name in edges}
+    return sorted(
+        (a, b) for a in reachable for b in reachable[a] if a < b and a in reachable.get(b, ())
+    )
+
+
+def main() -> int:
+    edges = package_graph()
+    for name in sorted(edges):
+        print(f"{name} -> {', '.join(sorted(edges[name]))}")
+    found = cycles(edges)
+    print("cycles:", ", ".join(f"{a}<->{b}" for a, b in found) or "none")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
