@@ -23,8 +23,7 @@ from gemini_backend.core.db import DbSession
 from gemini_backend.core.errors import AppError
 from gemini_backend.core.metrics import WEBHOOK_EVENTS
 from gemini_backend.core.openapi import AUTH_ERRORS, Responses, error_doc
-from gemini_backend.users.schemas import Tier
-from gemini_backend.users.service import tier_of
+from gemini_backend.users.tier import Tier, tier_of
 
 log = structlog.get_logger(__name__)
 

@@ -45,8 +45,7 @@ from gemini_backend.core.sql import violates_unique
 from gemini_backend.core.streams import ReplyStream
 from gemini_backend.core.throttle import Throttle
 from gemini_backend.quota.service import Quota, QuotaState
-from gemini_backend.users.schemas import Tier
-from gemini_backend.users.service import tier_of
+from gemini_backend.users.tier import Tier, tier_of
 
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
 MAX_IDEMPOTENCY_KEY = 255

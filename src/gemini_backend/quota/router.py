@@ -10,8 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from gemini_backend.auth.dependencies import CurrentUser
 from gemini_backend.core.db import DbSession
 from gemini_backend.core.openapi import AUTH_ERRORS
-from gemini_backend.users.schemas import Tier
-from gemini_backend.users.service import tier_of
+from gemini_backend.users.tier import Tier, tier_of
 
 router = APIRouter(tags=["Subscriptions"], responses=AUTH_ERRORS)
 

@@ -26,7 +26,7 @@ from gemini_backend.config import Settings
 from gemini_backend.core.errors import TooManyRequests
 from gemini_backend.core.metrics import QUOTA_REJECTIONS
 from gemini_backend.quota import repository as repo
-from gemini_backend.users.schemas import Tier
+from gemini_backend.users.tier import Tier
 
 
 class DailyLimitReached(TooManyRequests):
