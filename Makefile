@@ -58,6 +58,7 @@ lint: $(VENV)/.dev-deps
 	$(BIN)/ruff format --check src tests migrations scripts bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports --no-cache
+	$(BIN)/python scripts/check_modes.py
 
 format: $(VENV)/.dev-deps
 	$(BIN)/ruff format src tests migrations scripts bench

@@ -12,7 +12,7 @@ from taskiq import InMemoryBroker
 from gemini_backend.auth.models import AuthGuard, OtpCode, RefreshToken
 from gemini_backend.chat.models import IdempotencyKey
 from gemini_backend.worker import housekeeping
-from gemini_backend.worker.runtime import ReplyPipeline
+from gemini_backend.worker.runtime import InProcessReplyPipeline
 from tests.helpers import bearer, new_number, request_otp, sign_in
 
 DAY = 86400
@@ -129,7 +129,7 @@ class RecordingHousekeeping:
 async def test_the_sweeper_runs_the_purge(app):
     assert app.state.services.pipeline.housekeeping is not None  # wired by Services.build
     recording = RecordingHousekeeping()
-    pipeline = ReplyPipeline(
+    pipeline = InProcessReplyPipeline(
         app.state.services.settings,
         InMemoryBroker(),
         app.state.services.pipeline.generator,

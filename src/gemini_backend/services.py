@@ -8,11 +8,12 @@ This is the one place that chooses between the embedded and the production imple
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, cast
 
 from fastapi import Depends
 from redis.asyncio import Redis
 from starlette.requests import HTTPConnection
+from taskiq import InMemoryBroker
 
 from gemini_backend.ai.base import Provider
 from gemini_backend.ai.factory import create_provider
@@ -22,7 +23,8 @@ from gemini_backend.auth.principals import Principals
 from gemini_backend.auth.service import AuthDeps
 from gemini_backend.billing.gateway import StripeGateway, create_gateway
 from gemini_backend.billing.mock import MockStripe
-from gemini_backend.chat.cache import ChatroomCache
+from gemini_backend.chat import repository as chat_repo
+from gemini_backend.chat.cache import ChatroomCache, MemoryLists, RedisLists
 from gemini_backend.chat.generation import ReplyGenerator
 from gemini_backend.chat.replies import StreamSlots
 from gemini_backend.chat.sending import MessageSender
@@ -30,14 +32,18 @@ from gemini_backend.config import Settings
 from gemini_backend.core.cache import Cache, MemoryCache, RedisCache
 from gemini_backend.core.clock import Clock
 from gemini_backend.core.db import Database
-from gemini_backend.core.queue import create_broker
+from gemini_backend.core.queue import ResilientRedisStreamBroker, create_broker
 from gemini_backend.core.redis import create_redis
 from gemini_backend.core.security import PasswordHasher, TokenCodec
 from gemini_backend.core.streams import MemoryReplyStream, RedisReplyStream, ReplyStream
 from gemini_backend.core.throttle import Throttle
 from gemini_backend.quota.service import Quota
 from gemini_backend.worker.housekeeping import Housekeeping
-from gemini_backend.worker.runtime import ReplyPipeline
+from gemini_backend.worker.runtime import (
+    InProcessReplyPipeline,
+    ReplyPipeline,
+    StreamReplyPipeline,
+)
 
 
 @dataclass
@@ -76,7 +82,7 @@ class Services:
         provider = create_provider(settings)
         quota = Quota(settings)
         chatroom_cache = ChatroomCache(
-            cache,
+            RedisLists(redis, prefix) if redis is not None else MemoryLists(cache),
             settings.chatroom_cache_ttl,
             local_seconds=settings.chatroom_local_cache_seconds,
             redis=redis,
@@ -89,21 +95,29 @@ class Services:
             channel=f"{prefix}:principal-changed",
         )
         throttle = Throttle.from_settings(settings)
-        pipeline = ReplyPipeline(
-            settings,
-            create_broker(settings),
-            ReplyGenerator(
-                settings=settings,
-                clock=clock,
-                sessionmaker=database.sessionmaker,
-                autocommit_sessionmaker=database.autocommit_sessionmaker,
-                provider=provider,
-                streams=streams,
-                cache=cache,
-                quota=quota,
-                chatrooms=chatroom_cache,
-            ),
-            Housekeeping(settings, clock, database.sessionmaker),
+        # The one place that asks which database this is.
+        on_postgresql = database.engine.dialect.name == "postgresql"
+        chat_sql = chat_repo.POSTGRESQL if on_postgresql else chat_repo.SQLITE
+        generator = ReplyGenerator(
+            settings=settings,
+            clock=clock,
+            sessionmaker=database.sessionmaker,
+            autocommit_sessionmaker=database.autocommit_sessionmaker,
+            provider=provider,
+            streams=streams,
+            cache=cache,
+            quota=quota,
+            chatrooms=chatroom_cache,
+            statements=chat_sql,
+        )
+        housekeeping = Housekeeping(settings, clock, database.sessionmaker)
+        broker = create_broker(settings)
+        pipeline: ReplyPipeline = (
+            StreamReplyPipeline(settings, broker, generator, housekeeping)
+            if isinstance(broker, ResilientRedisStreamBroker)
+            else InProcessReplyPipeline(
+                settings, cast(InMemoryBroker, broker), generator, housekeeping
+            )
         )
         return cls(
             settings=settings,
@@ -136,6 +150,9 @@ class Services:
                 chatrooms=chatroom_cache,
                 streams=streams,
                 cache=cache,
+                statements=chat_sql,
+                # One round trip for the job and the invalidation when both are on Redis.
+                enqueue_with_invalidation=pipeline.queues_on_redis and redis is not None,
             ),
             auth=AuthDeps(
                 settings=settings,

@@ -16,7 +16,7 @@ from gemini_backend.ai.base import Finished, ProviderError
 from gemini_backend.chat.models import Message
 from gemini_backend.main import create_app
 from gemini_backend.quota.models import DailyUsage
-from gemini_backend.worker.runtime import ReplyPipeline
+from gemini_backend.worker.runtime import InProcessReplyPipeline
 from tests.conftest import BACKEND
 from tests.helpers import bearer, drop_reply_stream, read_sse, sign_in
 
@@ -380,7 +380,9 @@ async def test_stopping_the_sweeper_lets_a_sweep_in_progress_finish(app):
     # during that connection's close left a task that never ended (the test run's event loop
     # then hung at its close): the sweeper is asked to stop between sweeps instead.
     settings = app.state.services.settings
-    pipeline = ReplyPipeline(settings, InMemoryBroker(), app.state.services.pipeline.generator)
+    pipeline = InProcessReplyPipeline(
+        settings, InMemoryBroker(), app.state.services.pipeline.generator
+    )
     in_sweep, release = asyncio.Event(), asyncio.Event()
     finished: list[bool] = []
 

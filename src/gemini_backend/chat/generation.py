@@ -110,7 +110,9 @@ class ReplyGenerator:
         cache: Cache,
         quota: Quota,
         chatrooms: ChatroomCache,
+        statements: repo.ChatStatements,
     ) -> None:
+        self.sql = statements
         self.settings = settings
         self.clock = clock
         self.sessionmaker = sessionmaker
@@ -168,7 +170,7 @@ class ReplyGenerator:
         of that statement."""
         now = self.clock.now()
         async with self.autocommit_sessionmaker() as session:
-            claimed = await repo.claim_reply(
+            claimed = await self.sql.claim_reply(
                 session, reply_id=reply_id, now=now, model=self.provider.model
             )
             await session.commit()

@@ -7,9 +7,4 @@ from typing import Protocol
 
 
 class ReplyQueue(Protocol):
-    @property
-    def queues_on_redis(self) -> bool:
-        """Whether jobs go to Redis Streams (`core.queue.kicks_into` applies to them)."""
-        ...
-
     async def enqueue(self, reply_id: int) -> None: ...

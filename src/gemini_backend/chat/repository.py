@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from sqlalchemy import (
     ColumnElement,
@@ -278,7 +278,7 @@ def _exchange_postgresql(limited: bool, with_user_message: bool, owner_checked: 
         if owner_checked
         else None
     )
-    slot = daily_slot_upsert("postgresql", limited, only_if=room).cte("slot")
+    slot = daily_slot_upsert(postgresql.insert, limited, only_if=room).cte("slot")
     if with_user_message:
         um = (
             insert(_messages)
@@ -332,7 +332,18 @@ class Exchange:
     reply_id: int  # the queued reply
 
 
-async def insert_exchange(
+def _exchange_params(
+    slot: dict[str, Any], room_id: int, now: datetime, content: str | None, reply_to: int | None
+) -> dict[str, Any]:
+    params: dict[str, Any] = {**slot, "room_id": room_id, "now": now}
+    if content is not None:
+        params["body"] = content
+    else:
+        params["answers"] = reply_to
+    return params
+
+
+async def _insert_exchange_postgresql(
     session: AsyncSession,
     slot: dict[str, Any],
     *,
@@ -341,35 +352,36 @@ async def insert_exchange(
     content: str | None = None,
     reply_to: int | None = None,
 ) -> Exchange | None:
-    """Take a quota slot and, if it was taken, insert the user message `content` (or, for a
-    retry, none: the reply answers `reply_to`) and a queued reply, and move the room's counters.
+    """ChatStatements.insert_exchange on PostgreSQL: one statement."""
+    params = _exchange_params(slot, room_id, now, content, reply_to)
+    stmt = _exchange_postgresql("slot_limit" in slot, content is not None, False)
+    row = (await session.execute(stmt, params)).one_or_none()
+    return None if row is None else Exchange(row[0], row[1], row[2])
 
-    None when the slot was not taken (nothing is written). `slot` is Quota.slot_params(...);
-    the caller judges the count (Quota.admit) and rolls back on a refusal.
-    """
-    with_user_message = content is not None
-    params: dict[str, Any] = {**slot, "room_id": room_id, "now": now}
-    if with_user_message:
-        params["body"] = content
-    else:
-        params["answers"] = reply_to
+
+async def _insert_exchange_sqlite(
+    session: AsyncSession,
+    slot: dict[str, Any],
+    *,
+    room_id: int,
+    now: datetime,
+    content: str | None = None,
+    reply_to: int | None = None,
+) -> Exchange | None:
+    """ChatStatements.insert_exchange on SQLite: the same steps one by one."""
+    params = _exchange_params(slot, room_id, now, content, reply_to)
     limited = "slot_limit" in slot
-    if session.get_bind().dialect.name == "postgresql":
-        stmt = _exchange_postgresql(limited, with_user_message, False)
-        row = (await session.execute(stmt, params)).one_or_none()
-        return None if row is None else Exchange(row[0], row[1], row[2])
-
     used = (
-        await session.execute(daily_slot_upsert("sqlite", limited), params)
+        await session.execute(daily_slot_upsert(sqlite.insert, limited), params)
     ).scalar_one_or_none()
     if used is None:
         return None
     if limited and used > slot["slot_limit"]:
         return Exchange(used, 0, 0)  # refused by the caller (a limit of 0): nothing inserted
-    if with_user_message:
+    if content is not None:
         params["answers"] = (await session.execute(_INSERT_USER_MESSAGE, params)).scalar_one()
     reply_id = (await session.execute(_INSERT_REPLY, params)).scalar_one()
-    await session.execute(_TOUCH_ROOM[2 if with_user_message else 1], params)
+    await session.execute(_TOUCH_ROOM[2 if content is not None else 1], params)
     return Exchange(used, params["answers"], reply_id)
 
 
@@ -409,11 +421,9 @@ _STORE_RECEIPT = (
 )
 
 
-@cache
-def _claim_key(dialect: str) -> Any:
-    insert_ = postgresql.insert if dialect == "postgresql" else sqlite.insert
+def _claim_key(insert: Any) -> Any:
     return (
-        insert_(_keys)
+        insert(_keys)
         .values(
             user_id=bindparam("key_user", type_=BigIntId),
             key=bindparam("key_text", type_=_keys.c.key.type),
@@ -427,6 +437,7 @@ def _claim_key(dialect: str) -> Any:
 
 async def claim_idempotency_key(
     session: AsyncSession,
+    sql: ChatStatements,
     *,
     user_id: int,
     room_id: int,
@@ -439,8 +450,7 @@ async def claim_idempotency_key(
     transaction ends."""
     params = {"key_user": user_id, "key_text": key, "room_id": room_id, "now": now}
     await session.execute(_EXPIRED_KEY, {**params, "cutoff": now - window})
-    stmt = _claim_key(session.get_bind().dialect.name)
-    inserted: int | None = (await session.execute(stmt, params)).scalar_one_or_none()
+    inserted: int | None = (await session.execute(sql.claim_key, params)).scalar_one_or_none()
     return inserted
 
 
@@ -585,19 +595,24 @@ class ClaimedReply:
     turns: list[tuple[str, str]]  # (role, content) before the reply, newest first
 
 
-async def claim_reply(
+async def _claim_reply_postgresql(
     session: AsyncSession, *, reply_id: int, now: datetime, model: str
 ) -> ClaimedReply | None:
-    """Take a queued reply (None: nothing to take) and read its room and conversation, in an
-    autocommit session: the claim is committed on its own before the reads."""
+    """ChatStatements.claim_reply on PostgreSQL: the claim and the reads in one statement."""
     params = {"reply_id": reply_id, "now": now, "model_name": model}
-    if session.get_bind().dialect.name == "postgresql":
-        row = (await session.execute(_CLAIM_POSTGRESQL, params)).one_or_none()
-        if row is None:
-            return None
-        room = ReplyRoom(*row[4:8]) if row[4] is not None else None
-        turns = list(zip(row[8] or (), row[9] or (), strict=True))
-        return ClaimedReply(row[0], row[1], row[2], row[3], room, turns)
+    row = (await session.execute(_CLAIM_POSTGRESQL, params)).one_or_none()
+    if row is None:
+        return None
+    room = ReplyRoom(*row[4:8]) if row[4] is not None else None
+    turns = list(zip(row[8] or (), row[9] or (), strict=True))
+    return ClaimedReply(row[0], row[1], row[2], row[3], room, turns)
+
+
+async def _claim_reply_sqlite(
+    session: AsyncSession, *, reply_id: int, now: datetime, model: str
+) -> ClaimedReply | None:
+    """ChatStatements.claim_reply on SQLite: the claim committed on its own, then the reads."""
+    params = {"reply_id": reply_id, "now": now, "model_name": model}
     claimed = (await session.execute(_CLAIM, params)).one_or_none()
     await session.commit()
     if claimed is None:
@@ -657,3 +672,59 @@ async def requeue_stuck_replies(
         select(Chatroom.user_id).where(Chatroom.id.in_(rooms)).distinct()
     )
     return [(reply_id, room_id) for reply_id, room_id in stale], list(owners.scalars())
+
+
+# --- the statements that differ between the two databases ---------------------------------
+
+
+class InsertExchange(Protocol):
+    async def __call__(
+        self,
+        session: AsyncSession,
+        slot: dict[str, Any],
+        *,
+        room_id: int,
+        now: datetime,
+        content: str | None = None,
+        reply_to: int | None = None,
+    ) -> Exchange | None:
+        """Take a quota slot and, if it was taken, insert the user message `content` (or, for
+        a retry, none: the reply answers `reply_to`) and a queued reply, and move the room's
+        counters. None when the slot was not taken (nothing is written). `slot` is
+        Quota.slot_params(...); the caller judges the count (Quota.admit) and rolls back on a
+        refusal."""
+
+
+class ClaimReply(Protocol):
+    async def __call__(
+        self, session: AsyncSession, *, reply_id: int, now: datetime, model: str
+    ) -> ClaimedReply | None:
+        """Take a queued reply (None: nothing to take) and read its room and conversation, in
+        an autocommit session: the claim is committed on its own before the reads."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChatStatements:
+    """The chat domain's statements for one database, chosen once by services.py: the domain
+    code never asks which database it runs on."""
+
+    insert_exchange: InsertExchange
+    claim_reply: ClaimReply
+    claim_key: Any  # the idempotency key's INSERT ... ON CONFLICT DO NOTHING RETURNING id
+    # PostgreSQL: a send without a key is ONE statement on a Core connection
+    # (`send_to_owned_room`); SQLite runs it in a session like any other send.
+    one_statement_send: bool
+
+
+POSTGRESQL = ChatStatements(
+    insert_exchange=_insert_exchange_postgresql,
+    claim_reply=_claim_reply_postgresql,
+    claim_key=_claim_key(postgresql.insert),
+    one_statement_send=True,
+)
+SQLITE = ChatStatements(
+    insert_exchange=_insert_exchange_sqlite,
+    claim_reply=_claim_reply_sqlite,
+    claim_key=_claim_key(sqlite.insert),
+    one_statement_send=False,
+)

@@ -109,8 +109,20 @@ class MessageSender:
         chatrooms: ChatroomCache,
         streams: ReplyStream,
         cache: Cache,
+        statements: repo.ChatStatements,
+        enqueue_with_invalidation: bool = False,
     ) -> None:
+        """`enqueue_with_invalidation`: the queue and the chatroom cache are both on Redis
+        (services.py), so a send's job goes in its invalidation's transaction."""
         self.database = database
+        self.sql = statements
+        self._announce = (
+            self._announce_together if enqueue_with_invalidation else self._announce_apart
+        )
+        # Chosen once, here: a send without a key is one statement where the database allows.
+        self._send_new = (
+            self._send_one_statement if statements.one_statement_send else self._send_in_session
+        )
         self.settings = settings
         self.clock = clock
         self.quota = quota
@@ -136,47 +148,74 @@ class MessageSender:
             raise InvalidIdempotencyKey()
         now = self.clock.now()
         tier = tier_of(user, now, self.settings)
-        if idempotency_key is None and self.database.engine.dialect.name == "postgresql":
-            # A Core connection, no ORM session: BEGIN, the statement, COMMIT (a refusal by
-            # the daily limit or the throttle rolls it back).
-            async with self.database.engine.connect() as conn, conn.begin():
-                found, exchange = await repo.send_to_owned_room(
-                    conn,
-                    self.quota.slot_params(user.id, tier, now),
-                    user_id=user.id,
-                    room_id=room_id,
-                    now=now,
-                    content=content,
-                )
-                if not found:
-                    raise ChatroomNotFound()
-                structlog.contextvars.bind_contextvars(chatroom_id=room_id)
-                exchange, quota = await self._admit(exchange, user.id, tier, now)
-            receipt = self._send_receipt(room_id, content, exchange, now)
+        if idempotency_key is None:
+            receipt, quota, reply_id = await self._send_new(user.id, tier, room_id, content, now)
         else:
-            async with self.database.sessionmaker() as session:
-                found_room(await repo.owned_room_view(session, user.id, room_id))
-                key_row: int | None = None
-                if idempotency_key is not None:
-                    replay = await self._claim_key(session, user.id, room_id, idempotency_key, now)
-                    if isinstance(replay, SendReceipt):
-                        sent = replay.user_message
-                        if sent.chatroom_id != room_id or sent.content != content:
-                            # Not a retry of that send: answering its receipt would drop this
-                            # message without a word (draft-ietf-httpapi-idempotency-key-header).
-                            raise IdempotencyKeyReused()
-                        quota = await self.quota.state(session, user.id, tier, now)
-                        return replay, quota
-                    key_row = replay
-                exchange, quota = await self._take_slot(
-                    session, user.id, tier, now, room_id, content=content
-                )
-                receipt = self._send_receipt(room_id, content, exchange, now)
-                if key_row is not None:
-                    await repo.store_receipt(session, key_row, receipt.model_dump_json())
-                await session.commit()
-        await self._announce(user.id, exchange.reply_id)
+            receipt, quota, reply_id = await self._send_keyed(
+                user.id, tier, room_id, content, now, idempotency_key
+            )
+        if reply_id is not None:  # a replay spends nothing and announces nothing
+            await self._announce(user.id, reply_id)
         return receipt, quota
+
+    async def _send_one_statement(
+        self, user_id: int, tier: Tier, room_id: int, content: str, now: datetime
+    ) -> tuple[SendReceipt, QuotaState, int | None]:
+        """PostgreSQL, no key: a Core connection, no ORM session: BEGIN, the statement, COMMIT
+        (a refusal by the daily limit or the throttle rolls it back)."""
+        async with self.database.engine.connect() as conn, conn.begin():
+            found, exchange = await repo.send_to_owned_room(
+                conn,
+                self.quota.slot_params(user_id, tier, now),
+                user_id=user_id,
+                room_id=room_id,
+                now=now,
+                content=content,
+            )
+            if not found:
+                raise ChatroomNotFound()
+            structlog.contextvars.bind_contextvars(chatroom_id=room_id)
+            exchange, quota = await self._admit(exchange, user_id, tier, now)
+        return self._send_receipt(room_id, content, exchange, now), quota, exchange.reply_id
+
+    async def _send_in_session(
+        self, user_id: int, tier: Tier, room_id: int, content: str, now: datetime
+    ) -> tuple[SendReceipt, QuotaState, int | None]:
+        return await self._send_keyed(user_id, tier, room_id, content, now, None)
+
+    async def _send_keyed(
+        self,
+        user_id: int,
+        tier: Tier,
+        room_id: int,
+        content: str,
+        now: datetime,
+        idempotency_key: str | None,
+    ) -> tuple[SendReceipt, QuotaState, int | None]:
+        """The steps in a session of their own; with a key, a replay answers the stored
+        receipt (its reply id None: nothing to announce)."""
+        async with self.database.sessionmaker() as session:
+            found_room(await repo.owned_room_view(session, user_id, room_id))
+            key_row: int | None = None
+            if idempotency_key is not None:
+                replay = await self._claim_key(session, user_id, room_id, idempotency_key, now)
+                if isinstance(replay, SendReceipt):
+                    sent = replay.user_message
+                    if sent.chatroom_id != room_id or sent.content != content:
+                        # Not a retry of that send: answering its receipt would drop this
+                        # message without a word (draft-ietf-httpapi-idempotency-key-header).
+                        raise IdempotencyKeyReused()
+                    quota = await self.quota.state(session, user_id, tier, now)
+                    return replay, quota, None
+                key_row = replay
+            exchange, quota = await self._take_slot(
+                session, user_id, tier, now, room_id, content=content
+            )
+            receipt = self._send_receipt(room_id, content, exchange, now)
+            if key_row is not None:
+                await repo.store_receipt(session, key_row, receipt.model_dump_json())
+            await session.commit()
+        return receipt, quota, exchange.reply_id
 
     async def retry(
         self, session: AsyncSession, user: SignedInUser, room: RoomView, message: Message
@@ -307,7 +346,7 @@ class MessageSender:
         daily limit spends no per-minute slot, and one refused by the throttle rolls the quota
         upsert and the inserts back with its transaction.
         """
-        exchange = await repo.insert_exchange(
+        exchange = await self.sql.insert_exchange(
             session,
             self.quota.slot_params(user_id, tier, now),
             room_id=room_id,
@@ -362,7 +401,7 @@ class MessageSender:
             reply=reply,
         )
 
-    async def _announce(self, user_id: int, reply_id: int) -> None:
+    async def _announce_apart(self, user_id: int, reply_id: int) -> None:
         """After the commit of a send or retry: the job is enqueued and the user's cached
         chatrooms are invalidated (a failure of either is logged; the sweeper enqueues a
         reply whose job was lost)."""
@@ -371,22 +410,24 @@ class MessageSender:
         async def enqueue() -> None:
             await self.queue.enqueue(reply_id)
 
-        if self.queue.queues_on_redis and self.chatrooms.on_redis:
-            # Production: the job goes in the invalidation's transaction, one round trip.
-            async def enqueue_into(pipe: Pipeline) -> None:
-                with kicks_into(pipe):
-                    await enqueue()
-
-            async def both() -> None:
-                await self.chatrooms.invalidate(user_id, along=enqueue_into)
-
-            await run_after_commit([both])
-            return
-
         async def invalidate() -> None:
             await self.chatrooms.invalidate(user_id)
 
         await run_after_commit([enqueue, invalidate])
+
+    async def _announce_together(self, user_id: int, reply_id: int) -> None:
+        """`_announce_apart` when the jobs and the cache are both on Redis: the job goes in
+        the invalidation's transaction, one round trip."""
+        structlog.contextvars.bind_contextvars(reply_id=reply_id)
+
+        async def enqueue_into(pipe: Pipeline) -> None:
+            with kicks_into(pipe):
+                await self.queue.enqueue(reply_id)
+
+        async def both() -> None:
+            await self.chatrooms.invalidate(user_id, along=enqueue_into)
+
+        await run_after_commit([both])
 
     async def _claim_key(
         self, session: AsyncSession, user_id: int, room_id: int, key: str, now: datetime
@@ -398,6 +439,7 @@ class MessageSender:
         """
         key_id = await repo.claim_idempotency_key(
             session,
+            self.sql,
             user_id=user_id,
             room_id=room_id,
             key=key,

@@ -3,12 +3,12 @@ statement on PostgreSQL, chat/repository.py), the day's count, the give-back."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import date
 from functools import cache
 from typing import Any, cast
 
 from sqlalchemy import Date, Integer, Table, bindparam, literal_column, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gemini_backend.core.db import BigIntId
@@ -18,15 +18,15 @@ _usage = cast(Table, DailyUsage.__table__)
 
 
 @cache
-def daily_slot_upsert(dialect: str, limited: bool, *, only_if: Any = None) -> Any:
+def daily_slot_upsert(insert: Callable[..., Any], limited: bool, *, only_if: Any = None) -> Any:
     """`INSERT ... ON CONFLICT (user_id, day) DO UPDATE SET count = count + 1 [WHERE count <
-    :slot_limit] RETURNING count` for this dialect. Bound per execution: `slot_user`,
-    `slot_day` and, when `limited`, `slot_limit`. Built once per set of arguments.
+    :slot_limit] RETURNING count`, built with `insert` (the dialect's own: the caller passes
+    `postgresql.insert` or `sqlite.insert` of `sqlalchemy.dialects`). Bound per execution:
+    `slot_user`, `slot_day` and, when `limited`, `slot_limit`. Built once per set of arguments.
 
     `only_if`: a selectable (a CTE of the same statement); the slot is taken only when it has
     a row (`INSERT ... SELECT ... FROM only_if`), else nothing is written and no row comes back.
     """
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     user = bindparam("slot_user", type_=BigIntId)
     day = bindparam("slot_day", type_=Date())
     if only_if is None:

@@ -69,7 +69,7 @@ class Quota:
         return midnight.astimezone(now.tzinfo)
 
     def slot_params(self, user_id: int, tier: Tier, now: datetime) -> dict[str, Any]:
-        """The values of `daily_slot_upsert(dialect, limited=limit is not None)`."""
+        """The values of `daily_slot_upsert(insert, limited=limit is not None)`."""
         params: dict[str, Any] = {"slot_user": user_id, "slot_day": self.day_of(now)}
         limit = self.limit_for(tier)
         if limit is not None:
