@@ -12,7 +12,7 @@ BIN := $(VENV)/bin
 help:
 	@echo "make run     set up .venv, migrate, start the API (embedded mode by default)"
 	@echo "make test    set up .venv with dev tools, run the suite embedded and on PostgreSQL + Redis"
-	@echo "make lint    ruff + mypy"
+	@echo "make lint    ruff + mypy + the import contracts (pyproject.toml) + the mode-check grep"
 	@echo "make postman run the Postman collection with newman against a fresh throwaway server"
 	@echo "make soak    the long reliability runs (GB_SOAK=1), both modes"
 	@echo "make bench   benchmarks (one run, < 15 min): throughput, latency, SSE streams, replies; see bench/README.md"
@@ -57,6 +57,8 @@ lint: $(VENV)/.dev-deps
 	$(BIN)/ruff check src tests migrations scripts bench
 	$(BIN)/ruff format --check src tests migrations scripts bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/python scripts/check_modes.py
 
 format: $(VENV)/.dev-deps
 	$(BIN)/ruff format src tests migrations scripts bench

@@ -64,11 +64,13 @@ async def read_sse(
 
 async def drop_reply_stream(app: Any, reply_id: int) -> None:
     """Remove a reply's stream as if it had expired: a reader must fall back to the database."""
-    await app.state.reply_streams.clear(reply_id)
-    if hasattr(app.state.reply_streams, "_buffers"):
-        app.state.reply_streams._buffers.pop(reply_id, None)
+    await app.state.services.reply_streams.clear(reply_id)
+    if hasattr(app.state.services.reply_streams, "_buffers"):
+        app.state.services.reply_streams._buffers.pop(reply_id, None)
     else:
-        await app.state.redis.delete(f"{app.state.settings.redis_key_prefix}:reply:{reply_id}")
+        await app.state.services.redis.delete(
+            f"{app.state.services.settings.redis_key_prefix}:reply:{reply_id}"
+        )
 
 
 async def insert_queued_reply(app: Any, room_id: int, reply_to: int | None) -> int:
@@ -76,8 +78,8 @@ async def insert_queued_reply(app: Any, room_id: int, reply_to: int | None) -> i
     worker has its job and no change notice announces it."""
     from gemini_backend.chat.models import Message
 
-    now = app.state.clock.now()
-    async with app.state.database.sessionmaker() as session:
+    now = app.state.services.clock.now()
+    async with app.state.services.database.sessionmaker() as session:
         queued = Message(
             chatroom_id=room_id,
             role="assistant",

@@ -20,9 +20,11 @@ def settings_overrides():
 
 async def test_a_request_on_a_connection_the_server_closed_succeeds(app, client):
     tokens = await sign_in(client)
-    async with app.state.database.engine.connect() as conn:
+    async with app.state.services.database.engine.connect() as conn:
         pid = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one()
-    url = app.state.settings.resolved_database_url.replace("postgresql+asyncpg", "postgresql")
+    url = app.state.services.settings.resolved_database_url.replace(
+        "postgresql+asyncpg", "postgresql"
+    )
     admin = await asyncpg.connect(url)
     try:
         # Waits (up to 5 s) until that backend has exited and closed its socket.
@@ -31,5 +33,5 @@ async def test_a_request_on_a_connection_the_server_closed_succeeds(app, client)
         await admin.close()
     response = await client.post("/chatroom", json={"name": "after"}, headers=bearer(tokens))
     assert response.status_code == 201, response.text
-    async with app.state.database.engine.connect() as conn:
+    async with app.state.services.database.engine.connect() as conn:
         assert (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one() != pid

@@ -12,7 +12,7 @@ from taskiq import InMemoryBroker
 from gemini_backend.auth.models import AuthGuard, OtpCode, RefreshToken
 from gemini_backend.chat.models import IdempotencyKey
 from gemini_backend.worker import housekeeping
-from gemini_backend.worker.runtime import ReplyPipeline
+from gemini_backend.worker.runtime import InProcessReplyPipeline
 from tests.helpers import bearer, new_number, request_otp, sign_in
 
 DAY = 86400
@@ -20,7 +20,7 @@ CLIENT_IP = "198.51.100.7"  # the test client's (conftest.py)
 
 
 async def rows(app, column):
-    async with app.state.database.sessionmaker() as session:
+    async with app.state.services.database.sessionmaker() as session:
         return set((await session.execute(select(column))).scalars())
 
 
@@ -62,7 +62,7 @@ async def test_rows_past_their_window_are_purged_and_live_ones_kept(client, app,
     await idempotent_send(client, bearer(bob), "new-key")
     assert len(await rows(app, RefreshToken.id)) == 3
 
-    purged = await app.state.pipeline.housekeeping.purge()
+    purged = await app.state.services.pipeline.housekeeping.purge()
 
     # The failed numbers' codes go too; each failure has a guard per number and per address.
     assert purged == {"otp_codes": 2, "refresh_tokens": 2, "auth_guards": 2, "idempotency_keys": 1}
@@ -76,7 +76,7 @@ async def test_rows_past_their_window_are_purged_and_live_ones_kept(client, app,
     assert again.status_code == 200
     gone = await client.post("/auth/refresh", json={"refresh_token": alice["refresh_token"]})
     assert gone.json()["code"] == "invalid_refresh_token"
-    assert (await app.state.pipeline.housekeeping.purge())["refresh_tokens"] == 0
+    assert (await app.state.services.pipeline.housekeeping.purge())["refresh_tokens"] == 0
 
 
 @pytest.mark.parametrize("settings_overrides", [{"otp_ttl_seconds": 60, "otp_resend_seconds": 120}])
@@ -85,11 +85,11 @@ async def test_a_code_inside_its_resend_cooldown_is_kept(client, app, clock):
     number = new_number()
     await request_otp(client, number)
     clock.advance(61)
-    assert (await app.state.pipeline.housekeeping.purge())["otp_codes"] == 0
+    assert (await app.state.services.pipeline.housekeeping.purge())["otp_codes"] == 0
     early = await client.post("/auth/send-otp", json={"mobile_number": number})
     assert early.json()["code"] == "otp_resend_too_soon"
     clock.advance(60)
-    assert (await app.state.pipeline.housekeeping.purge())["otp_codes"] == 1
+    assert (await app.state.services.pipeline.housekeeping.purge())["otp_codes"] == 1
 
 
 async def test_the_purge_deletes_in_bounded_batches(client, app, clock, monkeypatch):
@@ -104,16 +104,16 @@ async def test_the_purge_deletes_in_bounded_batches(client, app, clock, monkeypa
         if statement.startswith("DELETE FROM idempotency_keys"):
             deletes.append(statement)
 
-    engine = app.state.database.engine.sync_engine
+    engine = app.state.services.database.engine.sync_engine
     event.listen(engine, "before_cursor_execute", record)
     try:
-        purged = await app.state.pipeline.housekeeping.purge()
+        purged = await app.state.services.pipeline.housekeeping.purge()
     finally:
         event.remove(engine, "before_cursor_execute", record)
     assert purged["idempotency_keys"] == 5
     assert len(deletes) == 3  # 2 + 2 + 1, each its own transaction
     assert "LIMIT" in deletes[0]
-    async with app.state.database.sessionmaker() as session:
+    async with app.state.services.database.sessionmaker() as session:
         assert (await session.execute(select(func.count(IdempotencyKey.id)))).scalar_one() == 0
 
 
@@ -127,10 +127,13 @@ class RecordingHousekeeping:
 
 
 async def test_the_sweeper_runs_the_purge(app):
-    assert app.state.pipeline.housekeeping is not None  # wired by Services.build
+    assert app.state.services.pipeline.housekeeping is not None  # wired by Services.build
     recording = RecordingHousekeeping()
-    pipeline = ReplyPipeline(
-        app.state.settings, InMemoryBroker(), app.state.pipeline.generator, recording
+    pipeline = InProcessReplyPipeline(
+        app.state.services.settings,
+        InMemoryBroker(),
+        app.state.services.pipeline.generator,
+        recording,
     )
     await pipeline.start(run_sweeper=True)
     try:

@@ -5,32 +5,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import structlog
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from gemini_backend.auth.delivery import create_otp_sender
-from gemini_backend.auth.phone import normalize_test_number
 from gemini_backend.auth.router import router as auth_router
-from gemini_backend.auth.service import AuthDeps
 from gemini_backend.billing import mock as stripe_mock
 from gemini_backend.billing.router import router as billing_router
 from gemini_backend.chat.fastpath import CachedReadMiddleware
-from gemini_backend.chat.replies import StreamSlots
 from gemini_backend.chat.router import router as chat_router
-from gemini_backend.chat.sending import MessageSender
 from gemini_backend.config import Settings
 from gemini_backend.core.client_address import ClientAddressMiddleware, parse_networks
 from gemini_backend.core.clock import Clock, SystemClock
 from gemini_backend.core.errors import install_error_handlers
-from gemini_backend.core.heap import settle_heap
+from gemini_backend.core.heap import settle_heap as settle_heap_now
 from gemini_backend.core.logging import configure_logging, log_level
 from gemini_backend.core.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from gemini_backend.core.openapi import install_openapi
-from gemini_backend.core.security import PasswordHasher, TokenCodec
 from gemini_backend.ops.router import router as ops_router
 from gemini_backend.quota.router import router as quota_router
 from gemini_backend.services import Services
@@ -61,52 +55,41 @@ def create_app(
     settings = settings or Settings()
     clock = clock or SystemClock()
     configure_logging(settings)
-    test_numbers = {
-        normalize_test_number(number, settings.default_phone_region): code
-        for number, code in settings.otp_test_numbers.items()
-    }
+    app = FastAPI(
+        title="Gemini-style chat backend",
+        version="0.1.0",
+        description=(
+            "Mobile OTP sign-in, chatrooms with AI replies, Basic/Pro subscriptions. "
+            'Errors are always `{"detail", "code"}`.'
+        ),
+        lifespan=_lifespan(settings, clock, settle_heap=settle_heap_at_startup),
+        redirect_slashes=False,
+        docs_url="/docs" if settings.docs_served else None,
+        redoc_url="/redoc" if settings.docs_served else None,
+        openapi_url="/openapi.json" if settings.docs_served else None,
+        telemetry=(
+            None
+            if settings.opentelemetry
+            else {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}
+        ),
+    )
+    install_error_handlers(app)
+    _add_routes(app, settings)
+    install_openapi(app)
+    _add_middleware(app, settings)
+    return app
+
+
+def _lifespan(
+    settings: Settings, clock: Clock, *, settle_heap: bool
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """The process's services: built (Services.build) and started before the first request,
+    closed after the last."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = Services.build(settings, clock)
-        state = app.state
-        state.services = services
-        state.settings = settings
-        state.clock = clock
-        state.database = services.database
-        state.redis = services.redis
-        state.principals = services.principals
-        state.throttle = services.throttle
-        state.cache = services.cache
-        state.chatroom_cache = services.chatroom_cache
-        state.reply_streams = services.reply_streams
-        state.stream_slots = StreamSlots(settings.max_streams_per_user)
-        state.quota = services.quota
-        state.pipeline = services.pipeline
-        state.stripe = services.stripe
-        state.stripe_mock = services.stripe_mock
-        # Built once: a sender holds no per-request state (a send takes its own connection).
-        state.message_sender = MessageSender(
-            database=services.database,
-            settings=settings,
-            clock=clock,
-            quota=services.quota,
-            throttle=services.throttle,
-            pipeline=services.pipeline,
-            chatrooms=services.chatroom_cache,
-            streams=services.reply_streams,
-            cache=services.cache,
-        )
-        state.auth = AuthDeps(
-            settings=settings,
-            clock=clock,
-            hasher=PasswordHasher(settings.password_hash_concurrency, settings.password_hash_queue),
-            tokens=TokenCodec(settings.jwt_secret_value(), settings.access_token_ttl_seconds),
-            throttle=services.throttle,
-            test_numbers=test_numbers,
-            principals=services.principals,
-            otp_sender=create_otp_sender(settings),
-        )
+        app.state.services = services  # the app's only state (services.services_of)
         services.principals.start()
         services.chatroom_cache.start()
         embedded = not settings.is_production_mode
@@ -119,8 +102,8 @@ def create_app(
             except Exception:
                 # Start anyway (/ready reports the database); the periodic sweep retries.
                 log.exception("startup_sweep_failed")
-        if settle_heap_at_startup:
-            settle_heap()
+        if settle_heap:
+            settle_heap_now()
         log.info(
             "startup",
             event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
@@ -140,31 +123,13 @@ def create_app(
         try:
             yield
         finally:
-            try:
-                await state.auth.otp_sender.aclose()
-            finally:
-                await services.aclose()
+            await services.aclose()
             log.info("shutdown")
 
-    app = FastAPI(
-        title="Gemini-style chat backend",
-        version="0.1.0",
-        description=(
-            "Mobile OTP sign-in, chatrooms with AI replies, Basic/Pro subscriptions. "
-            'Errors are always `{"detail", "code"}`.'
-        ),
-        lifespan=lifespan,
-        redirect_slashes=False,
-        docs_url="/docs" if settings.docs_served else None,
-        redoc_url="/redoc" if settings.docs_served else None,
-        openapi_url="/openapi.json" if settings.docs_served else None,
-        telemetry=(
-            None
-            if settings.opentelemetry
-            else {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}
-        ),
-    )
-    install_error_handlers(app)
+    return lifespan
+
+
+def _add_routes(app: FastAPI, settings: Settings) -> None:
     # Routes are matched in this order, one after the other: the busiest routers come first.
     # (/health first: probed all the time; quota before chat: /chatroom/usage is not /{id})
     routers = [ops_router, users_router, quota_router, chat_router, auth_router, billing_router]
@@ -176,8 +141,9 @@ def create_app(
         # routers take no include-time options: their routes are complete as declared (paths
         # with the prefix, tags, responses), and /openapi.json is the same either way.
         app.router.routes.extend(router.routes)
-    install_openapi(app)
 
+
+def _add_middleware(app: FastAPI, settings: Settings) -> None:
     # Added last = outermost.
     app.add_middleware(CachedReadMiddleware)  # innermost: behind CORS and the request context
     if settings.cors_origins:
@@ -203,4 +169,3 @@ def create_app(
             hops=settings.trusted_proxy_hops,
             networks=parse_networks(settings.trusted_proxies),
         )
-    return app

@@ -1,4 +1,6 @@
-"""The long-lived objects of a process (API or worker), built once from the settings.
+"""The long-lived objects of a process (API or worker), built once from the settings: the
+composition root. The app's state holds only a `Services` (`app.state.services`); routes reach
+it through `services_of(request)` or the `ServicesDep` dependency.
 
 This is the one place that chooses between the embedded and the production implementations.
 """
@@ -6,27 +8,42 @@ This is the one place that chooses between the embedded and the production imple
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated, cast
 
+from fastapi import Depends
 from redis.asyncio import Redis
+from starlette.requests import HTTPConnection
+from taskiq import InMemoryBroker
 
 from gemini_backend.ai.base import Provider
 from gemini_backend.ai.factory import create_provider
+from gemini_backend.auth.delivery import create_otp_sender
+from gemini_backend.auth.phone import normalize_test_number
 from gemini_backend.auth.principals import Principals
+from gemini_backend.auth.service import AuthDeps
 from gemini_backend.billing.gateway import StripeGateway, create_gateway
 from gemini_backend.billing.mock import MockStripe
-from gemini_backend.chat.cache import ChatroomCache
+from gemini_backend.chat import repository as chat_repo
+from gemini_backend.chat.cache import ChatroomCache, MemoryLists, RedisLists
+from gemini_backend.chat.generation import ReplyGenerator
+from gemini_backend.chat.replies import StreamSlots
+from gemini_backend.chat.sending import MessageSender
 from gemini_backend.config import Settings
 from gemini_backend.core.cache import Cache, MemoryCache, RedisCache
 from gemini_backend.core.clock import Clock
 from gemini_backend.core.db import Database
-from gemini_backend.core.queue import create_broker
+from gemini_backend.core.queue import ResilientRedisStreamBroker, create_broker
 from gemini_backend.core.redis import create_redis
+from gemini_backend.core.security import PasswordHasher, TokenCodec
 from gemini_backend.core.streams import MemoryReplyStream, RedisReplyStream, ReplyStream
 from gemini_backend.core.throttle import Throttle
 from gemini_backend.quota.service import Quota
 from gemini_backend.worker.housekeeping import Housekeeping
-from gemini_backend.worker.replies import ReplyGenerator
-from gemini_backend.worker.runtime import ReplyPipeline
+from gemini_backend.worker.runtime import (
+    InProcessReplyPipeline,
+    ReplyPipeline,
+    StreamReplyPipeline,
+)
 
 
 @dataclass
@@ -46,6 +63,10 @@ class Services:
     stripe: StripeGateway | None
     # The built-in Stripe mock (served by the API when no Stripe key is set).
     stripe_mock: MockStripe | None
+    # The API's: a sender holds no per-request state (a send takes its own connection).
+    message_sender: MessageSender
+    auth: AuthDeps  # the password hasher, the token codec, the OTP sender
+    stream_slots: StreamSlots
 
     @classmethod
     def build(cls, settings: Settings, clock: Clock) -> Services:
@@ -61,12 +82,22 @@ class Services:
         provider = create_provider(settings)
         quota = Quota(settings)
         chatroom_cache = ChatroomCache(
-            cache,
+            RedisLists(redis, prefix) if redis is not None else MemoryLists(cache),
             settings.chatroom_cache_ttl,
             local_seconds=settings.chatroom_local_cache_seconds,
             redis=redis,
             prefix=prefix,
         )
+        principals = Principals(
+            database.autocommit_engine,
+            settings.principal_cache_seconds,
+            redis=redis,
+            channel=f"{prefix}:principal-changed",
+        )
+        throttle = Throttle.from_settings(settings)
+        # The one place that asks which database this is.
+        on_postgresql = database.engine.dialect.name == "postgresql"
+        chat_sql = chat_repo.POSTGRESQL if on_postgresql else chat_repo.SQLITE
         generator = ReplyGenerator(
             settings=settings,
             clock=clock,
@@ -77,30 +108,30 @@ class Services:
             cache=cache,
             quota=quota,
             chatrooms=chatroom_cache,
+            statements=chat_sql,
+        )
+        housekeeping = Housekeeping(settings, clock, database.sessionmaker)
+        broker = create_broker(settings)
+        pipeline: ReplyPipeline = (
+            StreamReplyPipeline(settings, broker, generator, housekeeping)
+            if isinstance(broker, ResilientRedisStreamBroker)
+            else InProcessReplyPipeline(
+                settings, cast(InMemoryBroker, broker), generator, housekeeping
+            )
         )
         return cls(
             settings=settings,
             clock=clock,
             database=database,
             redis=redis,
-            principals=Principals(
-                database.autocommit_engine,
-                settings.principal_cache_seconds,
-                redis=redis,
-                channel=f"{prefix}:principal-changed",
-            ),
-            throttle=Throttle.from_settings(settings),
+            principals=principals,
+            throttle=throttle,
             cache=cache,
             chatroom_cache=chatroom_cache,
             reply_streams=streams,
             provider=provider,
             quota=quota,
-            pipeline=ReplyPipeline(
-                settings,
-                create_broker(settings),
-                generator,
-                Housekeeping(settings, clock, database.sessionmaker),
-            ),
+            pipeline=pipeline,
             stripe=create_gateway(settings),
             stripe_mock=(
                 MockStripe(
@@ -109,9 +140,45 @@ class Services:
                 if settings.stripe_mock_enabled
                 else None
             ),
+            message_sender=MessageSender(
+                database=database,
+                settings=settings,
+                clock=clock,
+                quota=quota,
+                throttle=throttle,
+                queue=pipeline,
+                chatrooms=chatroom_cache,
+                streams=streams,
+                cache=cache,
+                statements=chat_sql,
+                # One round trip for the job and the invalidation when both are on Redis.
+                enqueue_with_invalidation=pipeline.queues_on_redis and redis is not None,
+            ),
+            auth=AuthDeps(
+                settings=settings,
+                clock=clock,
+                hasher=PasswordHasher(
+                    settings.password_hash_concurrency, settings.password_hash_queue
+                ),
+                tokens=TokenCodec(settings.jwt_secret_value(), settings.access_token_ttl_seconds),
+                throttle=throttle,
+                test_numbers={
+                    normalize_test_number(number, settings.default_phone_region): code
+                    for number, code in settings.otp_test_numbers.items()
+                },
+                principals=principals,
+                otp_sender=create_otp_sender(settings),
+            ),
+            stream_slots=StreamSlots(settings.max_streams_per_user),
         )
 
     async def aclose(self) -> None:
+        try:
+            await self.auth.otp_sender.aclose()
+        finally:
+            await self._close_clients()
+
+    async def _close_clients(self) -> None:
         await self.pipeline.stop()
         close_provider = getattr(self.provider, "aclose", None)
         if close_provider is not None:  # SDK clients own pooled HTTP connections
@@ -124,3 +191,16 @@ class Services:
         await self.database.dispose()
         if self.redis is not None:
             await self.redis.aclose()
+
+
+def services_of(connection: HTTPConnection) -> Services:
+    """The app's services (set by main.py's lifespan): the one way a route reaches them."""
+    services: Services = connection.app.state.services
+    return services
+
+
+async def _services(connection: HTTPConnection) -> Services:
+    return services_of(connection)
+
+
+ServicesDep = Annotated[Services, Depends(_services)]

@@ -56,7 +56,7 @@ async def with_password(client: httpx.AsyncClient, password: str = PASSWORD) -> 
 
 
 async def guard_failures(app: Any, number: str) -> dict[str, int]:
-    async with app.state.database.sessionmaker() as session:
+    async with app.state.services.database.sessionmaker() as session:
         rows = (
             await session.execute(
                 select(AuthGuard.subject, AuthGuard.failures).where(
@@ -68,7 +68,7 @@ async def guard_failures(app: Any, number: str) -> dict[str, int]:
 
 
 async def otp_row(app: Any, number: str) -> OtpCode | None:
-    async with app.state.database.sessionmaker() as session:
+    async with app.state.services.database.sessionmaker() as session:
         row: OtpCode | None = (
             await session.execute(select(OtpCode).where(OtpCode.mobile_number == number))
         ).scalar_one_or_none()
@@ -215,7 +215,7 @@ class TestLockoutAsAWeapon:
         async with client_from(app, "203.0.113.66") as attacker:
             for i in range(1, 6):
                 assert (await verify(attacker, number, wrong(otp, i))).status_code == 401
-            app.state.clock.advance(31)  # a fresh code for five more guesses
+            app.state.services.clock.advance(31)  # a fresh code for five more guesses
             fresh = (await attacker.post("/auth/send-otp", json={"mobile_number": number})).json()[
                 "otp"
             ]
@@ -228,7 +228,7 @@ class TestLockoutAsAWeapon:
                 await attacker.post("/auth/send-otp", json={"mobile_number": number})
             ).status_code == 429
         # The owner, from their own address, still gets a code and signs in.
-        app.state.clock.advance(31)
+        app.state.services.clock.advance(31)
         own = await request_otp(client, number)
         assert (await verify(client, number, own)).status_code == 200
 
@@ -238,7 +238,7 @@ class TestLockoutAsAWeapon:
             otp = await request_otp(first, number)
             for i in range(1, 6):
                 assert (await verify(first, number, wrong(otp, i))).status_code == 401
-        app.state.clock.advance(31)
+        app.state.services.clock.advance(31)
         async with client_from(app, "2001:db8:1:2::99") as second:  # the same /64
             fresh = await request_otp(second, number)
             for i in range(1, 6):
@@ -247,19 +247,19 @@ class TestLockoutAsAWeapon:
             assert locked.status_code == 429
             assert locked.json()["code"] == "too_many_attempts"
         async with client_from(app, "2001:db8:1:3::10") as elsewhere:  # another /64
-            app.state.clock.advance(31)
+            app.state.services.clock.advance(31)
             assert (
                 await elsewhere.post("/auth/send-otp", json={"mobile_number": number})
             ).status_code == 200
 
     async def test_many_addresses_together_lock_the_number_at_the_higher_threshold(self, app):
         number = new_number()
-        app.state.settings.otp_number_lockout_threshold = 12  # type: ignore[misc]
-        app.state.settings.otp_sends_per_number_per_hour = 100  # type: ignore[misc]
+        app.state.services.settings.otp_number_lockout_threshold = 12  # type: ignore[misc]
+        app.state.services.settings.otp_sends_per_number_per_hour = 100  # type: ignore[misc]
         statuses = []
         for i in range(13):
             async with client_from(app, f"203.0.113.{i + 1}") as c:
-                app.state.clock.advance(31)
+                app.state.services.clock.advance(31)
                 otp = (await c.post("/auth/send-otp", json={"mobile_number": number})).json()
                 if "otp" in otp:
                     statuses.append((await verify(c, number, wrong(otp["otp"]))).status_code)
@@ -276,17 +276,17 @@ class TestLockoutAsAWeapon:
         assert (await verify(client, number, otp)).status_code == 200
 
     async def test_refused_sends_do_not_spend_the_number_budget(self, app, client):
-        app.state.settings.otp_sends_per_number_per_hour = 2  # type: ignore[misc]
+        app.state.services.settings.otp_sends_per_number_per_hour = 2  # type: ignore[misc]
         number = new_number()
         await request_otp(client, number)
         for _ in range(5):
             too_soon = await client.post("/auth/send-otp", json={"mobile_number": number})
             assert too_soon.json()["code"] == "otp_resend_too_soon"
-        app.state.clock.advance(31)
+        app.state.services.clock.advance(31)
         assert (
             await client.post("/auth/send-otp", json={"mobile_number": number})
         ).status_code == 200
-        app.state.clock.advance(31)
+        app.state.services.clock.advance(31)
         spent = await client.post("/auth/send-otp", json={"mobile_number": number})
         assert spent.status_code == 429
         assert spent.json()["code"] == "rate_limited"
@@ -308,7 +308,7 @@ class CountingHasher(PasswordHasher):
 async def test_reset_with_a_wrong_code_and_signup_of_a_taken_number_hash_nothing(app, client):
     number = await with_password(client)
     counting = CountingHasher()
-    app.state.auth = _replace(app.state.auth, hasher=counting)
+    app.state.services.auth = _replace(app.state.services.auth, hasher=counting)
     await client.post("/auth/forgot-password", json={"mobile_number": number})
     wrong_reset = await client.post(
         "/auth/reset-password",
@@ -338,7 +338,9 @@ async def test_a_full_hashing_queue_answers_503_at_once(app, client):
     number = await with_password(client)
     blocking = BlockingArgon2()
     # One hash at a time and none waiting: while one runs, the next request is refused.
-    app.state.auth = _replace(app.state.auth, hasher=PasswordHasher(1, 0, hasher=blocking))
+    app.state.services.auth = _replace(
+        app.state.services.auth, hasher=PasswordHasher(1, 0, hasher=blocking)
+    )
     running = asyncio.ensure_future(login(client, number, "guess-one-xx-1"))
     assert await asyncio.to_thread(blocking.started.acquire, True, 30)
     busy = await login(client, number, "guess-two-xx-2")

@@ -173,7 +173,7 @@ async def test_success_resets_the_failure_count(client, clock):
 async def test_code_is_stored_only_as_a_keyed_hash(client, app):
     number = new_number()
     otp = await request_otp(client, number)
-    async with app.state.database.sessionmaker() as session:
+    async with app.state.services.database.sessionmaker() as session:
         row = (
             await session.execute(select(OtpCode).where(OtpCode.mobile_number == number))
         ).scalar_one()

@@ -163,7 +163,7 @@ async def assert_password_is(client: httpx.AsyncClient, number: str, good: str, 
 
 
 async def count_users(app: Any) -> int:
-    async with app.state.database.sessionmaker() as session:
+    async with app.state.services.database.sessionmaker() as session:
         return (await session.execute(select(func.count()).select_from(User))).scalar_one()
 
 
@@ -316,7 +316,7 @@ async def test_login_failures_are_indistinguishable(client):
 
 async def test_stored_password_hash_is_argon2id(client, app):
     number = await registered(client)
-    async with app.state.database.sessionmaker() as session:
+    async with app.state.services.database.sessionmaker() as session:
         stored = (
             await session.execute(select(User.password_hash).where(User.mobile_number == number))
         ).scalar_one()

@@ -37,7 +37,7 @@ async def api_process(settings: Settings, clock: Any) -> AsyncIterator[Any]:
     application = create_app(settings, clock=clock)
     async with application.router.lifespan_context(application):
         if settings.is_production_mode:
-            await application.state.principals.wait_subscribed()
+            await application.state.services.principals.wait_subscribed()
         yield application
 
 
@@ -49,7 +49,7 @@ def client_of(application: Any) -> httpx.AsyncClient:
 @contextlib.contextmanager
 def counting_statements(application: Any) -> Any:
     seen: list[str] = []
-    engine = application.state.database.engine.sync_engine
+    engine = application.state.services.database.engine.sync_engine
 
     def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         seen.append(statement)
@@ -71,8 +71,8 @@ async def until(check: Callable[[], Any], attempts: int = 2000) -> None:
 
 
 async def test_a_signed_in_request_reads_nothing_once_the_user_is_cached(app, client):
-    if app.state.settings.is_production_mode:
-        await app.state.principals.wait_subscribed()
+    if app.state.services.settings.is_production_mode:
+        await app.state.services.principals.wait_subscribed()
     tokens = await sign_in(client)
     assert (await client.get("/user/me", headers=bearer(tokens))).status_code == 200
     with counting_statements(app) as statements:
@@ -152,11 +152,11 @@ async def test_a_process_that_lost_its_notices_does_not_trust_its_cache(make_set
             auth = bearer(tokens)
             assert (await client.get("/user/me", headers=auth)).status_code == 200
             # Revoked behind the service's back: no notice is ever sent for this change.
-            async with app.state.database.engine.begin() as conn:
+            async with app.state.services.database.engine.begin() as conn:
                 await conn.execute(update(AuthSession).values(revoked_at=clock.now()))
             assert (await client.get("/user/me", headers=auth)).status_code == 200  # cached
 
-            principals = app.state.principals
+            principals = app.state.services.principals
             before = principals.subscriptions
             proxy.cut()
             await principals.wait_subscribed(more_than=before)

@@ -218,7 +218,7 @@ async def test_token_from_a_deleted_user_is_refused(client, app):
     from gemini_backend.users.models import User
 
     tokens = await sign_in(client)
-    async with app.state.database.sessionmaker() as session:
+    async with app.state.services.database.sessionmaker() as session:
         await session.execute(delete(User).where(User.id == tokens["user"]["id"]))
         await session.commit()
     assert_401(await me(client, tokens["access_token"]), "invalid_token")

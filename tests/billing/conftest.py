@@ -52,7 +52,7 @@ async def live(app: Any, live_port: int) -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture
 def service_key(app: Any) -> str:
     """The one API key the built-in mock accepts (the service's own)."""
-    return mock_api_key(app.state.settings)
+    return mock_api_key(app.state.services.settings)
 
 
 @pytest.fixture
@@ -62,7 +62,7 @@ async def sdk(app: Any, service_key: str) -> AsyncIterator[stripe.StripeClient]:
     http = stripe.HTTPXClient()
     yield stripe.StripeClient(
         service_key,
-        base_addresses={"api": f"{app.state.settings.base_url}/mock-stripe"},
+        base_addresses={"api": f"{app.state.services.settings.base_url}/mock-stripe"},
         http_client=http,
     )
     await http.close_async()

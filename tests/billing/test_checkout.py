@@ -274,7 +274,7 @@ async def test_a_paid_checkout_whose_events_are_late_is_not_sold_twice(live, app
     async def delayed(*_args: Any) -> None:
         return None  # Stripe has taken the payment; its events are still on their way
 
-    monkeypatch.setattr(app.state.stripe_mock, "_post", delayed)
+    monkeypatch.setattr(app.state.services.stripe_mock, "_post", delayed)
     await pay(live, started)
     assert (await status_of(live, auth))["tier"] == "basic"
     again = await live.post("/subscribe/pro", headers=auth)

@@ -25,7 +25,7 @@ async def foreign_sdk(app) -> AsyncIterator[stripe.StripeClient]:
     http = stripe.HTTPXClient()
     yield stripe.StripeClient(
         FOREIGN_KEY,
-        base_addresses={"api": f"{app.state.settings.base_url}/mock-stripe"},
+        base_addresses={"api": f"{app.state.services.settings.base_url}/mock-stripe"},
         http_client=http,
         max_network_retries=0,
     )
@@ -179,7 +179,7 @@ OFF_SITE = [
 
 @pytest.mark.parametrize("url", OFF_SITE)
 async def test_checkout_redirects_stay_on_this_server(app, live, sdk, url):
-    base = app.state.settings.base_url
+    base = app.state.services.settings.base_url
     for key in ("success_url", "cancel_url"):
         params: Any = {
             "mode": "subscription",
@@ -205,7 +205,7 @@ async def test_the_portal_return_link_stays_on_this_server(live, sdk, url):
 
 
 async def test_redirects_to_this_servers_pages_work(app, live, sdk):
-    base = app.state.settings.base_url
+    base = app.state.services.settings.base_url
     customer = await sdk.v1.customers.create_async()
     portal = await sdk.v1.billing_portal.sessions.create_async(
         params={"customer": customer.id, "return_url": f"{base}/anywhere/here?x=1"}

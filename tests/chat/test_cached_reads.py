@@ -15,9 +15,9 @@ from tests.helpers import bearer, sign_in
 
 @pytest.fixture
 async def tokens(app, client):
-    if app.state.settings.is_production_mode:
-        await app.state.principals.wait_subscribed()
-        await app.state.chatroom_cache.wait_subscribed()
+    if app.state.services.settings.is_production_mode:
+        await app.state.services.principals.wait_subscribed()
+        await app.state.services.chatroom_cache.wait_subscribed()
     return await sign_in(client)
 
 
@@ -107,7 +107,7 @@ async def test_an_expired_token_is_refused_although_its_pages_are_in_memory(
 ):
     for url in ("/chatroom", f"/chatroom/{room}", "/chatroom", f"/chatroom/{room}"):
         assert (await client.get(url, headers=alice)).status_code == 200
-    clock.advance(app.state.settings.access_token_ttl_seconds + 1)
+    clock.advance(app.state.services.settings.access_token_ttl_seconds + 1)
     for url in ("/chatroom", f"/chatroom/{room}"):
         response = await client.get(url, headers=alice)
         assert response.status_code == 401

@@ -264,8 +264,8 @@ class TestAPageReadBeforeAWrite:
 
 async def test_a_page_read_before_a_write_is_never_kept_in_process(app, client, alice):
     """The in-process level alone: the shared level's version check is bypassed."""
-    cache = app.state.chatroom_cache
-    if app.state.settings.is_production_mode:
+    cache = app.state.services.chatroom_cache
+    if app.state.services.settings.is_production_mode:
         await cache.wait_subscribed()
     me = (await client.get("/user/me", headers=alice)).json()
     found = await cache.lookup(me["id"], "20:")
@@ -279,8 +279,8 @@ async def test_a_page_read_before_a_write_is_never_kept_in_process(app, client, 
 
 
 async def page_read_before_a_write(app, client, alice):
-    cache = app.state.chatroom_cache
-    settings = app.state.settings
+    cache = app.state.services.chatroom_cache
+    settings = app.state.services.settings
     if settings.is_production_mode and settings.chatroom_local_cache_seconds > 0:
         await cache.wait_subscribed()
     me = (await client.get("/user/me", headers=alice)).json()
@@ -371,7 +371,7 @@ async def test_trailing_slash(client, alice):
 
 
 async def _insert_messages(app, room_id: int, count: int, clock) -> list[int]:
-    async with app.state.database.sessionmaker() as session:
+    async with app.state.services.database.sessionmaker() as session:
         rows = []
         for i in range(count):
             now = clock.now()
@@ -432,7 +432,7 @@ async def test_delete_removes_messages(client, app, alice, clock):
     await _insert_messages(app, room["id"], 3, clock)
     assert (await client.delete(f"/chatroom/{room['id']}", headers=alice)).status_code == 204
     assert (await client.get(f"/chatroom/{room['id']}", headers=alice)).status_code == 404
-    async with app.state.database.sessionmaker() as session:
+    async with app.state.services.database.sessionmaker() as session:
         count = (
             await session.execute(
                 select(func.count()).select_from(Message).where(Message.chatroom_id == room["id"])

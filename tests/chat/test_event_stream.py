@@ -358,7 +358,7 @@ class StalledProvider:
 @pytest.fixture
 async def stalled(app) -> AsyncIterator[StalledProvider]:
     provider = StalledProvider()
-    generators = [app.state.pipeline.generator]
+    generators = [app.state.services.pipeline.generator]
     if getattr(app.state, "worker", None) is not None:
         generators.append(app.state.worker.pipeline.generator)
     for generator in generators:
@@ -425,6 +425,6 @@ async def test_a_server_shutdown_ends_a_waiting_stream_cleanly(client, app, stal
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert connection.rest() == [FINAL]  # ended, with the final chunk: not truncated
-    notices = getattr(app.state.reply_streams, "_notices", None)
+    notices = getattr(app.state.services.reply_streams, "_notices", None)
     if notices is not None:  # Redis: the stream's waiting read has let go of its channel
         assert all(not channel.listeners for channel in notices._channels.values())

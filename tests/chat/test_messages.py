@@ -16,7 +16,7 @@ from gemini_backend.ai.base import Finished, ProviderError
 from gemini_backend.chat.models import Message
 from gemini_backend.main import create_app
 from gemini_backend.quota.models import DailyUsage
-from gemini_backend.worker.runtime import ReplyPipeline
+from gemini_backend.worker.runtime import InProcessReplyPipeline
 from tests.conftest import BACKEND
 from tests.helpers import bearer, drop_reply_stream, read_sse, sign_in
 
@@ -45,7 +45,7 @@ async def finished_reply(client, auth, receipt) -> dict:
 
 
 async def count_messages(app, room_id) -> int:
-    async with app.state.database.sessionmaker() as session:
+    async with app.state.services.database.sessionmaker() as session:
         return (
             await session.execute(
                 select(func.count()).select_from(Message).where(Message.chatroom_id == room_id)
@@ -319,7 +319,7 @@ async def test_list_cache_is_invalidated_by_a_send(client, alice, room):
 async def _stuck_reply(app, room_id, clock, status: str, attempts: int) -> int:
     """A reply as a killed worker leaves it: `generating` (or `queued`) and not touched since."""
     old = clock.now() - timedelta(seconds=120)
-    async with app.state.database.sessionmaker() as session:
+    async with app.state.services.database.sessionmaker() as session:
         user_message = Message(
             chatroom_id=room_id,
             role="user",
@@ -353,7 +353,7 @@ async def test_sweeper_finishes_a_stuck_reply_exactly_once(
 ):
     reply_id = await _stuck_reply(app, room, clock, status, attempts)
     fresh = (await send(client, alice, room, "new")).json()  # not stale: left alone
-    swept = await app.state.pipeline.sweep_once()
+    swept = await app.state.services.pipeline.sweep_once()
     assert swept == [reply_id]
     url = f"/chatroom/{room}/messages/{reply_id}/stream"
     events = await read_sse(client, url, alice)
@@ -362,7 +362,7 @@ async def test_sweeper_finishes_a_stuck_reply_exactly_once(
     final = json.loads(events[-1][2])
     assert final["status"] == "completed"
     assert final["content"].startswith("Demo reply")
-    async with app.state.database.sessionmaker() as session:
+    async with app.state.services.database.sessionmaker() as session:
         row = await session.get(Message, reply_id)
         assert row.attempts == attempts + 1
         replies = (
@@ -372,15 +372,17 @@ async def test_sweeper_finishes_a_stuck_reply_exactly_once(
         ).scalar_one()
     assert replies == 1
     assert (await finished_reply(client, alice, fresh))["status"] == "completed"
-    assert await app.state.pipeline.sweep_once() == []
+    assert await app.state.services.pipeline.sweep_once() == []
 
 
 async def test_stopping_the_sweeper_lets_a_sweep_in_progress_finish(app):
     # A cancel inside a sweep's database call invalidated its connection, and a second cancel
     # during that connection's close left a task that never ended (the test run's event loop
     # then hung at its close): the sweeper is asked to stop between sweeps instead.
-    settings = app.state.settings
-    pipeline = ReplyPipeline(settings, InMemoryBroker(), app.state.pipeline.generator)
+    settings = app.state.services.settings
+    pipeline = InProcessReplyPipeline(
+        settings, InMemoryBroker(), app.state.services.pipeline.generator
+    )
     in_sweep, release = asyncio.Event(), asyncio.Event()
     finished: list[bool] = []
 
@@ -418,8 +420,10 @@ async def test_sweeper_leaves_replies_whose_jobs_wait_behind_a_backlog(
             receipts = [(await send(api, auth, room_id)).json() for _ in range(3)]
             assert all("reply_id" in r for r in receipts), receipts
             waiting = [r["reply_id"] for r in receipts]
-            clock.advance(application.state.settings.reply_stale_seconds + 5)  # all stale now
-            pipeline = application.state.pipeline
+            clock.advance(
+                application.state.services.settings.reply_stale_seconds + 5
+            )  # all stale now
+            pipeline = application.state.services.pipeline
             assert await pipeline.sweep_once() == [lost]
             jobs = pipeline.broker.queue_name
             assert await pipeline.broker._redis().xlen(jobs) == len(waiting) + 1
@@ -427,20 +431,20 @@ async def test_sweeper_leaves_replies_whose_jobs_wait_behind_a_backlog(
             # every stale queued reply is queued again.
             await pipeline.broker._redis().delete(jobs)
             await pipeline.broker.startup()  # the group, as a worker declares it on reconnect
-            clock.advance(application.state.settings.reply_stale_seconds + 5)
+            clock.advance(application.state.services.settings.reply_stale_seconds + 5)
             assert sorted(await pipeline.sweep_once()) == sorted([lost, *waiting])
 
 
 async def test_duplicate_delivery_is_a_no_op(client, app, alice, room):
     receipt = (await send(client, alice, room)).json()
     final = await finished_reply(client, alice, receipt)
-    await app.state.pipeline.generator.run(receipt["reply_id"])
-    await app.state.pipeline.enqueue(receipt["reply_id"])
+    await app.state.services.pipeline.generator.run(receipt["reply_id"])
+    await app.state.services.pipeline.enqueue(receipt["reply_id"])
     after = (
         await client.get(f"/chatroom/{room}/messages/{receipt['reply_id']}", headers=alice)
     ).json()
     assert after == final
-    async with app.state.database.sessionmaker() as session:
+    async with app.state.services.database.sessionmaker() as session:
         assert (await session.get(Message, receipt["reply_id"])).attempts == 1
 
 
@@ -485,8 +489,8 @@ async def test_failed_or_blocked_replies_give_the_slot_back(
 ):
     # A provider that fails (a fake of the rule's input; the real SDKs are tested elsewhere),
     # in whichever process produces replies.
-    app.state.pipeline.generator.provider = provider
-    if app.state.settings.is_production_mode:
+    app.state.services.pipeline.generator.provider = provider
+    if app.state.services.settings.is_production_mode:
         app.state.worker.pipeline.generator.provider = provider
     response = await send(client, alice, room)
     assert response.headers["X-RateLimit-Remaining"] == "4"
@@ -497,6 +501,6 @@ async def test_failed_or_blocked_replies_give_the_slot_back(
     assert final["error"] == error
     assert final["content"] == ""
     assert provider.calls == calls
-    async with app.state.database.sessionmaker() as session:
+    async with app.state.services.database.sessionmaker() as session:
         used = (await session.execute(select(DailyUsage.count))).scalar_one()
     assert used == 0

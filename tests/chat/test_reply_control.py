@@ -25,7 +25,7 @@ async def room(client, alice):
 
 def generators(app):
     """The reply generators of every process of the test (the API's, and the worker's)."""
-    found = [app.state.pipeline.generator]
+    found = [app.state.services.pipeline.generator]
     if getattr(app.state, "worker", None) is not None:
         found.append(app.state.worker.pipeline.generator)
     return found
@@ -88,7 +88,7 @@ async def test_cancel_a_generating_reply_keeps_the_partial_text(client, app, ali
     again = await client.post(url, headers=alice)
     assert again.status_code == 200
     assert again.json()["status"] == "cancelled"
-    async with app.state.database.sessionmaker() as session:
+    async with app.state.services.database.sessionmaker() as session:
         assert (await session.execute(select(DailyUsage.count))).scalar_one() == 1
 
 
@@ -145,7 +145,7 @@ async def test_cancel_a_queued_reply(client, app, alice, room):
     done = await read_sse(client, first["stream_url"], alice)
     assert json.loads(done[-1][2])["status"] == "completed"
     # A worker receiving the cancelled reply's job later does nothing.
-    await app.state.pipeline.generator.run(queued_id)
+    await app.state.services.pipeline.generator.run(queued_id)
     got = await client.get(f"/chatroom/{room}/messages/{queued_id}", headers=alice)
     assert got.json()["status"] == "cancelled"
 

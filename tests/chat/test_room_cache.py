@@ -29,8 +29,8 @@ def settings_overrides() -> dict[str, Any]:
 
 @pytest.fixture
 async def alice(app, client):
-    if app.state.settings.is_production_mode:
-        await app.state.chatroom_cache.wait_subscribed()
+    if app.state.services.settings.is_production_mode:
+        await app.state.services.chatroom_cache.wait_subscribed()
     return bearer(await sign_in(client))
 
 
@@ -88,7 +88,7 @@ async def test_a_room_is_served_from_memory_until_it_changes(app, client, alice,
     events = await read_sse(client, receipt["stream_url"], alice)
     assert events[-1][1] == "done"
     done = (await client.get(url, headers=alice)).json()
-    if not app.state.settings.is_production_mode:
+    if not app.state.services.settings.is_production_mode:
         assert statuses(done)[-1] == ("assistant", "completed")
 
     async def completed() -> bool:
@@ -121,7 +121,7 @@ async def test_a_room_read_before_a_change_is_never_stored_after_it(app, client,
     """A reader misses, a send commits and drops the user's bodies, then the reader stores what
     it read before the send: the store is refused."""
     user_id = (await client.get("/user/me", headers=alice)).json()["id"]
-    cache = app.state.chatroom_cache
+    cache = app.state.services.chatroom_cache
     found = cache.room_lookup(user_id, room)
     assert found.body is None
     receipt = await send(client, alice, room, "written meanwhile")
@@ -168,7 +168,7 @@ async def test_changes_made_by_other_processes_reach_the_room_cached_in_this_one
         client_of(app_a) as a,
         client_of(app_b) as b,
     ):
-        await app_b.state.chatroom_cache.wait_subscribed()
+        await app_b.state.services.chatroom_cache.wait_subscribed()
         alice = bearer(await sign_in(a))
         room = (await a.post("/chatroom", json={"name": "r"}, headers=alice)).json()["id"]
         url = f"/chatroom/{room}"

@@ -35,7 +35,7 @@ async def send(client, auth, room_id, content="hello there"):
 
 async def stored(app, room_id):
     """(messages of the room by id, the room's row, today's slots used by anyone)."""
-    async with app.state.database.sessionmaker() as session:
+    async with app.state.services.database.sessionmaker() as session:
         messages = list(
             (
                 await session.execute(
@@ -184,14 +184,14 @@ async def test_a_send_refused_by_the_daily_limit_spends_no_per_minute_slot(clien
 async def test_a_send_is_one_statement_on_postgresql(client, app, alice, room):
     """Without an Idempotency-Key: the room check, the slot, both inserts and the room's
     counters in one statement (and no ORM session)."""
-    if app.state.database.engine.dialect.name != "postgresql":
+    if app.state.services.database.engine.dialect.name != "postgresql":
         pytest.skip("SQLite chains the steps in one transaction")
     seen: list[str] = []
 
     def record(_conn, _cursor, statement, *_args):
         seen.append(statement)
 
-    engine = app.state.database.engine.sync_engine
+    engine = app.state.services.database.engine.sync_engine
     event.listen(engine, "before_cursor_execute", record)
     try:
         assert (await send(client, alice, room)).status_code == 202

@@ -136,4 +136,4 @@ class TestStreamCap:
         for connection, task in opened[1:]:
             connection.gone.set()
             await asyncio.wait_for(task, 10)
-        assert app.state.stream_slots.open_streams(tokens["user"]["id"]) == 0
+        assert app.state.services.stream_slots.open_streams(tokens["user"]["id"]) == 0

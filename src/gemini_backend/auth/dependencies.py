@@ -14,6 +14,7 @@ from gemini_backend.auth.service import AuthDeps, AuthService
 from gemini_backend.core.db import DbSession
 from gemini_backend.core.errors import Unauthorized
 from gemini_backend.core.security import InvalidToken
+from gemini_backend.services import services_of
 from gemini_backend.users.models import User
 
 _bearer = HTTPBearer(auto_error=False, description="The access token from a token response.")
@@ -27,7 +28,7 @@ async def _signed_in(
     cache, else one read on a connection of its own, returned before the route runs)."""
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Unauthorized("Send 'Authorization: Bearer <access_token>'.")
-    state = request.app.state
+    state = services_of(request)
     deps: AuthDeps = state.auth
     claims = deps.tokens.decode_access_token(credentials.credentials, deps.clock.now())
     principals: Principals = state.principals
@@ -50,7 +51,7 @@ async def _user_record(
 
 
 async def _auth_service(request: Request, session: DbSession) -> AuthService:
-    return AuthService(session, request.app.state.auth)
+    return AuthService(session, services_of(request).auth)
 
 
 async def client_ip(request: Request) -> str:

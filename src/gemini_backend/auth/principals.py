@@ -48,7 +48,7 @@ from gemini_backend.users.models import User
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """The part of the subscription the tier depends on (see billing.plans.tier_for)."""
+    """The part of the subscription the tier depends on (see users.tier.tier_for)."""
 
     status: str
     current_period_end: datetime | None

@@ -23,7 +23,7 @@ import json
 import re
 import secrets
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
 import httpx
@@ -32,10 +32,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from gemini_backend.billing.gateway import mock_api_key
-from gemini_backend.billing.router import page
+from gemini_backend.billing.pages import page
 from gemini_backend.config import Settings
 from gemini_backend.core.cache import Cache
 from gemini_backend.core.errors import AppError
+
+if TYPE_CHECKING:  # the root builds the mock
+    from gemini_backend.services import Services
 
 log = structlog.get_logger(__name__)
 
@@ -68,6 +71,12 @@ ID_PREFIXES = {
     "invoice": "in",
     "billing_portal.session": "bps",
 }
+
+
+def _services(request: Request) -> Services:
+    """services.services_of (not imported: the root imports this module)."""
+    services: Services = request.app.state.services
+    return services
 
 
 class StripeApiError(Exception):
@@ -623,12 +632,13 @@ def _lists(node: Any) -> Any:
 
 # --- the HTTP API the SDK calls ------------------------------------------------------------
 def _mock(request: Request) -> MockStripe:
-    mock: MockStripe = request.app.state.stripe_mock
+    mock = _services(request).stripe_mock
+    assert mock is not None  # its routes are served only with the mock (main.py)
     return mock
 
 
 def _now(request: Request) -> int:
-    return int(request.app.state.clock.now().timestamp())
+    return int(_services(request).clock.now().timestamp())
 
 
 def _stripe_error(exc: StripeApiError) -> JSONResponse:
@@ -876,12 +886,12 @@ async def _signed_in_user(request: Request) -> int | None:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token:
         return None
-    deps = request.app.state.auth
+    deps = _services(request).auth
     try:
         claims = deps.tokens.decode_access_token(token.strip(), deps.clock.now())
     except AppError:
         return None
-    user = await request.app.state.principals.get(claims.user_id, claims.session_id)
+    user = await _services(request).principals.get(claims.user_id, claims.session_id)
     return user.id if user is not None else None
 
 

@@ -13,7 +13,7 @@ from gemini_backend.core.db import Base, UTCDateTime
 class Subscription(Base):
     """One row per user who ever started a checkout: the Stripe customer, and the state of the
     subscription that decides the tier among all of theirs (`stripe_subscriptions`): a live
-    one if any is. The tier is derived from `status` (see billing.plans)."""
+    one if any is. The tier is derived from `status` (see users/tier.py)."""
 
     __tablename__ = "subscriptions"
 

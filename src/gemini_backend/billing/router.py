@@ -3,7 +3,6 @@ small pages Stripe Checkout returns to."""
 
 from __future__ import annotations
 
-import html
 from datetime import datetime
 from typing import Annotated
 
@@ -14,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gemini_backend.auth.dependencies import CurrentUserRecord
 from gemini_backend.billing.events import HANDLED_TYPES, verify
+from gemini_backend.billing.pages import page
 from gemini_backend.billing.service import (
     BillingService,
     PaymentsUnavailable,
@@ -23,8 +23,8 @@ from gemini_backend.core.db import DbSession
 from gemini_backend.core.errors import AppError
 from gemini_backend.core.metrics import WEBHOOK_EVENTS
 from gemini_backend.core.openapi import AUTH_ERRORS, Responses, error_doc
-from gemini_backend.users.schemas import Tier
-from gemini_backend.users.service import tier_of
+from gemini_backend.services import services_of
+from gemini_backend.users.tier import Tier, tier_of
 
 log = structlog.get_logger(__name__)
 
@@ -107,7 +107,7 @@ class WebhookAck(BaseModel):
 
 
 async def _billing(request: Request, session: DbSession) -> BillingService:
-    state = request.app.state
+    state = services_of(request)
     return BillingService(
         session, state.settings, state.stripe, state.clock.now(), state.principals
     )
@@ -180,7 +180,7 @@ async def stripe_webhook(
         WEBHOOK_EVENTS.labels("unknown", "payments_unavailable").inc()
         raise PaymentsUnavailable()
     payload = await request.body()
-    secret = request.app.state.settings.stripe_webhook_secret.get_secret_value()
+    secret = services_of(request).settings.stripe_webhook_secret.get_secret_value()
     try:
         event = verify(payload, stripe_signature, secret, billing.now)
     except AppError as exc:
@@ -211,7 +211,7 @@ async def stripe_webhook(
 async def subscription_status(
     request: Request, user: CurrentUserRecord, session: DbSession
 ) -> SubscriptionOut:
-    state = request.app.state
+    state = services_of(request)
     now = state.clock.now()
     tier = tier_of(user, now, state.settings)
     quota = await state.quota.state(session, user.id, tier, now)
@@ -240,18 +240,6 @@ async def subscription_status(
 )
 async def subscription_portal(user: CurrentUserRecord, billing: Billing) -> PortalOut:
     return PortalOut(url=await billing.portal_url(user))
-
-
-def page(title: str, body: str) -> HTMLResponse:
-    """A minimal HTML page (the landing pages here, the mock's checkout and portal)."""
-    return HTMLResponse(
-        "<!doctype html><html><head><meta charset='utf-8'>"
-        "<meta name='viewport' content='width=device-width,initial-scale=1'>"
-        f"<title>{html.escape(title)}</title>"
-        "<style>body{font-family:system-ui,sans-serif;max-width:32rem;margin:3rem auto;"
-        "padding:0 1rem}button{font-size:1rem;padding:.5rem 1.2rem;margin:.3rem}</style>"
-        f"</head><body><h1>{html.escape(title)}</h1>{body}</body></html>"
-    )
 
 
 @router.get(

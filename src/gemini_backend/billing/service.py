@@ -18,13 +18,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from gemini_backend.billing.events import StripeEventIn, SubscriptionFacts, facts_of
 from gemini_backend.billing.gateway import StripeGateway
 from gemini_backend.billing.models import StripeEvent, StripeSubscription, Subscription
-from gemini_backend.billing.plans import PRO_STATUSES
 from gemini_backend.config import Settings
 from gemini_backend.core.db import after_commit, release_connection
 from gemini_backend.core.errors import AppError, Conflict, ServiceUnavailable
 from gemini_backend.core.sql import insert_for
 from gemini_backend.users.models import User
-from gemini_backend.users.service import tier_of
+from gemini_backend.users.tier import PRO_STATUSES, tier_of
 
 if TYPE_CHECKING:
     from gemini_backend.auth.principals import Principals

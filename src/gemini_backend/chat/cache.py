@@ -31,7 +31,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from redis.asyncio import Redis
@@ -68,6 +68,96 @@ LOCAL_MAX_ENTRIES_PER_USER = 32
 _CHANGES_REMEMBERED = 100_000
 
 
+Along = Callable[[Pipeline], Awaitable[None]]
+
+
+class SharedLists(Protocol):
+    """The shared level of the lists: Redis (RedisLists) or process memory (MemoryLists),
+    chosen once by services.py."""
+
+    async def read(self, user_id: int, page: str) -> tuple[str, bytes | None]:
+        """The user's current version and the page stored under it."""
+        ...
+
+    async def write(self, user_id: int, version: str, page: str, body: bytes, ttl: int) -> None:
+        """Store the page under `version`, if it is still the current one."""
+        ...
+
+    async def bump(
+        self, user_id: int, keep: int, notice: tuple[str, str] | None, along: Along | None
+    ) -> None:
+        """A new version (outliving its pages by `keep` seconds); with `along`'s commands and
+        the notice in the same transaction when on Redis."""
+        ...
+
+
+class RedisLists:
+    """Production: one hash of pages per user, with its version; a lookup is one round trip,
+    the bump one transaction, a store a small script (only if the version is still current)."""
+
+    def __init__(self, redis: Redis, prefix: str) -> None:
+        self._redis = redis
+        self._prefix = prefix
+        self._put_script: Any = redis.register_script(_PUT_IF_CURRENT)
+
+    def _keys(self, user_id: int) -> tuple[str, str]:
+        # One hash slot per user ({...}): the script's two keys stay together on a cluster.
+        return (
+            f"{self._prefix}:chatrooms:{{{user_id}}}:v",
+            f"{self._prefix}:chatrooms:{{{user_id}}}:pages",
+        )
+
+    async def read(self, user_id: int, page: str) -> tuple[str, bytes | None]:
+        version_key, pages_key = self._keys(user_id)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.get(version_key)
+            pipe.hget(pages_key, page)
+            raw_version, body = await pipe.execute()
+        return (raw_version.decode() if raw_version else "0"), body
+
+    async def write(self, user_id: int, version: str, page: str, body: bytes, ttl: int) -> None:
+        await self._put_script(keys=list(self._keys(user_id)), args=[version, page, body, ttl])
+
+    async def bump(
+        self, user_id: int, keep: int, notice: tuple[str, str] | None, along: Along | None
+    ) -> None:
+        version_key, pages_key = self._keys(user_id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            if along is not None:
+                await along(pipe)
+            pipe.incr(version_key)
+            pipe.expire(version_key, keep)
+            pipe.delete(pages_key)
+            if notice is not None:
+                pipe.publish(*notice)
+            await pipe.execute()
+
+
+class MemoryLists:
+    """Embedded: the same rules in the process's memory cache (one process: no notices, and
+    nothing goes along)."""
+
+    def __init__(self, cache: Cache) -> None:
+        self._cache = cache
+
+    @staticmethod
+    def _version_key(user_id: int) -> str:
+        return f"chatrooms:v:{user_id}"
+
+    async def read(self, user_id: int, page: str) -> tuple[str, bytes | None]:
+        raw = await self._cache.get(self._version_key(user_id))
+        version = raw.decode() if raw else "0"
+        return version, await self._cache.get(f"chatrooms:{user_id}:{version}:{page}")
+
+    async def write(self, user_id: int, version: str, page: str, body: bytes, ttl: int) -> None:
+        await self._cache.set(f"chatrooms:{user_id}:{version}:{page}", body, ttl)
+
+    async def bump(
+        self, user_id: int, keep: int, notice: tuple[str, str] | None, along: Along | None
+    ) -> None:
+        await self._cache.incr(self._version_key(user_id), keep)
+
+
 @dataclass(slots=True)
 class Lookup:
     """What a reader found, and what it needs to store what it reads instead."""
@@ -88,7 +178,7 @@ class _Shelf:
 class ChatroomCache(NoticeFed):
     def __init__(
         self,
-        cache: Cache,
+        shared: SharedLists,
         ttl_seconds: int,
         *,
         local_seconds: float = 10.0,
@@ -96,11 +186,8 @@ class ChatroomCache(NoticeFed):
         prefix: str = "",
         max_bytes: int = LOCAL_MAX_BYTES,
     ) -> None:
-        self._cache = cache  # embedded: the process's memory cache
+        self._shared = shared
         self._ttl = ttl_seconds
-        self._redis = redis
-        self._prefix = prefix
-        self._put_script: Any = redis.register_script(_PUT_IF_CURRENT) if redis else None
         # In-process level.
         self._local_seconds = local_seconds
         self._list_seconds = min(local_seconds, ttl_seconds)
@@ -114,16 +201,6 @@ class ChatroomCache(NoticeFed):
 
     # --- lists ---------------------------------------------------------------------------
 
-    def _version_key(self, user_id: int) -> str:
-        return f"chatrooms:v:{user_id}"
-
-    def _redis_keys(self, user_id: int) -> tuple[str, str]:
-        # One hash slot per user ({...}): the script's two keys stay together on a cluster.
-        return (
-            f"{self._prefix}:chatrooms:{{{user_id}}}:v",
-            f"{self._prefix}:chatrooms:{{{user_id}}}:pages",
-        )
-
     async def lookup(self, user_id: int, page: str) -> Lookup:
         """A page of the user's list: from this process, else from the shared level. Pass the
         result to `put` with the page read from the database when `body` is None."""
@@ -134,17 +211,7 @@ class ChatroomCache(NoticeFed):
         if body is not None:
             return Lookup(body)
         try:
-            if self._redis is not None:
-                version_key, pages_key = self._redis_keys(user_id)
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    pipe.get(version_key)
-                    pipe.hget(pages_key, page)
-                    raw_version, body = await pipe.execute()
-                version = raw_version.decode() if raw_version else "0"
-            else:
-                raw = await self._cache.get(self._version_key(user_id))
-                version = raw.decode() if raw else "0"
-                body = await self._cache.get(f"chatrooms:{user_id}:{version}:{page}")
+            version, body = await self._shared.read(user_id, page)
         except _UNAVAILABLE as exc:
             _LIST_ERROR.inc()
             log.warning("cache_unavailable", error=type(exc).__name__)
@@ -161,15 +228,7 @@ class ChatroomCache(NoticeFed):
         if found.version is None:
             return
         try:
-            if self._redis is not None:
-                await self._put_script(
-                    keys=list(self._redis_keys(user_id)),
-                    args=[found.version, page, body, self._ttl],
-                )
-            else:
-                await self._cache.set(
-                    f"chatrooms:{user_id}:{found.version}:{page}", body, self._ttl
-                )
+            await self._shared.write(user_id, found.version, page, body, self._ttl)
         except _UNAVAILABLE as exc:
             log.warning("cache_unavailable", error=type(exc).__name__)
 
@@ -201,39 +260,20 @@ class ChatroomCache(NoticeFed):
 
     # --- changes -------------------------------------------------------------------------
 
-    async def invalidate(
-        self, user_id: int, *, along: Callable[[Pipeline], Awaitable[None]] | None = None
-    ) -> None:
+    async def invalidate(self, user_id: int, *, along: Along | None = None) -> None:
         """The user's list changed (and maybe a room): call after the commit. `along` adds other
         commands (the send's job) to the invalidation's transaction, in its one round trip; it
-        runs only when the cache is on Redis (the caller sends them itself otherwise)."""
+        runs only when the cache is on Redis (services.py then gives the sender that way)."""
         self.forget(user_id)
         # The version outlives every page stored under it. An invalidation lost to an outage
         # leaves the user's cached list stale for at most CHATROOM_CACHE_TTL.
         keep = max(self._ttl * 2, 60)
         try:
-            if self._redis is not None:
-                version_key, pages_key = self._redis_keys(user_id)
-                async with self._redis.pipeline(transaction=True) as pipe:
-                    if along is not None:
-                        await along(pipe)
-                    pipe.incr(version_key)
-                    pipe.expire(version_key, keep)
-                    pipe.delete(pages_key)
-                    if (notice := self._notice(user_id)) is not None:
-                        pipe.publish(*notice)
-                    await pipe.execute()
-            else:
-                await self._cache.incr(self._version_key(user_id), keep)
+            await self._shared.bump(user_id, keep, self._notice(user_id), along)
         except _UNAVAILABLE as exc:
             log.warning("cache_invalidation_failed", user_id=user_id, error=type(exc).__name__)
             if along is not None:
                 raise  # what went along is lost too: the caller's to report
-
-    @property
-    def on_redis(self) -> bool:
-        """Whether `invalidate` sends its commands to Redis (and so takes `along`)."""
-        return self._redis is not None
 
     async def room_changed(self, user_id: int) -> None:
         """Only the messages of one of the user's rooms changed: call after the commit."""

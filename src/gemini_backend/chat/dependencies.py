@@ -14,6 +14,7 @@ from gemini_backend.chat.models import Chatroom, Message, RoomView
 from gemini_backend.chat.sending import MessageSender
 from gemini_backend.chat.service import ChatroomService
 from gemini_backend.core.db import MAX_ID, DbSession
+from gemini_backend.services import services_of
 
 ChatroomId = Annotated[int, Path(ge=1, le=MAX_ID, description="Chatroom id")]
 
@@ -55,14 +56,14 @@ async def _room_message(
 # Dependencies are `async def` even when they only build an object: FastAPI runs a plain `def`
 # dependency in its thread pool, a thread hop per request.
 async def _chatroom_service(request: Request, session: DbSession) -> ChatroomService:
-    state = request.app.state
+    state = services_of(request)
     return ChatroomService(session, state.clock, state.chatroom_cache, state.settings)
 
 
 async def _message_sender(request: Request) -> MessageSender:
     """The app's sender (main.py): it holds no request session; a send takes its own
     connection (sending.py), retry and cancel are given the request's session."""
-    sender: MessageSender = request.app.state.message_sender
+    sender: MessageSender = services_of(request).message_sender
     return sender
 
 

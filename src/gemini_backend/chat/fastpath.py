@@ -20,15 +20,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gemini_backend.auth.principals import Principals
-from gemini_backend.chat.cache import ChatroomCache
 from gemini_backend.core.db import MAX_ID
 from gemini_backend.core.errors import AppError
+
+if TYPE_CHECKING:  # the root imports the chat domain; this runs before any route
+    from gemini_backend.services import Services
 
 LIST_PATH = "/chatroom"
 ROOM_PREFIX = "/chatroom/"
@@ -77,14 +78,13 @@ class CachedReadMiddleware:
         return self.app(scope, receive, send)
 
     def _cached(self, scope: Scope, path: str) -> tuple[bytes, list[tuple[bytes, bytes]]] | None:
-        state = scope["app"].state
-        principals: Principals | None = getattr(state, "principals", None)
-        if principals is None:  # not started
+        services: Services | None = getattr(scope["app"].state, "services", None)
+        if services is None:  # not started
             return None
-        user = self._principal(scope, state, principals)
+        user = self._principal(scope, services)
         if user is None:
             return None
-        cache: ChatroomCache = state.chatroom_cache
+        cache = services.chatroom_cache
         if path == LIST_PATH:
             page = _page_key(scope["query_string"])
             body = cache.list_peek(user.id, page) if page is not None else None
@@ -119,7 +119,7 @@ class CachedReadMiddleware:
         await send({"type": "http.response.body", "body": body})
 
     @staticmethod
-    def _principal(scope: Scope, state: Any, principals: Principals) -> Any:
+    def _principal(scope: Scope, services: Services) -> Any:
         authorization = None
         for name, value in scope["headers"]:
             if name == b"authorization":
@@ -130,12 +130,12 @@ class CachedReadMiddleware:
         scheme, _, token = authorization.partition(b" ")
         if scheme.lower() != b"bearer" or not token:
             return None
-        deps = state.auth
+        deps = services.auth
         try:
             claims = deps.tokens.decode_access_token(token.decode("latin-1"), deps.clock.now())
         except AppError:
             return None  # the route answers 401
-        return principals.cached(claims.user_id, claims.session_id)
+        return services.principals.cached(claims.user_id, claims.session_id)
 
     def _route(self, scope: Scope, template: str) -> Any:
         if self._routes is None:

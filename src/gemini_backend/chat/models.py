@@ -16,11 +16,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
+from gemini_backend.chat.states import ReplyStatus
 from gemini_backend.core.db import Base, BigIntId, UTCDateTime
 
 DEFAULT_ROOM_NAME = "New chat"
-# The states of a reply still to finish (worker.replies.ACTIVE_STATES), as SQL.
-_IN_PROGRESS = text("status IN ('queued', 'generating')")
+# The states of a reply still to finish (chat.states.ACTIVE_STATES), as SQL.
+_IN_PROGRESS = text(f"status IN ('{ReplyStatus.QUEUED}', '{ReplyStatus.GENERATING}')")
 LIVE_REPLY_INDEX = "uq_messages_live_reply"
 
 

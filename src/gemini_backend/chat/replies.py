@@ -27,10 +27,10 @@ from starlette.types import Receive, Scope, Send
 
 from gemini_backend.chat.models import Message
 from gemini_backend.chat.schemas import MessageOut
+from gemini_backend.chat.states import FINAL_STATES, ReplyStatus
 from gemini_backend.core.errors import TooManyRequests, is_outage
 from gemini_backend.core.sse import EventSource, EventStreamResponse, ServerSentEvent, ping_event
 from gemini_backend.core.streams import ReplyStream
-from gemini_backend.worker.replies import COMPLETED, FINAL_STATES
 
 READ_BLOCK_MS = 5000
 PING_SECONDS = 15.0  # a `: ping - <time>` comment after this long without an event
@@ -153,7 +153,7 @@ def _replay(message: MessageOut) -> list[ServerSentEvent]:
         events.append(
             ServerSentEvent(json.dumps({"text": message.content}), event="delta", id="db-1")
         )
-    final = "done" if message.status == COMPLETED else "error"
+    final = "done" if message.status == ReplyStatus.COMPLETED else "error"
     events.append(ServerSentEvent(message.model_dump_json(), event=final, id="db-2", last=True))
     return events
 
@@ -243,7 +243,7 @@ async def reply_events(
                 final = MessageOut.from_row(current)
                 for item in pending:
                     yield ServerSentEvent(item.data, event=item.type, id=item.id)
-                kind = "done" if final.status == COMPLETED else "error"
+                kind = "done" if final.status == ReplyStatus.COMPLETED else "error"
                 yield ServerSentEvent(
                     final.model_dump_json(), event=kind, id=after or "db-2", last=True
                 )

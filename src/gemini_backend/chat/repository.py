@@ -12,19 +12,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from sqlalchemy import (
+    ColumnElement,
     Integer,
     Row,
     Table,
     Text,
+    and_,
     bindparam,
     delete,
     func,
     insert,
     literal_column,
+    or_,
     select,
+    text,
     true,
     tuple_,
     update,
@@ -33,11 +37,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from gemini_backend.chat.models import Chatroom, IdempotencyKey, Message, RoomView
+from gemini_backend.chat.states import ReplyStatus
 from gemini_backend.core.db import BigIntId, UTCDateTime
 from gemini_backend.core.sql import bounded_delete
-from gemini_backend.quota.service import daily_slot_upsert
+from gemini_backend.quota.repository import daily_slot_upsert
 from gemini_backend.users.models import User
-from gemini_backend.worker.replies import QUEUED
 
 _rooms = cast(Table, Chatroom.__table__)
 _messages = cast(Table, Message.__table__)
@@ -192,7 +196,7 @@ async def owned_message(
 
 # --- the send: quota slot, user message, queued reply, room counters ----------------------
 #
-# Bound per execution: the slot's values (quota.service.daily_slot_upsert: slot_user,
+# Bound per execution: the slot's values (quota.repository.daily_slot_upsert: slot_user,
 # slot_day, slot_limit), room_id, now, and body (the user's text) or answers (a retry: the
 # user message the new reply answers). No name is a column's: SQLAlchemy would take a value
 # under a column's name for that column.
@@ -214,7 +218,7 @@ _USER_MESSAGE_VALUES: tuple[Any, ...] = (
     _room_id,
     literal_column("'user'"),
     _body,
-    literal_column("'completed'"),
+    literal_column(f"'{ReplyStatus.COMPLETED}'"),
     literal_column("0"),
     _now,
     _now,
@@ -227,7 +231,7 @@ def _reply_values(reply_to: Any) -> tuple[Any, ...]:
         _room_id,
         literal_column("'assistant'"),
         literal_column("''"),
-        literal_column(f"'{QUEUED}'"),
+        literal_column(f"'{ReplyStatus.QUEUED}'"),
         literal_column("0"),
         reply_to,
         _slot_day,
@@ -274,7 +278,7 @@ def _exchange_postgresql(limited: bool, with_user_message: bool, owner_checked: 
         if owner_checked
         else None
     )
-    slot = daily_slot_upsert("postgresql", limited, only_if=room).cte("slot")
+    slot = daily_slot_upsert(postgresql.insert, limited, only_if=room).cte("slot")
     if with_user_message:
         um = (
             insert(_messages)
@@ -328,7 +332,18 @@ class Exchange:
     reply_id: int  # the queued reply
 
 
-async def insert_exchange(
+def _exchange_params(
+    slot: dict[str, Any], room_id: int, now: datetime, content: str | None, reply_to: int | None
+) -> dict[str, Any]:
+    params: dict[str, Any] = {**slot, "room_id": room_id, "now": now}
+    if content is not None:
+        params["body"] = content
+    else:
+        params["answers"] = reply_to
+    return params
+
+
+async def _insert_exchange_postgresql(
     session: AsyncSession,
     slot: dict[str, Any],
     *,
@@ -337,35 +352,36 @@ async def insert_exchange(
     content: str | None = None,
     reply_to: int | None = None,
 ) -> Exchange | None:
-    """Take a quota slot and, if it was taken, insert the user message `content` (or, for a
-    retry, none: the reply answers `reply_to`) and a queued reply, and move the room's counters.
+    """ChatStatements.insert_exchange on PostgreSQL: one statement."""
+    params = _exchange_params(slot, room_id, now, content, reply_to)
+    stmt = _exchange_postgresql("slot_limit" in slot, content is not None, False)
+    row = (await session.execute(stmt, params)).one_or_none()
+    return None if row is None else Exchange(row[0], row[1], row[2])
 
-    None when the slot was not taken (nothing is written). `slot` is Quota.slot_params(...);
-    the caller judges the count (Quota.admit) and rolls back on a refusal.
-    """
-    with_user_message = content is not None
-    params: dict[str, Any] = {**slot, "room_id": room_id, "now": now}
-    if with_user_message:
-        params["body"] = content
-    else:
-        params["answers"] = reply_to
+
+async def _insert_exchange_sqlite(
+    session: AsyncSession,
+    slot: dict[str, Any],
+    *,
+    room_id: int,
+    now: datetime,
+    content: str | None = None,
+    reply_to: int | None = None,
+) -> Exchange | None:
+    """ChatStatements.insert_exchange on SQLite: the same steps one by one."""
+    params = _exchange_params(slot, room_id, now, content, reply_to)
     limited = "slot_limit" in slot
-    if session.get_bind().dialect.name == "postgresql":
-        stmt = _exchange_postgresql(limited, with_user_message, False)
-        row = (await session.execute(stmt, params)).one_or_none()
-        return None if row is None else Exchange(row[0], row[1], row[2])
-
     used = (
-        await session.execute(daily_slot_upsert("sqlite", limited), params)
+        await session.execute(daily_slot_upsert(sqlite.insert, limited), params)
     ).scalar_one_or_none()
     if used is None:
         return None
     if limited and used > slot["slot_limit"]:
         return Exchange(used, 0, 0)  # refused by the caller (a limit of 0): nothing inserted
-    if with_user_message:
+    if content is not None:
         params["answers"] = (await session.execute(_INSERT_USER_MESSAGE, params)).scalar_one()
     reply_id = (await session.execute(_INSERT_REPLY, params)).scalar_one()
-    await session.execute(_TOUCH_ROOM[2 if with_user_message else 1], params)
+    await session.execute(_TOUCH_ROOM[2 if content is not None else 1], params)
     return Exchange(used, params["answers"], reply_id)
 
 
@@ -405,11 +421,9 @@ _STORE_RECEIPT = (
 )
 
 
-@cache
-def _claim_key(dialect: str) -> Any:
-    insert_ = postgresql.insert if dialect == "postgresql" else sqlite.insert
+def _claim_key(insert: Any) -> Any:
     return (
-        insert_(_keys)
+        insert(_keys)
         .values(
             user_id=bindparam("key_user", type_=BigIntId),
             key=bindparam("key_text", type_=_keys.c.key.type),
@@ -423,6 +437,7 @@ def _claim_key(dialect: str) -> Any:
 
 async def claim_idempotency_key(
     session: AsyncSession,
+    sql: ChatStatements,
     *,
     user_id: int,
     room_id: int,
@@ -435,8 +450,7 @@ async def claim_idempotency_key(
     transaction ends."""
     params = {"key_user": user_id, "key_text": key, "room_id": room_id, "now": now}
     await session.execute(_EXPIRED_KEY, {**params, "cutoff": now - window})
-    stmt = _claim_key(session.get_bind().dialect.name)
-    inserted: int | None = (await session.execute(stmt, params)).scalar_one_or_none()
+    inserted: int | None = (await session.execute(sql.claim_key, params)).scalar_one_or_none()
     return inserted
 
 
@@ -457,3 +471,260 @@ async def purge_expired_idempotency_keys(
     row anyway), in the caller's short transaction (worker/housekeeping.py)."""
     stmt = bounded_delete(_keys, _keys.c.id, _keys.c.created_at < cutoff, limit=limit)
     return (await session.execute(stmt)).rowcount  # type: ignore[attr-defined, no-any-return]
+
+
+# --- producing a reply: claim, heartbeat, finish, title, sweep (chat/generation.py) --------
+#
+# Core statements on the tables, built once: the ORM's bulk-update path (identity-map
+# evaluation, statement building per call) was a fifth of a worker's CPU per reply.
+
+MAX_TURNS = 500  # the most messages read back as a reply's conversation
+
+# The claim: a conditional UPDATE, so a duplicate delivery finds nothing to take.
+_CLAIM = (
+    update(_messages)
+    .where(
+        _messages.c.id == bindparam("reply_id"),
+        _messages.c.status == ReplyStatus.QUEUED,
+        _messages.c.role == "assistant",
+    )
+    .values(
+        status=ReplyStatus.GENERATING,
+        attempts=_messages.c.attempts + 1,
+        updated_at=bindparam("now", type_=UTCDateTime()),
+        model=bindparam("model_name"),
+    )
+    .returning(
+        _messages.c.attempts, _messages.c.chatroom_id, _messages.c.reply_to, _messages.c.created_at
+    )
+)
+_ROOM = select(_rooms.c.id, _rooms.c.user_id, _rooms.c.system_prompt, _rooms.c.auto_title).where(
+    _rooms.c.id == bindparam("room_id")
+)
+# The conversation before a reply, newest first: completed turns and the message it answers.
+_TURNS = (
+    select(_messages.c.role, _messages.c.content)
+    .where(
+        _messages.c.chatroom_id == bindparam("room_id"),
+        _messages.c.id < bindparam("reply_id"),
+        or_(
+            _messages.c.status == ReplyStatus.COMPLETED,
+            _messages.c.id == bindparam("user_message_id"),
+        ),
+    )
+    .order_by(_messages.c.id.desc())
+    .limit(MAX_TURNS)
+)
+# PostgreSQL: the claim, the room and the conversation in ONE statement (one round trip
+# instead of three). The conversation comes back as two arrays, newest first. The LATERAL
+# read sees the rows as they were before the claim, which changes only the reply itself
+# (never part of its own conversation). The states and the limit are _CLAIM's and _TURNS'.
+_CLAIM_POSTGRESQL = text(
+    """
+    WITH claimed AS (
+        UPDATE messages
+        SET status = :generating, attempts = attempts + 1, updated_at = :now,
+            model = :model_name
+        WHERE id = :reply_id AND status = :queued AND role = 'assistant'
+        RETURNING attempts, chatroom_id, reply_to, created_at
+    )
+    SELECT claimed.attempts, claimed.chatroom_id, claimed.reply_to, claimed.created_at,
+           room.id, room.user_id, room.system_prompt, room.auto_title,
+           turns.roles, turns.contents
+    FROM claimed
+    LEFT JOIN chatrooms AS room ON room.id = claimed.chatroom_id
+    CROSS JOIN LATERAL (
+        SELECT array_agg(recent.role ORDER BY recent.id DESC) AS roles,
+               array_agg(recent.content ORDER BY recent.id DESC) AS contents
+        FROM (
+            SELECT id, role, content FROM messages
+            WHERE chatroom_id = claimed.chatroom_id AND id < :reply_id
+              AND (status = :completed OR id = claimed.reply_to)
+            ORDER BY id DESC
+            LIMIT :max_turns
+        ) AS recent
+    ) AS turns
+    """
+).bindparams(
+    bindparam("now", type_=UTCDateTime()),
+    queued=str(ReplyStatus.QUEUED),
+    generating=str(ReplyStatus.GENERATING),
+    completed=str(ReplyStatus.COMPLETED),
+    max_turns=MAX_TURNS,
+)
+# The reply as one attempt claimed it: still generating, not taken over by a later attempt.
+_THIS_ATTEMPT = update(_messages).where(
+    _messages.c.id == bindparam("reply_id"),
+    _messages.c.status == ReplyStatus.GENERATING,
+    _messages.c.attempts == bindparam("attempt"),
+)
+_HEARTBEAT = _THIS_ATTEMPT.values(updated_at=bindparam("now", type_=UTCDateTime()))
+_FINISH = _THIS_ATTEMPT.values(
+    status=bindparam("new_status"),
+    content=bindparam("text"),
+    error=bindparam("error_code"),
+    finish_reason=bindparam("reason"),
+    prompt_tokens=bindparam("prompt"),
+    output_tokens=bindparam("output"),
+    thinking_tokens=bindparam("thinking"),
+    completed_at=bindparam("now", type_=UTCDateTime()),
+    updated_at=bindparam("now", type_=UTCDateTime()),
+).returning(*_messages.c)
+_TITLE = (
+    update(_rooms)
+    .where(_rooms.c.id == bindparam("room_id"), _rooms.c.auto_title.is_(True))
+    .values(name=bindparam("title"), auto_title=False)
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyRoom:
+    id: int
+    user_id: int
+    system_prompt: str | None
+    auto_title: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedReply:
+    attempts: int
+    room_id: int
+    user_message_id: int | None
+    created_at: datetime
+    room: ReplyRoom | None  # None: the room is gone
+    turns: list[tuple[str, str]]  # (role, content) before the reply, newest first
+
+
+async def _claim_reply_postgresql(
+    session: AsyncSession, *, reply_id: int, now: datetime, model: str
+) -> ClaimedReply | None:
+    """ChatStatements.claim_reply on PostgreSQL: the claim and the reads in one statement."""
+    params = {"reply_id": reply_id, "now": now, "model_name": model}
+    row = (await session.execute(_CLAIM_POSTGRESQL, params)).one_or_none()
+    if row is None:
+        return None
+    room = ReplyRoom(*row[4:8]) if row[4] is not None else None
+    turns = list(zip(row[8] or (), row[9] or (), strict=True))
+    return ClaimedReply(row[0], row[1], row[2], row[3], room, turns)
+
+
+async def _claim_reply_sqlite(
+    session: AsyncSession, *, reply_id: int, now: datetime, model: str
+) -> ClaimedReply | None:
+    """ChatStatements.claim_reply on SQLite: the claim committed on its own, then the reads."""
+    params = {"reply_id": reply_id, "now": now, "model_name": model}
+    claimed = (await session.execute(_CLAIM, params)).one_or_none()
+    await session.commit()
+    if claimed is None:
+        return None
+    attempts, room_id, user_message_id, created_at = claimed
+    found = (await session.execute(_ROOM, {"room_id": room_id})).one_or_none()
+    reads = {"room_id": room_id, "reply_id": reply_id, "user_message_id": user_message_id}
+    turns = [(role, content) for role, content in await session.execute(_TURNS, reads)]
+    room = ReplyRoom(*found) if found is not None else None
+    return ClaimedReply(attempts, room_id, user_message_id, created_at, room, turns)
+
+
+async def heartbeat_reply(
+    session: AsyncSession, *, reply_id: int, attempt: int, now: datetime
+) -> None:
+    await session.execute(_HEARTBEAT, {"reply_id": reply_id, "attempt": attempt, "now": now})
+
+
+async def finish_reply(session: AsyncSession, params: dict[str, Any]) -> Row[Any] | None:
+    """Write a reply's outcome if `attempt` still owns it: the reply's row, or None (another
+    attempt took over). `params`: reply_id, attempt, new_status, text, error_code, reason,
+    prompt, output, thinking, now."""
+    return (await session.execute(_FINISH, params)).one_or_none()
+
+
+async def set_auto_title(session: AsyncSession, room_id: int, title: str) -> bool:
+    """Name a room still auto-titled; whether it was."""
+    changed = await session.execute(_TITLE, {"room_id": room_id, "title": title})
+    return bool(changed.rowcount)  # type: ignore[attr-defined]
+
+
+async def requeue_stuck_replies(
+    session: AsyncSession, *, now: datetime, cutoff: datetime, queued_before: datetime | None
+) -> tuple[list[tuple[int, int]], list[int]]:
+    """Put back in `queued` the replies untouched since `cutoff` in `queued` or `generating`
+    (a queued one only if also last queued before `queued_before`, when given): their (id,
+    room id) and the owners of their rooms."""
+    queued, generating = ReplyStatus.QUEUED, ReplyStatus.GENERATING
+    stuck: ColumnElement[bool] = Message.status.in_([queued, generating])
+    if queued_before is not None and queued_before < cutoff:
+        stuck = or_(
+            Message.status == generating,
+            and_(Message.status == queued, Message.updated_at < queued_before),
+        )
+    stale = (
+        await session.execute(
+            update(Message)
+            .where(Message.role == "assistant", stuck, Message.updated_at < cutoff)
+            .values(status=queued, updated_at=now)
+            .returning(Message.id, Message.chatroom_id)
+        )
+    ).all()
+    if not stale:
+        return [], []
+    rooms = {room_id for _, room_id in stale}
+    owners = await session.execute(
+        select(Chatroom.user_id).where(Chatroom.id.in_(rooms)).distinct()
+    )
+    return [(reply_id, room_id) for reply_id, room_id in stale], list(owners.scalars())
+
+
+# --- the statements that differ between the two databases ---------------------------------
+
+
+class InsertExchange(Protocol):
+    async def __call__(
+        self,
+        session: AsyncSession,
+        slot: dict[str, Any],
+        *,
+        room_id: int,
+        now: datetime,
+        content: str | None = None,
+        reply_to: int | None = None,
+    ) -> Exchange | None:
+        """Take a quota slot and, if it was taken, insert the user message `content` (or, for
+        a retry, none: the reply answers `reply_to`) and a queued reply, and move the room's
+        counters. None when the slot was not taken (nothing is written). `slot` is
+        Quota.slot_params(...); the caller judges the count (Quota.admit) and rolls back on a
+        refusal."""
+
+
+class ClaimReply(Protocol):
+    async def __call__(
+        self, session: AsyncSession, *, reply_id: int, now: datetime, model: str
+    ) -> ClaimedReply | None:
+        """Take a queued reply (None: nothing to take) and read its room and conversation, in
+        an autocommit session: the claim is committed on its own before the reads."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChatStatements:
+    """The chat domain's statements for one database, chosen once by services.py: the domain
+    code never asks which database it runs on."""
+
+    insert_exchange: InsertExchange
+    claim_reply: ClaimReply
+    claim_key: Any  # the idempotency key's INSERT ... ON CONFLICT DO NOTHING RETURNING id
+    # PostgreSQL: a send without a key is ONE statement on a Core connection
+    # (`send_to_owned_room`); SQLite runs it in a session like any other send.
+    one_statement_send: bool
+
+
+POSTGRESQL = ChatStatements(
+    insert_exchange=_insert_exchange_postgresql,
+    claim_reply=_claim_reply_postgresql,
+    claim_key=_claim_key(postgresql.insert),
+    one_statement_send=True,
+)
+SQLITE = ChatStatements(
+    insert_exchange=_insert_exchange_sqlite,
+    claim_reply=_claim_reply_sqlite,
+    claim_key=_claim_key(sqlite.insert),
+    one_statement_send=False,
+)

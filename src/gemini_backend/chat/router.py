@@ -52,6 +52,7 @@ from gemini_backend.core.openapi import (
     problem,
     validation_doc,
 )
+from gemini_backend.services import services_of
 
 PATH_PROBLEM = problem(
     "int_parsing",
@@ -191,7 +192,7 @@ async def list_chatrooms(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> Response:
-    state = request.app.state
+    state = services_of(request)
     cache: ChatroomCache = state.chatroom_cache
     page_key = f"{limit}:{cursor or ''}"
     found = await cache.lookup(user.id, page_key)
@@ -218,7 +219,7 @@ async def list_chatrooms(
     responses=NOT_FOUND,
 )
 async def get_chatroom(request: Request, user: CurrentUser, chatroom_id: ChatroomId) -> Response:
-    state = request.app.state
+    state = services_of(request)
     cache: ChatroomCache = state.chatroom_cache
     # The body served last, kept by this process until a change to the user's rooms (in any
     # process) drops it: a hit opens no database session.
@@ -329,7 +330,7 @@ async def send_message(
     # The room is checked by the send itself (in its statement on PostgreSQL), not by a
     # dependency, and the app's sender is taken from its state: the send needs no request
     # session, and each dependency costs FastAPI's resolution on every request.
-    sender: MessageSender = request.app.state.message_sender
+    sender: MessageSender = services_of(request).message_sender
     receipt, quota = await sender.send(user, chatroom_id, body.content, idempotency_key)
     response.headers.update(quota.headers(sender.clock.now()))
     return receipt
@@ -395,7 +396,7 @@ async def stream_reply(
 ) -> ReplyStreamResponse:
     if message.role != "assistant":
         raise NotAReply()
-    state = request.app.state
+    state = services_of(request)
     snapshot = MessageOut.from_row(message)
     replay = await needs_replay(state.reply_streams, snapshot)
     slots: StreamSlots = state.stream_slots

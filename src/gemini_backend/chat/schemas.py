@@ -7,6 +7,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StringConstrain
 from sqlalchemy import Row
 
 from gemini_backend.chat.models import Message, RoomView
+from gemini_backend.chat.states import ReplyStatus
 from gemini_backend.core.db import STORABLE_TEXT
 
 RoomName = Annotated[
@@ -111,7 +112,7 @@ class MessageOut(BaseModel):
     chatroom_id: int
     role: Literal["user", "assistant"]
     content: str
-    status: str = Field(description="queued, generating, completed, failed, blocked, cancelled")
+    status: str = Field(description=", ".join(ReplyStatus))
     error: str | None
     finish_reason: str | None
     usage: Usage

@@ -30,8 +30,10 @@ from gemini_backend.chat import repository as repo
 from gemini_backend.chat.cache import ChatroomCache
 from gemini_backend.chat.errors import ChatroomNotFound, found_room
 from gemini_backend.chat.models import LIVE_REPLY_INDEX, Message, RoomView
+from gemini_backend.chat.queue import ReplyQueue
 from gemini_backend.chat.repository import Exchange
 from gemini_backend.chat.schemas import MessageOut, SendReceipt, Usage
+from gemini_backend.chat.states import ACTIVE_STATES, FINAL_STATES, ReplyStatus, cancel_key
 from gemini_backend.config import Settings
 from gemini_backend.core.cache import Cache
 from gemini_backend.core.clock import Clock
@@ -43,16 +45,7 @@ from gemini_backend.core.sql import violates_unique
 from gemini_backend.core.streams import ReplyStream
 from gemini_backend.core.throttle import Throttle
 from gemini_backend.quota.service import Quota, QuotaState
-from gemini_backend.users.schemas import Tier
-from gemini_backend.users.service import tier_of
-from gemini_backend.worker.replies import (
-    ACTIVE_STATES,
-    CANCELLED,
-    FINAL_STATES,
-    QUEUED,
-    cancel_key,
-)
-from gemini_backend.worker.runtime import ReplyPipeline
+from gemini_backend.users.tier import Tier, tier_of
 
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
 MAX_IDEMPOTENCY_KEY = 255
@@ -112,17 +105,29 @@ class MessageSender:
         clock: Clock,
         quota: Quota,
         throttle: Throttle,
-        pipeline: ReplyPipeline,
+        queue: ReplyQueue,
         chatrooms: ChatroomCache,
         streams: ReplyStream,
         cache: Cache,
+        statements: repo.ChatStatements,
+        enqueue_with_invalidation: bool = False,
     ) -> None:
+        """`enqueue_with_invalidation`: the queue and the chatroom cache are both on Redis
+        (services.py), so a send's job goes in its invalidation's transaction."""
         self.database = database
+        self.sql = statements
+        self._announce = (
+            self._announce_together if enqueue_with_invalidation else self._announce_apart
+        )
+        # Chosen once, here: a send without a key is one statement where the database allows.
+        self._send_new = (
+            self._send_one_statement if statements.one_statement_send else self._send_in_session
+        )
         self.settings = settings
         self.clock = clock
         self.quota = quota
         self.throttle = throttle
-        self.pipeline = pipeline
+        self.queue = queue
         self.chatrooms = chatrooms
         self.streams = streams
         self.cache = cache
@@ -143,47 +148,74 @@ class MessageSender:
             raise InvalidIdempotencyKey()
         now = self.clock.now()
         tier = tier_of(user, now, self.settings)
-        if idempotency_key is None and self.database.engine.dialect.name == "postgresql":
-            # A Core connection, no ORM session: BEGIN, the statement, COMMIT (a refusal by
-            # the daily limit or the throttle rolls it back).
-            async with self.database.engine.connect() as conn, conn.begin():
-                found, exchange = await repo.send_to_owned_room(
-                    conn,
-                    self.quota.slot_params(user.id, tier, now),
-                    user_id=user.id,
-                    room_id=room_id,
-                    now=now,
-                    content=content,
-                )
-                if not found:
-                    raise ChatroomNotFound()
-                structlog.contextvars.bind_contextvars(chatroom_id=room_id)
-                exchange, quota = await self._admit(exchange, user.id, tier, now)
-            receipt = self._send_receipt(room_id, content, exchange, now)
+        if idempotency_key is None:
+            receipt, quota, reply_id = await self._send_new(user.id, tier, room_id, content, now)
         else:
-            async with self.database.sessionmaker() as session:
-                found_room(await repo.owned_room_view(session, user.id, room_id))
-                key_row: int | None = None
-                if idempotency_key is not None:
-                    replay = await self._claim_key(session, user.id, room_id, idempotency_key, now)
-                    if isinstance(replay, SendReceipt):
-                        sent = replay.user_message
-                        if sent.chatroom_id != room_id or sent.content != content:
-                            # Not a retry of that send: answering its receipt would drop this
-                            # message without a word (draft-ietf-httpapi-idempotency-key-header).
-                            raise IdempotencyKeyReused()
-                        quota = await self.quota.state(session, user.id, tier, now)
-                        return replay, quota
-                    key_row = replay
-                exchange, quota = await self._take_slot(
-                    session, user.id, tier, now, room_id, content=content
-                )
-                receipt = self._send_receipt(room_id, content, exchange, now)
-                if key_row is not None:
-                    await repo.store_receipt(session, key_row, receipt.model_dump_json())
-                await session.commit()
-        await self._announce(user.id, exchange.reply_id)
+            receipt, quota, reply_id = await self._send_keyed(
+                user.id, tier, room_id, content, now, idempotency_key
+            )
+        if reply_id is not None:  # a replay spends nothing and announces nothing
+            await self._announce(user.id, reply_id)
         return receipt, quota
+
+    async def _send_one_statement(
+        self, user_id: int, tier: Tier, room_id: int, content: str, now: datetime
+    ) -> tuple[SendReceipt, QuotaState, int | None]:
+        """PostgreSQL, no key: a Core connection, no ORM session: BEGIN, the statement, COMMIT
+        (a refusal by the daily limit or the throttle rolls it back)."""
+        async with self.database.engine.connect() as conn, conn.begin():
+            found, exchange = await repo.send_to_owned_room(
+                conn,
+                self.quota.slot_params(user_id, tier, now),
+                user_id=user_id,
+                room_id=room_id,
+                now=now,
+                content=content,
+            )
+            if not found:
+                raise ChatroomNotFound()
+            structlog.contextvars.bind_contextvars(chatroom_id=room_id)
+            exchange, quota = await self._admit(exchange, user_id, tier, now)
+        return self._send_receipt(room_id, content, exchange, now), quota, exchange.reply_id
+
+    async def _send_in_session(
+        self, user_id: int, tier: Tier, room_id: int, content: str, now: datetime
+    ) -> tuple[SendReceipt, QuotaState, int | None]:
+        return await self._send_keyed(user_id, tier, room_id, content, now, None)
+
+    async def _send_keyed(
+        self,
+        user_id: int,
+        tier: Tier,
+        room_id: int,
+        content: str,
+        now: datetime,
+        idempotency_key: str | None,
+    ) -> tuple[SendReceipt, QuotaState, int | None]:
+        """The steps in a session of their own; with a key, a replay answers the stored
+        receipt (its reply id None: nothing to announce)."""
+        async with self.database.sessionmaker() as session:
+            found_room(await repo.owned_room_view(session, user_id, room_id))
+            key_row: int | None = None
+            if idempotency_key is not None:
+                replay = await self._claim_key(session, user_id, room_id, idempotency_key, now)
+                if isinstance(replay, SendReceipt):
+                    sent = replay.user_message
+                    if sent.chatroom_id != room_id or sent.content != content:
+                        # Not a retry of that send: answering its receipt would drop this
+                        # message without a word (draft-ietf-httpapi-idempotency-key-header).
+                        raise IdempotencyKeyReused()
+                    quota = await self.quota.state(session, user_id, tier, now)
+                    return replay, quota, None
+                key_row = replay
+            exchange, quota = await self._take_slot(
+                session, user_id, tier, now, room_id, content=content
+            )
+            receipt = self._send_receipt(room_id, content, exchange, now)
+            if key_row is not None:
+                await repo.store_receipt(session, key_row, receipt.model_dump_json())
+            await session.commit()
+        return receipt, quota, exchange.reply_id
 
     async def retry(
         self, session: AsyncSession, user: SignedInUser, room: RoomView, message: Message
@@ -222,15 +254,20 @@ class MessageSender:
         to stop through the shared cache, which the worker producing it (in any process) polls,
         and ends `cancelled` with its partial text."""
         if reply.status in FINAL_STATES:
-            if reply.status == CANCELLED:
+            if reply.status == ReplyStatus.CANCELLED:
                 return reply
             raise ReplyAlreadyFinished()
         now = self.clock.now()
         cancelled = (
             await session.execute(
                 update(Message)
-                .where(Message.id == reply.id, Message.status == QUEUED)
-                .values(status=CANCELLED, error="cancelled", completed_at=now, updated_at=now)
+                .where(Message.id == reply.id, Message.status == ReplyStatus.QUEUED)
+                .values(
+                    status=ReplyStatus.CANCELLED,
+                    error="cancelled",
+                    completed_at=now,
+                    updated_at=now,
+                )
                 .returning(Message)
                 .execution_options(populate_existing=True)
             )
@@ -309,7 +346,7 @@ class MessageSender:
         daily limit spends no per-minute slot, and one refused by the throttle rolls the quota
         upsert and the inserts back with its transaction.
         """
-        exchange = await repo.insert_exchange(
+        exchange = await self.sql.insert_exchange(
             session,
             self.quota.slot_params(user_id, tier, now),
             room_id=room_id,
@@ -327,7 +364,7 @@ class MessageSender:
             chatroom_id=room_id,
             role="user",
             content=content,
-            status="completed",
+            status=ReplyStatus.COMPLETED,
             error=None,
             finish_reason=None,
             usage=_no_usage(),
@@ -347,7 +384,7 @@ class MessageSender:
             chatroom_id=room_id,
             role="assistant",
             content="",
-            status=QUEUED,
+            status=ReplyStatus.QUEUED,
             error=None,
             finish_reason=None,
             usage=_no_usage(),
@@ -364,31 +401,33 @@ class MessageSender:
             reply=reply,
         )
 
-    async def _announce(self, user_id: int, reply_id: int) -> None:
+    async def _announce_apart(self, user_id: int, reply_id: int) -> None:
         """After the commit of a send or retry: the job is enqueued and the user's cached
         chatrooms are invalidated (a failure of either is logged; the sweeper enqueues a
         reply whose job was lost)."""
         structlog.contextvars.bind_contextvars(reply_id=reply_id)
 
         async def enqueue() -> None:
-            await self.pipeline.enqueue(reply_id)
-
-        if self.pipeline.queues_on_redis and self.chatrooms.on_redis:
-            # Production: the job goes in the invalidation's transaction, one round trip.
-            async def enqueue_into(pipe: Pipeline) -> None:
-                with kicks_into(pipe):
-                    await enqueue()
-
-            async def both() -> None:
-                await self.chatrooms.invalidate(user_id, along=enqueue_into)
-
-            await run_after_commit([both])
-            return
+            await self.queue.enqueue(reply_id)
 
         async def invalidate() -> None:
             await self.chatrooms.invalidate(user_id)
 
         await run_after_commit([enqueue, invalidate])
+
+    async def _announce_together(self, user_id: int, reply_id: int) -> None:
+        """`_announce_apart` when the jobs and the cache are both on Redis: the job goes in
+        the invalidation's transaction, one round trip."""
+        structlog.contextvars.bind_contextvars(reply_id=reply_id)
+
+        async def enqueue_into(pipe: Pipeline) -> None:
+            with kicks_into(pipe):
+                await self.queue.enqueue(reply_id)
+
+        async def both() -> None:
+            await self.chatrooms.invalidate(user_id, along=enqueue_into)
+
+        await run_after_commit([both])
 
     async def _claim_key(
         self, session: AsyncSession, user_id: int, room_id: int, key: str, now: datetime
@@ -400,6 +439,7 @@ class MessageSender:
         """
         key_id = await repo.claim_idempotency_key(
             session,
+            self.sql,
             user_id=user_id,
             room_id=room_id,
             key=key,

@@ -190,7 +190,7 @@ async def _request_session(request: Request) -> AsyncIterator[AsyncSession]:
     A domain error marked `keeps_changes` (a failed login attempt that must be counted) commits
     what was written before it; any other error rolls back.
     """
-    database: Database = request.app.state.database
+    database: Database = request.app.state.services.database  # services.Services
     reads_only = request.method in _READ_METHODS
     factory = database.autocommit_sessionmaker if reads_only else database.sessionmaker
     async with factory() as session:

@@ -11,10 +11,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 
 from gemini_backend.chat.models import Message
+from gemini_backend.chat.states import ReplyStatus
 from gemini_backend.core import metrics
 from gemini_backend.core.db import DbSession, release_connection
 from gemini_backend.core.errors import NotFound, Unauthorized
 from gemini_backend.core.openapi import error_doc, header_doc
+from gemini_backend.services import services_of
 
 router = APIRouter(tags=["Operations"])
 
@@ -97,7 +99,7 @@ async def health() -> dict[str, str]:
     },
 )
 async def ready(request: Request) -> JSONResponse:
-    state = request.app.state
+    state = services_of(request)
     checks: dict[str, Any] = {}
 
     async def probe(name: str, call: Any) -> None:
@@ -116,7 +118,7 @@ async def ready(request: Request) -> JSONResponse:
         "status": "ready" if ok else "unavailable",
         "mode": "production" if state.settings.is_production_mode else "embedded",
         "checks": checks,
-        "ai": {"provider": state.services.provider.name, "model": state.services.provider.model},
+        "ai": {"provider": state.provider.name, "model": state.provider.model},
         # Embedded mode: jobs run in this process. Production: Redis Streams (the redis check).
         "queue": "redis-streams" if state.settings.is_production_mode else "in-process",
         "otp_delivery": state.settings.otp_delivery,
@@ -132,7 +134,7 @@ async def ready(request: Request) -> JSONResponse:
 def _metrics_allowed(request: Request) -> None:
     """METRICS_TOKEN, when set, as a bearer token; in production /metrics is not served at all
     without one (a 404, as for an unknown route)."""
-    settings = request.app.state.settings
+    settings = services_of(request).settings
     if not settings.metrics_served:
         raise NotFound("No such route.")
     if settings.metrics_token is None:
@@ -167,7 +169,7 @@ async def prometheus_metrics(request: Request, session: DbSession) -> Response:
     depth, oldest = (
         await session.execute(
             select(func.count(), func.min(Message.created_at)).where(
-                Message.role == "assistant", Message.status == "queued"
+                Message.role == "assistant", Message.status == ReplyStatus.QUEUED
             )
         )
     ).one()
@@ -175,7 +177,7 @@ async def prometheus_metrics(request: Request, session: DbSession) -> Response:
     metrics.QUEUE_DEPTH.set(depth)
     if oldest is not None and oldest.tzinfo is None:
         oldest = oldest.replace(tzinfo=UTC)
-    now = request.app.state.clock.now()
+    now = services_of(request).clock.now()
     metrics.QUEUE_LAG.set(max(0.0, (now - oldest).total_seconds()) if oldest else 0.0)
     body, content_type = metrics.render()
     return Response(body, media_type=content_type)

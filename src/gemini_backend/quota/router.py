@@ -10,8 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from gemini_backend.auth.dependencies import CurrentUser
 from gemini_backend.core.db import DbSession
 from gemini_backend.core.openapi import AUTH_ERRORS
-from gemini_backend.users.schemas import Tier
-from gemini_backend.users.service import tier_of
+from gemini_backend.services import services_of
+from gemini_backend.users.tier import Tier, tier_of
 
 router = APIRouter(tags=["Subscriptions"], responses=AUTH_ERRORS)
 
@@ -37,7 +37,7 @@ class UsageOut(BaseModel):
 
 
 async def _usage(request: Request, user: CurrentUser, session: DbSession) -> UsageOut:
-    state = request.app.state
+    state = services_of(request)
     now = state.clock.now()
     tier = tier_of(user, now, state.settings)
     quota = await state.quota.state(session, user.id, tier, now)

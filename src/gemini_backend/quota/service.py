@@ -8,7 +8,8 @@ write lock (SQLite) makes the increments strictly sequential, so 20 concurrent s
 Basic user get exactly 5 acceptances, across any number of API processes.
 
 The upsert is built once per dialect (values bound per execution) and is also the first step of
-the send's single statement on PostgreSQL (chat/repository.py), which takes the slot, inserts the
+the send's single statement on PostgreSQL (chat/repository.py); the statements live in
+quota/repository.py, which takes the slot, inserts the
 messages only if it was taken, and leaves the verdict to `Quota.admit`.
 """
 
@@ -16,65 +17,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
-from functools import cache
-from typing import Any, cast
+from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Date, Integer, Table, bindparam, literal_column, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gemini_backend.config import Settings
-from gemini_backend.core.db import BigIntId
 from gemini_backend.core.errors import TooManyRequests
 from gemini_backend.core.metrics import QUOTA_REJECTIONS
-from gemini_backend.quota.models import DailyUsage
-from gemini_backend.users.schemas import Tier
+from gemini_backend.quota import repository as repo
+from gemini_backend.users.tier import Tier
 
 
 class DailyLimitReached(TooManyRequests):
     code = "daily_limit_reached"
-
-
-_usage = cast(Table, DailyUsage.__table__)
-
-
-@cache
-def daily_slot_upsert(dialect: str, limited: bool, *, only_if: Any = None) -> Any:
-    """`INSERT ... ON CONFLICT (user_id, day) DO UPDATE SET count = count + 1 [WHERE count <
-    :slot_limit] RETURNING count` for this dialect. Bound per execution: `slot_user`,
-    `slot_day` and, when `limited`, `slot_limit`. Built once per set of arguments.
-
-    `only_if`: a selectable (a CTE of the same statement); the slot is taken only when it has
-    a row (`INSERT ... SELECT ... FROM only_if`), else nothing is written and no row comes back.
-    """
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    user = bindparam("slot_user", type_=BigIntId)
-    day = bindparam("slot_day", type_=Date())
-    if only_if is None:
-        stmt = insert(_usage).values(user_id=user, day=day, count=1)
-    else:
-        row: Any = select(user, day, literal_column("1")).select_from(only_if)
-        stmt = insert(_usage).from_select(["user_id", "day", "count"], row)
-    return stmt.on_conflict_do_update(
-        index_elements=[_usage.c.user_id, _usage.c.day],
-        set_={"count": _usage.c.count + 1},
-        where=(_usage.c.count < bindparam("slot_limit", type_=Integer())) if limited else None,
-    ).returning(_usage.c.count)
-
-
-_USAGE_OF_DAY = select(_usage.c.count).where(
-    _usage.c.user_id == bindparam("user_id"), _usage.c.day == bindparam("day")
-)
-_GIVE_BACK = (
-    update(_usage)
-    .where(
-        _usage.c.user_id == bindparam("slot_user"),
-        _usage.c.day == bindparam("slot_day"),
-        _usage.c.count > 0,
-    )
-    .values(count=_usage.c.count - 1)
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +69,7 @@ class Quota:
         return midnight.astimezone(now.tzinfo)
 
     def slot_params(self, user_id: int, tier: Tier, now: datetime) -> dict[str, Any]:
-        """The values of `daily_slot_upsert(dialect, limited=limit is not None)`."""
+        """The values of `daily_slot_upsert(insert, limited=limit is not None)`."""
         params: dict[str, Any] = {"slot_user": user_id, "slot_day": self.day_of(now)}
         limit = self.limit_for(tier)
         if limit is not None:
@@ -137,12 +93,11 @@ class Quota:
 
     async def release_daily_slot(self, session: AsyncSession, user_id: int, day: date) -> None:
         """Give a slot back (a reply that failed or was blocked)."""
-        await session.execute(_GIVE_BACK, {"slot_user": user_id, "slot_day": day})
+        await repo.give_back_slot(session, user_id, day)
 
     async def state(
         self, session: AsyncSession, user_id: int, tier: Tier, now: datetime
     ) -> QuotaState:
         day = self.day_of(now)
-        params = {"user_id": user_id, "day": day}
-        used = (await session.execute(_USAGE_OF_DAY, params)).scalar_one_or_none()
+        used = await repo.used_on(session, user_id, day)
         return QuotaState(self.limit_for(tier), used or 0, day, self.next_reset(now))

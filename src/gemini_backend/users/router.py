@@ -4,6 +4,7 @@ from fastapi import APIRouter, Request
 
 from gemini_backend.auth.dependencies import CurrentUser
 from gemini_backend.core.openapi import AUTH_ERRORS
+from gemini_backend.services import services_of
 from gemini_backend.users.schemas import UserOut
 from gemini_backend.users.service import user_out
 
@@ -20,4 +21,4 @@ router = APIRouter(prefix="/user", tags=["User"])
     responses=AUTH_ERRORS,
 )
 async def read_me(request: Request, user: CurrentUser) -> UserOut:
-    return user_out(user, request.app.state.clock.now(), request.app.state.settings)
+    return user_out(user, services_of(request).clock.now(), services_of(request).settings)

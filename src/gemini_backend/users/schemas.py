@@ -1,17 +1,15 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from gemini_backend.users.models import User
+from gemini_backend.users.tier import Tier
 
 if TYPE_CHECKING:
     from gemini_backend.auth.principals import SignedInUser
-
-Tier = Literal["basic", "pro"]
-
 
 USER_EXAMPLE: dict[str, Any] = {
     "id": 1,

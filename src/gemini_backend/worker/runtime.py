@@ -4,6 +4,8 @@ Embedded mode: the API process runs jobs itself (taskiq's in-process broker) and
 Production mode: the API process only enqueues; `gemini-backend worker` processes receive jobs
 from Redis Streams and run the sweeper (several sweepers are safe: each stale reply is
 re-queued by one conditional UPDATE).
+
+The two are two classes, ReplyPipeline and StreamReplyPipeline; services.py picks one.
 """
 
 from __future__ import annotations
@@ -11,20 +13,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from datetime import datetime, timedelta
+from typing import Any
 
 import structlog
 from taskiq import AsyncBroker, InMemoryBroker
 from taskiq.decor import AsyncTaskiqDecoratedTask
 
+from gemini_backend.chat.generation import ReplyGenerator
 from gemini_backend.config import Settings
 from gemini_backend.core.queue import GENERATE_REPLY, ResilientRedisStreamBroker
 from gemini_backend.core.tasks import cancel_and_wait
-from gemini_backend.worker.replies import ReplyGenerator
-
-if TYPE_CHECKING:  # housekeeping imports the chat domain, which imports this module
-    from gemini_backend.worker.housekeeping import Housekeeping
+from gemini_backend.worker.housekeeping import Housekeeping
 
 log = structlog.get_logger(__name__)
 
@@ -34,6 +34,11 @@ ENQUEUE_MARGIN = timedelta(seconds=1)
 
 
 class ReplyPipeline:
+    """What both modes share; InProcessReplyPipeline and StreamReplyPipeline differ in the
+    broker and in what it takes to stop and to sweep."""
+
+    queues_on_redis = False  # whether `core.queue.kicks_into` applies to its jobs
+
     def __init__(
         self,
         settings: Settings,
@@ -56,11 +61,6 @@ class ReplyPipeline:
             task_name=GENERATE_REPLY,
         )
 
-    @property
-    def queues_on_redis(self) -> bool:
-        """Whether jobs go to Redis Streams (`core.queue.kicks_into` applies to them)."""
-        return isinstance(self.broker, ResilientRedisStreamBroker)
-
     async def enqueue(self, reply_id: int) -> None:
         await self._task.kiq(reply_id)
 
@@ -79,25 +79,18 @@ class ReplyPipeline:
             self._stop_sweeping.set()
             await asyncio.wait({self._sweeper}, timeout=grace_seconds)
             await cancel_and_wait(self._sweeper, give_up_after=grace_seconds)  # only if stuck
-        if isinstance(self.broker, InMemoryBroker):
-            # Embedded mode: let replies in progress finish; the rest are swept at next start.
-            try:
-                await asyncio.wait_for(self.broker.wait_all(), grace_seconds)
-            except TimeoutError:
-                log.warning("replies_unfinished_at_shutdown")
+        await self._finish_running(grace_seconds)
         await self.broker.shutdown()
 
+    async def _finish_running(self, grace_seconds: float) -> None:
+        """Before the broker shuts down."""
+
+    async def _queued_before(self) -> datetime | None:
+        """Replies queued before this may have lost their job (None: any may have)."""
+        return None
+
     async def sweep_once(self, *, stale_seconds: float | None = None) -> list[int]:
-        queued_before = None
-        if isinstance(self.broker, ResilientRedisStreamBroker):
-            # A queued reply whose job still waits in the stream is not stuck, only behind a
-            # backlog: queuing it again would add a second job for it, and under a backlog
-            # older than REPLY_STALE_SECONDS the sweeper would double the queue it is behind.
-            # Only replies queued before the oldest waiting job (with a margin for the time
-            # between a send's commit and its enqueue) can have lost theirs.
-            waiting_since = await self.broker.waiting_since()
-            if waiting_since is not None:
-                queued_before = waiting_since - ENQUEUE_MARGIN
+        queued_before = await self._queued_before()
         return await self.generator.sweep(
             self.enqueue, stale_seconds=stale_seconds, queued_before=queued_before
         )
@@ -118,3 +111,50 @@ class ReplyPipeline:
                     log.exception("purge_failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop_sweeping.wait(), interval)
+
+
+class InProcessReplyPipeline(ReplyPipeline):
+    """Embedded mode: taskiq's in-process broker; this process runs the jobs it enqueues."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        broker: InMemoryBroker,
+        generator: ReplyGenerator,
+        housekeeping: Housekeeping | None = None,
+    ) -> None:
+        super().__init__(settings, broker, generator, housekeeping)
+        self._in_process = broker
+
+    async def _finish_running(self, grace_seconds: float) -> None:
+        # Let replies in progress finish; the rest are swept at next start.
+        try:
+            await asyncio.wait_for(self._in_process.wait_all(), grace_seconds)
+        except TimeoutError:
+            log.warning("replies_unfinished_at_shutdown")
+
+
+class StreamReplyPipeline(ReplyPipeline):
+    """Production mode: jobs go to Redis Streams, received by `gemini-backend worker` (whose
+    receiver lets running replies finish)."""
+
+    queues_on_redis = True
+
+    def __init__(
+        self,
+        settings: Settings,
+        broker: ResilientRedisStreamBroker,
+        generator: ReplyGenerator,
+        housekeeping: Housekeeping | None = None,
+    ) -> None:
+        super().__init__(settings, broker, generator, housekeeping)
+        self._stream = broker
+
+    async def _queued_before(self) -> datetime | None:
+        # A queued reply whose job still waits in the stream is not stuck, only behind a
+        # backlog: queuing it again would add a second job for it, and under a backlog older
+        # than REPLY_STALE_SECONDS the sweeper would double the queue it is behind. Only
+        # replies queued before the oldest waiting job (with a margin for the time between a
+        # send's commit and its enqueue) can have lost theirs.
+        waiting_since = await self._stream.waiting_since()
+        return None if waiting_since is None else waiting_since - ENQUEUE_MARGIN

@@ -1,6 +1,7 @@
-"""Producing one reply: claim it, rebuild the conversation, stream from the provider into the
-reply stream, write the outcome. Every database step is its own short transaction: no
-connection is held while the provider is streaming."""
+"""Producing one reply (the job a worker runs): claim it, rebuild the conversation, stream from
+the provider into the reply stream, write the outcome. Every database step is its own short
+transaction: no connection is held while the provider is streaming. The statements are in
+chat/repository.py; worker/runtime.py registers `ReplyGenerator.run` as the job."""
 
 from __future__ import annotations
 
@@ -12,10 +13,8 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import cast
 
 import structlog
-from sqlalchemy import ColumnElement, Table, and_, bindparam, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gemini_backend.ai.base import (
@@ -27,13 +26,14 @@ from gemini_backend.ai.base import (
     Usage,
     estimate_tokens,
 )
+from gemini_backend.chat import repository as repo
 from gemini_backend.chat.cache import ChatroomCache
-from gemini_backend.chat.models import Chatroom, Message
+from gemini_backend.chat.repository import ReplyRoom
 from gemini_backend.chat.schemas import MessageOut
+from gemini_backend.chat.states import ReplyStatus, cancel_key
 from gemini_backend.config import Settings
 from gemini_backend.core.cache import Cache
 from gemini_backend.core.clock import Clock
-from gemini_backend.core.db import UTCDateTime
 from gemini_backend.core.metrics import (
     JOB_LAG,
     PROVIDER_ATTEMPTS,
@@ -46,119 +46,7 @@ from gemini_backend.quota.service import Quota
 
 log = structlog.get_logger(__name__)
 
-QUEUED, GENERATING, COMPLETED = "queued", "generating", "completed"
-FAILED, BLOCKED, CANCELLED = "failed", "blocked", "cancelled"
-FINAL_STATES = frozenset({COMPLETED, FAILED, BLOCKED, CANCELLED})
-ACTIVE_STATES = frozenset({QUEUED, GENERATING})
 CANCEL_POLL_SECONDS = 0.25
-MAX_TURNS = 500  # the most messages read back as a reply's conversation
-
-# Built once; values are bound per execution. Core statements on the tables: the ORM's
-# bulk-update path (identity-map evaluation, statement building per call) was a fifth of a
-# worker's CPU per reply.
-_messages = cast(Table, Message.__table__)
-_rooms = cast(Table, Chatroom.__table__)
-
-# The claim: a conditional UPDATE, so a duplicate delivery finds nothing to take.
-_CLAIM = (
-    update(_messages)
-    .where(
-        _messages.c.id == bindparam("reply_id"),
-        _messages.c.status == QUEUED,
-        _messages.c.role == "assistant",
-    )
-    .values(
-        status=GENERATING,
-        attempts=_messages.c.attempts + 1,
-        updated_at=bindparam("now", type_=UTCDateTime()),
-        model=bindparam("model_name"),
-    )
-    .returning(
-        _messages.c.attempts, _messages.c.chatroom_id, _messages.c.reply_to, _messages.c.created_at
-    )
-)
-_ROOM = select(_rooms.c.id, _rooms.c.user_id, _rooms.c.system_prompt, _rooms.c.auto_title).where(
-    _rooms.c.id == bindparam("room_id")
-)
-# The conversation before a reply, newest first: completed turns and the message it answers.
-_TURNS = (
-    select(_messages.c.role, _messages.c.content)
-    .where(
-        _messages.c.chatroom_id == bindparam("room_id"),
-        _messages.c.id < bindparam("reply_id"),
-        or_(_messages.c.status == COMPLETED, _messages.c.id == bindparam("user_message_id")),
-    )
-    .order_by(_messages.c.id.desc())
-    .limit(MAX_TURNS)
-)
-# PostgreSQL: the claim, the room and the conversation in ONE statement (one round trip
-# instead of three). The conversation comes back as two arrays, newest first. The LATERAL
-# read sees the rows as they were before the claim, which changes only the reply itself
-# (never part of its own conversation). The states and the limit are _CLAIM's and _TURNS'.
-_CLAIM_POSTGRESQL = text(
-    """
-    WITH claimed AS (
-        UPDATE messages
-        SET status = :generating, attempts = attempts + 1, updated_at = :now,
-            model = :model_name
-        WHERE id = :reply_id AND status = :queued AND role = 'assistant'
-        RETURNING attempts, chatroom_id, reply_to, created_at
-    )
-    SELECT claimed.attempts, claimed.chatroom_id, claimed.reply_to, claimed.created_at,
-           room.id, room.user_id, room.system_prompt, room.auto_title,
-           turns.roles, turns.contents
-    FROM claimed
-    LEFT JOIN chatrooms AS room ON room.id = claimed.chatroom_id
-    CROSS JOIN LATERAL (
-        SELECT array_agg(recent.role ORDER BY recent.id DESC) AS roles,
-               array_agg(recent.content ORDER BY recent.id DESC) AS contents
-        FROM (
-            SELECT id, role, content FROM messages
-            WHERE chatroom_id = claimed.chatroom_id AND id < :reply_id
-              AND (status = :completed OR id = claimed.reply_to)
-            ORDER BY id DESC
-            LIMIT :max_turns
-        ) AS recent
-    ) AS turns
-    """
-).bindparams(
-    bindparam("now", type_=UTCDateTime()),
-    queued=QUEUED,
-    generating=GENERATING,
-    completed=COMPLETED,
-    max_turns=MAX_TURNS,
-)
-# The reply as one attempt claimed it: still generating, not taken over by a later attempt.
-_THIS_ATTEMPT = update(_messages).where(
-    _messages.c.id == bindparam("reply_id"),
-    _messages.c.status == GENERATING,
-    _messages.c.attempts == bindparam("attempt"),
-)
-_HEARTBEAT = _THIS_ATTEMPT.values(updated_at=bindparam("now", type_=UTCDateTime()))
-_FINISH = _THIS_ATTEMPT.values(
-    status=bindparam("new_status"),
-    content=bindparam("text"),
-    error=bindparam("error_code"),
-    finish_reason=bindparam("reason"),
-    prompt_tokens=bindparam("prompt"),
-    output_tokens=bindparam("output"),
-    thinking_tokens=bindparam("thinking"),
-    completed_at=bindparam("now", type_=UTCDateTime()),
-    updated_at=bindparam("now", type_=UTCDateTime()),
-).returning(*_messages.c)
-_TITLE = (
-    update(_rooms)
-    .where(_rooms.c.id == bindparam("room_id"), _rooms.c.auto_title.is_(True))
-    .values(name=bindparam("title"), auto_title=False)
-)
-
-
-@dataclass(frozen=True, slots=True)
-class _Room:
-    id: int
-    user_id: int
-    system_prompt: str | None
-    auto_title: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,10 +65,6 @@ class Outcome:
     error: str | None = None
     finish_reason: str | None = None
     usage: Usage | None = None
-
-
-def cancel_key(reply_id: int) -> str:
-    return f"reply-cancel:{reply_id}"
 
 
 class _DeltaWriter:
@@ -226,7 +110,9 @@ class ReplyGenerator:
         cache: Cache,
         quota: Quota,
         chatrooms: ChatroomCache,
+        statements: repo.ChatStatements,
     ) -> None:
+        self.sql = statements
         self.settings = settings
         self.clock = clock
         self.sessionmaker = sessionmaker
@@ -269,56 +155,41 @@ class ReplyGenerator:
             if not title:
                 return
             async with self.autocommit_sessionmaker() as session:
-                changed = await session.execute(_TITLE, {"room_id": room_id, "title": title})
+                changed = await repo.set_auto_title(session, room_id, title)
                 await session.commit()
-            if changed.rowcount:  # type: ignore[attr-defined]
+            if changed:
                 await self.chatrooms.invalidate(user_id)
         except Exception:
             log.exception("title_failed", chatroom_id=room_id)
 
-    async def _claim(self, reply_id: int) -> tuple[Claim, Conversation, _Room | None] | None:
+    async def _claim(self, reply_id: int) -> tuple[Claim, Conversation, ReplyRoom | None] | None:
         """Take the reply (a conditional UPDATE: a duplicate delivery finds nothing to take), then
         read its room and conversation. The claim is one statement, committed on its own: if
         this worker dies before it finishes, the reply stays `generating` without heartbeats and
         the sweeper queues it again after REPLY_STALE_SECONDS. On PostgreSQL the reads are part
         of that statement."""
         now = self.clock.now()
-        params = {"reply_id": reply_id, "now": now, "model_name": self.provider.model}
         async with self.autocommit_sessionmaker() as session:
-            if session.get_bind().dialect.name == "postgresql":
-                row = (await session.execute(_CLAIM_POSTGRESQL, params)).one_or_none()
-                if row is None:
-                    return None
-                attempts, room_id, user_message_id, created_at = row[:4]
-                room = _Room(*row[4:8]) if row[4] is not None else None
-                turns = list(zip(row[8] or (), row[9] or (), strict=True))
-            else:
-                claimed = (await session.execute(_CLAIM, params)).one_or_none()
-                await session.commit()
-                if claimed is None:
-                    return None
-                attempts, room_id, user_message_id, created_at = claimed
-                found = (await session.execute(_ROOM, {"room_id": room_id})).one_or_none()
-                room = _Room(*found) if found is not None else None
-                turns = [
-                    (role, content)
-                    for role, content in await session.execute(
-                        _TURNS,
-                        {
-                            "room_id": room_id,
-                            "reply_id": reply_id,
-                            "user_message_id": user_message_id,
-                        },
-                    )
-                ]
+            claimed = await self.sql.claim_reply(
+                session, reply_id=reply_id, now=now, model=self.provider.model
+            )
             await session.commit()
-        claim = Claim(reply_id, attempts, room_id, user_message_id, room.user_id if room else None)
+        if claimed is None:
+            return None
+        room, created_at = claimed.room, claimed.created_at
+        claim = Claim(
+            reply_id,
+            claimed.attempts,
+            claimed.room_id,
+            claimed.user_message_id,
+            room.user_id if room else None,
+        )
         if claim.user_id is not None:
             await self.chatrooms.room_changed(claim.user_id)  # the reply is `generating` now
         if claim.attempt == 1:
             JOB_LAG.observe(max(0.0, (now - created_at).total_seconds()))
         system_prompt = room.system_prompt if room else None
-        return claim, self._conversation(system_prompt, turns), room
+        return claim, self._conversation(system_prompt, claimed.turns), room
 
     def _conversation(
         self, system_prompt: str | None, recent: Sequence[tuple[str, str]]
@@ -381,7 +252,7 @@ class ReplyGenerator:
                             parts.append(item.text)
                             deltas.add(item.text)
                         else:
-                            status = BLOCKED if item.blocked else COMPLETED
+                            status = ReplyStatus.BLOCKED if item.blocked else ReplyStatus.COMPLETED
                             return Outcome(
                                 status,
                                 "".join(parts),
@@ -393,18 +264,20 @@ class ReplyGenerator:
                         if now - last_cancel_check >= self.cancel_poll_seconds:
                             last_cancel_check = now
                             if await self.cache.get(cancel_key(claim.reply_id)):
-                                return Outcome(CANCELLED, "".join(parts), error="cancelled")
+                                return Outcome(
+                                    ReplyStatus.CANCELLED, "".join(parts), error="cancelled"
+                                )
                         if now >= deadline_heartbeat:
                             deadline_heartbeat = now + self._heartbeat_interval()
                             await self._heartbeat(claim)
-                return Outcome(FAILED, "".join(parts), error="provider_incomplete")
+                return Outcome(ReplyStatus.FAILED, "".join(parts), error="provider_incomplete")
             except TimeoutError:
                 error = ProviderError("provider_timeout", "timed out", retryable=True)
             except ProviderError as exc:
                 error = exc
             # Retried only before the first chunk: a client may already show the partial text.
             if parts or not error.retryable or attempt >= self.settings.ai_max_attempts:
-                return Outcome(FAILED, "".join(parts), error=error.code)
+                return Outcome(ReplyStatus.FAILED, "".join(parts), error=error.code)
             delay = error.retry_after or min(30.0, 0.5 * 2 ** (attempt - 1))
             await asyncio.sleep(delay * random.uniform(0.8, 1.2))  # noqa: S311 - jitter
 
@@ -412,9 +285,11 @@ class ReplyGenerator:
         return max(1.0, self.settings.reply_stale_seconds / 3)
 
     async def _heartbeat(self, claim: Claim) -> None:
-        params = {"reply_id": claim.reply_id, "attempt": claim.attempt, "now": self.clock.now()}
+        now = self.clock.now()
         async with self.autocommit_sessionmaker() as session:
-            await session.execute(_HEARTBEAT, params)
+            await repo.heartbeat_reply(
+                session, reply_id=claim.reply_id, attempt=claim.attempt, now=now
+            )
             await session.commit()
 
     async def _finish(self, claim: Claim, outcome: Outcome) -> None:
@@ -422,7 +297,7 @@ class ReplyGenerator:
         usage = outcome.usage or Usage()
         # A failed or blocked reply gives its quota slot back in the same transaction; any other
         # finish is one statement.
-        refund = outcome.status in {FAILED, BLOCKED}
+        refund = outcome.status in {ReplyStatus.FAILED, ReplyStatus.BLOCKED}
         factory = self.sessionmaker if refund else self.autocommit_sessionmaker
         params = {
             "reply_id": claim.reply_id,
@@ -437,7 +312,7 @@ class ReplyGenerator:
             "now": now,
         }
         async with factory() as session:
-            reply = (await session.execute(_FINISH, params)).one_or_none()
+            reply = await repo.finish_reply(session, params)
             if reply is None:
                 # Another attempt took over (this one was swept as stale): it owns the outcome.
                 log.warning("reply_finish_superseded", reply_id=claim.reply_id)
@@ -452,7 +327,7 @@ class ReplyGenerator:
         notice = None
         if claim.user_id is not None:
             notice = self.chatrooms.room_changed_notice(claim.user_id)
-        event = "done" if outcome.status == COMPLETED else "error"
+        event = "done" if outcome.status == ReplyStatus.COMPLETED else "error"
         await self.streams.append(
             claim.reply_id,
             event,
@@ -463,7 +338,7 @@ class ReplyGenerator:
         REPLIES.labels(outcome.status, outcome.error or "").inc()
         log.info("reply_finished", status=outcome.status, error=outcome.error)
 
-    # --- the sweeper ---------------------------------------------------------------------------
+    # --- stuck replies (the sweeper loop is worker/runtime.py's) ----------------------------
     async def sweep(
         self,
         enqueue: Callable[[int], Awaitable[None]],
@@ -478,37 +353,10 @@ class ReplyGenerator:
         if stale_seconds is None:
             stale_seconds = self.settings.reply_stale_seconds
         cutoff = now - timedelta(seconds=stale_seconds)
-        stuck: ColumnElement[bool] = Message.status.in_([QUEUED, GENERATING])
-        if queued_before is not None and queued_before < cutoff:
-            stuck = or_(
-                Message.status == GENERATING,
-                and_(Message.status == QUEUED, Message.updated_at < queued_before),
-            )
         async with self.sessionmaker() as session, session.begin():
-            stale = (
-                await session.execute(
-                    update(Message)
-                    .where(
-                        Message.role == "assistant",
-                        stuck,
-                        Message.updated_at < cutoff,
-                    )
-                    .values(status=QUEUED, updated_at=now)
-                    .returning(Message.id, Message.chatroom_id)
-                )
-            ).all()
-            owners: Sequence[int] = []
-            if stale:
-                rooms = {room_id for _, room_id in stale}
-                owners = (
-                    (
-                        await session.execute(
-                            select(Chatroom.user_id).where(Chatroom.id.in_(rooms)).distinct()
-                        )
-                    )
-                    .scalars()
-                    .all()
-                )
+            stale, owners = await repo.requeue_stuck_replies(
+                session, now=now, cutoff=cutoff, queued_before=queued_before
+            )
         for user_id in owners:
             await self.chatrooms.room_changed(user_id)
         for reply_id, _ in stale:
