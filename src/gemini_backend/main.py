@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 import structlog
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from pwdlib.hashers.argon2 import Argon2Hasher
 
 from gemini_backend.auth.delivery import create_otp_sender
 from gemini_backend.auth.phone import normalize_test_number
@@ -100,7 +101,14 @@ def create_app(
         state.auth = AuthDeps(
             settings=settings,
             clock=clock,
-            hasher=PasswordHasher(settings.password_hash_concurrency, settings.password_hash_queue),
+            hasher=PasswordHasher(
+                settings.password_hash_concurrency,
+                settings.password_hash_queue,
+                hasher=Argon2Hasher(
+                    time_cost=settings.password_hash_time_cost,
+                    memory_cost=settings.password_hash_memory_kib,
+                ),
+            ),
             tokens=TokenCodec(settings.jwt_secret_value(), settings.access_token_ttl_seconds),
             throttle=services.throttle,
             test_numbers=test_numbers,
