@@ -51,7 +51,7 @@ test: $(VENV)/.dev-deps
 test-fast: $(VENV)/.dev-deps
 	$(BIN)/python scripts/run_tests.py -m "not slow" $(PYTEST_ARGS)
 
-# The long versions of the reliability suite and the shuffled webhook orders (README, Tests):
+# The long versions of the reliability suite and the shuffled webhook orders (tests/README.md):
 # 100 quota-race trials, 100 shuffles per scenario, 2,000 SSE streams, 1,000-connection floods,
 # 200 fuzz examples per operation; embedded, then PostgreSQL + Redis.
 .PHONY: soak
