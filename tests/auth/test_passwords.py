@@ -1,4 +1,4 @@
-"""Passwords: signup, login, lockout, change-password, forgot/reset-password (API.md, "Auth")."""
+"""Passwords: signup, login, lockout, change-password, forgot/reset-password (docs/api.md, Auth)."""
 
 from __future__ import annotations
 
@@ -434,7 +434,7 @@ async def test_change_password_keeps_this_session_and_ends_the_others(client):
     )
     fresh = assert_token_response(response, number)
     assert fresh["user"]["id"] == this_device["user"]["id"]
-    # Clients keep using the token they had (API.md); every other session ends.
+    # Clients keep using the token they had (docs/api.md); every other session ends.
     await assert_tokens_work(client, this_device)
     await assert_tokens_refused(client, other_device)
     await assert_tokens_work(client, fresh)
