@@ -7,11 +7,12 @@ UV_VERSION := 0.13.8
 UV := $(VENV)/bin/uv
 BIN := $(VENV)/bin
 
-.PHONY: run serve test lint format migrate worker clean help
+.PHONY: run serve test test-fast lint format migrate worker clean help
 
 help:
 	@echo "make run     set up .venv, migrate, start the API (embedded mode by default)"
 	@echo "make test    set up .venv with dev tools, run the suite embedded and on PostgreSQL + Redis"
+	@echo "make test-fast  the suite without the slow tests (real processes, CLI, reliability), both modes"
 	@echo "make lint    ruff + mypy + the import contracts (pyproject.toml) + the mode-check grep"
 	@echo "make postman run the Postman collection with newman against a fresh throwaway server"
 	@echo "make soak    the long reliability runs (GB_SOAK=1), both modes"
@@ -46,7 +47,11 @@ worker: $(VENV)/.run-deps
 test: $(VENV)/.dev-deps
 	$(BIN)/python scripts/run_tests.py $(PYTEST_ARGS)
 
-# The long versions of the reliability suite and the shuffled webhook orders (README, Tests):
+# The local loop: everything but the tests marked `slow` (tests/README.md), both modes.
+test-fast: $(VENV)/.dev-deps
+	$(BIN)/python scripts/run_tests.py -m "not slow" $(PYTEST_ARGS)
+
+# The long versions of the reliability suite and the shuffled webhook orders (tests/README.md):
 # 100 quota-race trials, 100 shuffles per scenario, 2,000 SSE streams, 1,000-connection floods,
 # 200 fuzz examples per operation; embedded, then PostgreSQL + Redis.
 .PHONY: soak

@@ -107,6 +107,10 @@ def _settings(**overrides: Any) -> Settings:
         "demo_chunk_delay_ms": 0,
     }
     values.update(overrides)
+    if values["environment"] != "production":  # which refuses a cheap hash
+        # Argon2id at 1 MiB and one pass: about 100x cheaper than the default, a quarter of the
+        # suite's time otherwise. tests/auth/test_passwords.py checks the production cost.
+        values = {"password_hash_memory_kib": 1024, "password_hash_time_cost": 1, **values}
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
 

@@ -24,6 +24,8 @@ from tests.processes import (
     service_env,
 )
 
+pytestmark = pytest.mark.slow  # real `gemini-backend` processes
+
 
 def run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(

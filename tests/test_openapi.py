@@ -27,7 +27,7 @@ ERROR_BODY = "#/components/schemas/ErrorBody"
 FASTAPI_422 = "#/components/schemas/HTTPValidationError"
 FASTAPI_SCHEMAS = {"HTTPValidationError", "ValidationError"}
 
-# The routes of the original brief (API.md): fixed paths.
+# The routes of the original brief (docs/api.md): fixed paths.
 BRIEF_ROUTES = {
     ("post", "/auth/signup"),
     ("post", "/auth/send-otp"),

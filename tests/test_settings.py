@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pwdlib.hashers.argon2 import Argon2Hasher
 from pydantic import ValidationError
 
 from gemini_backend.config import DEV_WEBHOOK_SECRET, Environment, Settings
@@ -73,6 +74,13 @@ def test_defaults_match_the_documentation():
     assert s.success_url == "http://127.0.0.1:8000/subscribe/success"
     assert s.cancel_url == "http://127.0.0.1:8000/subscribe/cancelled"
     assert s.portal_return_target == "http://127.0.0.1:8000/subscribe/return"
+
+
+def test_password_hash_cost_defaults_to_pwdlibs():
+    s = settings()
+    hasher = Argon2Hasher()._hasher
+    assert s.password_hash_memory_kib == hasher.memory_cost == 65536
+    assert s.password_hash_time_cost == hasher.time_cost == 3
 
 
 def test_billing_urls_follow_the_public_base_url():
@@ -158,6 +166,28 @@ def test_production_refuses_otp_test_numbers(monkeypatch):
     monkeypatch.setenv("OTP_TEST_NUMBERS", "+15555550100:123456")
     with pytest.raises(ValidationError, match="OTP_TEST_NUMBERS"):
         settings()
+
+
+@pytest.mark.parametrize(
+    ("memory_kib", "time_cost"), [(19455, 2), (19456, 1), (1024, 1)], ids=["memory", "time", "test"]
+)
+def test_production_refuses_a_cheap_password_hash(monkeypatch, memory_kib, time_cost):
+    # The test suite's cheap Argon2 parameters can never reach a deployment.
+    with pytest.raises(ValidationError, match="PASSWORD_HASH_MEMORY_KIB"):
+        settings(
+            environment="production",
+            jwt_secret=STRONG_SECRET,
+            password_hash_memory_kib=memory_kib,
+            password_hash_time_cost=time_cost,
+        )
+    assert settings(password_hash_memory_kib=memory_kib, password_hash_time_cost=time_cost)
+    s = settings(
+        environment="production",
+        jwt_secret=STRONG_SECRET,
+        password_hash_memory_kib=19456,
+        password_hash_time_cost=2,
+    )
+    assert (s.password_hash_memory_kib, s.password_hash_time_cost) == (19456, 2)
 
 
 REAL_WEBHOOK_SECRET = "whsec_" + "a1B2c3D4" * 4

@@ -31,6 +31,10 @@ DEV_WEBHOOK_SECRET = "whsec_dev_insecure_local_mock_secret"  # noqa: S105 (publi
 # shape (with some slack), so a placeholder such as `x` cannot stand in for one.
 WEBHOOK_SECRET_PREFIX = "whsec_"  # noqa: S105 (a prefix, not a secret)
 MIN_WEBHOOK_SECRET_CHARS = 24
+# OWASP's least Argon2id cost (19 MiB, 2 passes): cheaper parameters exist for the test suite
+# and are refused in production. The defaults are pwdlib's (64 MiB, 3 passes).
+MIN_PRODUCTION_HASH_MEMORY_KIB = 19456
+MIN_PRODUCTION_HASH_TIME_COST = 2
 
 
 class Environment(StrEnum):
@@ -143,6 +147,10 @@ class Settings(BaseSettings):
     password_hash_concurrency: int = Field(default=4, ge=1)
     # Hashes allowed to wait for a hashing thread; beyond them a request is 503 at once.
     password_hash_queue: int = Field(default=32, ge=0)
+    # Argon2id cost of a new hash (memory in KiB, passes). A stored hash carries its own
+    # parameters, so changing these never locks out an existing password.
+    password_hash_memory_kib: int = Field(default=65536, ge=32)
+    password_hash_time_cost: int = Field(default=3, ge=1)
     # How long an API process may reuse what it read about a signed-in user (session still
     # live, plan) before reading it again. Changes (logout, password, plan) reach every process
     # at once over Redis Pub/Sub; this only bounds an entry's age. 0 reads on every request.
@@ -259,6 +267,7 @@ class Settings(BaseSettings):
             if any(origin.lower() == "null" for origin in self.cors_origins):
                 raise ValueError("CORS_ORIGINS may not list 'null' in production")
             self._production_webhook_secret()
+            self._production_hash_cost()
         if self.otp_delivery == "twilio":
             if not (self.twilio_account_sid and self.twilio_auth_token):
                 raise ValueError(
@@ -278,6 +287,17 @@ class Settings(BaseSettings):
     def otp_response_exposed(self) -> bool:
         """Codes are returned to whoever asks in a production deployment (a demo, on purpose)."""
         return self.otp_in_response and self.environment is Environment.PRODUCTION
+
+    def _production_hash_cost(self) -> None:
+        if (
+            self.password_hash_memory_kib < MIN_PRODUCTION_HASH_MEMORY_KIB
+            or self.password_hash_time_cost < MIN_PRODUCTION_HASH_TIME_COST
+        ):
+            raise ValueError(
+                "PASSWORD_HASH_MEMORY_KIB and PASSWORD_HASH_TIME_COST must be at least "
+                f"{MIN_PRODUCTION_HASH_MEMORY_KIB} and {MIN_PRODUCTION_HASH_TIME_COST} in "
+                "production (OWASP's least Argon2id cost)"
+            )
 
     def _production_webhook_secret(self) -> None:
         """Set, or needed by a Stripe key, the webhook secret must be a real one: the public

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Annotated, cast
 
 from fastapi import Depends
+from pwdlib.hashers.argon2 import Argon2Hasher
 from redis.asyncio import Redis
 from starlette.requests import HTTPConnection
 from taskiq import InMemoryBroker
@@ -158,7 +159,12 @@ class Services:
                 settings=settings,
                 clock=clock,
                 hasher=PasswordHasher(
-                    settings.password_hash_concurrency, settings.password_hash_queue
+                    settings.password_hash_concurrency,
+                    settings.password_hash_queue,
+                    hasher=Argon2Hasher(
+                        time_cost=settings.password_hash_time_cost,
+                        memory_cost=settings.password_hash_memory_kib,
+                    ),
                 ),
                 tokens=TokenCodec(settings.jwt_secret_value(), settings.access_token_ttl_seconds),
                 throttle=throttle,

@@ -1,4 +1,4 @@
-"""How codes reach a number (API.md, "Auth"): SMS through Twilio's SDK against a local fake, the
+"""How codes reach a number (docs/api.md, Auth): SMS through Twilio's SDK against a local fake, the
 log in development, and the response body only where that is allowed."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Passwords: signup, login, lockout, change-password, forgot/reset-password (API.md, "Auth")."""
+"""Passwords: signup, login, lockout, change-password, forgot/reset-password (docs/api.md, Auth)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,12 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from pwdlib.hashers.argon2 import Argon2Hasher
+from sqlalchemy import func, select, update
 from zxcvbn.frequency_lists import FREQUENCY_LISTS
 
+from gemini_backend.config import Settings
+from gemini_backend.core.security import PasswordHasher
 from gemini_backend.users.models import User
 from tests.helpers import bearer, new_number, request_otp, sign_in
 
@@ -314,14 +317,45 @@ async def test_login_failures_are_indistinguishable(client):
     assert_token_response(await login(client, with_password, PASSWORD), with_password)
 
 
-async def test_stored_password_hash_is_argon2id(client, app):
-    number = await registered(client)
+async def _stored_hash(app: Any, number: str) -> str:
     async with app.state.services.database.sessionmaker() as session:
-        stored = (
+        stored: str = (
             await session.execute(select(User.password_hash).where(User.mobile_number == number))
         ).scalar_one()
-    assert stored.startswith("$argon2id$")
-    assert PASSWORD not in stored
+    return stored
+
+
+class TestProductionCost:
+    """The suite hashes at a cheap cost (tests/conftest.py); these run at the real one."""
+
+    @pytest.fixture
+    def settings_overrides(self) -> dict[str, Any]:
+        fields = Settings.model_fields
+        return {
+            name: fields[name].default
+            for name in ("password_hash_memory_kib", "password_hash_time_cost")
+        }
+
+    async def test_stored_password_hash_is_argon2id(self, client, app):
+        number = await registered(client)
+        stored = await _stored_hash(app, number)
+        assert stored.startswith("$argon2id$v=19$m=65536,t=3,p=4$")
+        assert PASSWORD not in stored
+        assert_token_response(await login(client, number, PASSWORD), number)
+
+    async def test_a_hash_made_at_another_cost_still_verifies(self, client, app):
+        # Argon2 writes its parameters into the hash: changing the cost locks no one out.
+        cheap = PasswordHasher(1, hasher=Argon2Hasher(time_cost=1, memory_cost=1024))
+        number = await registered(client)
+        async with app.state.services.database.sessionmaker() as session:
+            await session.execute(
+                update(User)
+                .where(User.mobile_number == number)
+                .values(password_hash=await cheap.hash(PASSWORD))
+            )
+            await session.commit()
+        assert "$m=1024,t=1," in await _stored_hash(app, number)
+        assert_token_response(await login(client, number, PASSWORD), number)
 
 
 async def test_concurrent_logins_of_one_user(client):
@@ -400,7 +434,7 @@ async def test_change_password_keeps_this_session_and_ends_the_others(client):
     )
     fresh = assert_token_response(response, number)
     assert fresh["user"]["id"] == this_device["user"]["id"]
-    # Clients keep using the token they had (API.md); every other session ends.
+    # Clients keep using the token they had (docs/api.md); every other session ends.
     await assert_tokens_work(client, this_device)
     await assert_tokens_refused(client, other_device)
     await assert_tokens_work(client, fresh)

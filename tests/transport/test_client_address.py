@@ -15,6 +15,8 @@ from tests.conftest import BACKEND, Storage
 from tests.helpers import new_number
 from tests.processes import free_port, running_service, service_env
 
+pytestmark = pytest.mark.slow  # real `gemini-backend` processes
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

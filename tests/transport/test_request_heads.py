@@ -15,6 +15,8 @@ import pytest
 from tests.conftest import BACKEND, Storage
 from tests.processes import ServiceProcess, free_port, running_service, service_env
 
+pytestmark = pytest.mark.slow  # real `gemini-backend` processes
+
 MAX_HEADER_BYTES = 16_384
 HEAD_TIMEOUT = 1.0
 # Far more than the timeout, far less than the keep-alive timeout (75 s): an EOF before this

@@ -1,4 +1,4 @@
-"""Sending a message (DESIGN.md, "The path of a message", step 1).
+"""Sending a message (docs/architecture.md, "The path of a message", step 1).
 
 In one transaction: the room's ownership is checked, the idempotency key is claimed, the quota
 slot is taken, the user message and a `queued` reply are inserted, the room's counters move and
