@@ -49,7 +49,13 @@ def service_env(
 ) -> dict[str, str]:
     """The environment of a service process of this test: the test's database (a SQLite file
     in tmp_path when embedded), its own Redis key prefix in production mode."""
-    env = {"DATA_DIR": str(tmp_path / "data"), "LOG_FORMAT": "json", **values}
+    env = {
+        "DATA_DIR": str(tmp_path / "data"),
+        "LOG_FORMAT": "json",
+        # The test's clients all sign in from 127.0.0.1 (its own tests set a limit).
+        "AUTH_ATTEMPTS_PER_IP_PER_MINUTE": "1000000",
+        **values,
+    }
     if backend == "production":
         assert redis_url is not None
         env.update(

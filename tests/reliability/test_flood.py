@@ -41,6 +41,8 @@ def server(storage: Storage, database_url: str, tmp_path: Path) -> Iterator[str]
         PUBLIC_BASE_URL=base,
         DEMO_CHUNK_DELAY_MS="0",
         LOG_LEVEL="WARNING",
+        # The soak's flood creates 1,000 rooms for one user: above the default cap.
+        MAX_CHATROOMS_PER_USER="100000",
     )
     with open_files_limit(8192), running_service(BACKEND, env, tmp_path, port) as api:
         yield base
