@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import bindparam, case, delete, func, literal, or_, select, update
+from sqlalchemy import ColumnElement, bindparam, case, delete, func, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gemini_backend.auth.models import AuthGuard, AuthSession, OtpCode, RefreshToken
@@ -267,15 +267,9 @@ async def spend_refresh_token(
     session: AsyncSession, token_digest: str, now: datetime
 ) -> tuple[int, int] | None:
     """Mark a live refresh token used; (session id, user id) for the one caller that wins."""
-    live_sessions = select(AuthSession.id).where(AuthSession.revoked_at.is_(None))
     stmt = (
         update(RefreshToken)
-        .where(
-            RefreshToken.token_digest == token_digest,
-            RefreshToken.used_at.is_(None),
-            RefreshToken.expires_at > now,
-            RefreshToken.session_id.in_(live_sessions),
-        )
+        .where(*_usable_token(token_digest, now))
         .values(used_at=now)
         .returning(RefreshToken.session_id)
     )
@@ -288,25 +282,29 @@ async def spend_refresh_token(
     return session_id, user_id
 
 
-async def live_refresh_token(session: AsyncSession, token_digest: str, now: datetime) -> int | None:
-    """The session of an unused, unexpired refresh token whose session is live."""
-    live_sessions = select(AuthSession.id).where(AuthSession.revoked_at.is_(None))
-    session_id: int | None = (
+async def live_refresh_token(
+    session: AsyncSession, token_digest: str, now: datetime
+) -> tuple[int, int] | None:
+    """(session id, user id) of a refresh token that can still be used, without spending it."""
+    row = (
         await session.execute(
-            select(RefreshToken.session_id).where(
-                RefreshToken.token_digest == token_digest,
-                RefreshToken.used_at.is_(None),
-                RefreshToken.expires_at > now,
-                RefreshToken.session_id.in_(live_sessions),
-            )
+            select(RefreshToken.session_id, AuthSession.user_id)
+            .join(AuthSession, AuthSession.id == RefreshToken.session_id)
+            .where(*_usable_token(token_digest, now))
         )
-    ).scalar_one_or_none()
-    return session_id
+    ).one_or_none()
+    return (row[0], row[1]) if row else None
 
 
-async def user_of_live_session(session: AsyncSession, session_id: int) -> User | None:
-    user_id = await session_owner(session, session_id)
-    return None if user_id is None else await user_with_live_session(session, user_id, session_id)
+def _usable_token(token_digest: str, now: datetime) -> tuple[ColumnElement[bool], ...]:
+    """The refresh token with this digest, unused, unexpired, of a live session."""
+    live_sessions = select(AuthSession.id).where(AuthSession.revoked_at.is_(None))
+    return (
+        RefreshToken.token_digest == token_digest,
+        RefreshToken.used_at.is_(None),
+        RefreshToken.expires_at > now,
+        RefreshToken.session_id.in_(live_sessions),
+    )
 
 
 async def refresh_token_record(

@@ -173,6 +173,13 @@ class AuthService:
             "Too many failed attempts on this number; try again later.",
         )
 
+    async def _refuse_if_locked(self, number: str, client_ip: str) -> None:
+        """429 at once when a guard of this number and address is locked: the clear answer
+        before any work; the reservation is what enforces the limit."""
+        locked = await self._locked([subject for subject, _ in self._guards(number, client_ip)])
+        if locked is not None:
+            raise locked
+
     async def _reserve_attempt(self, number: str, client_ip: str) -> list[str]:
         """Count an attempt before its secret is checked, or raise 429 when it is locked.
 
@@ -210,9 +217,7 @@ class AuthService:
             client_ip,
             detail="Too many codes requested from this address; try again later.",
         )
-        locked = await self._locked([s for s, _ in self._guards(number, client_ip)])
-        if locked is not None:
-            raise locked
+        await self._refuse_if_locked(number, client_ip)
         await self.deps.throttle.check(
             self._per_number_sends, "otp-send-number", number, detail=PER_NUMBER_DETAIL
         )
@@ -257,9 +262,7 @@ class AuthService:
 
     async def _use_otp(self, number: str, client_ip: str, purpose: str, code: str) -> None:
         """Consume the code, or raise 401 (the attempt stays counted) or 429 (locked)."""
-        locked = await self._locked([subject for subject, _ in self._guards(number, client_ip)])
-        if locked is not None:  # the clear answer; the reservation below is what enforces it
-            raise locked
+        await self._refuse_if_locked(number, client_ip)
         now = self._now()
         # The code's row first, then the guards: the order every transaction here locks them.
         live = await repo.reserve_otp_attempt(
@@ -417,8 +420,8 @@ class AuthService:
         if now - used_at <= grace:
             successor = self.deps.tokens.successor_refresh_token(refresh_token)
             live = await repo.live_refresh_token(self.session, digest_token(successor), now)
-            if live == session_id:
-                user = await repo.user_of_live_session(self.session, session_id)
+            if live is not None and live[0] == session_id:
+                user = await repo.user_with_live_session(self.session, live[1], session_id)
                 if user is not None:
                     return self._token_out(user, session_id, successor)
         self._changed(await repo.revoke_session(self.session, session_id, now))
