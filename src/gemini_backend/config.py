@@ -173,6 +173,18 @@ class Settings(BaseSettings):
     openai_base_url: str | None = None
     openai_api_key: SecretStr | None = None
     openai_model: str = "gpt-4o-mini"
+    # Several models at once, side by side (docs/configuration.md, "Models"): GEMINI_MODEL and
+    # these while GEMINI_API_KEY is set, OPENAI_MODEL and these while OPENAI_BASE_URL is; the
+    # demo models are always there. A room's `model` says which serves it.
+    gemini_models: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    openai_models: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # The OpenAI-compatible server's context window (it does not say): the reply's budget is
+    # the smaller of this and CONTEXT_MAX_TOKENS.
+    openai_context_tokens: int = Field(default=128_000, ge=256)
+    # The model of a room without one; unset: AI_PROVIDER's (GEMINI_MODEL, OPENAI_MODEL, demo).
+    default_model: str | None = None
+    # The models only Pro users may pick; unset: the built-in list (gemini-*-pro, demo-pro).
+    pro_models: Annotated[list[str] | None, NoDecode] = None
     demo_chunk_delay_ms: int = Field(default=30, ge=0)
     context_max_tokens: int = Field(default=8000, ge=256)
     ai_max_attempts: int = Field(default=4, ge=1)
@@ -195,7 +207,14 @@ class Settings(BaseSettings):
     portal_return_url: str | None = None
     past_due_grace_days: int = Field(default=3, ge=0)
 
-    @field_validator("cors_origins", "trusted_proxies", mode="before")
+    @field_validator(
+        "cors_origins",
+        "trusted_proxies",
+        "gemini_models",
+        "openai_models",
+        "pro_models",
+        mode="before",
+    )
     @classmethod
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):

@@ -112,6 +112,7 @@ def _lifespan(
             environment=settings.environment.value,
             ai_provider=services.provider.name,
             ai_model=services.provider.model,
+            ai_models=[model.id for model in services.models.catalogue.models],
             code_delivery=settings.otp_delivery,
         )
         if settings.otp_response_exposed:

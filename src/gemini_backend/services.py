@@ -17,7 +17,7 @@ from starlette.requests import HTTPConnection
 from taskiq import InMemoryBroker
 
 from gemini_backend.ai.base import Provider
-from gemini_backend.ai.factory import create_provider
+from gemini_backend.ai.registry import ProviderRegistry
 from gemini_backend.auth.delivery import create_otp_sender
 from gemini_backend.auth.phone import normalize_test_number
 from gemini_backend.auth.principals import Principals
@@ -58,7 +58,7 @@ class Services:
     cache: Cache
     chatroom_cache: ChatroomCache
     reply_streams: ReplyStream
-    provider: Provider
+    models: ProviderRegistry  # the catalogue, and one provider per model
     quota: Quota
     pipeline: ReplyPipeline
     stripe: StripeGateway | None
@@ -80,7 +80,7 @@ class Services:
             if redis is not None
             else MemoryReplyStream()
         )
-        provider = create_provider(settings)
+        models = ProviderRegistry.from_settings(settings)
         quota = Quota(settings)
         chatroom_cache = ChatroomCache(
             RedisLists(redis, prefix) if redis is not None else MemoryLists(cache),
@@ -104,7 +104,7 @@ class Services:
             clock=clock,
             sessionmaker=database.sessionmaker,
             autocommit_sessionmaker=database.autocommit_sessionmaker,
-            provider=provider,
+            models=models,
             streams=streams,
             cache=cache,
             quota=quota,
@@ -130,7 +130,7 @@ class Services:
             cache=cache,
             chatroom_cache=chatroom_cache,
             reply_streams=streams,
-            provider=provider,
+            models=models,
             quota=quota,
             pipeline=pipeline,
             stripe=create_gateway(settings),
@@ -178,6 +178,11 @@ class Services:
             stream_slots=StreamSlots(settings.max_streams_per_user),
         )
 
+    @property
+    def provider(self) -> Provider:
+        """The default model's provider (titles, rooms without a model, /ready)."""
+        return self.models.default_provider
+
     async def aclose(self) -> None:
         try:
             await self.auth.otp_sender.aclose()
@@ -186,9 +191,7 @@ class Services:
 
     async def _close_clients(self) -> None:
         await self.pipeline.stop()
-        close_provider = getattr(self.provider, "aclose", None)
-        if close_provider is not None:  # SDK clients own pooled HTTP connections
-            await close_provider()
+        await self.models.aclose()  # SDK clients own pooled HTTP connections
         if self.stripe is not None:
             await self.stripe.aclose()
         await self.reply_streams.aclose()

@@ -12,7 +12,15 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from gemini_backend.ai.base import Conversation, Delta, Finished, ProviderError, Turn, Usage
+from gemini_backend.ai.base import (
+    Conversation,
+    Delta,
+    Finished,
+    GenerationOptions,
+    ProviderError,
+    Turn,
+    Usage,
+)
 from gemini_backend.ai.openai_compat import OpenAIProvider
 from gemini_backend.ai.titles import clean_title, fallback_title
 from tests.ai.fake_openai import (
@@ -74,7 +82,7 @@ async def collect(
     texts: list[str] = []
     finished: Finished | None = None
     try:
-        async for item in provider.stream(conversation):
+        async for item in provider.stream(conversation, GenerationOptions()):
             assert finished is None, "nothing may follow Finished"
             if isinstance(item, Delta):
                 texts.append(item.text)

@@ -22,7 +22,14 @@ import structlog
 from google import genai
 from google.genai import errors, types
 
-from gemini_backend.ai.base import Conversation, Delta, Finished, ProviderError, Usage
+from gemini_backend.ai.base import (
+    Conversation,
+    Delta,
+    Finished,
+    GenerationOptions,
+    ProviderError,
+    Usage,
+)
 from gemini_backend.ai.retry_after import MAX_RETRY_AFTER_SECONDS, retry_after_seconds
 from gemini_backend.ai.titles import (
     TITLE_INPUT_CHARS,
@@ -92,7 +99,9 @@ class GeminiProvider:
         await self._http.aclose()
 
     # --- the reply ------------------------------------------------------------------------------
-    async def stream(self, conversation: Conversation) -> AsyncGenerator[Delta | Finished, None]:
+    async def stream(
+        self, conversation: Conversation, options: GenerationOptions
+    ) -> AsyncGenerator[Delta | Finished, None]:
         produced = False  # a Delta has been yielded: a failure now ends a partial reply
         finish_reason: str | None = None
         block_reason: str | None = None
@@ -102,6 +111,7 @@ class GeminiProvider:
             automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
             automatic_continuation=False,
         )
+        _apply_sampling(config, options)
         try:
             response = await self._client.aio.models.generate_content_stream(
                 model=self.model, contents=_contents(conversation), config=config
@@ -182,6 +192,12 @@ class GeminiProvider:
             log.warning("title_fallback", provider=self.name, error=_describe(exc))
             title = ""
         return title or fallback_title(first_message)
+
+
+def _apply_sampling(config: types.GenerateContentConfig, options: GenerationOptions) -> None:
+    """The room's temperature (None: the model's default)."""
+    if options.temperature is not None:
+        config.temperature = options.temperature
 
 
 def _contents(conversation: Conversation) -> list[types.Content]:

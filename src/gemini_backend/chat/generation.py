@@ -21,12 +21,14 @@ from gemini_backend.ai.base import (
     Conversation,
     Delta,
     Finished,
+    GenerationOptions,
     Provider,
     ProviderError,
     Turn,
     Usage,
     estimate_tokens,
 )
+from gemini_backend.ai.registry import ProviderRegistry
 from gemini_backend.chat import repository as repo
 from gemini_backend.chat.cache import ChatroomCache
 from gemini_backend.chat.repository import ReplyRoom
@@ -139,7 +141,7 @@ class ReplyGenerator:
         clock: Clock,
         sessionmaker: async_sessionmaker[AsyncSession],
         autocommit_sessionmaker: async_sessionmaker[AsyncSession],
-        provider: Provider,
+        models: ProviderRegistry,
         streams: ReplyStream,
         cache: Cache,
         quota: Quota,
@@ -153,7 +155,9 @@ class ReplyGenerator:
         # One-statement writes (the claim, a completed finish) and reads: no BEGIN/COMMIT
         # round trips on PostgreSQL.
         self.autocommit_sessionmaker = autocommit_sessionmaker
-        self.provider = provider
+        self.models = models
+        # The default model's: titles, and the rooms without a model of their own.
+        self.provider: Provider = models.default_provider
         self.streams = streams
         self.cache = cache
         self.quota = quota
@@ -284,7 +288,7 @@ class ReplyGenerator:
             asyncio.timeout(timeout) as scope,
             # Closed at once when we stop early (cancel), releasing the provider's
             # connection, rather than whenever the generator is collected.
-            contextlib.aclosing(self.provider.stream(conversation)) as items,
+            contextlib.aclosing(self.provider.stream(conversation, GenerationOptions())) as items,
         ):
             async for item in items:
                 scope.reschedule(asyncio.get_running_loop().time() + timeout)
