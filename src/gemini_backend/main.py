@@ -12,6 +12,7 @@ import structlog
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from gemini_backend.ai.router import router as models_router
 from gemini_backend.auth.router import router as auth_router
 from gemini_backend.billing import mock as stripe_mock
 from gemini_backend.billing.router import router as billing_router
@@ -133,7 +134,15 @@ def _lifespan(
 def _add_routes(app: FastAPI, settings: Settings) -> None:
     # Routes are matched in this order, one after the other: the busiest routers come first.
     # (/health first: probed all the time; quota before chat: /chatroom/usage is not /{id})
-    routers = [ops_router, users_router, quota_router, chat_router, auth_router, billing_router]
+    routers = [
+        ops_router,
+        users_router,
+        quota_router,
+        chat_router,
+        auth_router,
+        billing_router,
+        models_router,
+    ]
     if settings.stripe_mock_enabled:
         routers += [stripe_mock.router, stripe_mock.api]
     for router in routers:

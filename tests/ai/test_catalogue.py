@@ -24,7 +24,7 @@ def test_the_demo_models_are_always_there_and_demo_is_the_default():
     assert (demo.provider, demo.tiers, demo.supports) == (
         "demo",
         ("basic", "pro"),
-        ("images", "pdf"),
+        ("images", "pdf", "search"),
     )
     assert pro.tiers == ("pro",)
     assert pro.supports == ("images", "pdf", "thinking", "search")

@@ -147,9 +147,11 @@ def openai_model(model_id: str, context_tokens: int) -> ModelInfo:
 
 
 def demo_model(model_id: str) -> ModelInfo:
+    """`demo` lacks thinking and `demo-pro` is Pro only, so that every rule of a room's options
+    (unsupported, Pro only, Pro-only grounding) can be seen without a provider."""
     pro = model_id == DEMO_PRO_MODEL
     supports: tuple[Capability, ...] = (
-        ("images", "pdf", "thinking", "search") if pro else ("images", "pdf")
+        ("images", "pdf", "thinking", "search") if pro else ("images", "pdf", "search")
     )
     return ModelInfo(
         model_id,

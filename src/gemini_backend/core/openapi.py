@@ -169,6 +169,10 @@ TAGS: list[dict[str, str]] = [
         "as Server-Sent Events.",
     },
     {
+        "name": "Models",
+        "description": "The configured providers' models, what each supports, who may use it.",
+    },
+    {
         "name": "Subscriptions",
         "description": "The Basic and Pro plans, Stripe Checkout and webhooks, daily usage.",
     },
