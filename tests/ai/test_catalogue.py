@@ -52,11 +52,9 @@ def test_gemini_and_an_openai_server_side_by_side():
         "demo-pro",
     ]
     assert catalogue.default == "gemini-2.5-flash"  # AI_PROVIDER=auto with a Gemini key
-    flash = catalogue.get("gemini-2.5-flash")
-    pro = catalogue.get("gemini-2.5-pro")
-    lite = catalogue.get("gemini-2.0-flash-lite")
-    llama = catalogue.get("llama-3.1-8b")
-    assert flash is not None and pro is not None and lite is not None and llama is not None
+    by_id = {m.id: m for m in catalogue.models}
+    flash, pro = by_id["gemini-2.5-flash"], by_id["gemini-2.5-pro"]
+    lite, llama = by_id["gemini-2.0-flash-lite"], by_id["llama-3.1-8b"]
     assert flash.display_name == "Gemini 2.5 Flash"
     assert flash.supports == ("images", "pdf", "thinking", "search")
     assert flash.tiers == ("basic", "pro")
