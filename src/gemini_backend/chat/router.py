@@ -68,17 +68,35 @@ router = APIRouter(
     tags=["Chatrooms"],
     responses={**AUTH_ERRORS, 422: validation_doc(example=PATH_PROBLEM)},
 )
-NAME_ERRORS: Responses = {
+# Creating or changing a room with a model and options (chat/options.py).
+OPTION_ERRORS: Responses = {
     **BODY_ERRORS,
+    403: error_doc(
+        "A Pro model, or grounding, asked for by a Basic user (`plan_required`)",
+        "plan_required",
+        "gemini-2.5-pro needs the Pro plan.",
+    ),
     422: validation_doc(
+        "system_prompt_too_long",
+        "unknown_model",
+        "unsupported_option",
         example=problem(
-            "string_too_long",
-            ("body", "name"),
-            "String should have at most 200 characters",
-            max_length="200",
-        )
+            "less_than_equal",
+            ("body", "temperature"),
+            "Input should be less than or equal to 2",
+            le="2",
+        ),
     ),
 }
+ROOM_OPTIONS_DOC = (
+    "`model` is a model of `GET /models` (null: the default model); `temperature` 0 to 2, "
+    '`thinking` "off", "low", "medium", "high" or a budget in tokens, `grounding` (Google '
+    "Search) a boolean. An unknown model is 422 `unknown_model`; an option the model does not "
+    "support (the room's options as they would be, checked against its model) is 422 "
+    "`unsupported_option`; a Pro model, or turning grounding on, as a Basic user is 403 "
+    "`plan_required`. A room keeps a Pro model when its owner goes back to Basic; its replies "
+    "then come from the default model, without grounding (the reply's `model` says which)."
+)
 
 NOT_FOUND: Responses = {
     404: error_doc(
@@ -146,10 +164,12 @@ STREAM_EXAMPLE = (
         '`name` (alias `title`) may be omitted: the room is called "New chat" until the '
         "first exchange gives it a title. `system_prompt` (at most MAX_SYSTEM_PROMPT_CHARS, "
         "8000, characters after trimming: else 422 `system_prompt_too_long`) steers every "
-        "reply in the room. A user has at most MAX_CHATROOMS_PER_USER (1000) rooms."
+        "reply in the room. A user has at most MAX_CHATROOMS_PER_USER (1000) rooms.\n\n"
+        + "The room's model and options may be set here or later (PATCH): "
+        + ROOM_OPTIONS_DOC
     ),
     responses={
-        **NAME_ERRORS,
+        **OPTION_ERRORS,
         409: error_doc(
             "The user has the most chatrooms allowed (`chatroom_limit_reached`)",
             "chatroom_limit_reached",
@@ -160,7 +180,7 @@ STREAM_EXAMPLE = (
 async def create_chatroom(
     body: ChatroomCreate, user: CurrentUser, chat: ChatroomServiceDep
 ) -> ChatroomOut:
-    return await chat.create(user.id, body)
+    return await chat.create(user, body)
 
 
 @router.get(
@@ -239,17 +259,17 @@ async def get_chatroom(request: Request, user: CurrentUser, chatroom_id: Chatroo
 
 @router.patch(
     "/{chatroom_id}",
-    summary="Rename a chatroom or change its system prompt",
+    summary="Rename a chatroom, change its system prompt, its model or its options",
     description=(
         "Only the fields sent change. `name` cannot be null; an empty or null `system_prompt` "
-        "clears it."
+        "clears it.\n\n" + ROOM_OPTIONS_DOC
     ),
-    responses={**NOT_FOUND, **NAME_ERRORS},
+    responses={**NOT_FOUND, **OPTION_ERRORS},
 )
 async def update_chatroom(
-    body: ChatroomUpdate, room: OwnedChatroom, chat: ChatroomServiceDep
+    body: ChatroomUpdate, room: OwnedChatroom, user: CurrentUser, chat: ChatroomServiceDep
 ) -> ChatroomOut:
-    return await chat.update(room, body)
+    return await chat.update(room, body, user)
 
 
 @router.delete(
