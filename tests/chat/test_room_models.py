@@ -4,10 +4,15 @@ and the reply produced by the room's model with its options."""
 
 from __future__ import annotations
 
-import pytest
+import json
 
+import pytest
+from sqlalchemy import update
+
+from gemini_backend.ai.base import Delta, Finished, GenerationOptions, Usage
+from gemini_backend.chat.models import Chatroom
 from tests.billing.stripe_events import PERIOD, Customer, post_event
-from tests.helpers import bearer, sign_in
+from tests.helpers import bearer, read_sse, sign_in
 
 
 @pytest.fixture
@@ -167,3 +172,92 @@ async def test_a_room_keeps_its_pro_options_when_its_owner_goes_back_to_basic(cl
     # ... setting a Pro model or grounding again is not.
     again = await patch(client, auth, room["id"], model="demo-pro")
     assert (again.status_code, again.json()["code"]) == (403, "plan_required")
+
+
+# --- the reply: the room's model, with its options --------------------------------------------
+async def reply_to(client, auth, room_id, content="hello") -> dict:
+    response = await client.post(
+        f"/chatroom/{room_id}/message", json={"content": content}, headers=auth
+    )
+    assert response.status_code == 202, response.text
+    assert response.json()["reply"]["model"] is None  # queued: no model has it yet
+    events = await read_sse(client, response.json()["stream_url"], auth)
+    assert events[-1][1] == "done", events
+    final = json.loads(events[-1][2])
+    stored = await client.get(f"/chatroom/{room_id}/messages/{final['id']}", headers=auth)
+    assert stored.json() == final
+    return final
+
+
+class RecordingProvider:
+    """A test double of the default model's provider: it records the options it was given."""
+
+    name = "recording"
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.options: list[GenerationOptions] = []
+
+    async def stream(self, conversation, options):
+        self.options.append(options)
+        yield Delta("recorded")
+        yield Finished("stop", Usage(1, 1, 0))
+
+    async def title(self, first_message: str) -> str:
+        return "Recorded"
+
+
+def use_provider(app, provider) -> None:
+    """In whichever processes make replies (the API's, and the worker's in production)."""
+    for services in (app.state.services, getattr(app.state, "worker", None)):
+        if services is not None:
+            services.pipeline.generator.provider = provider
+
+
+@pytest.mark.parametrize("settings_overrides", [{"default_model": "demo-pro"}])
+async def test_the_reply_is_given_the_rooms_options_as_the_plan_allows(app, client, clock):
+    recorder = RecordingProvider("demo-pro")
+    use_provider(app, recorder)
+    tokens = await sign_in(client)
+    auth = bearer(tokens)
+    customer = await go_pro(client, clock, tokens)
+    room = await new_room(client, auth, temperature=0.9, thinking="high", grounding=True)
+    first = await reply_to(client, auth, room["id"])
+    assert (first["content"], first["model"]) == ("recorded", "demo-pro")
+    await go_basic(client, clock, customer)
+    await reply_to(client, auth, room["id"])
+    assert recorder.options == [
+        GenerationOptions(temperature=0.9, thinking="high", grounding=True),
+        # Back on Basic: grounding is left out, the rest is the room's still.
+        GenerationOptions(temperature=0.9, thinking="high", grounding=False),
+    ]
+
+
+async def test_a_pro_model_answers_while_its_owner_is_pro_then_the_default(client, clock):
+    tokens = await sign_in(client)
+    auth = bearer(tokens)
+    customer = await go_pro(client, clock, tokens)
+    room = await new_room(client, auth, model="demo-pro")
+    first = await reply_to(client, auth, room["id"])
+    assert first["model"] == "demo-pro"
+    await go_basic(client, clock, customer)
+    # The send is accepted; the default model answers it (the room keeps its model).
+    second = await reply_to(client, auth, room["id"])
+    assert second["model"] == "demo"
+    assert second["content"].startswith("Demo reply (context: 2 earlier messages")
+    shown = (await client.get(f"/chatroom/{room['id']}", headers=auth)).json()
+    assert shown["model"] == "demo-pro"
+    assert [m["model"] for m in shown["messages"]] == [None, "demo-pro", None, "demo"]
+
+
+async def test_a_room_whose_model_is_no_longer_offered_gets_the_default(app, client, alice):
+    room = await new_room(client, alice)
+    # As if the room had been set to a model a later configuration no longer lists.
+    async with app.state.services.database.sessionmaker() as session:
+        await session.execute(
+            update(Chatroom).where(Chatroom.id == room["id"]).values(model="retired-model")
+        )
+        await session.commit()
+    reply = await reply_to(client, alice, room["id"])
+    assert reply["model"] == "demo"
+    assert reply["status"] == "completed"
