@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from gemini_backend.chat.fastpath import _page_key
+from gemini_backend.chat import reads
 from tests.auth.test_principal_cache import counting_statements
 from tests.helpers import bearer, sign_in
 
@@ -176,4 +176,4 @@ async def test_other_methods_and_odd_paths_go_to_the_routes(client, alice, room)
     ],
 )
 def test_only_the_plain_query_forms_are_answered_from_memory(query, key):
-    assert _page_key(query) == key
+    assert reads.page_key_of_query(query) == key
