@@ -14,7 +14,15 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from gemini_backend.ai.base import Conversation, Delta, Finished, ProviderError, Turn, Usage
+from gemini_backend.ai.base import (
+    Conversation,
+    Delta,
+    Finished,
+    GenerationOptions,
+    ProviderError,
+    Turn,
+    Usage,
+)
 from gemini_backend.ai.gemini import SERVER_DEADLINE_SECONDS, GeminiProvider
 from gemini_backend.ai.titles import TITLE_INSTRUCTION, TITLE_MAX_TOKENS
 from tests.ai.fake_gemini import (
@@ -95,11 +103,13 @@ CONVERSATION = Conversation(
 
 
 async def collect(
-    provider: GeminiProvider, conversation: Conversation = CONVERSATION
+    provider: GeminiProvider,
+    conversation: Conversation = CONVERSATION,
+    options: GenerationOptions = GenerationOptions(),
 ) -> tuple[list[Delta | Finished], ProviderError | None]:
     items: list[Delta | Finished] = []
     try:
-        async for item in provider.stream(conversation):
+        async for item in provider.stream(conversation, options):
             items.append(item)
     except ProviderError as exc:
         return items, exc
@@ -318,7 +328,7 @@ async def test_a_reader_that_stops_early_releases_the_stream(fake):
     provider = make_provider(fake, timeout_seconds=60)
     try:
         async with asyncio.timeout(10):  # a guard: closing must not wait for the 60 s timeout
-            stream = provider.stream(CONVERSATION)
+            stream = provider.stream(CONVERSATION, GenerationOptions())
             assert await anext(stream) == Delta("First words")
             await stream.aclose()  # type: ignore[attr-defined]
             items, error = await collect(provider)

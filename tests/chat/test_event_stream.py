@@ -348,7 +348,7 @@ class StalledProvider:
         self.started = asyncio.Event()
         self.gate = asyncio.Event()
 
-    async def stream(self, conversation):
+    async def stream(self, conversation, options):
         self.started.set()
         await self.gate.wait()
         yield Finished("stop", Usage(1, 0, 0))

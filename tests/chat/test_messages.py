@@ -458,7 +458,7 @@ class FailingProvider:
         self.blocked = blocked
         self.calls = 0
 
-    async def stream(self, conversation):
+    async def stream(self, conversation, options):
         self.calls += 1
         if self.error is not None:
             raise self.error

@@ -103,7 +103,9 @@ class Provider(Protocol):
     name: str
     model: str
 
-    def stream(self, conversation: Conversation) -> AsyncGenerator[Delta | Finished, None]:
+    def stream(
+        self, conversation: Conversation, options: GenerationOptions
+    ) -> AsyncGenerator[Delta | Finished, None]:
         """Text deltas, then exactly one `Finished`; raises `ProviderError`."""
         ...
 

@@ -6,7 +6,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator
 
-from gemini_backend.ai.base import Conversation, Delta, Finished, Usage, estimate_tokens
+from gemini_backend.ai.base import (
+    Conversation,
+    Delta,
+    Finished,
+    GenerationOptions,
+    Usage,
+    estimate_tokens,
+)
 
 PROMPT_PREVIEW_CHARS = 80
 
@@ -27,7 +34,9 @@ class DemoProvider:
         preview = conversation.prompt[:PROMPT_PREVIEW_CHARS]
         return f'Demo reply (context: {len(earlier)} earlier {noun} [{ids}]) to: "{preview}"'
 
-    async def stream(self, conversation: Conversation) -> AsyncGenerator[Delta | Finished, None]:
+    async def stream(
+        self, conversation: Conversation, options: GenerationOptions
+    ) -> AsyncGenerator[Delta | Finished, None]:
         text = self.reply_text(conversation)
         words = text.split(" ")
         size = max(1, len(words) // 4)

@@ -22,7 +22,14 @@ import structlog
 from google import genai
 from google.genai import errors, types
 
-from gemini_backend.ai.base import Conversation, Delta, Finished, ProviderError, Usage
+from gemini_backend.ai.base import (
+    Conversation,
+    Delta,
+    Finished,
+    GenerationOptions,
+    ProviderError,
+    Usage,
+)
 from gemini_backend.ai.retry_after import MAX_RETRY_AFTER_SECONDS, retry_after_seconds
 from gemini_backend.ai.titles import (
     TITLE_INPUT_CHARS,
@@ -92,7 +99,9 @@ class GeminiProvider:
         await self._http.aclose()
 
     # --- the reply ------------------------------------------------------------------------------
-    async def stream(self, conversation: Conversation) -> AsyncGenerator[Delta | Finished, None]:
+    async def stream(
+        self, conversation: Conversation, options: GenerationOptions
+    ) -> AsyncGenerator[Delta | Finished, None]:
         produced = False  # a Delta has been yielded: a failure now ends a partial reply
         finish_reason: str | None = None
         block_reason: str | None = None

@@ -18,7 +18,14 @@ from openai import AsyncOpenAI
 from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
 from openai.types.completion_usage import CompletionUsage
 
-from gemini_backend.ai.base import Conversation, Delta, Finished, ProviderError, Usage
+from gemini_backend.ai.base import (
+    Conversation,
+    Delta,
+    Finished,
+    GenerationOptions,
+    ProviderError,
+    Usage,
+)
 from gemini_backend.ai.retry_after import MAX_RETRY_AFTER_SECONDS, retry_after_seconds
 from gemini_backend.ai.titles import (
     TITLE_INPUT_CHARS,
@@ -71,7 +78,9 @@ class OpenAIProvider:
         await self._client.close()
 
     # --- the reply ------------------------------------------------------------------------------
-    async def stream(self, conversation: Conversation) -> AsyncGenerator[Delta | Finished, None]:
+    async def stream(
+        self, conversation: Conversation, options: GenerationOptions
+    ) -> AsyncGenerator[Delta | Finished, None]:
         produced = False  # a Delta has been yielded: a failure now ends a partial reply
         finish_reason: str | None = None
         usage = Usage()

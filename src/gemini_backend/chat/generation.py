@@ -21,6 +21,7 @@ from gemini_backend.ai.base import (
     Conversation,
     Delta,
     Finished,
+    GenerationOptions,
     Provider,
     ProviderError,
     Turn,
@@ -284,7 +285,7 @@ class ReplyGenerator:
             asyncio.timeout(timeout) as scope,
             # Closed at once when we stop early (cancel), releasing the provider's
             # connection, rather than whenever the generator is collected.
-            contextlib.aclosing(self.provider.stream(conversation)) as items,
+            contextlib.aclosing(self.provider.stream(conversation, GenerationOptions())) as items,
         ):
             async for item in items:
                 scope.reschedule(asyncio.get_running_loop().time() + timeout)
