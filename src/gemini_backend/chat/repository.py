@@ -15,6 +15,7 @@ from functools import cache
 from typing import Any, Protocol, cast
 
 from sqlalchemy import (
+    JSON,
     ColumnElement,
     Integer,
     Row,
@@ -810,6 +811,8 @@ _FINISH = _THIS_ATTEMPT.values(
     prompt_tokens=bindparam("prompt"),
     output_tokens=bindparam("output"),
     thinking_tokens=bindparam("thinking"),
+    # None is SQL NULL (the reply is its text alone), not a JSON null.
+    parts=bindparam("parts", type_=JSON(none_as_null=True)),
     completed_at=bindparam("now", type_=UTCDateTime()),
     updated_at=bindparam("now", type_=UTCDateTime()),
 ).returning(*_messages.c, SIBLINGS_OF_ROW.label("sibling_list"))
@@ -877,7 +880,7 @@ async def heartbeat_reply(
 async def finish_reply(session: AsyncSession, params: dict[str, Any]) -> Row[Any] | None:
     """Write a reply's outcome if `attempt` still owns it: the reply's row, or None (another
     attempt took over). `params`: reply_id, attempt, new_status, text, error_code, reason,
-    prompt, output, thinking, now."""
+    prompt, output, thinking, parts, now."""
     return (await session.execute(_FINISH, params)).one_or_none()
 
 
