@@ -427,7 +427,12 @@ async def test_reply_streams_and_the_conversation_is_sent(client, alice, room, f
     assert final["error"] is None
     assert final["finish_reason"] == "stop"
     assert final["model"] == MODEL
-    assert final["usage"] == {"prompt_tokens": 30, "output_tokens": 5, "thinking_tokens": 2}
+    assert final["usage"] == {
+        "prompt_tokens": 30,
+        "output_tokens": 5,
+        "thinking_tokens": 2,
+        "cached_tokens": None,
+    }
 
     fake.script(Reply(chunks=["Encore"], finish_reason="length"))
     receipt = (await send(client, alice, room, "again")).json()

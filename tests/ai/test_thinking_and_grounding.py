@@ -25,6 +25,8 @@ from gemini_backend.ai.base import (
     Usage,
 )
 from gemini_backend.ai.gemini import GeminiProvider
+from gemini_backend.ai.openai_compat import OpenAIProvider
+from tests.ai import fake_openai
 from tests.ai.fake_gemini import API_KEY, FakeGemini, Reply, search_grounding
 from tests.helpers import bearer, drop_reply_stream, read_sse, sign_in
 
@@ -144,6 +146,71 @@ async def test_grounding_sends_the_search_tool_and_yields_citations_last(fake):
 async def test_no_grounding_metadata_means_no_citations(fake):
     items = await collect(fake, GenerationOptions(grounding=True))
     assert not any(isinstance(item, Citations) for item in items)
+
+
+# --- an OpenAI-compatible server -----------------------------------------------------------------
+@pytest.fixture
+def openai_fake() -> Iterator[fake_openai.FakeOpenAI]:
+    server = fake_openai.FakeOpenAI().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def collect_openai(
+    fake: fake_openai.FakeOpenAI, options: GenerationOptions
+) -> list[StreamItem]:
+    provider = OpenAIProvider(
+        base_url=fake.url + "/v1", api_key="k", model="deepseek-reasoner", timeout_seconds=2
+    )
+    try:
+        return [item async for item in provider.stream(CONVERSATION, options)]
+    finally:
+        await provider.aclose()
+
+
+@pytest.mark.parametrize(
+    ("thinking", "effort"),
+    [
+        (None, None),
+        ("off", None),
+        ("low", "low"),
+        ("medium", "medium"),
+        ("high", "high"),
+        (512, None),
+    ],
+)
+async def test_a_thinking_level_is_sent_as_reasoning_effort(openai_fake, thinking, effort):
+    await collect_openai(openai_fake, GenerationOptions(thinking=thinking))
+    [sent] = openai_fake.requests
+    assert sent.body.get("reasoning_effort") == effort
+
+
+@pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
+async def test_streamed_reasoning_becomes_thoughts_and_cached_tokens_are_read(openai_fake, field):
+    openai_fake.script(
+        fake_openai.Reply(
+            reasoning=("Paris is", " the capital."),
+            reasoning_field=field,
+            chunks=("Paris.",),
+            reasoning_tokens=9,
+            cached_tokens=4,
+        )
+    )
+    items = await collect_openai(openai_fake, GenerationOptions(thinking="high"))
+    assert items == [
+        Thought("Paris is"),
+        Thought(" the capital."),
+        Delta("Paris."),
+        Finished("stop", Usage(11, 7, 9, cached_tokens=4)),
+    ]
+
+
+async def test_reasoning_is_not_shown_when_thinking_is_off(openai_fake):
+    openai_fake.script(fake_openai.Reply(reasoning=("hidden",), chunks=("Paris.",)))
+    items = await collect_openai(openai_fake, GenerationOptions(thinking="off"))
+    assert [item for item in items if not isinstance(item, Finished)] == [Delta("Paris.")]
 
 
 # --- end to end through the app -----------------------------------------------------------------

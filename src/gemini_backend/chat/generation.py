@@ -419,6 +419,7 @@ class ReplyGenerator:
             "prompt": usage.prompt_tokens,
             "output": usage.output_tokens,
             "thinking": usage.thinking_tokens,
+            "cached": usage.cached_tokens,
             "parts": outcome.parts(),
             "now": now,
         }
