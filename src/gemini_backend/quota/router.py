@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from gemini_backend.auth.dependencies import CurrentUser
 from gemini_backend.core.db import DbSession
-from gemini_backend.core.openapi import AUTH_ERRORS
+from gemini_backend.core.openapi import AUTH_ERRORS, problem, validation_doc
 from gemini_backend.services import services_of
 from gemini_backend.users.tier import Tier, tier_of
 
@@ -73,7 +73,19 @@ async def user_usage(request: Request, user: CurrentUser, session: DbSession) ->
     return await _usage(request, user, session)
 
 
+DAY_EXAMPLE: dict[str, Any] = {
+    "date": "2026-11-22",
+    "messages": 3,
+    "prompt_tokens": 412,
+    "output_tokens": 960,
+    "thinking_tokens": 1310,
+    "cached_tokens": 128,
+}
+
+
 class DayUsageOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"example": DAY_EXAMPLE})
+
     date: dt.date = Field(description="A calendar day in QUOTA_TIMEZONE")
     messages: int = Field(description="Replies finished for messages sent that day")
     prompt_tokens: int
@@ -95,14 +107,7 @@ class UsageHistoryOut(BaseModel):
                         "thinking_tokens": 0,
                         "cached_tokens": 0,
                     },
-                    {
-                        "date": "2026-11-22",
-                        "messages": 3,
-                        "prompt_tokens": 412,
-                        "output_tokens": 960,
-                        "thinking_tokens": 1310,
-                        "cached_tokens": 128,
-                    },
+                    DAY_EXAMPLE,
                 ]
             }
         }
@@ -120,6 +125,16 @@ class UsageHistoryOut(BaseModel):
         "is the calendar day in QUOTA_TIMEZONE of the message a reply answers; tokens a "
         "provider did not report count as 0. Replies in deleted chatrooms are gone with them."
     ),
+    responses={
+        422: validation_doc(
+            example=problem(
+                "less_than_equal",
+                ("query", "days"),
+                "Input should be less than or equal to 366",
+                le="366",
+            )
+        )
+    },
 )
 async def usage_history(
     request: Request,
