@@ -11,7 +11,6 @@ from gemini_backend.auth.dependencies import CurrentUser
 from gemini_backend.chat import repository as repo
 from gemini_backend.chat.cache import ChatroomCache
 from gemini_backend.chat.dependencies import (
-    ChatroomId,
     ChatroomServiceDep,
     ChatroomView,
     MessageSenderDep,
@@ -19,6 +18,14 @@ from gemini_backend.chat.dependencies import (
     RoomMessage,
 )
 from gemini_backend.chat.errors import found_room
+from gemini_backend.chat.reads import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    ChatroomId,
+    PageCursor,
+    PageLimit,
+    page_key,
+)
 from gemini_backend.chat.replies import (
     ReplyStreamResponse,
     StreamSlots,
@@ -184,8 +191,8 @@ async def create_chatroom(
             example=problem(
                 "less_than_equal",
                 ("query", "limit"),
-                "Input should be less than or equal to 100",
-                le="100",
+                f"Input should be less than or equal to {MAX_LIMIT}",
+                le=str(MAX_LIMIT),
             )
         ),
     },
@@ -193,13 +200,13 @@ async def create_chatroom(
 async def list_chatrooms(
     request: Request,
     user: CurrentUser,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    limit: PageLimit = DEFAULT_LIMIT,
+    cursor: PageCursor = None,
 ) -> Response:
     state = services_of(request)
     cache: ChatroomCache = state.chatroom_cache
-    page_key = f"{limit}:{cursor or ''}"
-    found = await cache.lookup(user.id, page_key)
+    key = page_key(limit, cursor)
+    found = await cache.lookup(user.id, key)
     if found.body is not None:
         return Response(found.body, media_type="application/json", headers={"X-Cache": "HIT"})
     # A miss reads the database on a session of its own: a hit never opens one.
@@ -208,7 +215,7 @@ async def list_chatrooms(
             user.id, limit, cursor
         )
     body = page.model_dump_json().encode()
-    await cache.put(user.id, found, page_key, body)
+    await cache.put(user.id, found, key, body)
     return Response(body, media_type="application/json", headers={"X-Cache": "MISS"})
 
 
