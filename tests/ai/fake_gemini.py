@@ -321,16 +321,7 @@ class FakeGemini(LoopbackServer[Reply | Fail, Recorded]):
         ) -> str:
             payload: dict[str, Any] = {}
             if parts is not None or finish_reason is not None:
-                candidate: dict[str, Any] = {"index": 0}
-                if parts:
-                    candidate["content"] = {"parts": parts, "role": "model"}
-                if finish_reason is not None:
-                    candidate["finishReason"] = finish_reason
-                    if finish_reason == "SAFETY":
-                        candidate["safetyRatings"] = _blocking_ratings()
-                if final and reply.grounding is not None:
-                    candidate["groundingMetadata"] = dict(reply.grounding)
-                payload["candidates"] = [candidate]
+                payload["candidates"] = [_candidate(reply, parts, finish_reason, final=final)]
             payload["usageMetadata"] = _usage(reply, final=final)
             payload["modelVersion"] = model
             payload["responseId"] = response_id
@@ -362,6 +353,21 @@ class FakeGemini(LoopbackServer[Reply | Fail, Recorded]):
             return
         if not chunks and reply.finish_reason is not None:
             yield event(None, reply.finish_reason, final=True)
+
+
+def _candidate(
+    reply: Reply, parts: list[dict[str, Any]] | None, finish_reason: str | None, *, final: bool
+) -> dict[str, Any]:
+    candidate: dict[str, Any] = {"index": 0}
+    if parts:
+        candidate["content"] = {"parts": parts, "role": "model"}
+    if finish_reason is not None:
+        candidate["finishReason"] = finish_reason
+        if finish_reason == "SAFETY":
+            candidate["safetyRatings"] = _blocking_ratings()
+    if final and reply.grounding is not None:
+        candidate["groundingMetadata"] = dict(reply.grounding)
+    return candidate
 
 
 def _camel_keys(value: Any) -> Any:
