@@ -255,13 +255,18 @@ async def update_chatroom(
 @router.delete(
     "/{chatroom_id}",
     status_code=status.HTTP_204_NO_CONTENT,
-    summary="Delete a chatroom and its messages",
+    summary="Delete a chatroom, its messages and its attachments",
     responses=NOT_FOUND,
 )
 async def delete_chatroom(
-    room: OwnedChatroom, chat: ChatroomServiceDep, sender: MessageSenderDep, session: DbSession
+    request: Request,
+    room: OwnedChatroom,
+    chat: ChatroomServiceDep,
+    sender: MessageSenderDep,
+    session: DbSession,
 ) -> Response:
     await sender.stop_replies_in(session, room.id)
+    await services_of(request).attachments.delete_with_room(session, room.id)
     await chat.delete(room)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 

@@ -1,0 +1,149 @@
+"""Thin HTTP layer of attachments; the rules live in `service.py`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+from urllib.parse import quote
+
+from fastapi import APIRouter, Path, Request, status
+from fastapi.responses import StreamingResponse
+
+from gemini_backend.attachments.schemas import AttachmentOut
+from gemini_backend.attachments.service import Attachments
+from gemini_backend.auth.dependencies import CurrentUser
+from gemini_backend.core.db import MAX_ID, DbSession
+from gemini_backend.core.openapi import AUTH_ERRORS, Responses, error_doc, validation_doc
+from gemini_backend.services import services_of
+from gemini_backend.users.tier import tier_of
+
+router = APIRouter(prefix="/chatroom", tags=["Attachments"], responses=AUTH_ERRORS)
+
+UPLOAD_SUFFIX = "/attachments"  # the upload's path ends so: its body limit is its own (main.py)
+RoomId = Annotated[int, Path(ge=1, le=MAX_ID, description="Chatroom id")]
+AttachmentId = Annotated[int, Path(ge=1, le=MAX_ID, description="Attachment id")]
+
+UPLOAD_ERRORS: Responses = {
+    400: error_doc(
+        "The body is not multipart/form-data (`malformed_upload`)",
+        "malformed_upload",
+        "The body is not a valid multipart/form-data upload.",
+    ),
+    404: error_doc(
+        "No such chatroom, or not yours (`chatroom_not_found`)",
+        "chatroom_not_found",
+        "No such chatroom.",
+    ),
+    413: error_doc(
+        "The file is larger than the caller's plan allows (`attachment_too_large`)",
+        "attachment_too_large",
+        "A file may have at most 10485760 bytes on your plan.",
+    ),
+    415: error_doc(
+        "The bytes are none of the accepted types (`unsupported_media_type`)",
+        "unsupported_media_type",
+    ),
+    422: validation_doc("file_required", "empty_attachment", "invalid_filename"),
+    503: error_doc(
+        "The file store is unavailable (`storage_unavailable`); nothing was stored",
+        "storage_unavailable",
+        "The file store is unavailable; try again shortly.",
+    ),
+}
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                }
+            }
+        },
+    }
+}
+
+
+def _attachments(request: Request) -> Attachments:
+    found: Attachments = services_of(request).attachments
+    return found
+
+
+@router.post(
+    "/{chatroom_id}/attachments",
+    status_code=status.HTTP_201_CREATED,
+    summary="Upload a file to a chatroom",
+    description=(
+        "The file as the multipart/form-data field `file`, streamed to the file store as it "
+        "arrives. Its type is read from its bytes: PNG, JPEG, WebP, GIF, HEIC/HEIF, PDF, or "
+        "UTF-8 text (text/markdown for `.md`, text/csv for `.csv`, else text/plain); anything "
+        "else is 415. At most ATTACHMENT_MAX_BYTES (10 MiB; PRO_ATTACHMENT_MAX_BYTES, 50 MiB, "
+        "on Pro). Send it with a message by naming its id in `attachment_ids`."
+    ),
+    responses=UPLOAD_ERRORS,
+    openapi_extra=UPLOAD_BODY,
+)
+async def upload_attachment(
+    request: Request, user: CurrentUser, chatroom_id: RoomId
+) -> AttachmentOut:
+    service = _attachments(request)
+    length = request.headers.get("content-length")
+    return await service.upload(
+        user.id,
+        tier_of(user, service.clock.now(), service.settings),
+        chatroom_id,
+        request.headers.get("content-type", ""),
+        int(length) if length and length.isdigit() else None,
+        request.stream(),
+    )
+
+
+@router.get(
+    "/{chatroom_id}/attachments/{attachment_id}",
+    summary="Download an attachment",
+    description=(
+        "The file's bytes with its media type, as a download (`Content-Disposition: "
+        "attachment`, `X-Content-Type-Options: nosniff`). Another user's is 404."
+    ),
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "The file",
+            "content": {"application/octet-stream": {"schema": {"type": "string"}}},
+        },
+        404: error_doc(
+            "No such chatroom or attachment, or not yours (`attachment_not_found`)",
+            "attachment_not_found",
+            "No such attachment in this chatroom.",
+        ),
+    },
+)
+async def download_attachment(
+    request: Request,
+    user: CurrentUser,
+    chatroom_id: RoomId,
+    attachment_id: AttachmentId,
+    session: DbSession,
+) -> StreamingResponse:
+    row, chunks = await _attachments(request).download(session, user.id, chatroom_id, attachment_id)
+    media_type = row.media_type + ("; charset=utf-8" if row.media_type.startswith("text/") else "")
+    return StreamingResponse(
+        chunks,
+        media_type=media_type,
+        headers={
+            "Content-Length": str(row.size),
+            "Content-Disposition": content_disposition(row.filename),
+            "X-Content-Type-Options": "nosniff",
+            "Cache-Control": "private, no-store",
+        },
+    )
+
+
+def content_disposition(filename: str) -> str:
+    """RFC 6266: an ASCII stand-in for old clients, the real name as RFC 8187 UTF-8."""
+    fallback = "".join(
+        char if char.isascii() and char.isprintable() and char not in '"\\;' else "_"
+        for char in filename
+    )
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
