@@ -114,6 +114,7 @@ class Services:
             quota=quota,
             chatrooms=chatroom_cache,
             statements=chat_sql,
+            attachments=attachments,
         )
         housekeeping = Housekeeping(settings, clock, database.sessionmaker, attachments)
         broker = create_broker(settings)
@@ -156,6 +157,7 @@ class Services:
                 streams=streams,
                 cache=cache,
                 statements=chat_sql,
+                attachments=attachments,
                 # One round trip for the job and the invalidation when both are on Redis.
                 enqueue_with_invalidation=pipeline.queues_on_redis and redis is not None,
             ),

@@ -12,11 +12,26 @@ from gemini_backend.attachments.schemas import AttachmentOut
 from gemini_backend.attachments.service import Attachments
 from gemini_backend.auth.dependencies import CurrentUser
 from gemini_backend.core.db import MAX_ID, DbSession
-from gemini_backend.core.openapi import AUTH_ERRORS, Responses, error_doc, validation_doc
+from gemini_backend.core.openapi import (
+    AUTH_ERRORS,
+    Responses,
+    error_doc,
+    problem,
+    validation_doc,
+)
 from gemini_backend.services import services_of
 from gemini_backend.users.tier import tier_of
 
-router = APIRouter(prefix="/chatroom", tags=["Attachments"], responses=AUTH_ERRORS)
+PATH_PROBLEM = problem(
+    "int_parsing",
+    ("path", "chatroom_id"),
+    "Input should be a valid integer, unable to parse string as an integer",
+)
+router = APIRouter(
+    prefix="/chatroom",
+    tags=["Attachments"],
+    responses={**AUTH_ERRORS, 422: validation_doc(example=PATH_PROBLEM)},
+)
 
 UPLOAD_SUFFIX = "/attachments"  # the upload's path ends so: its body limit is its own (main.py)
 RoomId = Annotated[int, Path(ge=1, le=MAX_ID, description="Chatroom id")]
@@ -42,7 +57,9 @@ UPLOAD_ERRORS: Responses = {
         "The bytes are none of the accepted types (`unsupported_media_type`)",
         "unsupported_media_type",
     ),
-    422: validation_doc("file_required", "empty_attachment", "invalid_filename"),
+    422: validation_doc(
+        "file_required", "empty_attachment", "invalid_filename", example=PATH_PROBLEM
+    ),
     503: error_doc(
         "The file store is unavailable (`storage_unavailable`); nothing was stored",
         "storage_unavailable",

@@ -304,7 +304,10 @@ class NotAReply(BadRequest):
         "answer is a receipt, not the reply. Follow it at `stream_url` (Server-Sent Events) or "
         "poll `GET /chatroom/{chatroom_id}/messages/{reply_id}`.\n\n"
         "`content` (aliases `message`, `text`) is 1 to MAX_MESSAGE_CHARS (8000) characters "
-        "after trimming. An `Idempotency-Key` header (per user, 24 h) makes retries safe: the "
+        "after trimming; it may be empty when `attachment_ids` name files uploaded to this "
+        "chatroom (POST /chatroom/{chatroom_id}/attachments) and not sent yet: they become "
+        "the message's attachment parts, in that order, and the model receives them. An "
+        "`Idempotency-Key` header (per user, 24 h) makes retries safe: the "
         "same key with the same chatroom and text answers the first receipt again and creates "
         "nothing; the same key with another chatroom or text is 422 `idempotency_key_reused`."
         "\n\n"
@@ -314,12 +317,25 @@ class NotAReply(BadRequest):
     ),
     responses={
         **RECEIPT_HEADERS,
-        **NOT_FOUND,
+        404: error_doc(
+            "No such chatroom, or not yours (`chatroom_not_found`); an attachment id that is "
+            "not one of this chatroom's (`attachment_not_found`)",
+            "chatroom_not_found",
+            "No such chatroom.",
+        ),
         **BODY_ERRORS,
+        413: error_doc(
+            "The attachments together are larger than the caller's plan allows for one "
+            "message (`attachment_too_large`)",
+            "attachment_too_large",
+            "The attachments of one message may have at most 20971520 bytes on your plan.",
+        ),
         422: validation_doc(
             "message_too_long",
             "invalid_idempotency_key",
             "idempotency_key_reused",
+            "attachment_already_sent",
+            "too_many_attachments",
             example=problem("missing", ("body", "content"), "Field required"),
         ),
         **QUOTA_ERRORS,
@@ -341,7 +357,7 @@ async def send_message(
     # session, and each dependency costs FastAPI's resolution on every request.
     sender: MessageSender = services_of(request).message_sender
     receipt, quota = await sender.send(
-        user, chatroom_id, body.content, idempotency_key, body.parent_id
+        user, chatroom_id, body.content, idempotency_key, body.parent_id, body.attachment_ids
     )
     response.headers.update(quota.headers(sender.clock.now()))
     return receipt

@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from sqlalchemy import Row
 
 from gemini_backend.chat.models import Message, RoomView
@@ -134,8 +134,10 @@ class MessageOut(BaseModel):
         "first, this one included (`< 2/3 >`)."
     )
     parts: list[dict[str, Any]] = Field(
-        description='The message as parts: `{"type": "text", "text": ...}` today (empty while a '
-        "reply has no text yet); `content` is the same text."
+        description='The message as parts, in order: `{"type": "text", "text"}` (empty while a '
+        'reply has no text yet) and, on a user message, `{"type": "attachment", '
+        '"attachment_id", "media_type", "filename"}` for each file sent with it; `content` is '
+        "the text alone."
     )
     created_at: datetime
     completed_at: datetime | None
@@ -260,6 +262,7 @@ MessageId = Annotated[int, Field(ge=1, le=MAX_ID)]
 MessageContent = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, pattern=STORABLE_TEXT)
 ]
+MessageText = Annotated[str, StringConstraints(strip_whitespace=True, pattern=STORABLE_TEXT)]
 
 
 class MessageCreate(BaseModel):
@@ -268,12 +271,22 @@ class MessageCreate(BaseModel):
     )
 
     content: Annotated[
-        MessageContent,
+        MessageText,
         Field(
             validation_alias=AliasChoices("content", "message", "text", "user_message"),
-            description="1..MAX_MESSAGE_CHARS characters after trimming.",
+            description="1..MAX_MESSAGE_CHARS characters after trimming; may be empty or left "
+            "out when `attachment_ids` are given.",
         ),
-    ]
+    ] = ""
+    attachment_ids: Annotated[
+        list[MessageId],
+        Field(
+            description="Attachments of this chatroom (uploaded, not sent with another "
+            "message yet) sent with the message, in this order; at most "
+            "MAX_ATTACHMENTS_PER_MESSAGE (10).",
+            max_length=100,
+        ),
+    ] = []
     parent_id: Annotated[
         MessageId | None,
         Field(
@@ -281,6 +294,12 @@ class MessageCreate(BaseModel):
             "continue the active branch."
         ),
     ] = None
+
+    @model_validator(mode="after")
+    def _something_to_send(self) -> MessageCreate:
+        if not self.content and not self.attachment_ids:
+            raise ValueError("content is required (unless attachment_ids are given)")
+        return self
 
 
 class MessageEdit(BaseModel):
