@@ -26,6 +26,7 @@ FOLDERS = [
     "User",
     "Chatrooms",
     "Messages",
+    "Conversation trees",
     "Subscriptions",
     "Webhooks",
     "Attachments",

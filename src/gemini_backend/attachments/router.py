@@ -8,14 +8,24 @@ from urllib.parse import quote
 from fastapi import APIRouter, Path, Request, status
 from fastapi.responses import StreamingResponse
 
+from gemini_backend.attachments.errors import (
+    AttachmentNotFound,
+    AttachmentTooLarge,
+    EmptyAttachment,
+    FileRequired,
+    InvalidFilename,
+    MalformedUpload,
+    UnsupportedAttachmentType,
+)
 from gemini_backend.attachments.schemas import AttachmentOut
-from gemini_backend.attachments.service import Attachments
+from gemini_backend.attachments.service import Attachments, RoomNotFound
+from gemini_backend.attachments.storage import StorageUnavailable
 from gemini_backend.auth.dependencies import CurrentUser
 from gemini_backend.core.db import MAX_ID, DbSession
 from gemini_backend.core.openapi import (
     AUTH_ERRORS,
     Responses,
-    error_doc,
+    error_doc_for,
     problem,
     validation_doc,
 )
@@ -38,32 +48,16 @@ RoomId = Annotated[int, Path(ge=1, le=MAX_ID, description="Chatroom id")]
 AttachmentId = Annotated[int, Path(ge=1, le=MAX_ID, description="Attachment id")]
 
 UPLOAD_ERRORS: Responses = {
-    400: error_doc(
-        "The body is not multipart/form-data (`malformed_upload`)",
-        "malformed_upload",
-        "The body is not a valid multipart/form-data upload.",
+    **error_doc_for(("The body is not multipart/form-data", MalformedUpload)),
+    **error_doc_for(("No such chatroom, or not yours", RoomNotFound)),
+    **error_doc_for(
+        ("The file is larger than the caller's plan allows", AttachmentTooLarge),
+        detail="A file may have at most 10485760 bytes on your plan.",
     ),
-    404: error_doc(
-        "No such chatroom, or not yours (`chatroom_not_found`)",
-        "chatroom_not_found",
-        "No such chatroom.",
-    ),
-    413: error_doc(
-        "The file is larger than the caller's plan allows (`attachment_too_large`)",
-        "attachment_too_large",
-        "A file may have at most 10485760 bytes on your plan.",
-    ),
-    415: error_doc(
-        "The bytes are none of the accepted types (`unsupported_media_type`)",
-        "unsupported_media_type",
-    ),
-    422: validation_doc(
-        "file_required", "empty_attachment", "invalid_filename", example=PATH_PROBLEM
-    ),
-    503: error_doc(
-        "The file store is unavailable (`storage_unavailable`); nothing was stored",
-        "storage_unavailable",
-        "The file store is unavailable; try again shortly.",
+    **error_doc_for(("The bytes are none of the accepted types", UnsupportedAttachmentType)),
+    422: validation_doc(FileRequired, EmptyAttachment, InvalidFilename, example=PATH_PROBLEM),
+    **error_doc_for(
+        ("The file store is unavailable", StorageUnavailable), note="nothing was stored"
     ),
 }
 UPLOAD_BODY = {
@@ -129,11 +123,7 @@ async def upload_attachment(
             "description": "The file",
             "content": {"application/octet-stream": {"schema": {"type": "string"}}},
         },
-        404: error_doc(
-            "No such chatroom or attachment, or not yours (`attachment_not_found`)",
-            "attachment_not_found",
-            "No such attachment in this chatroom.",
-        ),
+        **error_doc_for(("No such chatroom or attachment, or not yours", AttachmentNotFound)),
     },
 )
 async def download_attachment(
