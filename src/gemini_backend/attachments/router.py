@@ -52,7 +52,6 @@ UPLOAD_ERRORS: Responses = {
     **error_doc_for(("No such chatroom, or not yours", RoomNotFound)),
     **error_doc_for(
         ("The file is larger than the caller's plan allows", AttachmentTooLarge),
-        detail="A file may have at most 10485760 bytes on your plan.",
     ),
     **error_doc_for(("The bytes are none of the accepted types", UnsupportedAttachmentType)),
     422: validation_doc(FileRequired, EmptyAttachment, InvalidFilename, example=PATH_PROBLEM),

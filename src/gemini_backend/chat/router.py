@@ -342,7 +342,6 @@ async def list_messages(
                 "The attachments together are larger than the caller's plan allows for one message",
                 AttachmentTooLarge,
             ),
-            detail="The attachments of one message may have at most 20971520 bytes on your plan.",
         ),
         422: validation_doc(
             MessageTooLong,
