@@ -12,6 +12,9 @@ import structlog
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from gemini_backend.attachments.router import UPLOAD_SUFFIX
+from gemini_backend.attachments.router import router as attachments_router
+from gemini_backend.attachments.service import largest_upload_body
 from gemini_backend.auth.router import router as auth_router
 from gemini_backend.billing import mock as stripe_mock
 from gemini_backend.billing.router import router as billing_router
@@ -112,6 +115,7 @@ def _lifespan(
             environment=settings.environment.value,
             ai_provider=services.provider.name,
             ai_model=services.provider.model,
+            attachment_storage=services.attachments.storage.kind,
             code_delivery=settings.otp_delivery,
         )
         if settings.otp_response_exposed:
@@ -132,7 +136,15 @@ def _lifespan(
 def _add_routes(app: FastAPI, settings: Settings) -> None:
     # Routes are matched in this order, one after the other: the busiest routers come first.
     # (/health first: probed all the time; quota before chat: /chatroom/usage is not /{id})
-    routers = [ops_router, users_router, quota_router, chat_router, auth_router, billing_router]
+    routers = [
+        ops_router,
+        users_router,
+        quota_router,
+        chat_router,
+        attachments_router,
+        auth_router,
+        billing_router,
+    ]
     if settings.stripe_mock_enabled:
         routers += [stripe_mock.router, stripe_mock.api]
     for router in routers:
@@ -157,7 +169,12 @@ def _add_middleware(app: FastAPI, settings: Settings) -> None:
             # response's headers are hidden from its scripts).
             expose_headers=EXPOSED_HEADERS,
         )
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        upload_suffix=UPLOAD_SUFFIX,
+        upload_max_bytes=largest_upload_body(settings),
+    )
     app.add_middleware(
         RequestContextMiddleware,
         hsts=settings.base_url.startswith("https://"),

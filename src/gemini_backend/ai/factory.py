@@ -32,6 +32,7 @@ def create_provider(settings: Settings) -> Provider:
             model=settings.gemini_model,
             timeout_seconds=settings.ai_timeout_seconds,
             base_url=settings.gemini_base_url,
+            inline_max_bytes=settings.gemini_inline_max_bytes,
         )
     if not settings.openai_base_url:
         raise ProviderNotAvailable("AI_PROVIDER=openai needs OPENAI_BASE_URL")

@@ -13,11 +13,13 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, Literal
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from gemini_backend.ai.base import Attachment as ProviderAttachment
 from gemini_backend.ai.base import (
     Citations,
     Conversation,
@@ -31,6 +33,7 @@ from gemini_backend.ai.base import (
     Usage,
     estimate_tokens,
 )
+from gemini_backend.attachments.service import Attachments, attachment_tokens
 from gemini_backend.chat import repository as repo
 from gemini_backend.chat.cache import ChatroomCache
 from gemini_backend.chat.repository import ReplyRoom
@@ -226,8 +229,10 @@ class ReplyGenerator:
         quota: Quota,
         chatrooms: ChatroomCache,
         statements: repo.ChatStatements,
+        attachments: Attachments,
     ) -> None:
         self.sql = statements
+        self.attachments = attachments
         self.settings = settings
         self.clock = clock
         self.sessionmaker = sessionmaker
@@ -304,21 +309,39 @@ class ReplyGenerator:
         if claim.attempt == 1:
             JOB_LAG.observe(max(0.0, (now - created_at).total_seconds()))
         system_prompt = room.system_prompt if room else None
-        return claim, self._conversation(system_prompt, claimed.turns), room
+        files = self._attachments_by_message(claimed.attachments)
+        return claim, self._conversation(system_prompt, claimed.turns, files), room
+
+    def _attachments_by_message(
+        self, rows: Sequence[dict[str, Any]]
+    ) -> dict[int, tuple[ProviderAttachment, ...]]:
+        """The claim's attachment rows as a provider receives them (bytes read on demand)."""
+        found: dict[int, list[ProviderAttachment]] = {}
+        for row in rows:
+            attachment = self.attachments.provider_attachment(SimpleNamespace(**row))
+            found.setdefault(row["message_id"], []).append(attachment)
+        return {message_id: tuple(items) for message_id, items in found.items()}
 
     def _conversation(
-        self, system_prompt: str | None, branch: Sequence[tuple[int, str, str]]
+        self,
+        system_prompt: str | None,
+        branch: Sequence[tuple[int, str, str]],
+        files: dict[int, tuple[ProviderAttachment, ...]] | None = None,
     ) -> Conversation:
         """`branch`: (id, role, content) of the completed messages from the one answered up to
-        the root, newest first."""
+        the root, newest first; `files`: their attachments (they count against the budget)."""
         budget = self.settings.context_max_tokens - estimate_tokens(system_prompt or "")
         turns: list[Turn] = []
         for message_id, role, content in branch:  # keep the newest within the budget
-            cost = estimate_tokens(content)
+            attached = (files or {}).get(message_id, ())
+            cost = estimate_tokens(content) + sum(
+                attachment_tokens(a.media_type, a.size) for a in attached
+            )
             if turns and cost > budget:
                 break
             budget -= cost
-            turns.append(Turn("user" if role == "user" else "assistant", content, message_id))
+            speaker: Literal["user", "assistant"] = "user" if role == "user" else "assistant"
+            turns.append(Turn(speaker, content, message_id, attached))
         turns.reverse()
         # The conversation must end with the user's message being answered.
         while turns and turns[-1].role != "user":

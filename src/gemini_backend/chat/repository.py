@@ -8,8 +8,9 @@ columns it needs (no ORM identity map or instance loading).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cache
 from typing import Any, Protocol, cast
@@ -39,6 +40,7 @@ from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from gemini_backend.attachments import repository as attachments_repo
 from gemini_backend.chat.models import Chatroom, IdempotencyKey, Message, RoomView
 from gemini_backend.chat.states import ReplyStatus
 from gemini_backend.core.db import BigIntId, UTCDateTime
@@ -637,6 +639,10 @@ async def send_to_owned_room(
     return True, Exchange(used, message_id, reply_id, parent_id)
 
 
+async def set_parts(session: AsyncSession, message_id: int, parts: list[dict[str, Any]]) -> None:
+    await session.execute(update(_messages).where(_messages.c.id == message_id).values(parts=parts))
+
+
 # --- idempotency keys ---------------------------------------------------------------------
 
 _EXPIRED_KEY = delete(_keys).where(
@@ -781,7 +787,15 @@ _CLAIM_POSTGRESQL = text(
     )
     SELECT claimed.attempts, claimed.chatroom_id, claimed.reply_to, claimed.created_at,
            claimed.parent_id, room.id, room.user_id, room.system_prompt, room.auto_title,
-           turns.ids, turns.roles, turns.contents
+           turns.ids, turns.roles, turns.contents,
+           (SELECT json_agg(json_build_object(
+                       'id', a.id, 'message_id', a.message_id, 'filename', a.filename,
+                       'media_type', a.media_type, 'size', a.size, 'sha256', a.sha256,
+                       'storage_key', a.storage_key) ORDER BY a.id)
+            FROM attachments AS a
+            WHERE a.state = 'stored'
+              AND a.message_id IN (SELECT id FROM context WHERE status = :completed)
+           ) AS attachments
     FROM claimed
     LEFT JOIN chatrooms AS room ON room.id = claimed.chatroom_id
     CROSS JOIN (
@@ -842,6 +856,9 @@ class ClaimedReply:
     created_at: datetime
     room: ReplyRoom | None  # None: the room is gone
     turns: list[tuple[int, str, str]]  # (id, role, content) of its branch, newest first
+    # The stored attachments of those messages (id, message_id, filename, media_type, size,
+    # sha256, storage_key), oldest first.
+    attachments: list[dict[str, Any]] = field(default_factory=list)
 
 
 async def _claim_reply_postgresql(
@@ -854,7 +871,9 @@ async def _claim_reply_postgresql(
         return None
     room = ReplyRoom(*row[5:9]) if row[5] is not None else None
     turns = list(zip(row[9] or (), row[10] or (), row[11] or (), strict=True))
-    return ClaimedReply(row[0], row[1], row[2], row[3], room, turns)
+    found = row[12]
+    attachments = (json.loads(found) if isinstance(found, str) else found) or []
+    return ClaimedReply(row[0], row[1], row[2], row[3], room, turns, attachments)
 
 
 async def _claim_reply_sqlite(
@@ -871,7 +890,10 @@ async def _claim_reply_sqlite(
     reads = {"room_id": room_id, "start_id": parent_id}
     turns = [(id_, role, content) for id_, role, content in await session.execute(_TURNS, reads)]
     room = ReplyRoom(*found) if found is not None else None
-    return ClaimedReply(attempts, room_id, user_message_id, created_at, room, turns)
+    attachments = [
+        row._asdict() for row in await attachments_repo.of_messages(session, [t[0] for t in turns])
+    ]
+    return ClaimedReply(attempts, room_id, user_message_id, created_at, room, turns, attachments)
 
 
 async def heartbeat_reply(

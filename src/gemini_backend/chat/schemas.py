@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from sqlalchemy import Row
 
 from gemini_backend.chat.models import Message, RoomView
@@ -148,10 +148,12 @@ class MessageOut(BaseModel):
         "first, this one included (`< 2/3 >`)."
     )
     parts: list[dict[str, Any]] = Field(
-        description='The message as parts, in order. A reply: `{"type": "thought", "text"}` (the '
-        'model\'s thought summary, never in `content`), `{"type": "text", "text"}` (the same text '
-        'as `content`; absent while a reply has no text yet), `{"type": "citation", "sources", '
-        '"segments", "search_entry_point"}` (a grounded reply\'s sources).'
+        description='The message as parts, in order. A user message: `{"type": "text", "text"}` '
+        '(absent when it is only files) and `{"type": "attachment", "attachment_id", '
+        '"media_type", "filename"}` for each file sent with it. A reply: `{"type": "thought", '
+        '"text"}` (the model\'s thought summary, never in `content`), `{"type": "text", "text"}` '
+        '(absent while a reply has no text yet), `{"type": "citation", "sources", "segments", '
+        '"search_entry_point"}` (a grounded reply\'s sources). `content` is the text alone.'
     )
     created_at: datetime
     completed_at: datetime | None
@@ -277,6 +279,7 @@ MessageId = Annotated[int, Field(ge=1, le=MAX_ID)]
 MessageContent = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, pattern=STORABLE_TEXT)
 ]
+MessageText = Annotated[str, StringConstraints(strip_whitespace=True, pattern=STORABLE_TEXT)]
 
 
 class MessageCreate(BaseModel):
@@ -285,12 +288,22 @@ class MessageCreate(BaseModel):
     )
 
     content: Annotated[
-        MessageContent,
+        MessageText,
         Field(
             validation_alias=AliasChoices("content", "message", "text", "user_message"),
-            description="1..MAX_MESSAGE_CHARS characters after trimming.",
+            description="1..MAX_MESSAGE_CHARS characters after trimming; may be empty or left "
+            "out when `attachment_ids` are given.",
         ),
-    ]
+    ] = ""
+    attachment_ids: Annotated[
+        list[MessageId],
+        Field(
+            description="Attachments of this chatroom (uploaded, not sent with another "
+            "message yet) sent with the message, in this order; at most "
+            "MAX_ATTACHMENTS_PER_MESSAGE (10).",
+            max_length=100,
+        ),
+    ] = []
     parent_id: Annotated[
         MessageId | None,
         Field(
@@ -298,6 +311,12 @@ class MessageCreate(BaseModel):
             "continue the active branch."
         ),
     ] = None
+
+    @model_validator(mode="after")
+    def _something_to_send(self) -> MessageCreate:
+        if not self.content and not self.attachment_ids:
+            raise ValueError("content is required (unless attachment_ids are given)")
+        return self
 
 
 class MessageEdit(BaseModel):

@@ -210,6 +210,10 @@ TAGS: list[dict[str, str]] = [
         "as Server-Sent Events.",
     },
     {
+        "name": "Attachments",
+        "description": "Files uploaded to a chatroom and sent with its messages.",
+    },
+    {
         "name": "Subscriptions",
         "description": "The Basic and Pro plans, Stripe Checkout and webhooks, daily usage.",
     },
