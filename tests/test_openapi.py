@@ -13,6 +13,7 @@ import pytest
 from pydantic import BaseModel
 
 from gemini_backend.ai import router as models_router
+from gemini_backend.attachments import schemas as attachment_schemas
 from gemini_backend.auth import schemas as auth_schemas
 from gemini_backend.billing import router as billing_router
 from gemini_backend.chat import schemas as chat_schemas
@@ -57,6 +58,7 @@ NO_CLIENT_ERRORS = {
 MOCK_PREFIX = "/mock-stripe/"  # the Stripe mock: HTML pages and Stripe-shaped errors
 
 SCHEMA_MODULES = (
+    attachment_schemas,
     auth_schemas,
     chat_schemas,
     user_schemas,

@@ -194,6 +194,26 @@ class Settings(BaseSettings):
     # How often each sweeper purges expired OTPs, refresh tokens, login guards, idempotency keys.
     purge_interval_seconds: int = Field(default=600, ge=1)
 
+    # --- attachments ------------------------------------------------------------------------
+    # Where uploads are stored: an S3-compatible bucket when S3_BUCKET is set (AWS S3, GCS
+    # interoperability, Cloudflare R2, MinIO: S3_ENDPOINT_URL), else under DATA_DIR/attachments.
+    s3_endpoint_url: str | None = None
+    s3_bucket: str | None = None
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+    s3_region: str = "us-east-1"
+    # The most bytes of one file, and of all the files of one message, per tier.
+    attachment_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
+    pro_attachment_max_bytes: int = Field(default=50 * 1024 * 1024, ge=1)
+    message_attachments_max_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
+    pro_message_attachments_max_bytes: int = Field(default=100 * 1024 * 1024, ge=1)
+    max_attachments_per_message: int = Field(default=10, ge=1)
+    # An upload still `pending` this long after it began died mid-way: the purge deletes it.
+    attachment_pending_minutes: int = Field(default=60, ge=1)
+    # Gemini: attachments sent inline up to this many bytes per request; the rest go through
+    # the Files API (whose copies the provider keeps 48 h: reused for 47 h).
+    gemini_inline_max_bytes: int = Field(default=15 * 1024 * 1024, ge=0)
+
     # --- quota and billing (used by the subscriptions capability) --------------------------
     quota_timezone: str = "UTC"
     basic_daily_limit: int = Field(default=5, ge=0)

@@ -13,6 +13,9 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from gemini_backend.ai.router import router as models_router
+from gemini_backend.attachments.router import UPLOAD_SUFFIX
+from gemini_backend.attachments.router import router as attachments_router
+from gemini_backend.attachments.service import largest_upload_body
 from gemini_backend.auth.router import router as auth_router
 from gemini_backend.billing import mock as stripe_mock
 from gemini_backend.billing.router import router as billing_router
@@ -114,6 +117,7 @@ def _lifespan(
             ai_provider=services.provider.name,
             ai_model=services.provider.model,
             ai_models=[model.id for model in services.models.catalogue.models],
+            attachment_storage=services.attachments.storage.kind,
             code_delivery=settings.otp_delivery,
         )
         if settings.otp_response_exposed:
@@ -139,6 +143,7 @@ def _add_routes(app: FastAPI, settings: Settings) -> None:
         users_router,
         quota_router,
         chat_router,
+        attachments_router,
         auth_router,
         billing_router,
         models_router,
@@ -167,7 +172,12 @@ def _add_middleware(app: FastAPI, settings: Settings) -> None:
             # response's headers are hidden from its scripts).
             expose_headers=EXPOSED_HEADERS,
         )
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        upload_suffix=UPLOAD_SUFFIX,
+        upload_max_bytes=largest_upload_body(settings),
+    )
     app.add_middleware(
         RequestContextMiddleware,
         hsts=settings.base_url.startswith("https://"),

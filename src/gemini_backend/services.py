@@ -18,6 +18,8 @@ from taskiq import InMemoryBroker
 
 from gemini_backend.ai.base import Provider
 from gemini_backend.ai.registry import ProviderRegistry
+from gemini_backend.attachments.service import Attachments
+from gemini_backend.attachments.storage import create_storage
 from gemini_backend.auth.delivery import create_otp_sender
 from gemini_backend.auth.phone import normalize_test_number
 from gemini_backend.auth.principals import Principals
@@ -68,6 +70,7 @@ class Services:
     message_sender: MessageSender
     auth: AuthDeps  # the password hasher, the token codec, the OTP sender
     stream_slots: StreamSlots
+    attachments: Attachments  # with its storage: local files or an S3-compatible bucket
 
     @classmethod
     def build(cls, settings: Settings, clock: Clock) -> Services:
@@ -81,6 +84,7 @@ class Services:
             else MemoryReplyStream()
         )
         models = ProviderRegistry.from_settings(settings)
+        attachments = Attachments(settings, clock, database.sessionmaker, create_storage(settings))
         quota = Quota(settings)
         chatroom_cache = ChatroomCache(
             RedisLists(redis, prefix) if redis is not None else MemoryLists(cache),
@@ -110,8 +114,9 @@ class Services:
             quota=quota,
             chatrooms=chatroom_cache,
             statements=chat_sql,
+            attachments=attachments,
         )
-        housekeeping = Housekeeping(settings, clock, database.sessionmaker)
+        housekeeping = Housekeeping(settings, clock, database.sessionmaker, attachments)
         broker = create_broker(settings)
         pipeline: ReplyPipeline = (
             StreamReplyPipeline(settings, broker, generator, housekeeping)
@@ -152,6 +157,7 @@ class Services:
                 streams=streams,
                 cache=cache,
                 statements=chat_sql,
+                attachments=attachments,
                 # One round trip for the job and the invalidation when both are on Redis.
                 enqueue_with_invalidation=pipeline.queues_on_redis and redis is not None,
             ),
@@ -176,6 +182,7 @@ class Services:
                 otp_sender=create_otp_sender(settings),
             ),
             stream_slots=StreamSlots(settings.max_streams_per_user),
+            attachments=attachments,
         )
 
     @property
@@ -195,6 +202,7 @@ class Services:
         if self.stripe is not None:
             await self.stripe.aclose()
         await self.reply_streams.aclose()
+        await self.attachments.storage.aclose()
         await self.principals.aclose()
         await self.chatroom_cache.aclose()
         await self.database.dispose()

@@ -103,11 +103,13 @@ CONVERSATION = Conversation(
 
 
 async def collect(
-    provider: GeminiProvider, conversation: Conversation = CONVERSATION
+    provider: GeminiProvider,
+    conversation: Conversation = CONVERSATION,
+    options: GenerationOptions = GenerationOptions(),
 ) -> tuple[list[Delta | Finished], ProviderError | None]:
     items: list[Delta | Finished] = []
     try:
-        async for item in provider.stream(conversation, GenerationOptions()):
+        async for item in provider.stream(conversation, options):
             items.append(item)
     except ProviderError as exc:
         return items, exc
@@ -436,7 +438,12 @@ async def test_replies_come_from_gemini_with_the_system_prompt_and_history(clien
     assert first["content"] == streamed_text(events) == "Lisbon in May."
     assert first["model"] == MODEL
     assert first["finish_reason"] == "stop"
-    assert first["usage"] == {"prompt_tokens": 20, "output_tokens": 4, "thinking_tokens": None}
+    assert first["usage"] == {
+        "prompt_tokens": 20,
+        "output_tokens": 4,
+        "thinking_tokens": None,
+        "cached_tokens": None,
+    }
     assert first["error"] is None
 
     fake.script(
@@ -444,7 +451,12 @@ async def test_replies_come_from_gemini_with_the_system_prompt_and_history(clien
     )
     _, second = await exchange(client, alice, room, "Why?")
     assert second["content"] == "Mild and sunny."
-    assert second["usage"] == {"prompt_tokens": 12, "output_tokens": 5, "thinking_tokens": 17}
+    assert second["usage"] == {
+        "prompt_tokens": 12,
+        "output_tokens": 5,
+        "thinking_tokens": 17,
+        "cached_tokens": None,
+    }
 
     assert len(fake.streams) == 2
     assert fake.plain_calls == []  # a named room gets no title call

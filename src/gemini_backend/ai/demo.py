@@ -11,6 +11,8 @@ from gemini_backend.ai.base import (
     Delta,
     Finished,
     GenerationOptions,
+    StreamItem,
+    Thought,
     Usage,
     estimate_tokens,
 )
@@ -34,10 +36,29 @@ class DemoProvider:
         preview = conversation.prompt[:PROMPT_PREVIEW_CHARS]
         return f'Demo reply (context: {len(earlier)} earlier {noun} [{ids}]) to: "{preview}"'
 
+    @staticmethod
+    def thought_text(conversation: Conversation) -> str:
+        return f'Thinking about: "{conversation.prompt[:PROMPT_PREVIEW_CHARS]}"'
+
+    @staticmethod
+    async def received(conversation: Conversation) -> str:
+        """` [attachments: photo.png image/png 48213 B, ...]`: each file of the conversation,
+        its size the bytes actually read from the storage ("" without files)."""
+        listed = []
+        for turn in conversation.turns:
+            for attachment in turn.attachments:
+                size = len(await attachment.read())
+                listed.append(f"{attachment.filename} {attachment.media_type} {size} B")
+        return f" [attachments: {', '.join(listed)}]" if listed else ""
+
     async def stream(
         self, conversation: Conversation, options: GenerationOptions
-    ) -> AsyncGenerator[Delta | Finished, None]:
-        text = self.reply_text(conversation)
+    ) -> AsyncGenerator[StreamItem, None]:
+        thinking = options.thinking is not None and options.thinking != "off"
+        if thinking:
+            # A thought first, as a thinking model gives its summary before the answer.
+            yield Thought(self.thought_text(conversation))
+        text = self.reply_text(conversation) + await self.received(conversation)
         words = text.split(" ")
         size = max(1, len(words) // 4)
         chunks = [" ".join(words[i : i + size]) for i in range(0, len(words), size)]
@@ -51,7 +72,10 @@ class DemoProvider:
         yield Finished(
             "stop",
             Usage(
-                prompt_tokens=prompt_tokens, output_tokens=estimate_tokens(text), thinking_tokens=0
+                prompt_tokens=prompt_tokens,
+                output_tokens=estimate_tokens(text),
+                thinking_tokens=estimate_tokens(self.thought_text(conversation)) if thinking else 0,
+                cached_tokens=0,
             ),
         )
 

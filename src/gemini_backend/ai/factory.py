@@ -20,6 +20,7 @@ def create_provider(settings: Settings, model: ModelInfo) -> Provider:
             model=model.id,
             timeout_seconds=settings.ai_timeout_seconds,
             base_url=settings.gemini_base_url,
+            inline_max_bytes=settings.gemini_inline_max_bytes,
         )
     from gemini_backend.ai.openai_compat import OpenAIProvider
 

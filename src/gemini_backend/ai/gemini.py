@@ -12,9 +12,12 @@ kept here only to scrub it out of error texts): it is never written to a log lin
 
 from __future__ import annotations
 
+import io
 import math
 import re
-from collections.abc import AsyncGenerator, Mapping, Sequence
+import time
+from collections import OrderedDict
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -23,11 +26,15 @@ from google import genai
 from google.genai import errors, types
 
 from gemini_backend.ai.base import (
+    Attachment,
+    Citations,
     Conversation,
     Delta,
     Finished,
     GenerationOptions,
     ProviderError,
+    StreamItem,
+    Thought,
     Usage,
 )
 from gemini_backend.ai.retry_after import MAX_RETRY_AFTER_SECONDS, retry_after_seconds
@@ -54,6 +61,11 @@ _RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
 _QUOTA_FAILURE = "type.googleapis.com/google.rpc.QuotaFailure"
 _ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)s\s*$")
+# Attachments sent inline up to this many bytes a request (the API takes about 20 MB in all).
+DEFAULT_INLINE_MAX_BYTES = 15 * 1024 * 1024
+# The Files API keeps an upload 48 h: it is reused for an hour less, then uploaded again.
+FILE_REUSE_SECONDS = 47 * 3600
+MAX_REMEMBERED_UPLOADS = 10_000
 
 
 class GeminiProvider:
@@ -66,9 +78,15 @@ class GeminiProvider:
         model: str,
         timeout_seconds: float,
         base_url: str | None = None,
+        inline_max_bytes: int = DEFAULT_INLINE_MAX_BYTES,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.model = model
         self.base_url = base_url
+        self.inline_max_bytes = inline_max_bytes
+        # Attachment id -> (the Files API's uri, when to upload it again).
+        self._uploads: OrderedDict[int, tuple[str, float]] = OrderedDict()
+        self._clock = clock
         self._http = httpx.AsyncClient()
         self._client = genai.Client(
             vertexai=False,  # the Gemini API with a key, whatever GOOGLE_GENAI_* says
@@ -101,53 +119,27 @@ class GeminiProvider:
     # --- the reply ------------------------------------------------------------------------------
     async def stream(
         self, conversation: Conversation, options: GenerationOptions
-    ) -> AsyncGenerator[Delta | Finished, None]:
-        produced = False  # a Delta has been yielded: a failure now ends a partial reply
-        finish_reason: str | None = None
-        block_reason: str | None = None
-        usage = Usage()
-        config = types.GenerateContentConfig(
-            system_instruction=conversation.system_prompt or None,
-            automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
-            automatic_continuation=False,
-        )
-        _apply_sampling(config, options)
+    ) -> AsyncGenerator[StreamItem, None]:
+        reading = _Reading()
         try:
+            contents = await self._contents(conversation)
             response = await self._client.aio.models.generate_content_stream(
-                model=self.model, contents=_contents(conversation), config=config
+                model=self.model,
+                contents=contents,
+                config=_config(self.model, conversation, options),
             )
             try:
                 async for chunk in response:
-                    if chunk.usage_metadata is not None:
-                        usage = _usage_of(chunk.usage_metadata)
-                    feedback = chunk.prompt_feedback
-                    if feedback is not None and feedback.block_reason is not None:
-                        block_reason = _enum_name(feedback.block_reason)
-                    for candidate in (chunk.candidates or [])[:1]:
-                        for text in _texts(candidate):
-                            produced = True
-                            yield Delta(text)
-                        if candidate.finish_reason is not None:
-                            finish_reason = _enum_name(candidate.finish_reason)
+                    for item in reading.items_of(chunk):
+                        yield item
             finally:
                 aclose = getattr(response, "aclose", None)
                 if aclose is not None:  # release the connection when the reader stops early
                     await aclose()
         except Exception as exc:  # every failure becomes a ProviderError the worker understands
-            raise self._failed(_provider_error(exc, produced=produced), exc) from exc
-        if block_reason is not None:
-            # The prompt itself was refused: there is no candidate at all.
-            yield Finished(block_reason.lower(), usage, blocked=True)
-            return
-        if finish_reason is None:
-            raise ProviderError(
-                "provider_stream_error",
-                "the stream ended without a finish reason",
-                retryable=not produced,
-            )
-        yield Finished(
-            finish_reason.lower(), usage, blocked=finish_reason in BLOCKING_FINISH_REASONS
-        )
+            raise self._failed(_provider_error(exc, produced=reading.produced), exc) from exc
+        for item in reading.ending():
+            yield item
 
     def _failed(self, error: ProviderError, exc: BaseException) -> ProviderError:
         """Log a failed call (with the server's words, the key scrubbed out) and return it."""
@@ -193,20 +185,116 @@ class GeminiProvider:
             title = ""
         return title or fallback_title(first_message)
 
+    # --- attachments ----------------------------------------------------------------------------
+    async def _contents(self, conversation: Conversation) -> list[types.Content]:
+        """The turns as contents: each one's text, then its files. Files go inline (base64 in
+        the request) while the request's inline bytes stay within `inline_max_bytes`; the
+        rest through the Files API. Images, PDFs and text files alike are parts with their
+        media type (Gemini reads PDFs and text as documents)."""
+        inline_left = self.inline_max_bytes
+        contents = []
+        for turn in conversation.turns:
+            parts = [types.Part(text=turn.text)] if turn.text or not turn.attachments else []
+            for attachment in turn.attachments:
+                if attachment.size <= inline_left:
+                    inline_left -= attachment.size
+                    data = await attachment.read()
+                    parts.append(types.Part.from_bytes(data=data, mime_type=attachment.media_type))
+                else:
+                    uri = await self._uploaded(attachment)
+                    parts.append(types.Part.from_uri(file_uri=uri, mime_type=attachment.media_type))
+            contents.append(
+                types.Content(role="user" if turn.role == "user" else "model", parts=parts)
+            )
+        return contents
 
-def _apply_sampling(config: types.GenerateContentConfig, options: GenerationOptions) -> None:
-    """The room's temperature (None: the model's default)."""
-    if options.temperature is not None:
-        config.temperature = options.temperature
-
-
-def _contents(conversation: Conversation) -> list[types.Content]:
-    return [
-        types.Content(
-            role="user" if turn.role == "user" else "model", parts=[types.Part(text=turn.text)]
+    async def _uploaded(self, attachment: Attachment) -> str:
+        """The Files API's uri of the attachment, uploaded once per FILE_REUSE_SECONDS (the
+        API deletes its copy after 48 h)."""
+        now = self._clock()
+        found = self._uploads.get(attachment.id)
+        if found is not None and found[1] > now:
+            self._uploads.move_to_end(attachment.id)
+            return found[0]
+        data = await attachment.read()
+        uploaded = await self._client.aio.files.upload(
+            file=io.BytesIO(data),
+            config=types.UploadFileConfig(
+                mime_type=attachment.media_type, display_name=attachment.filename[:512]
+            ),
         )
-        for turn in conversation.turns
-    ]
+        if not uploaded.uri:
+            raise ValueError("the Files API returned no uri")
+        self._uploads[attachment.id] = (uploaded.uri, now + FILE_REUSE_SECONDS)
+        while len(self._uploads) > MAX_REMEMBERED_UPLOADS:
+            self._uploads.popitem(last=False)
+        return uploaded.uri
+
+
+def _config(
+    model: str, conversation: Conversation, options: GenerationOptions
+) -> types.GenerateContentConfig:
+    config = types.GenerateContentConfig(
+        system_instruction=conversation.system_prompt or None,
+        automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
+        automatic_continuation=False,
+    )
+    if options.temperature is not None:
+        config.temperature = options.temperature  # None: the model's default
+    config.thinking_config = _thinking_config(model, options.thinking)
+    if options.grounding:
+        config.tools = [types.Tool(google_search=types.GoogleSearch())]
+    return config
+
+
+class _Reading:
+    """What a reply's chunks have said so far, and the items that end it."""
+
+    def __init__(self) -> None:
+        self.produced = False  # a Delta or Thought was yielded: a failure ends a partial reply
+        self.finish_reason: str | None = None
+        self.block_reason: str | None = None
+        self.grounding: types.GroundingMetadata | None = None
+        self.text: list[str] = []  # the reply's text, which grounding offsets point into
+        self.usage = Usage()
+
+    def items_of(self, chunk: types.GenerateContentResponse) -> list[StreamItem]:
+        if chunk.usage_metadata is not None:
+            self.usage = _usage_of(chunk.usage_metadata)
+        feedback = chunk.prompt_feedback
+        if feedback is not None and feedback.block_reason is not None:
+            self.block_reason = _enum_name(feedback.block_reason)
+        items: list[StreamItem] = []
+        for candidate in (chunk.candidates or [])[:1]:
+            for item in _items(candidate):
+                self.produced = True
+                if isinstance(item, Delta):
+                    self.text.append(item.text)
+                items.append(item)
+            if candidate.grounding_metadata is not None:
+                self.grounding = candidate.grounding_metadata
+            if candidate.finish_reason is not None:
+                self.finish_reason = _enum_name(candidate.finish_reason)
+        return items
+
+    def ending(self) -> list[StreamItem]:
+        if self.block_reason is not None:
+            # The prompt itself was refused: there is no candidate at all.
+            return [Finished(self.block_reason.lower(), self.usage, blocked=True)]
+        if self.finish_reason is None:
+            raise ProviderError(
+                "provider_stream_error",
+                "the stream ended without a finish reason",
+                retryable=not self.produced,
+            )
+        items: list[StreamItem] = []
+        grounding, text = self.grounding, "".join(self.text)
+        citations = _citations(grounding, text) if grounding is not None else None
+        if citations is not None:
+            items.append(citations)
+        blocked = self.finish_reason in BLOCKING_FINISH_REASONS
+        items.append(Finished(self.finish_reason.lower(), self.usage, blocked=blocked))
+        return items
 
 
 def _texts(candidate: types.Candidate) -> list[str]:
@@ -217,11 +305,57 @@ def _texts(candidate: types.Candidate) -> list[str]:
     return [part.text for part in content.parts if part.text and not part.thought]
 
 
+def _items(candidate: types.Candidate) -> list[Delta | Thought]:
+    """The candidate's text parts in order: thought summaries as `Thought`, the rest `Delta`."""
+    content = candidate.content
+    if content is None or not content.parts:
+        return []
+    return [
+        Thought(part.text) if part.thought else Delta(part.text)
+        for part in content.parts
+        if part.text
+    ]
+
+
+def _citations(metadata: types.GroundingMetadata, text: str) -> Citations | None:
+    """Grounding metadata as `Citations`: the web sources, and the supported segments with
+    their offsets turned from UTF-8 bytes into characters of the reply's text. None when the
+    model did not search."""
+    sources = [_source(chunk) for chunk in metadata.grounding_chunks or []]
+    encoded = text.encode()
+    segments = []
+    for support in metadata.grounding_supports or []:
+        segment = support.segment
+        if segment is None:
+            continue
+        start, end = segment.start_index or 0, segment.end_index or 0
+        segments.append(
+            {
+                "start": len(encoded[:start].decode(errors="ignore")),
+                "end": len(encoded[:end].decode(errors="ignore")),
+                "text": segment.text,
+                "source_indexes": list(support.grounding_chunk_indices or []),
+            }
+        )
+    entry = metadata.search_entry_point
+    rendered = entry.rendered_content if entry is not None else None
+    if not sources and not segments and rendered is None:
+        return None
+    return Citations(sources, segments, rendered)
+
+
+def _source(chunk: types.GroundingChunk) -> dict[str, Any]:
+    """One source; every chunk is kept, so that a support's indexes still point at it."""
+    found = chunk.web or chunk.retrieved_context or chunk.maps
+    return {"title": getattr(found, "title", None), "uri": getattr(found, "uri", None)}
+
+
 def _usage_of(metadata: types.GenerateContentResponseUsageMetadata) -> Usage:
     return Usage(
         prompt_tokens=metadata.prompt_token_count,
         output_tokens=metadata.candidates_token_count,
         thinking_tokens=metadata.thoughts_token_count,
+        cached_tokens=metadata.cached_content_token_count,
     )
 
 
@@ -234,6 +368,43 @@ def _enum_name(value: Any) -> str:
 def _thinking_can_be_off(model: str) -> bool:
     """Gemini 2.5 Flash models accept a thinking budget of 0; Pro and newer models refuse it."""
     return "2.5-flash" in model
+
+
+# Gemini 2.5 models take a token budget, not a level: the budgets Google maps the OpenAI
+# `reasoning_effort` levels to.
+LEVEL_BUDGETS = {"low": 1024, "medium": 8192, "high": 24576}
+_GENERATION = re.compile(r"gemini-(\d+)")
+
+
+def _takes_thinking_level(model: str) -> bool:
+    """Gemini 3 and later take `thinking_level`; 2.x (and unknown names) a budget."""
+    found = _GENERATION.search(model)
+    return found is not None and int(found.group(1)) >= 3
+
+
+def _thinking_config(model: str, thinking: str | int | None) -> types.ThinkingConfig | None:
+    """The room's `thinking` as Gemini's configuration: None keeps the model's default (and no
+    thought summaries); "off" is a budget of 0 where the model allows it (elsewhere its lowest
+    thinking, without summaries); a level or a budget asks for the summaries too."""
+    if thinking is None:
+        return None
+    if thinking == "off":
+        if _thinking_can_be_off(model):
+            return types.ThinkingConfig(thinking_budget=0, include_thoughts=False)
+        if _takes_thinking_level(model):
+            return types.ThinkingConfig(
+                thinking_level=types.ThinkingLevel.LOW, include_thoughts=False
+            )
+        return None
+    if isinstance(thinking, int):
+        return types.ThinkingConfig(thinking_budget=thinking, include_thoughts=True)
+    if thinking not in LEVEL_BUDGETS:
+        return None  # validated before it gets here: nothing to ask for
+    if _takes_thinking_level(model):
+        return types.ThinkingConfig(
+            thinking_level=types.ThinkingLevel(thinking.upper()), include_thoughts=True
+        )
+    return types.ThinkingConfig(thinking_budget=LEVEL_BUDGETS[thinking], include_thoughts=True)
 
 
 # --- the mapping --------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ The API key is handed to the SDK and never kept on this object or written to a l
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any
@@ -15,8 +16,13 @@ from typing import Any
 import openai
 import structlog
 from openai import AsyncOpenAI
-from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
+from openai.types.chat import (
+    ChatCompletionChunk,
+    ChatCompletionContentPartParam,
+    ChatCompletionMessageParam,
+)
 from openai.types.completion_usage import CompletionUsage
+from openai.types.shared import ReasoningEffort
 
 from gemini_backend.ai.base import (
     Conversation,
@@ -24,6 +30,9 @@ from gemini_backend.ai.base import (
     Finished,
     GenerationOptions,
     ProviderError,
+    StreamItem,
+    Thought,
+    Turn,
     Usage,
 )
 from gemini_backend.ai.retry_after import MAX_RETRY_AFTER_SECONDS, retry_after_seconds
@@ -80,16 +89,17 @@ class OpenAIProvider:
     # --- the reply ------------------------------------------------------------------------------
     async def stream(
         self, conversation: Conversation, options: GenerationOptions
-    ) -> AsyncGenerator[Delta | Finished, None]:
-        produced = False  # a Delta has been yielded: a failure now ends a partial reply
+    ) -> AsyncGenerator[StreamItem, None]:
+        produced = False  # a Delta or Thought has been yielded: a failure ends a partial reply
         finish_reason: str | None = None
         usage = Usage()
         try:
             response = await self._client.chat.completions.create(
                 model=self.model,
-                messages=self._messages(conversation),
+                messages=await self._messages(conversation),
                 stream=True,
                 stream_options={"include_usage": True},
+                reasoning_effort=_reasoning_effort(options.thinking),
                 **_sampling(options),
             )
             async with response:
@@ -102,6 +112,10 @@ class OpenAIProvider:
                         if getattr(choice, "index", 0) != 0:
                             continue
                         delta = getattr(choice, "delta", None)
+                        thought = _reasoning_of(delta) if options.thinking != "off" else None
+                        if thought:
+                            produced = True
+                            yield Thought(thought)
                         text = getattr(delta, "content", None)
                         if text:
                             produced = True
@@ -152,12 +166,14 @@ class OpenAIProvider:
         return text.replace(key, "[redacted]") if key and len(key) >= 4 else text
 
     @staticmethod
-    def _messages(conversation: Conversation) -> list[ChatCompletionMessageParam]:
+    async def _messages(conversation: Conversation) -> list[ChatCompletionMessageParam]:
         messages: list[ChatCompletionMessageParam] = []
         if conversation.system_prompt:
             messages.append({"role": "system", "content": conversation.system_prompt})
         for turn in conversation.turns:
-            if turn.role == "user":
+            if turn.role == "user" and turn.attachments:
+                messages.append({"role": "user", "content": await _content_parts(turn)})
+            elif turn.role == "user":
                 messages.append({"role": "user", "content": turn.text})
             else:
                 messages.append({"role": "assistant", "content": turn.text})
@@ -188,6 +204,24 @@ def _sampling(options: GenerationOptions) -> dict[str, Any]:
     return {} if options.temperature is None else {"temperature": options.temperature}
 
 
+def _reasoning_effort(thinking: str | int | None) -> ReasoningEffort | openai.Omit:
+    """A thinking level as OpenAI's `reasoning_effort`; anything else is not sent (a budget
+    has no OpenAI equivalent, and "off" is not a value every server takes)."""
+    if thinking in ("low", "medium", "high"):
+        return thinking  # type: ignore[return-value]
+    return openai.omit
+
+
+def _reasoning_of(delta: Any) -> str | None:
+    """The reasoning text some servers stream beside the content: `reasoning_content`
+    (DeepSeek, vLLM, llama.cpp) or `reasoning` (newer vLLM, Ollama, OpenRouter)."""
+    for name in ("reasoning_content", "reasoning"):
+        value = getattr(delta, name, None)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
 def _usage_of(chunk: ChatCompletionChunk) -> Usage | None:
     usage: CompletionUsage | None = chunk.usage
     if usage is None:
@@ -197,18 +231,24 @@ def _usage_of(chunk: ChatCompletionChunk) -> Usage | None:
         if not isinstance(raw, Mapping):
             return None
         details = raw.get("completion_tokens_details")
+        prompt_details = raw.get("prompt_tokens_details")
         return Usage(
             prompt_tokens=_int_or_none(raw.get("prompt_tokens")),
             output_tokens=_int_or_none(raw.get("completion_tokens")),
             thinking_tokens=_int_or_none(
                 details.get("reasoning_tokens") if isinstance(details, Mapping) else None
             ),
+            cached_tokens=_int_or_none(
+                prompt_details.get("cached_tokens") if isinstance(prompt_details, Mapping) else None
+            ),
         )
     details = usage.completion_tokens_details
+    prompt = usage.prompt_tokens_details
     return Usage(
         prompt_tokens=usage.prompt_tokens,
         output_tokens=usage.completion_tokens,
         thinking_tokens=details.reasoning_tokens if details is not None else None,
+        cached_tokens=prompt.cached_tokens if prompt is not None else None,
     )
 
 
@@ -290,3 +330,25 @@ def _describe(exc: BaseException) -> str:
     if isinstance(code, str) and code:
         parts.append(code)
     return " ".join(parts)
+
+
+async def _content_parts(turn: Turn) -> list[ChatCompletionContentPartParam]:
+    """A user turn with files as content parts: its text, then each file: an image as an
+    `image_url` part (a data URL), a text file as a text part (named), a PDF as a `file` part
+    (a data URL in `file_data`, which servers without PDF input refuse)."""
+    parts: list[ChatCompletionContentPartParam] = []
+    if turn.text:
+        parts.append({"type": "text", "text": turn.text})
+    for attachment in turn.attachments:
+        data = await attachment.read()
+        url = f"data:{attachment.media_type};base64,{base64.b64encode(data).decode()}"
+        if attachment.media_type.startswith("image/"):
+            parts.append({"type": "image_url", "image_url": {"url": url}})
+        elif attachment.media_type.startswith("text/"):
+            text = data.decode("utf-8", errors="replace")
+            parts.append({"type": "text", "text": f"[{attachment.filename}]\n{text}"})
+        else:
+            parts.append(
+                {"type": "file", "file": {"filename": attachment.filename, "file_data": url}}
+            )
+    return parts

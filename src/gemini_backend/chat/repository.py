@@ -8,13 +8,15 @@ columns it needs (no ORM identity map or instance loading).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cache
 from typing import Any, Protocol, cast
 
 from sqlalchemy import (
+    JSON,
     ColumnElement,
     Integer,
     Row,
@@ -38,6 +40,7 @@ from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from gemini_backend.attachments import repository as attachments_repo
 from gemini_backend.billing.models import Subscription
 from gemini_backend.chat.models import Chatroom, IdempotencyKey, Message, RoomView
 from gemini_backend.chat.states import ReplyStatus
@@ -144,6 +147,7 @@ MESSAGE_OUT_COLUMNS = (
     _messages.c.completed_at,
     _messages.c.parent_id,
     _messages.c.parts,
+    _messages.c.cached_tokens,
 )
 # One message as MESSAGE_OUT_COLUMNS.
 MessageRow = Row[*tuple[Any, ...]]
@@ -273,6 +277,7 @@ async def copy_path(
             "prompt_tokens": m.prompt_tokens,
             "output_tokens": m.output_tokens,
             "thinking_tokens": m.thinking_tokens,
+            "cached_tokens": m.cached_tokens,
             "model": m.model,
             "parts": m.parts,
             "attempts": 0,
@@ -636,6 +641,10 @@ async def send_to_owned_room(
     return True, Exchange(used, message_id, reply_id, parent_id)
 
 
+async def set_parts(session: AsyncSession, message_id: int, parts: list[dict[str, Any]]) -> None:
+    await session.execute(update(_messages).where(_messages.c.id == message_id).values(parts=parts))
+
+
 # --- idempotency keys ---------------------------------------------------------------------
 
 _EXPIRED_KEY = delete(_keys).where(
@@ -803,7 +812,15 @@ _CLAIM_POSTGRESQL = text(
            claimed.parent_id, room.id, room.user_id, room.system_prompt, room.auto_title,
            room.model, room.temperature, room.thinking, room.grounding,
            plan.status, plan.current_period_end,
-           turns.ids, turns.roles, turns.contents
+           turns.ids, turns.roles, turns.contents,
+           (SELECT json_agg(json_build_object(
+                       'id', a.id, 'message_id', a.message_id, 'filename', a.filename,
+                       'media_type', a.media_type, 'size', a.size, 'sha256', a.sha256,
+                       'storage_key', a.storage_key) ORDER BY a.id)
+            FROM attachments AS a
+            WHERE a.state = 'stored'
+              AND a.message_id IN (SELECT id FROM context WHERE status = :completed)
+           ) AS attachments
     FROM claimed
     LEFT JOIN chatrooms AS room ON room.id = claimed.chatroom_id
     LEFT JOIN subscriptions AS plan ON plan.user_id = room.user_id
@@ -837,6 +854,9 @@ _FINISH = _THIS_ATTEMPT.values(
     output_tokens=bindparam("output"),
     thinking_tokens=bindparam("thinking"),
     model=bindparam("model"),
+    cached_tokens=bindparam("cached"),
+    # None is SQL NULL (the reply is its text alone), not a JSON null.
+    parts=bindparam("parts", type_=JSON(none_as_null=True)),
     completed_at=bindparam("now", type_=UTCDateTime()),
     updated_at=bindparam("now", type_=UTCDateTime()),
 ).returning(*_messages.c, SIBLINGS_OF_ROW.label("sibling_list"))
@@ -883,6 +903,9 @@ class ClaimedReply:
     created_at: datetime
     room: ReplyRoom | None  # None: the room is gone
     turns: list[tuple[int, str, str]]  # (id, role, content) of its branch, newest first
+    # The stored attachments of those messages (id, message_id, filename, media_type, size,
+    # sha256, storage_key), oldest first.
+    attachments: list[dict[str, Any]] = field(default_factory=list)
 
 
 async def _claim_reply_postgresql(
@@ -895,7 +918,9 @@ async def _claim_reply_postgresql(
         return None
     room = ReplyRoom(*row[5:15]) if row[5] is not None else None
     turns = list(zip(row[15] or (), row[16] or (), row[17] or (), strict=True))
-    return ClaimedReply(row[0], row[1], row[2], row[3], room, turns)
+    found = row[18]
+    attachments = (json.loads(found) if isinstance(found, str) else found) or []
+    return ClaimedReply(row[0], row[1], row[2], row[3], room, turns, attachments)
 
 
 async def _claim_reply_sqlite(
@@ -912,7 +937,10 @@ async def _claim_reply_sqlite(
     reads = {"room_id": room_id, "start_id": parent_id}
     turns = [(id_, role, content) for id_, role, content in await session.execute(_TURNS, reads)]
     room = ReplyRoom(*cast(tuple[Any, ...], found)) if found is not None else None
-    return ClaimedReply(attempts, room_id, user_message_id, created_at, room, turns)
+    attachments = [
+        row._asdict() for row in await attachments_repo.of_messages(session, [t[0] for t in turns])
+    ]
+    return ClaimedReply(attempts, room_id, user_message_id, created_at, room, turns, attachments)
 
 
 async def heartbeat_reply(
@@ -924,7 +952,7 @@ async def heartbeat_reply(
 async def finish_reply(session: AsyncSession, params: dict[str, Any]) -> Row[Any] | None:
     """Write a reply's outcome if `attempt` still owns it: the reply's row, or None (another
     attempt took over). `params`: reply_id, attempt, new_status, text, error_code, reason,
-    prompt, output, thinking, model (the one that answered), now."""
+    prompt, output, thinking, model (the one that answered), cached, parts, now."""
     return (await session.execute(_FINISH, params)).one_or_none()
 
 

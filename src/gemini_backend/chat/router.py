@@ -7,6 +7,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
 
+from gemini_backend.attachments.errors import (
+    AttachmentAlreadySent,
+    AttachmentNotFound,
+    AttachmentTooLarge,
+    TooManyAttachments,
+)
 from gemini_backend.auth.dependencies import CurrentUser
 from gemini_backend.chat import repository as repo
 from gemini_backend.chat.cache import ChatroomCache
@@ -287,13 +293,18 @@ async def update_chatroom(
 @router.delete(
     "/{chatroom_id}",
     status_code=status.HTTP_204_NO_CONTENT,
-    summary="Delete a chatroom and its messages",
+    summary="Delete a chatroom, its messages and its attachments",
     responses=NOT_FOUND,
 )
 async def delete_chatroom(
-    room: OwnedChatroom, chat: ChatroomServiceDep, sender: MessageSenderDep, session: DbSession
+    request: Request,
+    room: OwnedChatroom,
+    chat: ChatroomServiceDep,
+    sender: MessageSenderDep,
+    session: DbSession,
 ) -> Response:
     await sender.stop_replies_in(session, room.id)
+    await services_of(request).attachments.delete_with_room(session, room.id)
     await chat.delete(room)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
@@ -326,7 +337,10 @@ async def list_messages(
         "answer is a receipt, not the reply. Follow it at `stream_url` (Server-Sent Events) or "
         "poll `GET /chatroom/{chatroom_id}/messages/{reply_id}`.\n\n"
         "`content` (aliases `message`, `text`) is 1 to MAX_MESSAGE_CHARS (8000) characters "
-        "after trimming. An `Idempotency-Key` header (per user, 24 h) makes retries safe: the "
+        "after trimming; it may be empty when `attachment_ids` name files uploaded to this "
+        "chatroom (POST /chatroom/{chatroom_id}/attachments) and not sent yet: they become "
+        "the message's attachment parts, in that order, and the model receives them. An "
+        "`Idempotency-Key` header (per user, 24 h) makes retries safe: the "
         "same key with the same chatroom and text answers the first receipt again and creates "
         "nothing; the same key with another chatroom or text is 422 `idempotency_key_reused`."
         "\n\n"
@@ -336,12 +350,23 @@ async def list_messages(
     ),
     responses={
         **RECEIPT_HEADERS,
-        **NOT_FOUND,
+        **error_doc_for(
+            ("No such chatroom, or not yours", ChatroomNotFound),
+            ("an attachment id that is not one of this chatroom's", AttachmentNotFound),
+        ),
         **BODY_ERRORS,
+        **error_doc_for(
+            (
+                "The attachments together are larger than the caller's plan allows for one message",
+                AttachmentTooLarge,
+            ),
+        ),
         422: validation_doc(
             MessageTooLong,
             InvalidIdempotencyKey,
             IdempotencyKeyReused,
+            AttachmentAlreadySent,
+            TooManyAttachments,
             example=problem("missing", ("body", "content"), "Field required"),
         ),
         **QUOTA_ERRORS,
@@ -363,7 +388,7 @@ async def send_message(
     # session, and each dependency costs FastAPI's resolution on every request.
     sender: MessageSender = services_of(request).message_sender
     receipt, quota = await sender.send(
-        user, chatroom_id, body.content, idempotency_key, body.parent_id
+        user, chatroom_id, body.content, idempotency_key, body.parent_id, body.attachment_ids
     )
     response.headers.update(quota.headers(sender.clock.now()))
     return receipt

@@ -3,7 +3,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StrictInt, StringConstraints
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StringConstraints,
+    model_validator,
+)
 from sqlalchemy import Row
 
 from gemini_backend.chat.models import Message, RoomView
@@ -40,7 +48,12 @@ USER_MESSAGE_EXAMPLE: dict[str, Any] = {
     "status": "completed",
     "error": None,
     "finish_reason": None,
-    "usage": {"prompt_tokens": None, "output_tokens": None, "thinking_tokens": None},
+    "usage": {
+        "prompt_tokens": None,
+        "output_tokens": None,
+        "thinking_tokens": None,
+        "cached_tokens": None,
+    },
     "model": None,
     "reply_to": None,
     "parent_id": 40,
@@ -58,7 +71,7 @@ REPLY_EXAMPLE: dict[str, Any] = {
     "status": "completed",
     "error": None,
     "finish_reason": "stop",
-    "usage": {"prompt_tokens": 12, "output_tokens": 18, "thinking_tokens": 0},
+    "usage": {"prompt_tokens": 12, "output_tokens": 18, "thinking_tokens": 0, "cached_tokens": 0},
     "model": "demo",
     "reply_to": 41,
     "parent_id": 41,
@@ -72,7 +85,12 @@ QUEUED_REPLY_EXAMPLE: dict[str, Any] = {
     "content": "",
     "status": "queued",
     "finish_reason": None,
-    "usage": {"prompt_tokens": None, "output_tokens": None, "thinking_tokens": None},
+    "usage": {
+        "prompt_tokens": None,
+        "output_tokens": None,
+        "thinking_tokens": None,
+        "cached_tokens": None,
+    },
     "model": None,
     "parts": [],
     "completed_at": None,
@@ -139,6 +157,10 @@ class Usage(BaseModel):
     prompt_tokens: int | None
     output_tokens: int | None
     thinking_tokens: int | None
+    cached_tokens: int | None = Field(
+        description="Of the prompt tokens, those the provider read from its cache (null: not "
+        "reported)."
+    )
 
 
 class MessageOut(BaseModel):
@@ -162,8 +184,12 @@ class MessageOut(BaseModel):
         "first, this one included (`< 2/3 >`)."
     )
     parts: list[dict[str, Any]] = Field(
-        description='The message as parts: `{"type": "text", "text": ...}` today (empty while a '
-        "reply has no text yet); `content` is the same text."
+        description='The message as parts, in order. A user message: `{"type": "text", "text"}` '
+        '(absent when it is only files) and `{"type": "attachment", "attachment_id", '
+        '"media_type", "filename"}` for each file sent with it. A reply: `{"type": "thought", '
+        '"text"}` (the model\'s thought summary, never in `content`), `{"type": "text", "text"}` '
+        '(absent while a reply has no text yet), `{"type": "citation", "sources", "segments", '
+        '"search_entry_point"}` (a grounded reply\'s sources). `content` is the text alone.'
     )
     created_at: datetime
     completed_at: datetime | None
@@ -184,6 +210,7 @@ class MessageOut(BaseModel):
                 prompt_tokens=m.prompt_tokens,
                 output_tokens=m.output_tokens,
                 thinking_tokens=m.thinking_tokens,
+                cached_tokens=m.cached_tokens,
             ),
             model=m.model,
             reply_to=m.reply_to,
@@ -296,6 +323,7 @@ MessageId = Annotated[int, Field(ge=1, le=MAX_ID)]
 MessageContent = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, pattern=STORABLE_TEXT)
 ]
+MessageText = Annotated[str, StringConstraints(strip_whitespace=True, pattern=STORABLE_TEXT)]
 
 
 class MessageCreate(BaseModel):
@@ -304,12 +332,22 @@ class MessageCreate(BaseModel):
     )
 
     content: Annotated[
-        MessageContent,
+        MessageText,
         Field(
             validation_alias=AliasChoices("content", "message", "text", "user_message"),
-            description="1..MAX_MESSAGE_CHARS characters after trimming.",
+            description="1..MAX_MESSAGE_CHARS characters after trimming; may be empty or left "
+            "out when `attachment_ids` are given.",
         ),
-    ]
+    ] = ""
+    attachment_ids: Annotated[
+        list[MessageId],
+        Field(
+            description="Attachments of this chatroom (uploaded, not sent with another "
+            "message yet) sent with the message, in this order; at most "
+            "MAX_ATTACHMENTS_PER_MESSAGE (10).",
+            max_length=100,
+        ),
+    ] = []
     parent_id: Annotated[
         MessageId | None,
         Field(
@@ -317,6 +355,12 @@ class MessageCreate(BaseModel):
             "continue the active branch."
         ),
     ] = None
+
+    @model_validator(mode="after")
+    def _something_to_send(self) -> MessageCreate:
+        if not self.content and not self.attachment_ids:
+            raise ValueError("content is required (unless attachment_ids are given)")
+        return self
 
 
 class MessageEdit(BaseModel):

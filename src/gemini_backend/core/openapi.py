@@ -214,6 +214,10 @@ TAGS: list[dict[str, str]] = [
         "description": "The configured providers' models, what each supports, who may use it.",
     },
     {
+        "name": "Attachments",
+        "description": "Files uploaded to a chatroom and sent with its messages.",
+    },
+    {
         "name": "Subscriptions",
         "description": "The Basic and Pro plans, Stripe Checkout and webhooks, daily usage.",
     },
