@@ -651,12 +651,15 @@ async function managePlan() {
 // Back from Checkout (`?checkout=success|cancelled`) or the Billing Portal (`?billing=return`):
 // the plan changes when the payment provider's events reach the server, so it is read until it
 // shows (the built-in mock delivers them before it redirects).
+// Read once at start, before the address is tidied.
+const RETURNED = new URLSearchParams(location.search);
+
 async function returnFromBilling() {
-  const params = new URLSearchParams(location.search);
-  const checkout = params.get("checkout");
-  const billing = params.get("billing");
+  const checkout = RETURNED.get("checkout");
+  const billing = RETURNED.get("billing");
+  RETURNED.delete("checkout");
+  RETURNED.delete("billing");
   if (!checkout && !billing) return;
-  history.replaceState(null, "", location.pathname + location.hash);
   if (checkout === "cancelled") {
     notice("Checkout cancelled: nothing was charged.");
     return;
