@@ -29,7 +29,8 @@ from gemini_backend.ops.router import router as ops_router
 from gemini_backend.quota.router import router as quota_router
 from gemini_backend.services import Services
 from gemini_backend.users.router import router as users_router
-from gemini_backend.web.router import WebClient, build_router as build_web_router
+from gemini_backend.web.router import WebClient
+from gemini_backend.web.router import build_router as build_web_router
 
 log = structlog.get_logger(__name__)
 EXPOSED_HEADERS = [

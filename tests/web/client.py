@@ -15,7 +15,8 @@ RECORD_RENDERS = """() => {
   new MutationObserver(() => {
     const live = document.querySelector('.msg.assistant[data-streaming] .body');
     if (live) window.__renders.push(live.textContent);
-  }).observe(document.getElementById('messages'), {subtree: true, childList: true, characterData: true});
+  }).observe(document.getElementById('messages'),
+             {subtree: true, childList: true, characterData: true});
 }"""
 
 

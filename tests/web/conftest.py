@@ -96,7 +96,9 @@ class PageLog:
     def assert_clean(self, *allowed: str) -> None:
         """No console error (but those starting with one of `allowed`), no uncaught error, no
         dialog, the page's CSP on every page response."""
-        unexpected = [e for e in self.errors if not e.startswith(allowed)] if allowed else self.errors
+        unexpected = (
+            [e for e in self.errors if not e.startswith(allowed)] if allowed else self.errors
+        )
         assert unexpected == [], self.failed
         assert self.dialogs == []
         assert self.page_responses > 0

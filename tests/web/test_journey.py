@@ -116,9 +116,7 @@ def test_a_reload_in_the_middle_of_a_reply_ends_with_the_whole_reply_once(
     assert text == demo_reply(prompt)
     assert page.locator(".msg.assistant").count() == 1
     resumed = [
-        headers
-        for url, headers in page_log.requests[reloaded_at:]
-        if url.endswith("/stream")
+        headers for url, headers in page_log.requests[reloaded_at:] if url.endswith("/stream")
     ]
     # The stream reopened after the reload continued from the last event the page had.
     assert resumed, "no stream was reopened: the reply ended before the reload"
@@ -150,7 +148,8 @@ def test_markdown_renders_code_lists_and_tables_and_drops_unsafe_links(
           const box = document.createElement('div');
           box.append(renderMarkdown(
             '# Title\\n\\n- one\\n- two\\n\\n```python\\nprint(1 < 2)\\n```\\n\\n' +
-            '| a | b |\\n|---|---|\\n| 1 | 2 |\\n\\n[x](javascript:alert(3)) [y](https://example.com)' +
+            '| a | b |\\n|---|---|\\n| 1 | 2 |\\n\\n' +
+            '[x](javascript:alert(3)) [y](https://example.com)' +
             '\\n\\n![pic](https://example.com/p.png)'));
           return {
             html: box.innerHTML,

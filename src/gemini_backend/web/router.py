@@ -63,7 +63,9 @@ class WebClient:
             assets[name] = Asset(body, media_type)
         version = digest.hexdigest()[:16]
         page = (root / "index.html").read_text(encoding="utf-8")
-        return cls(page.replace(VERSION_PLACEHOLDER, f"/static/{version}").encode(), assets, version)
+        return cls(
+            page.replace(VERSION_PLACEHOLDER, f"/static/{version}").encode(), assets, version
+        )
 
 
 def build_router(client: WebClient) -> APIRouter:
