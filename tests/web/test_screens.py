@@ -43,6 +43,7 @@ def axe_page(browser: Browser, log: PageLog, width: int, height: int, dark: bool
         log,
         viewport={"width": width, "height": height},
         color_scheme="dark" if dark else "light",
+        reduced_motion="reduce",  # the drawer opens at once: no screenshot mid-slide
     )
     # An init script is injected by the browser itself, so the page's CSP (no inline script)
     # does not stand in its way.
