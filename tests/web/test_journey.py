@@ -168,3 +168,35 @@ def test_markdown_renders_code_lists_and_tables_and_drops_unsafe_links(
     assert "https://example.com" in rendered["hrefs"]
     assert rendered["imgs"] == 0
     page_log.assert_clean()
+
+
+def test_rename_delete_and_sign_out(page: Page, server: str, page_log: PageLog) -> None:
+    sign_in(page, server)
+    send(page, "first room")
+    wait_reply(page, "first room")
+    page.get_by_role("button", name="New chat").click()
+    send(page, "second room")
+    wait_reply(page, "second room")
+    rooms = page.locator("#rooms .room")
+    expect(rooms).to_have_text(["second room", "first room"])  # newest first
+
+    page.get_by_role("button", name="Rename").click()
+    page.get_by_role("textbox", name="Name").fill("Renamed")
+    page.get_by_role("button", name="Save").click()
+    expect(page.locator("#room-title")).to_have_text("Renamed")
+    expect(rooms).to_have_text(["Renamed", "first room"])
+
+    page.get_by_role("button", name="Delete").click()
+    page.get_by_role("dialog").get_by_role("button", name="Delete").click()
+    expect(rooms).to_have_text(["first room"])
+    expect(page.locator("#room-title")).to_have_text("New chat")
+
+    # Still signed in after a reload (the refresh token), until signing out.
+    page.reload()
+    expect(rooms).to_have_text(["first room"])
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.locator("#signin-error")).to_have_text("You are signed out.")
+    assert page.evaluate("localStorage.getItem('gb.refresh_token')") is None
+    page.reload()
+    expect(page.get_by_label("Mobile number")).to_be_visible()
+    page_log.assert_clean()
