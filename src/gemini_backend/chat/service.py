@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from gemini_backend.chat import repository as repo
 from gemini_backend.chat.cache import ChatroomCache
-from gemini_backend.chat.errors import MessageNotFound, ReplyInProgress
+from gemini_backend.chat.errors import BranchReplyInProgress, MessageNotFound
 from gemini_backend.chat.models import DEFAULT_ROOM_NAME, Chatroom, Message, RoomView
 from gemini_backend.chat.schemas import (
     ChatroomCreate,
@@ -69,6 +69,7 @@ def message_fields(row: repo.MessageRow, sibling_ids: list[int]) -> dict[str, An
         completed_at,
         parent_id,
         parts,
+        cached_tokens,
     ) = row
     return {
         "id": id_,
@@ -82,6 +83,7 @@ def message_fields(row: repo.MessageRow, sibling_ids: list[int]) -> dict[str, An
             "prompt_tokens": prompt_tokens,
             "output_tokens": output_tokens,
             "thinking_tokens": thinking_tokens,
+            "cached_tokens": cached_tokens,
         },
         "model": model,
         "reply_to": reply_to,
@@ -239,7 +241,7 @@ class ChatroomService:
         if not path:
             raise MessageNotFound()
         if any(row.status in ACTIVE_STATES for row in path):
-            raise ReplyInProgress("A reply on this branch is still being produced.")
+            raise BranchReplyInProgress()
         await self._check_room_count(room.user_id)
         now = self.clock.now()
         copy = await repo.add_room(
