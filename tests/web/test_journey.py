@@ -31,12 +31,21 @@ def test_journey_sign_in_stream_versions_limit_upgrade_and_back(
     sign_in(page, server)
     expect(quota(page)).to_have_text("5 of 5 left today")
     page.get_by_role("button", name="New chat").click()
+    first_reply_streams(page)
+    retry_and_versions(page)
+    edit_the_question(page)
+    until_the_limit(page)
+    upgrade_and_back_with_pro(page, server)
+    manage_plan_and_back_to_basic(page, server)
+    page_log.assert_clean(LIMIT_LOG)
 
-    # A reply streams in: the page shows it growing, then whole.
+
+def first_reply_streams(page: Page) -> None:
+    """The page shows the reply growing, then whole, as Markdown; the title appears."""
     page.evaluate(RECORD_RENDERS)
     send(page, "Hello **streams**")
     text = wait_reply(page, "Hello streams")
-    assert text == demo_reply("Hello streams")  # Markdown rendered: **bold** shows as bold
+    assert text == demo_reply("Hello streams")
     expect(last_reply(page).locator(".body strong")).to_have_text("streams")
     renders = [r.strip() for r in page.evaluate("window.__renders")]
     renders = [r for r in renders if r and r != text]
@@ -47,28 +56,35 @@ def test_journey_sign_in_stream_versions_limit_upgrade_and_back(
     expect(page.locator("#rooms .room").first).to_have_text("Hello **streams**")
     expect(page.locator("#room-title")).to_have_text("Hello **streams**")
 
-    # Retry: a second version of the reply; then back to the first.
+
+def retry_and_versions(page: Page) -> None:
+    """Retry: a second version of the reply; then to the first and back."""
     last_reply(page).get_by_role("button", name="Retry this reply").click()
     wait_reply(page, "Hello streams")
-    expect(last_reply(page).locator(".versions .pos")).to_have_text("2/2")
+    position = last_reply(page).locator(".versions .pos")
+    expect(position).to_have_text("2/2")
     last_reply(page).get_by_role("button", name="Previous version").click()
-    expect(last_reply(page).locator(".versions .pos")).to_have_text("1/2")
+    expect(position).to_have_text("1/2")
     last_reply(page).get_by_role("button", name="Next version").click()
-    expect(last_reply(page).locator(".versions .pos")).to_have_text("2/2")
+    expect(position).to_have_text("2/2")
 
-    # Edit the question: a new version of it with its own reply.
+
+def edit_the_question(page: Page) -> None:
+    """A new version of the question with its own reply; the first one is kept."""
     last_question(page).get_by_role("button", name="Edit this message").click()
-    editor = page.get_by_label("Edit your message")
-    editor.fill("Hello again")
+    page.get_by_label("Edit your message").fill("Hello again")
     page.get_by_role("button", name="Save and send").click()
     assert wait_reply(page, "Hello again") == demo_reply("Hello again")
-    expect(last_question(page).locator(".versions .pos")).to_have_text("2/2")
+    position = last_question(page).locator(".versions .pos")
+    expect(position).to_have_text("2/2")
     last_question(page).get_by_role("button", name="Previous version").click()
     expect(last_question(page)).to_contain_text("Hello **streams**")
-    expect(last_question(page).locator(".versions .pos")).to_have_text("1/2")
+    expect(position).to_have_text("1/2")
     expect(quota(page)).to_have_text("2 of 5 left today")
 
-    # Until the daily limit: the page says so, with the time it resets.
+
+def until_the_limit(page: Page) -> None:
+    """Sends until the daily limit: the page says so, with the time it resets."""
     for prompt in ("fourth", "fifth"):
         send(page, prompt)
         wait_reply(page, prompt)
@@ -79,8 +95,10 @@ def test_journey_sign_in_stream_versions_limit_upgrade_and_back(
     expect(limit).to_contain_text("You have used all 5 messages of your plan for today.")
     expect(limit).to_contain_text(re.compile(r"reset at .+ \(in \d+ (h|min)"))
 
-    # Upgrade: the mock's Checkout, Pay, back to the page with Pro.
-    limit.get_by_role("button", name="Upgrade to Pro").click()
+
+def upgrade_and_back_with_pro(page: Page, server: str) -> None:
+    """The mock's Checkout, Pay, back to the page with Pro; the next message goes through."""
+    page.locator("#limit").get_by_role("button", name="Upgrade to Pro").click()
     page.wait_for_url(re.compile(r"/mock-stripe/checkout/"))
     page.get_by_role("button", name="Pay").click()
     page.wait_for_url(server + "/")
@@ -90,7 +108,9 @@ def test_journey_sign_in_stream_versions_limit_upgrade_and_back(
     send(page, "sixth, as Pro")
     assert wait_reply(page, "sixth, as Pro") == demo_reply("sixth, as Pro")
 
-    # Manage plan: the mock's portal, cancel, back to Basic.
+
+def manage_plan_and_back_to_basic(page: Page, server: str) -> None:
+    """The mock's portal, cancel, back to Basic."""
     page.get_by_role("button", name="Manage plan").click()
     page.wait_for_url(re.compile(r"/mock-stripe/portal/"))
     page.get_by_role("button", name="Cancel plan").click()
@@ -98,7 +118,6 @@ def test_journey_sign_in_stream_versions_limit_upgrade_and_back(
     page.wait_for_url(server + "/")
     expect(page.locator("#plan-badge")).to_have_text("Basic")
     expect(page.get_by_role("button", name="Upgrade to Pro").first).to_be_visible()
-    page_log.assert_clean(LIMIT_LOG)
 
 
 def test_a_reload_in_the_middle_of_a_reply_ends_with_the_whole_reply_once(
