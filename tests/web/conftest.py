@@ -22,8 +22,8 @@ from tests.processes import free_port, running_service, service_env
 CHROMIUM = Path(os.environ.get("GB_CHROMIUM", "/usr/bin/chromium"))
 # How long a step of a journey may take on a loaded 2-core machine.
 STEP_TIMEOUT_MS = 30_000
-# The slow demo model: each of its (about five) chunks 700 ms apart, so a reply visibly grows
-# and a reload lands in the middle of one.
+# The slow demo model: each of its (about five) chunks 700 ms apart, so a reply visibly grows.
+# A module may set its own CHUNK_DELAY_MS.
 CHUNK_DELAY_MS = 700
 
 
@@ -46,7 +46,9 @@ def browser(server: str) -> Iterator[Browser]:
 
 
 @pytest.fixture(scope="module")
-def server(storage: Storage, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def server(
+    storage: Storage, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[str]:
     """A real service (embedded or production, as the run's GB_TEST_BACKEND) with the slow demo
     model and the built-in Stripe mock; its base URL."""
     tmp_path = tmp_path_factory.mktemp("web")
@@ -59,7 +61,7 @@ def server(storage: Storage, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         tmp_path=tmp_path,
         JWT_SECRET="w" * 40,
         PUBLIC_BASE_URL=base,
-        DEMO_CHUNK_DELAY_MS=str(CHUNK_DELAY_MS),
+        DEMO_CHUNK_DELAY_MS=str(getattr(request.module, "CHUNK_DELAY_MS", CHUNK_DELAY_MS)),
     )
     with running_service(BACKEND, env, tmp_path, port):
         yield base
