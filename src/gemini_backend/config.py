@@ -87,6 +87,8 @@ class Settings(BaseSettings):
     docs_enabled: bool | None = None
     # A bearer token /metrics requires when set (in production /metrics is off without one).
     metrics_token: SecretStr | None = None
+    # The first-party web client at `/` (docs/web-client.md); off leaves a pure JSON API.
+    web_client_enabled: bool = True
 
     # --- storage -------------------------------------------------------------------------
     database_url: str | None = None
@@ -402,17 +404,24 @@ class Settings(BaseSettings):
         production, where payments are unavailable until STRIPE_SECRET_KEY is set)."""
         return self.stripe_secret_key is None and self.environment is not Environment.PRODUCTION
 
+    # Where Checkout and the Billing Portal send the browser back: the web client when it is
+    # served (it shows the new plan), else the minimal landing pages of billing/router.py.
     @property
     def success_url(self) -> str:
-        return self.checkout_success_url or f"{self.base_url}/subscribe/success"
+        return self.checkout_success_url or self._return_page("checkout=success", "success")
 
     @property
     def cancel_url(self) -> str:
-        return self.checkout_cancel_url or f"{self.base_url}/subscribe/cancelled"
+        return self.checkout_cancel_url or self._return_page("checkout=cancelled", "cancelled")
 
     @property
     def portal_return_target(self) -> str:
-        return self.portal_return_url or f"{self.base_url}/subscribe/return"
+        return self.portal_return_url or self._return_page("billing=return", "return")
+
+    def _return_page(self, client_query: str, landing: str) -> str:
+        if self.web_client_enabled:
+            return f"{self.base_url}/?{client_query}"
+        return f"{self.base_url}/subscribe/{landing}"
 
     def jwt_secret_value(self) -> str:
         """The JWT signing key; outside production one is generated once and kept in DATA_DIR."""

@@ -33,6 +33,8 @@ from gemini_backend.ops.router import router as ops_router
 from gemini_backend.quota.router import router as quota_router
 from gemini_backend.services import Services
 from gemini_backend.users.router import router as users_router
+from gemini_backend.web.router import WebClient
+from gemini_backend.web.router import build_router as build_web_router
 
 log = structlog.get_logger(__name__)
 EXPOSED_HEADERS = [
@@ -150,6 +152,8 @@ def _add_routes(app: FastAPI, settings: Settings) -> None:
     ]
     if settings.stripe_mock_enabled:
         routers += [stripe_mock.router, stripe_mock.api]
+    if settings.web_client_enabled:
+        routers.append(build_web_router(WebClient.load()))
     for router in routers:
         # One flat table instead of `include_router`: FastAPI 0.16x keeps an included router
         # as a branch re-resolved at every request (half of /health's CPU in a profile). These
