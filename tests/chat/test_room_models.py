@@ -261,3 +261,15 @@ async def test_a_room_whose_model_is_no_longer_offered_gets_the_default(app, cli
     reply = await reply_to(client, alice, room["id"])
     assert reply["model"] == "demo"
     assert reply["status"] == "completed"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("grounding", 0), ("grounding", "true"), ("temperature", "0.5"), ("temperature", True)],
+)
+async def test_options_of_the_wrong_json_type_are_422(client, field, value):
+    auth = bearer(await sign_in(client))
+    response = await client.post("/chatroom", json={"name": "typed", field: value}, headers=auth)
+    assert response.status_code == 422, response.text
+    listed = await client.get("/chatroom", headers=auth)
+    assert listed.json()["chatrooms"] == []

@@ -8,6 +8,8 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    Strict,
+    StrictBool,
     StrictInt,
     StringConstraints,
     model_validator,
@@ -27,7 +29,7 @@ RoomName = Annotated[
 SystemPrompt = Annotated[str, StringConstraints(strip_whitespace=True, pattern=STORABLE_TEXT)]
 # A room's generation options (checked against the model and the plan by chat/options.py).
 ModelId = Annotated[str, StringConstraints(min_length=1, max_length=100)]
-Temperature = Annotated[float, Field(ge=0, le=2, allow_inf_nan=False)]
+Temperature = Annotated[float, Strict(), Field(ge=0, le=2, allow_inf_nan=False)]
 ThinkingLevel = Literal["off", "low", "medium", "high"]
 Thinking = ThinkingLevel | Annotated[StrictInt, Field(ge=0, le=MAX_THINKING_BUDGET)]
 MODEL_DOC = "A model of `GET /models` (null: the default model)."
@@ -130,7 +132,7 @@ class ChatroomCreate(BaseModel):
     model: Annotated[ModelId | None, Field(description=MODEL_DOC)] = None
     temperature: Annotated[Temperature | None, Field(description=TEMPERATURE_DOC)] = None
     thinking: Annotated[Thinking | None, Field(description=THINKING_DOC)] = None
-    grounding: Annotated[bool, Field(description=GROUNDING_DOC)] = False
+    grounding: Annotated[StrictBool, Field(description=GROUNDING_DOC)] = False
 
 
 class ChatroomUpdate(BaseModel):
@@ -148,7 +150,7 @@ class ChatroomUpdate(BaseModel):
     model: Annotated[ModelId | None, Field(description=MODEL_DOC)] = None
     temperature: Annotated[Temperature | None, Field(description=TEMPERATURE_DOC)] = None
     thinking: Annotated[Thinking | None, Field(description=THINKING_DOC)] = None
-    grounding: Annotated[bool, Field(description=GROUNDING_DOC)] = False
+    grounding: Annotated[StrictBool, Field(description=GROUNDING_DOC)] = False
 
 
 class Usage(BaseModel):
