@@ -75,11 +75,14 @@ async def drop_reply_stream(app: Any, reply_id: int) -> None:
 
 async def insert_queued_reply(app: Any, room_id: int, reply_to: int | None) -> int:
     """A reply written straight into the database as `queued`, behind the service's back: no
-    worker has its job and no change notice announces it."""
-    from gemini_backend.chat.models import Message
+    worker has its job and no change notice announces it. It answers `reply_to` (None: it
+    follows the room's active leaf) and becomes the active leaf."""
+    from gemini_backend.chat.models import Chatroom, Message
 
     now = app.state.services.clock.now()
     async with app.state.services.database.sessionmaker() as session:
+        room = await session.get(Chatroom, room_id)
+        assert room is not None
         queued = Message(
             chatroom_id=room_id,
             role="assistant",
@@ -87,9 +90,12 @@ async def insert_queued_reply(app: Any, room_id: int, reply_to: int | None) -> i
             status="queued",
             attempts=0,
             reply_to=reply_to,
+            parent_id=reply_to if reply_to is not None else room.active_leaf_id,
             created_at=now,
             updated_at=now,
         )
         session.add(queued)
+        await session.flush()
+        room.active_leaf_id = queued.id
         await session.commit()
         return int(queued.id)

@@ -9,7 +9,7 @@ import json
 import pytest
 from sqlalchemy import func, select
 
-from gemini_backend.chat.models import Message
+from gemini_backend.chat.models import Chatroom, Message
 from tests.helpers import bearer, sign_in
 
 ROOM_KEYS = {
@@ -309,7 +309,7 @@ async def test_get_room_with_messages(client, alice):
     response = await client.get(f"/chatroom/{room['id']}", headers=alice)
     assert response.status_code == 200
     body = response.json()
-    assert set(body) == ROOM_KEYS | {"messages"}
+    assert set(body) == ROOM_KEYS | {"messages", "active_leaf_id"}
     assert body["messages"] == []
 
 
@@ -387,7 +387,14 @@ async def _insert_messages(app, room_id: int, count: int, clock) -> list[int]:
                     completed_at=now,
                 )
             )
-        session.add_all(rows)
+        parent = None
+        for message in rows:  # one branch, oldest first, ending at the active leaf
+            message.parent_id = parent
+            session.add(message)
+            await session.flush()
+            parent = message.id
+        room = await session.get(Chatroom, room_id)
+        room.active_leaf_id = parent
         await session.commit()
         return [m.id for m in rows]
 
@@ -409,6 +416,9 @@ async def test_history_pagination_and_room_detail(client, app, alice, clock):
         "usage",
         "model",
         "reply_to",
+        "parent_id",
+        "sibling_ids",
+        "parts",
         "created_at",
         "completed_at",
     }

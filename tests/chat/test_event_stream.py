@@ -118,15 +118,17 @@ def _without_request_id(start: dict[str, Any]) -> list[tuple[bytes, bytes]]:
 
 # The start message and body chunks sse-starlette (3.7.0, `ping=15`) sent for a reply replayed
 # from the database, captured before the switch; everything in them is fixed by the test setup.
-REPLAYED_TEXT = r"Demo reply (context: 0 earlier messages) to: \"hi\nthere\""
+REPLAYED_TEXT = r"Demo reply (context: 0 earlier messages []) to: \"hi\nthere\""
 REPLAYED = [
     b": stream open\r\n\r\n",
     b'id: db-1\r\nevent: delta\r\ndata: {"text": "' + REPLAYED_TEXT.encode() + b'"}\r\n\r\n',
     b'id: db-2\r\nevent: done\r\ndata: {"id":2,"chatroom_id":1,"role":"assistant","content":"'
     + REPLAYED_TEXT.encode()
     + b'","status":"completed","error":null,"finish_reason":"stop","usage":{"prompt_tokens":2,'
-    b'"output_tokens":14,"thinking_tokens":0},"model":"demo","reply_to":1,'
-    b'"created_at":"2026-11-22T10:00:00Z","completed_at":"2026-11-22T10:00:00Z"}\r\n\r\n',
+    b'"output_tokens":15,"thinking_tokens":0},"model":"demo","reply_to":1,"parent_id":1,'
+    b'"sibling_ids":[2],"parts":[{"type":"text","text":"'
+    + REPLAYED_TEXT.encode()
+    + b'"}],"created_at":"2026-11-22T10:00:00Z","completed_at":"2026-11-22T10:00:00Z"}\r\n\r\n',
 ]
 SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),

@@ -79,7 +79,7 @@ async def test_send_returns_a_receipt_and_the_reply_completes(client, alice, roo
     assert final["status"] == "completed"
     assert (
         final["content"]
-        == 'Demo reply (context: 0 earlier messages) to: "What is the capital of France?"'
+        == 'Demo reply (context: 0 earlier messages []) to: "What is the capital of France?"'
     )
     assert final["model"] == "demo"
     assert final["finish_reason"] == "stop"
@@ -94,7 +94,8 @@ async def test_context_counts_earlier_completed_messages(client, alice, room):
     await finished_reply(client, alice, first)
     second = (await send(client, alice, room, "two")).json()
     final = await finished_reply(client, alice, second)
-    assert final["content"] == 'Demo reply (context: 2 earlier messages) to: "two"'
+    ids = [first["message_id"], first["reply_id"]]
+    assert final["content"] == f'Demo reply (context: 2 earlier messages {ids}) to: "two"'
     detail = (await client.get(f"/chatroom/{room}", headers=alice)).json()
     assert [m["content"][:4] for m in detail["messages"]] == ["one", "Demo", "two", "Demo"]
     assert detail["message_count"] == 4

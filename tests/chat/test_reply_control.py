@@ -238,8 +238,8 @@ async def test_concurrent_retries_of_one_message_queue_one_reply(client, app, al
         (winner,) = (r.json() for r in responses if r.status_code == 202)
         usage = (await client.get("/chatroom/usage", headers=alice)).json()
         assert usage["used_today"] == 2 * (trial + 1)  # the send and one retry per trial
-        history = (await client.get(f"/chatroom/{room}/messages", headers=alice)).json()
-        replies = [m for m in history["messages"] if m["reply_to"] == receipt["message_id"]]
+        tree = (await client.get(f"/chatroom/{room}/tree", headers=alice)).json()
+        replies = [m for m in tree["messages"] if m["reply_to"] == receipt["message_id"]]
         assert [m["id"] for m in replies] == [receipt["reply_id"], winner["reply_id"]]
         held.gate.set()
         done = await read_sse(client, winner["stream_url"], alice)

@@ -68,9 +68,14 @@ async def test_the_receipt_is_what_was_stored(client, app, alice, room):
         "usage": {"prompt_tokens": None, "output_tokens": None, "thinking_tokens": None},
         "model": None,
         "reply_to": receipt["message_id"],
+        "parent_id": receipt["message_id"],
+        "sibling_ids": [receipt["reply_id"]],
+        "parts": [],
         "created_at": user_message["created_at"],
         "completed_at": None,
     }
+    assert (user_message["parent_id"], user_message["sibling_ids"]) == (None, [user_message["id"]])
+    assert user_message["parts"] == [{"type": "text", "text": "Where is Goa?"}]
     await read_sse(client, receipt["stream_url"], alice)  # the reply finishes
 
     messages, chatroom, used = await stored(app, room)
@@ -87,7 +92,8 @@ async def test_the_receipt_is_what_was_stored(client, app, alice, room):
     assert user_row.created_at == user_row.updated_at == user_row.completed_at
     assert user_row.reply_to is None
     assert user_row.quota_day is None
-    assert reply_row.reply_to == user_row.id
+    assert reply_row.reply_to == reply_row.parent_id == user_row.id
+    assert chatroom.active_leaf_id == reply_row.id
     assert reply_row.quota_day == date(2026, 11, 22)
     assert reply_row.created_at == user_row.created_at
     assert chatroom.message_count == 2

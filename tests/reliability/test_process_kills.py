@@ -22,7 +22,7 @@ from tests.conftest import BACKEND, Storage
 from tests.helpers import new_number
 from tests.processes import ServiceProcess, free_port, service_env
 
-DEMO_TEXT = 'Demo reply (context: 0 earlier messages) to: "Tell me something slowly"'
+DEMO_TEXT = 'Demo reply (context: 0 earlier messages []) to: "Tell me something slowly"'
 
 
 def sse_events(response: httpx.Response) -> Iterator[tuple[str, str, str]]:

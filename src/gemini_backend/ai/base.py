@@ -11,6 +11,7 @@ from typing import Literal, Protocol
 class Turn:
     role: Literal["user", "assistant"]
     text: str
+    message_id: int | None = None  # the stored message it is (the demo model names them)
 
 
 @dataclass(frozen=True, slots=True)

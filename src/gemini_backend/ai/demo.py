@@ -20,10 +20,12 @@ class DemoProvider:
 
     @staticmethod
     def reply_text(conversation: Conversation) -> str:
-        earlier = len(conversation.turns) - 1
-        noun = "message" if earlier == 1 else "messages"
+        """Names the earlier messages it was given by id: what each reply saw is observable."""
+        earlier = conversation.turns[:-1]
+        noun = "message" if len(earlier) == 1 else "messages"
+        ids = ", ".join(str(turn.message_id) for turn in earlier)
         preview = conversation.prompt[:PROMPT_PREVIEW_CHARS]
-        return f'Demo reply (context: {earlier} earlier {noun}) to: "{preview}"'
+        return f'Demo reply (context: {len(earlier)} earlier {noun} [{ids}]) to: "{preview}"'
 
     async def stream(self, conversation: Conversation) -> AsyncGenerator[Delta | Finished, None]:
         text = self.reply_text(conversation)

@@ -1,5 +1,5 @@
-"""The chat domain's 404s, shared by the route dependencies and the send (which checks the room
-itself, in its statement)."""
+"""The chat domain's errors shared by its modules: the 404s (the route dependencies, and the send,
+which checks the room itself, in its statement) and the conflict of a reply in progress."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import TypeVar
 import structlog
 
 from gemini_backend.chat.models import RoomView
-from gemini_backend.core.errors import NotFound
+from gemini_backend.core.errors import Conflict, NotFound
 
 _Room = TypeVar("_Room", bound=RoomView)
 
@@ -16,6 +16,11 @@ _Room = TypeVar("_Room", bound=RoomView)
 class MessageNotFound(NotFound):
     code = "message_not_found"
     detail = "No such message in this chatroom."
+
+
+class ReplyInProgress(Conflict):
+    code = "reply_in_progress"
+    detail = "A reply to this message is still being produced."
 
 
 class ChatroomNotFound(NotFound):

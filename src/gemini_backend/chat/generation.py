@@ -192,17 +192,18 @@ class ReplyGenerator:
         return claim, self._conversation(system_prompt, claimed.turns), room
 
     def _conversation(
-        self, system_prompt: str | None, recent: Sequence[tuple[str, str]]
+        self, system_prompt: str | None, branch: Sequence[tuple[int, str, str]]
     ) -> Conversation:
-        """`recent`: (role, content) of the messages before the reply, newest first."""
+        """`branch`: (id, role, content) of the completed messages from the one answered up to
+        the root, newest first."""
         budget = self.settings.context_max_tokens - estimate_tokens(system_prompt or "")
         turns: list[Turn] = []
-        for role, content in recent:  # newest first: keep the newest within the budget
+        for message_id, role, content in branch:  # keep the newest within the budget
             cost = estimate_tokens(content)
             if turns and cost > budget:
                 break
             budget -= cost
-            turns.append(Turn("user" if role == "user" else "assistant", content))
+            turns.append(Turn("user" if role == "user" else "assistant", content, message_id))
         turns.reverse()
         # The conversation must end with the user's message being answered.
         while turns and turns[-1].role != "user":
@@ -321,7 +322,8 @@ class ReplyGenerator:
             if refund and reply.quota_day is not None and claim.user_id is not None:
                 await self.quota.release_daily_slot(session, claim.user_id, reply.quota_day)
             await session.commit()
-            final = MessageOut.from_row(reply).model_dump_json()
+            siblings = repo.parse_sibling_list(reply.sibling_list, reply.id)
+            final = MessageOut.from_row(reply, siblings).model_dump_json()
         # Before the final event, in its round trip: a client that saw `done` and reads the room
         # sees it finished.
         notice = None

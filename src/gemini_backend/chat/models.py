@@ -1,9 +1,10 @@
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import (
+    JSON,
     Boolean,
     Date,
     ForeignKey,
@@ -42,6 +43,9 @@ class Chatroom(Base):
     last_message_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # last_message_at, or created_at for a room without messages: the list's sort key.
     activity_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # The last message of the conversation shown (the tree's active branch ends here); no
+    # foreign key: the room and its messages go together, and a send only moves it.
+    active_leaf_id: Mapped[int | None] = mapped_column(BigIntId)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
@@ -66,6 +70,8 @@ class RoomView(Protocol):
     @property
     def activity_at(self) -> datetime: ...
     @property
+    def active_leaf_id(self) -> int | None: ...
+    @property
     def created_at(self) -> datetime: ...
     @property
     def updated_at(self) -> datetime: ...
@@ -75,6 +81,8 @@ class Message(Base):
     __tablename__ = "messages"
     __table_args__ = (
         Index("ix_messages_chatroom_id", "chatroom_id", "id"),
+        # A message's children: sibling lists and the walk down to a branch's leaf.
+        Index("ix_messages_parent_id", "parent_id", "id"),
         # The sweeper's scan for replies stuck in queued/generating.
         Index("ix_messages_status_updated", "status", "updated_at"),
         # At most one reply in progress per user message: of concurrent retries, the database
@@ -101,6 +109,12 @@ class Message(Base):
     thinking_tokens: Mapped[int | None] = mapped_column(Integer)
     model: Mapped[str | None] = mapped_column(String(100))
     reply_to: Mapped[int | None] = mapped_column(ForeignKey("messages.id", ondelete="SET NULL"))
+    # The message this one follows in the conversation tree (None: a root). A reply's parent
+    # is the user message it answers.
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))
+    # The message's parts as a JSON list (its text, next attachments, thoughts, citations);
+    # None: the message is its text alone (`content`), as every message is today.
+    parts: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     # The quota day whose slot this reply holds (given back if it fails or is blocked).
     quota_day: Mapped[date | None] = mapped_column(Date)

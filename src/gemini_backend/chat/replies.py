@@ -20,12 +20,14 @@ import math
 import random
 import weakref
 from collections.abc import Callable
+from typing import Any
 
 import structlog
+from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.types import Receive, Scope, Send
 
-from gemini_backend.chat.models import Message
+from gemini_backend.chat import repository as repo
 from gemini_backend.chat.schemas import MessageOut
 from gemini_backend.chat.states import FINAL_STATES, ReplyStatus
 from gemini_backend.core.errors import TooManyRequests, is_outage
@@ -130,11 +132,11 @@ class ReplyStreamResponse(EventStreamResponse):
 
 async def _current_row(
     sessionmaker: async_sessionmaker[AsyncSession], reply_id: int
-) -> Message | None:
+) -> Row[Any] | None:
     # A function of its own: its session is gone when it returns (a generator's frame would
     # keep it until the next check).
     async with sessionmaker() as session:
-        return await session.get(Message, reply_id)
+        return await repo.reply_row(session, reply_id)
 
 
 TERMINAL_EVENTS = frozenset({"done", "error"})
@@ -240,7 +242,8 @@ async def reply_events(
                     raise
                 pending = []  # the final event below carries the whole text
             if not any(e.type in TERMINAL_EVENTS for e in pending):
-                final = MessageOut.from_row(current)
+                siblings = repo.parse_sibling_list(current.sibling_list, current.id)
+                final = MessageOut.from_row(current, siblings)
                 for item in pending:
                     yield ServerSentEvent(item.data, event=item.type, id=item.id)
                 kind = "done" if final.status == ReplyStatus.COMPLETED else "error"

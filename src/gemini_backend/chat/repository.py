@@ -18,6 +18,7 @@ from sqlalchemy import (
     ColumnElement,
     Integer,
     Row,
+    String,
     Table,
     Text,
     and_,
@@ -33,6 +34,7 @@ from sqlalchemy import (
     tuple_,
     update,
 )
+from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
@@ -138,41 +140,203 @@ MESSAGE_OUT_COLUMNS = (
     _messages.c.reply_to,
     _messages.c.created_at,
     _messages.c.completed_at,
+    _messages.c.parent_id,
+    _messages.c.parts,
 )
 # One message as MESSAGE_OUT_COLUMNS.
 MessageRow = Row[*tuple[Any, ...]]
 
-_LATEST = (
+# The path from a message up to the root, at most `limit` messages (a branch's ids grow from
+# the root down, so the walk's order is the ids' order): one primary-key lookup per step.
+_up = select(
+    _messages.c.id, _messages.c.parent_id, literal_column("1", Integer()).label("depth")
+).where(_messages.c.id == bindparam("start_id"), _messages.c.chatroom_id == bindparam("room_id"))
+_up_cte = _up.cte("path", recursive=True)
+_PATH = _up_cte.union_all(
+    select(_messages.c.id, _messages.c.parent_id, _up_cte.c.depth + 1)
+    .join(_up_cte, _messages.c.id == _up_cte.c.parent_id)
+    .where(_up_cte.c.depth < bindparam("limit", type_=Integer()))
+)
+_PATH_MESSAGES = (
+    select(*MESSAGE_OUT_COLUMNS).join(_PATH, _PATH.c.id == _messages.c.id).order_by(_messages.c.id)
+)
+_CHILDREN_OF = (
+    select(_messages.c.parent_id, _messages.c.id)
+    .where(_messages.c.parent_id.in_(bindparam("parent_ids", expanding=True)))
+    .order_by(_messages.c.id)
+)
+_ROOTS = (
+    select(_messages.c.id)
+    .where(_messages.c.chatroom_id == bindparam("room_id"), _messages.c.parent_id.is_(None))
+    .order_by(_messages.c.id)
+)
+
+
+WHOLE_BRANCH = 2**31 - 1  # a `limit` of branch_up_to that takes the whole branch (an INTEGER)
+
+
+async def branch_up_to(
+    session: AsyncSession, room_id: int, start_id: int, limit: int
+) -> list[MessageRow]:
+    """The `limit` messages of the branch ending at `start_id` nearest to it (itself
+    included), oldest first, as rows of MESSAGE_OUT_COLUMNS; empty if `start_id` is not a
+    message of the room."""
+    params = {"room_id": room_id, "start_id": start_id, "limit": limit}
+    return list((await session.execute(_PATH_MESSAGES, params)).all())
+
+
+async def sibling_ids(
+    session: AsyncSession, room_id: int, parent_ids: Sequence[int | None]
+) -> dict[int | None, list[int]]:
+    """The children of each of `parent_ids` (None: the room's roots), oldest first."""
+    found: dict[int | None, list[int]] = {parent: [] for parent in parent_ids}
+    parents = [p for p in found if p is not None]
+    if parents:
+        for parent, child in await session.execute(_CHILDREN_OF, {"parent_ids": parents}):
+            found[parent].append(child)
+    if None in found:
+        found[None] = list((await session.execute(_ROOTS, {"room_id": room_id})).scalars())
+    return found
+
+
+_ALL_MESSAGES = (
     select(*MESSAGE_OUT_COLUMNS)
     .where(_messages.c.chatroom_id == bindparam("room_id"))
-    .order_by(_messages.c.id.desc())
-    .limit(bindparam("limit", type_=Integer()))
+    .order_by(_messages.c.id)
 )
-_LATEST_BEFORE = (
-    select(*MESSAGE_OUT_COLUMNS)
+
+
+async def all_messages(session: AsyncSession, room_id: int) -> list[MessageRow]:
+    """Every message of the room, oldest first (the tree)."""
+    return list((await session.execute(_ALL_MESSAGES, {"room_id": room_id})).all())
+
+
+# The deepest descendant of a message along the newest child at each step.
+_down = select(_messages.c.id).where(
+    _messages.c.id == bindparam("start_id"), _messages.c.chatroom_id == bindparam("room_id")
+)
+_down_cte = _down.cte("down", recursive=True)
+_children = _messages.alias("children")
+_DOWN = _down_cte.union_all(
+    select(
+        select(func.max(_children.c.id))
+        .where(_children.c.parent_id == _down_cte.c.id)
+        .scalar_subquery()
+    ).where(_down_cte.c.id.is_not(None))
+)
+_NEWEST_LEAF = select(func.max(_DOWN.c.id))
+
+
+async def newest_leaf_under(session: AsyncSession, room_id: int, message_id: int) -> int | None:
+    """The leaf reached from `message_id` by always taking the newest child (None: not a
+    message of the room)."""
+    params = {"room_id": room_id, "start_id": message_id}
+    leaf: int | None = (await session.execute(_NEWEST_LEAF, params)).scalar_one()
+    return leaf
+
+
+_SET_ACTIVE_LEAF = (
+    update(_rooms)
+    .where(_rooms.c.id == bindparam("room_id"))
+    .values(active_leaf_id=bindparam("leaf_id"))
+)
+
+
+async def set_active_leaf(session: AsyncSession, room_id: int, leaf_id: int) -> None:
+    await session.execute(_SET_ACTIVE_LEAF, {"room_id": room_id, "leaf_id": leaf_id})
+
+
+_COPY = insert(_messages).returning(_messages.c.id, sort_by_parameter_order=True)
+_LINK_COPY = (
+    update(_messages)
+    .where(_messages.c.id == bindparam("copy_id"))
+    .values(parent_id=bindparam("copy_parent"), reply_to=bindparam("copy_answers"))
+)
+
+
+async def copy_path(
+    session: AsyncSession, room_id: int, path: Sequence[MessageRow], now: datetime
+) -> int:
+    """Copies of `path` (a branch, root first, as rows of MESSAGE_OUT_COLUMNS) in the room
+    `room_id`, linked to each other as the originals are: the id of the last copy. Two
+    statements whatever the length: the rows, then their links."""
+    rows = [
+        {
+            "chatroom_id": room_id,
+            "role": m.role,
+            "content": m.content,
+            "status": m.status,
+            "error": m.error,
+            "finish_reason": m.finish_reason,
+            "prompt_tokens": m.prompt_tokens,
+            "output_tokens": m.output_tokens,
+            "thinking_tokens": m.thinking_tokens,
+            "model": m.model,
+            "parts": m.parts,
+            "attempts": 0,
+            "created_at": m.created_at,
+            "updated_at": now,
+            "completed_at": m.completed_at,
+        }
+        for m in path
+    ]
+    new_ids = list((await session.execute(_COPY, rows)).scalars())
+    copy_of = dict(zip((m.id for m in path), new_ids, strict=True))
+    links = [
+        {
+            "copy_id": copy_of[m.id],
+            "copy_parent": copy_of.get(m.parent_id) if m.parent_id is not None else None,
+            "copy_answers": copy_of.get(m.reply_to) if m.reply_to is not None else None,
+        }
+        for m in path
+    ]
+    await session.execute(_LINK_COPY, links)
+    leaf: int = new_ids[-1]
+    return leaf
+
+
+# Every write that adds messages to a room or moves its leaf takes the room's row first: the
+# writes on one room run one after another, each seeing the leaf the one before left. SQLite
+# renders no lock: its single writer (BEGIN IMMEDIATE) serialises them already.
+_LOCK_ROOM = (
+    select(_rooms.c.active_leaf_id)
+    .where(_rooms.c.id == bindparam("room_id"))
+    .with_for_update(key_share=True)
+)
+
+
+async def lock_room(session: AsyncSession, room_id: int) -> int | None:
+    """Lock the room's row until the transaction ends; its active leaf."""
+    leaf: int | None = (await session.execute(_LOCK_ROOM, {"room_id": room_id})).scalar_one()
+    return leaf
+
+
+_IN_ROOM = select(_messages.c.id).where(
+    _messages.c.id == bindparam("message_id"), _messages.c.chatroom_id == bindparam("room_id")
+)
+
+
+async def message_in_room(session: AsyncSession, room_id: int, message_id: int) -> bool:
+    found = await session.execute(_IN_ROOM, {"room_id": room_id, "message_id": message_id})
+    return found.first() is not None
+
+
+_REPLIES_IN_PROGRESS = (
+    select(_messages.c.id)
     .where(
-        _messages.c.chatroom_id == bindparam("room_id"),
-        _messages.c.id < bindparam("before_id"),
+        _messages.c.reply_to.in_(bindparam("answered", expanding=True)),
+        _messages.c.status.in_([ReplyStatus.QUEUED, ReplyStatus.GENERATING]),
     )
-    .order_by(_messages.c.id.desc())
-    .limit(bindparam("limit", type_=Integer()))
+    .limit(1)
 )
 
 
-async def messages_page(
-    session: AsyncSession, room_id: int, limit: int, before_id: int | None
-) -> list[MessageRow]:
-    """Up to `limit` messages older than `before_id` (or the latest), oldest first, as rows of
-    MESSAGE_OUT_COLUMNS."""
-    params: dict[str, Any] = {"room_id": room_id, "limit": limit}
-    if before_id is None:
-        stmt = _LATEST
-    else:
-        stmt = _LATEST_BEFORE
-        params["before_id"] = before_id
-    rows = list((await session.execute(stmt, params)).all())
-    rows.reverse()
-    return rows
+async def replies_in_progress(session: AsyncSession, answered: Sequence[int]) -> bool:
+    """Whether a reply to one of the user messages `answered` is queued or generating."""
+    if not answered:
+        return False
+    found = await session.execute(_REPLIES_IN_PROGRESS, {"answered": list(answered)})
+    return found.first() is not None
 
 
 # A message of one of the user's rooms, the room's ownership checked in the same statement.
@@ -194,36 +358,71 @@ async def owned_message(
     return (await session.execute(_OWNED_MESSAGE, params)).scalar_one_or_none()
 
 
+_sibling = _messages.alias("sibling")
+# The ids of a reply's siblings as "id,id,..." (any order), in a statement on `messages` that
+# returns the reply's row (its final event): no second round trip. The row's own column is
+# named in full: SQLite's RETURNING is rendered with bare names, which the subquery would take
+# for the sibling's.
+SIBLINGS_OF_ROW = (
+    select(func.aggregate_strings(sql_cast(_sibling.c.id, String()), ","))
+    .where(_sibling.c.parent_id == literal_column("messages.parent_id"))
+    .scalar_subquery()
+)
+
+
+_REPLY_ROW = select(*_messages.c, SIBLINGS_OF_ROW.label("sibling_list")).where(
+    _messages.c.id == bindparam("reply_id")
+)
+
+
+async def reply_row(session: AsyncSession, reply_id: int) -> Row[Any] | None:
+    """A reply's row with its `sibling_list` (SIBLINGS_OF_ROW), or None."""
+    found = (await session.execute(_REPLY_ROW, {"reply_id": reply_id})).one_or_none()
+    return cast("Row[Any] | None", found)
+
+
+def parse_sibling_list(found: str | None, own_id: int) -> list[int]:
+    """SIBLINGS_OF_ROW's value as ids, oldest first."""
+    return sorted(int(part) for part in found.split(",")) if found else [own_id]
+
+
 # --- the send: quota slot, user message, queued reply, room counters ----------------------
 #
 # Bound per execution: the slot's values (quota.repository.daily_slot_upsert: slot_user,
-# slot_day, slot_limit), room_id, now, and body (the user's text) or answers (a retry: the
-# user message the new reply answers). No name is a column's: SQLAlchemy would take a value
-# under a column's name for that column.
+# slot_day, slot_limit), room_id, now, and body (the user's text) with parent (the message it
+# follows; the one-statement send reads it from the room) or answers (a retry: the user message
+# the new reply answers). No name is a column's: SQLAlchemy would take a value under a column's
+# name for that column.
 _room_id = bindparam("room_id", type_=BigIntId)
 _now = bindparam("now", type_=UTCDateTime())
 _body = bindparam("body", type_=Text())
 _answers = bindparam("answers", type_=BigIntId)
+_parent = bindparam("parent", type_=BigIntId)
 _owner = bindparam("owner", type_=BigIntId)
+_leaf = bindparam("leaf", type_=BigIntId)
 _quota_day = _messages.c.quota_day
 _slot_day = bindparam("slot_day", type_=_quota_day.type)
 
 # The columns each insert writes, then the values (SQL literals and the parameters above) in
 # the same order. The receipt (sending.py) shows these values and the returned ids.
 _USER_MESSAGE_COLUMNS: tuple[str, ...] = ("chatroom_id", "role", "content", "status")
-_USER_MESSAGE_COLUMNS += ("attempts", "created_at", "updated_at", "completed_at")
+_USER_MESSAGE_COLUMNS += ("attempts", "created_at", "updated_at", "completed_at", "parent_id")
 _REPLY_COLUMNS: tuple[str, ...] = ("chatroom_id", "role", "content", "status", "attempts")
-_REPLY_COLUMNS += ("reply_to", "quota_day", "created_at", "updated_at")
-_USER_MESSAGE_VALUES: tuple[Any, ...] = (
-    _room_id,
-    literal_column("'user'"),
-    _body,
-    literal_column(f"'{ReplyStatus.COMPLETED}'"),
-    literal_column("0"),
-    _now,
-    _now,
-    _now,
-)
+_REPLY_COLUMNS += ("reply_to", "parent_id", "quota_day", "created_at", "updated_at")
+
+
+def _user_message_values(parent: Any) -> tuple[Any, ...]:
+    return (
+        _room_id,
+        literal_column("'user'"),
+        _body,
+        literal_column(f"'{ReplyStatus.COMPLETED}'"),
+        literal_column("0"),
+        _now,
+        _now,
+        _now,
+        parent,
+    )
 
 
 def _reply_values(reply_to: Any) -> tuple[Any, ...]:
@@ -234,18 +433,21 @@ def _reply_values(reply_to: Any) -> tuple[Any, ...]:
         literal_column(f"'{ReplyStatus.QUEUED}'"),
         literal_column("0"),
         reply_to,
+        reply_to,
         _slot_day,
         _now,
         _now,
     )
 
 
-def _touch(added: int) -> Any:
+def _touch(added: int, leaf: Any) -> Any:
+    """The room's counters, and its active leaf: the new reply."""
     return update(_rooms).values(
         message_count=_rooms.c.message_count + literal_column(str(added)),
         last_message_at=_now,
         activity_at=_now,
         updated_at=_now,
+        active_leaf_id=leaf,
     )
 
 
@@ -268,21 +470,31 @@ def _exchange_postgresql(limited: bool, with_user_message: bool, owner_checked: 
     as with two separate inserts. A retry (`with_user_message=False`) inserts only the reply,
     answering `reply_to`.
 
-    `owner_checked` (a send): the room's ownership is checked in the same statement, by a first
-    step `room AS (SELECT id FROM chatrooms WHERE id = :room_id AND user_id = :owner)` from which
-    the slot's row is selected, and the statement always returns one row: (room found, slot
-    count, user message id, reply id), the last three NULL when nothing was written.
+    `owner_checked` (a send without a key): the room's ownership is checked and its row locked
+    in the same statement, by a first step `room AS (SELECT id, active_leaf_id FROM chatrooms
+    WHERE id = :room_id AND user_id = :owner FOR NO KEY UPDATE)` from which the slot's row is
+    selected (so the room is taken before the slot, as `lock_room` does in the other writes);
+    the user message follows the room's active leaf, and the statement always returns one row:
+    (room found, slot count, user message id, reply id, parent), the last four NULL when
+    nothing was written. Otherwise the caller has locked the room and binds `parent`. Either
+    way the new reply becomes the room's active leaf.
     """
     room = (
-        select(_rooms.c.id).where(_rooms.c.id == _room_id, _rooms.c.user_id == _owner).cte("room")
+        select(_rooms.c.id, _rooms.c.active_leaf_id)
+        .where(_rooms.c.id == _room_id, _rooms.c.user_id == _owner)
+        .with_for_update(key_share=True)
+        .cte("room")
         if owner_checked
         else None
     )
+    parent: Any = _parent if room is None else select(room.c.active_leaf_id).scalar_subquery()
     slot = daily_slot_upsert(postgresql.insert, limited, only_if=room).cte("slot")
     if with_user_message:
         um = (
             insert(_messages)
-            .from_select(_USER_MESSAGE_COLUMNS, select(*_USER_MESSAGE_VALUES).select_from(slot))
+            .from_select(
+                _USER_MESSAGE_COLUMNS, select(*_user_message_values(parent)).select_from(slot)
+            )
             .returning(_messages.c.id)
             .cte("um")
         )
@@ -295,11 +507,18 @@ def _exchange_postgresql(limited: bool, with_user_message: bool, owner_checked: 
         .returning(_messages.c.id)
         .cte("reply")
     )
-    touch = _touch(added).where(_rooms.c.id == _room_id, select(reply.c.id).exists()).cte("touch")
+    new_leaf = select(reply.c.id).scalar_subquery()
+    touch = (
+        _touch(added, new_leaf)
+        .where(_rooms.c.id == _room_id, select(reply.c.id).exists())
+        .cte("touch")
+    )
     if room is not None:
+        values = (slot.c.count, answered, reply.c.id)
         return select(
             select(room.c.id).exists(),
-            *(select(c).scalar_subquery() for c in (slot.c.count, answered, reply.c.id)),
+            *(select(c).scalar_subquery() for c in values),
+            select(room.c.active_leaf_id).where(select(reply.c.id).exists()).scalar_subquery(),
         ).add_cte(touch)
     if with_user_message:
         joined = slot.join(um, true()).join(reply, true())
@@ -314,7 +533,7 @@ def _exchange_postgresql(limited: bool, with_user_message: bool, owner_checked: 
 # under the write lock every transaction takes (BEGIN IMMEDIATE).
 _INSERT_USER_MESSAGE = (
     insert(_messages)
-    .from_select(_USER_MESSAGE_COLUMNS, select(*_USER_MESSAGE_VALUES))
+    .from_select(_USER_MESSAGE_COLUMNS, select(*_user_message_values(_parent)))
     .returning(_messages.c.id)
 )
 _INSERT_REPLY = (
@@ -322,7 +541,7 @@ _INSERT_REPLY = (
     .from_select(_REPLY_COLUMNS, select(*_reply_values(_answers)))
     .returning(_messages.c.id)
 )
-_TOUCH_ROOM = {added: _touch(added).where(_rooms.c.id == _room_id) for added in (1, 2)}
+_TOUCH_ROOM = {added: _touch(added, _leaf).where(_rooms.c.id == _room_id) for added in (1, 2)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,14 +549,21 @@ class Exchange:
     used: int  # the slots of the day used, this one included
     message_id: int  # the user message
     reply_id: int  # the queued reply
+    parent_id: int | None = None  # the message the user message follows (a send, an edit)
 
 
 def _exchange_params(
-    slot: dict[str, Any], room_id: int, now: datetime, content: str | None, reply_to: int | None
+    slot: dict[str, Any],
+    room_id: int,
+    now: datetime,
+    content: str | None,
+    reply_to: int | None,
+    parent_id: int | None,
 ) -> dict[str, Any]:
     params: dict[str, Any] = {**slot, "room_id": room_id, "now": now}
     if content is not None:
         params["body"] = content
+        params["parent"] = parent_id
     else:
         params["answers"] = reply_to
     return params
@@ -350,13 +576,14 @@ async def _insert_exchange_postgresql(
     room_id: int,
     now: datetime,
     content: str | None = None,
+    parent_id: int | None = None,
     reply_to: int | None = None,
 ) -> Exchange | None:
     """ChatStatements.insert_exchange on PostgreSQL: one statement."""
-    params = _exchange_params(slot, room_id, now, content, reply_to)
+    params = _exchange_params(slot, room_id, now, content, reply_to, parent_id)
     stmt = _exchange_postgresql("slot_limit" in slot, content is not None, False)
     row = (await session.execute(stmt, params)).one_or_none()
-    return None if row is None else Exchange(row[0], row[1], row[2])
+    return None if row is None else Exchange(row[0], row[1], row[2], parent_id)
 
 
 async def _insert_exchange_sqlite(
@@ -366,10 +593,11 @@ async def _insert_exchange_sqlite(
     room_id: int,
     now: datetime,
     content: str | None = None,
+    parent_id: int | None = None,
     reply_to: int | None = None,
 ) -> Exchange | None:
     """ChatStatements.insert_exchange on SQLite: the same steps one by one."""
-    params = _exchange_params(slot, room_id, now, content, reply_to)
+    params = _exchange_params(slot, room_id, now, content, reply_to, parent_id)
     limited = "slot_limit" in slot
     used = (
         await session.execute(daily_slot_upsert(sqlite.insert, limited), params)
@@ -380,9 +608,9 @@ async def _insert_exchange_sqlite(
         return Exchange(used, 0, 0)  # refused by the caller (a limit of 0): nothing inserted
     if content is not None:
         params["answers"] = (await session.execute(_INSERT_USER_MESSAGE, params)).scalar_one()
-    reply_id = (await session.execute(_INSERT_REPLY, params)).scalar_one()
+    params["leaf"] = reply_id = (await session.execute(_INSERT_REPLY, params)).scalar_one()
     await session.execute(_TOUCH_ROOM[2 if content is not None else 1], params)
-    return Exchange(used, params["answers"], reply_id)
+    return Exchange(used, params["answers"], reply_id, parent_id)
 
 
 async def send_to_owned_room(
@@ -400,10 +628,10 @@ async def send_to_owned_room(
     back on a refusal, as with `insert_exchange`."""
     params = {**slot, "room_id": room_id, "owner": user_id, "now": now, "body": content}
     stmt = _exchange_postgresql("slot_limit" in slot, True, True)
-    found, used, message_id, reply_id = (await conn.execute(stmt, params)).one()
+    found, used, message_id, reply_id, parent_id = (await conn.execute(stmt, params)).one()
     if not found or used is None:
         return bool(found), None
-    return True, Exchange(used, message_id, reply_id)
+    return True, Exchange(used, message_id, reply_id, parent_id)
 
 
 # --- idempotency keys ---------------------------------------------------------------------
@@ -495,54 +723,69 @@ _CLAIM = (
         model=bindparam("model_name"),
     )
     .returning(
-        _messages.c.attempts, _messages.c.chatroom_id, _messages.c.reply_to, _messages.c.created_at
+        _messages.c.attempts,
+        _messages.c.chatroom_id,
+        _messages.c.reply_to,
+        _messages.c.created_at,
+        _messages.c.parent_id,
     )
 )
 _ROOM = select(_rooms.c.id, _rooms.c.user_id, _rooms.c.system_prompt, _rooms.c.auto_title).where(
     _rooms.c.id == bindparam("room_id")
 )
-# The conversation before a reply, newest first: completed turns and the message it answers.
-_TURNS = (
-    select(_messages.c.role, _messages.c.content)
-    .where(
-        _messages.c.chatroom_id == bindparam("room_id"),
-        _messages.c.id < bindparam("reply_id"),
-        or_(
-            _messages.c.status == ReplyStatus.COMPLETED,
-            _messages.c.id == bindparam("user_message_id"),
-        ),
+# A reply's conversation: the branch from the message it answers up to the root (at most
+# MAX_TURNS messages), the completed ones, newest first: never another branch's message.
+_context_up = _up.add_columns(_messages.c.role, _messages.c.content, _messages.c.status).cte(
+    "context", recursive=True
+)
+_CONTEXT = _context_up.union_all(
+    select(
+        _messages.c.id,
+        _messages.c.parent_id,
+        _context_up.c.depth + 1,
+        _messages.c.role,
+        _messages.c.content,
+        _messages.c.status,
     )
-    .order_by(_messages.c.id.desc())
-    .limit(MAX_TURNS)
+    .join(_context_up, _messages.c.id == _context_up.c.parent_id)
+    .where(_context_up.c.depth < MAX_TURNS)
+)
+_TURNS = (
+    select(_CONTEXT.c.id, _CONTEXT.c.role, _CONTEXT.c.content)
+    .where(_CONTEXT.c.status == ReplyStatus.COMPLETED)
+    .order_by(_CONTEXT.c.id.desc())
 )
 # PostgreSQL: the claim, the room and the conversation in ONE statement (one round trip
-# instead of three). The conversation comes back as two arrays, newest first. The LATERAL
-# read sees the rows as they were before the claim, which changes only the reply itself
-# (never part of its own conversation). The states and the limit are _CLAIM's and _TURNS'.
+# instead of three). The conversation comes back as three arrays, newest first. The reads see
+# the rows as they were before the claim, which changes only the reply itself (never part of
+# its own conversation). The states and the limit are _CLAIM's and _CONTEXT's.
 _CLAIM_POSTGRESQL = text(
     """
-    WITH claimed AS (
+    WITH RECURSIVE claimed AS (
         UPDATE messages
         SET status = :generating, attempts = attempts + 1, updated_at = :now,
             model = :model_name
         WHERE id = :reply_id AND status = :queued AND role = 'assistant'
-        RETURNING attempts, chatroom_id, reply_to, created_at
+        RETURNING attempts, chatroom_id, reply_to, created_at, parent_id
+    ), context AS (
+        SELECT m.id, m.parent_id, 1 AS depth, m.role, m.content, m.status
+        FROM messages AS m JOIN claimed ON m.id = claimed.parent_id
+        WHERE m.chatroom_id = claimed.chatroom_id
+        UNION ALL
+        SELECT m.id, m.parent_id, context.depth + 1, m.role, m.content, m.status
+        FROM messages AS m JOIN context ON m.id = context.parent_id
+        WHERE context.depth < :max_turns
     )
     SELECT claimed.attempts, claimed.chatroom_id, claimed.reply_to, claimed.created_at,
-           room.id, room.user_id, room.system_prompt, room.auto_title,
-           turns.roles, turns.contents
+           claimed.parent_id, room.id, room.user_id, room.system_prompt, room.auto_title,
+           turns.ids, turns.roles, turns.contents
     FROM claimed
     LEFT JOIN chatrooms AS room ON room.id = claimed.chatroom_id
-    CROSS JOIN LATERAL (
-        SELECT array_agg(recent.role ORDER BY recent.id DESC) AS roles,
-               array_agg(recent.content ORDER BY recent.id DESC) AS contents
-        FROM (
-            SELECT id, role, content FROM messages
-            WHERE chatroom_id = claimed.chatroom_id AND id < :reply_id
-              AND (status = :completed OR id = claimed.reply_to)
-            ORDER BY id DESC
-            LIMIT :max_turns
-        ) AS recent
+    CROSS JOIN (
+        SELECT array_agg(id ORDER BY id DESC) AS ids,
+               array_agg(role ORDER BY id DESC) AS roles,
+               array_agg(content ORDER BY id DESC) AS contents
+        FROM context WHERE status = :completed
     ) AS turns
     """
 ).bindparams(
@@ -569,7 +812,7 @@ _FINISH = _THIS_ATTEMPT.values(
     thinking_tokens=bindparam("thinking"),
     completed_at=bindparam("now", type_=UTCDateTime()),
     updated_at=bindparam("now", type_=UTCDateTime()),
-).returning(*_messages.c)
+).returning(*_messages.c, SIBLINGS_OF_ROW.label("sibling_list"))
 _TITLE = (
     update(_rooms)
     .where(_rooms.c.id == bindparam("room_id"), _rooms.c.auto_title.is_(True))
@@ -592,7 +835,7 @@ class ClaimedReply:
     user_message_id: int | None
     created_at: datetime
     room: ReplyRoom | None  # None: the room is gone
-    turns: list[tuple[str, str]]  # (role, content) before the reply, newest first
+    turns: list[tuple[int, str, str]]  # (id, role, content) of its branch, newest first
 
 
 async def _claim_reply_postgresql(
@@ -603,8 +846,8 @@ async def _claim_reply_postgresql(
     row = (await session.execute(_CLAIM_POSTGRESQL, params)).one_or_none()
     if row is None:
         return None
-    room = ReplyRoom(*row[4:8]) if row[4] is not None else None
-    turns = list(zip(row[8] or (), row[9] or (), strict=True))
+    room = ReplyRoom(*row[5:9]) if row[5] is not None else None
+    turns = list(zip(row[9] or (), row[10] or (), row[11] or (), strict=True))
     return ClaimedReply(row[0], row[1], row[2], row[3], room, turns)
 
 
@@ -617,10 +860,10 @@ async def _claim_reply_sqlite(
     await session.commit()
     if claimed is None:
         return None
-    attempts, room_id, user_message_id, created_at = claimed
+    attempts, room_id, user_message_id, created_at, parent_id = claimed
     found = (await session.execute(_ROOM, {"room_id": room_id})).one_or_none()
-    reads = {"room_id": room_id, "reply_id": reply_id, "user_message_id": user_message_id}
-    turns = [(role, content) for role, content in await session.execute(_TURNS, reads)]
+    reads = {"room_id": room_id, "start_id": parent_id}
+    turns = [(id_, role, content) for id_, role, content in await session.execute(_TURNS, reads)]
     room = ReplyRoom(*found) if found is not None else None
     return ClaimedReply(attempts, room_id, user_message_id, created_at, room, turns)
 
@@ -686,11 +929,13 @@ class InsertExchange(Protocol):
         room_id: int,
         now: datetime,
         content: str | None = None,
+        parent_id: int | None = None,
         reply_to: int | None = None,
     ) -> Exchange | None:
-        """Take a quota slot and, if it was taken, insert the user message `content` (or, for
-        a retry, none: the reply answers `reply_to`) and a queued reply, and move the room's
-        counters. None when the slot was not taken (nothing is written). `slot` is
+        """Take a quota slot and, if it was taken, insert the user message `content` following
+        `parent_id` (or, for a retry, none: the reply answers `reply_to`) and a queued reply,
+        and move the room's counters and active leaf (to the reply). The caller has locked
+        the room (`lock_room`). None when the slot was not taken (nothing is written). `slot` is
         Quota.slot_params(...); the caller judges the count (Quota.admit) and rolls back on a
         refusal."""
 

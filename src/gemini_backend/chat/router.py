@@ -27,18 +27,22 @@ from gemini_backend.chat.replies import (
 )
 from gemini_backend.chat.schemas import (
     REPLY_EXAMPLE,
+    ActiveLeaf,
     ChatroomCreate,
     ChatroomDetail,
     ChatroomOut,
     ChatroomPage,
+    ChatroomTree,
     ChatroomUpdate,
+    ForkRequest,
     MessageCreate,
+    MessageEdit,
     MessageOut,
     MessagePage,
     SendReceipt,
 )
 from gemini_backend.chat.sending import MessageSender
-from gemini_backend.chat.service import ChatroomService
+from gemini_backend.chat.service import ChatroomService, message_out
 from gemini_backend.core.db import MAX_ID, DbSession
 from gemini_backend.core.errors import BadRequest
 from gemini_backend.core.openapi import (
@@ -129,7 +133,7 @@ STREAM_EVENT = {
 STREAM_EXAMPLE = (
     ": stream open\n\n"
     'id: 1\nevent: delta\ndata: {"text": "Demo reply (context:"}\n\n'
-    'id: 2\nevent: delta\ndata: {"text": " 0 earlier messages) to:"}\n\n'
+    'id: 2\nevent: delta\ndata: {"text": " 2 earlier messages [39, 40]) to:"}\n\n'
     "id: 3\nevent: done\ndata: " + json.dumps(REPLY_EXAMPLE) + "\n\n"
 )
 
@@ -331,7 +335,9 @@ async def send_message(
     # dependency, and the app's sender is taken from its state: the send needs no request
     # session, and each dependency costs FastAPI's resolution on every request.
     sender: MessageSender = services_of(request).message_sender
-    receipt, quota = await sender.send(user, chatroom_id, body.content, idempotency_key)
+    receipt, quota = await sender.send(
+        user, chatroom_id, body.content, idempotency_key, body.parent_id
+    )
     response.headers.update(quota.headers(sender.clock.now()))
     return receipt
 
@@ -345,8 +351,8 @@ async def send_message(
     ),
     responses=MESSAGE_NOT_FOUND,
 )
-async def get_message(message: RoomMessage) -> MessageOut:
-    return MessageOut.from_row(message)
+async def get_message(message: RoomMessage, session: DbSession) -> MessageOut:
+    return await message_out(session, message)
 
 
 @router.get(
@@ -392,12 +398,13 @@ async def stream_reply(
     request: Request,
     user: CurrentUser,
     message: RoomMessage,
+    session: DbSession,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=64)] = None,
 ) -> ReplyStreamResponse:
     if message.role != "assistant":
         raise NotAReply()
     state = services_of(request)
-    snapshot = MessageOut.from_row(message)
+    snapshot = await message_out(session, message)
     replay = await needs_replay(state.reply_streams, snapshot)
     slots: StreamSlots = state.stream_slots
     give_back = slots.take(user.id)
@@ -437,7 +444,7 @@ async def cancel_reply(
 ) -> MessageOut:
     if message.role != "assistant":
         raise NotAReply()
-    return MessageOut.from_row(await sender.cancel(session, user.id, message))
+    return await message_out(session, await sender.cancel(session, user.id, message))
 
 
 @router.post(
@@ -476,3 +483,102 @@ async def retry_reply(
     receipt, quota = await sender.retry(session, user, room, message)
     response.headers.update(quota.headers(sender.clock.now()))
     return receipt
+
+
+@router.post(
+    "/{chatroom_id}/messages/{message_id}/edit",
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="A new version of a user message, with a new reply (a slot of the daily quota)",
+    description=(
+        "The new message is a sibling of `message_id` (the same parent) and, with its reply, "
+        "becomes the active branch; the old version and everything after it are kept (switch "
+        "back with `PUT /chatroom/{chatroom_id}/active`). 202 with a send receipt, like "
+        "sending: it takes a slot of the daily quota and carries the X-RateLimit-* headers."
+    ),
+    responses={
+        **RECEIPT_HEADERS,
+        400: error_doc(
+            "The message is an assistant reply (`not_a_user_message`)",
+            "not_a_user_message",
+            "Only a message of yours can be edited; retry a reply to get another version.",
+        ),
+        **MESSAGE_NOT_FOUND,
+        409: error_doc(
+            "A reply to this message is still in progress (`reply_in_progress`)",
+            "reply_in_progress",
+            "A reply to this message is still being produced.",
+        ),
+        **BODY_ERRORS,
+        422: validation_doc(
+            "message_too_long", example=problem("missing", ("body", "content"), "Field required")
+        ),
+        **QUOTA_ERRORS,
+    },
+)
+async def edit_message(
+    body: MessageEdit,
+    room: ChatroomView,
+    message: RoomMessage,
+    user: CurrentUser,
+    sender: MessageSenderDep,
+    session: DbSession,
+    response: Response,
+) -> SendReceipt:
+    receipt, quota = await sender.edit(session, user, room, message, body.content)
+    response.headers.update(quota.headers(sender.clock.now()))
+    return receipt
+
+
+@router.put(
+    "/{chatroom_id}/active",
+    summary="Show another branch (move between versions)",
+    description=(
+        "`leaf_id` is any message of the chatroom; the active branch becomes the one through "
+        "it, followed down its newest replies and messages to a leaf. Answers the chatroom as "
+        "`GET /chatroom/{chatroom_id}` does. A reply being produced goes on in its branch."
+    ),
+    responses={**MESSAGE_NOT_FOUND, **BODY_ERRORS},
+)
+async def set_active_branch(
+    body: ActiveLeaf, room: ChatroomView, chat: ChatroomServiceDep
+) -> ChatroomDetail:
+    return await chat.set_active(room, body.leaf_id)
+
+
+@router.get(
+    "/{chatroom_id}/tree",
+    summary="Every message of the chatroom: the whole conversation tree",
+    description=(
+        "All messages, oldest first, each with `parent_id` and `sibling_ids`, and the "
+        "`active_leaf_id`: a client can draw every branch from this alone."
+    ),
+    responses=NOT_FOUND,
+)
+async def get_tree(room: ChatroomView, chat: ChatroomServiceDep) -> ChatroomTree:
+    return await chat.tree(room)
+
+
+@router.post(
+    "/{chatroom_id}/fork",
+    status_code=status.HTTP_201_CREATED,
+    summary="A new chatroom holding the conversation up to a message",
+    description=(
+        "The new chatroom (named after this one, with ` (fork)`) holds copies of the path from "
+        "the first message to `message_id`, and goes on separately; this chatroom is "
+        "unchanged. It takes no quota slot; the chatroom limit applies as for creating one."
+    ),
+    responses={
+        **MESSAGE_NOT_FOUND,
+        409: error_doc(
+            "A reply on the path is still in progress (`reply_in_progress`), or the user has "
+            "MAX_CHATROOMS_PER_USER chatrooms (`chatroom_limit_reached`)",
+            "reply_in_progress",
+            "A reply on this branch is still being produced.",
+        ),
+        **BODY_ERRORS,
+    },
+)
+async def fork_chatroom(
+    body: ForkRequest, room: ChatroomView, chat: ChatroomServiceDep
+) -> ChatroomDetail:
+    return await chat.fork(room, body.message_id)

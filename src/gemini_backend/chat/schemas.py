@@ -8,7 +8,7 @@ from sqlalchemy import Row
 
 from gemini_backend.chat.models import Message, RoomView
 from gemini_backend.chat.states import ReplyStatus
-from gemini_backend.core.db import STORABLE_TEXT
+from gemini_backend.core.db import MAX_ID, STORABLE_TEXT
 
 RoomName = Annotated[
     str,
@@ -30,20 +30,27 @@ USER_MESSAGE_EXAMPLE: dict[str, Any] = {
     "usage": {"prompt_tokens": None, "output_tokens": None, "thinking_tokens": None},
     "model": None,
     "reply_to": None,
+    "parent_id": 40,
+    "sibling_ids": [41],
+    "parts": [{"type": "text", "text": PROMPT_EXAMPLE}],
     "created_at": "2026-11-22T10:00:00Z",
     "completed_at": "2026-11-22T10:00:00Z",
 }
+REPLY_TEXT_EXAMPLE = f'Demo reply (context: 2 earlier messages [39, 40]) to: "{PROMPT_EXAMPLE}"'
 REPLY_EXAMPLE: dict[str, Any] = {
     "id": 42,
     "chatroom_id": 12,
     "role": "assistant",
-    "content": f'Demo reply (context: 0 earlier messages) to: "{PROMPT_EXAMPLE}"',
+    "content": REPLY_TEXT_EXAMPLE,
     "status": "completed",
     "error": None,
     "finish_reason": "stop",
     "usage": {"prompt_tokens": 12, "output_tokens": 18, "thinking_tokens": 0},
     "model": "demo",
     "reply_to": 41,
+    "parent_id": 41,
+    "sibling_ids": [42],
+    "parts": [{"type": "text", "text": REPLY_TEXT_EXAMPLE}],
     "created_at": "2026-11-22T10:00:00Z",
     "completed_at": "2026-11-22T10:00:02Z",
 }
@@ -54,6 +61,7 @@ QUEUED_REPLY_EXAMPLE: dict[str, Any] = {
     "finish_reason": None,
     "usage": {"prompt_tokens": None, "output_tokens": None, "thinking_tokens": None},
     "model": None,
+    "parts": [],
     "completed_at": None,
 }
 CHATROOM_EXAMPLE: dict[str, Any] = {
@@ -118,12 +126,24 @@ class MessageOut(BaseModel):
     usage: Usage
     model: str | None
     reply_to: int | None
+    parent_id: int | None = Field(
+        description="The message this one follows in the conversation tree (null: a root)."
+    )
+    sibling_ids: list[int] = Field(
+        description="The versions at this point: the messages with the same parent, oldest "
+        "first, this one included (`< 2/3 >`)."
+    )
+    parts: list[dict[str, Any]] = Field(
+        description='The message as parts: `{"type": "text", "text": ...}` today (empty while a '
+        "reply has no text yet); `content` is the same text."
+    )
     created_at: datetime
     completed_at: datetime | None
 
     @classmethod
-    def from_row(cls, m: Message | Row[Any]) -> MessageOut:
-        """From an ORM message or a row of the messages table."""
+    def from_row(cls, m: Message | Row[Any], sibling_ids: list[int] | None = None) -> MessageOut:
+        """From an ORM message or a row of the messages table; `sibling_ids` default to the
+        message alone."""
         return cls(
             id=m.id,
             chatroom_id=m.chatroom_id,
@@ -139,9 +159,19 @@ class MessageOut(BaseModel):
             ),
             model=m.model,
             reply_to=m.reply_to,
+            parent_id=m.parent_id,
+            sibling_ids=sibling_ids or [m.id],
+            parts=message_parts(m.content, m.parts),
             created_at=m.created_at,
             completed_at=m.completed_at,
         )
+
+
+def message_parts(content: str, stored: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """A message's parts: those stored, or its text as the one part."""
+    if stored is not None:
+        return stored
+    return [{"type": "text", "text": content}] if content else []
 
 
 class ChatroomOut(BaseModel):
@@ -173,11 +203,32 @@ class ChatroomOut(BaseModel):
 class ChatroomDetail(ChatroomOut):
     model_config = ConfigDict(
         json_schema_extra={
-            "example": {**CHATROOM_EXAMPLE, "messages": [USER_MESSAGE_EXAMPLE, REPLY_EXAMPLE]}
+            "example": {
+                **CHATROOM_EXAMPLE,
+                "active_leaf_id": 42,
+                "messages": [USER_MESSAGE_EXAMPLE, REPLY_EXAMPLE],
+            }
         }
     )
 
-    messages: list[MessageOut] = Field(description="The latest 50 messages, oldest first.")
+    active_leaf_id: int | None = Field(
+        description="The last message of the branch shown (null: no messages yet)."
+    )
+    messages: list[MessageOut] = Field(
+        description="The latest 50 messages of the active branch (the path from the first "
+        "message to `active_leaf_id`), oldest first."
+    )
+
+
+class ChatroomTree(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {"messages": [USER_MESSAGE_EXAMPLE, REPLY_EXAMPLE], "active_leaf_id": 42}
+        }
+    )
+
+    messages: list[MessageOut] = Field(description="Every message of the chatroom, oldest first.")
+    active_leaf_id: int | None
 
 
 class ChatroomPage(BaseModel):
@@ -205,6 +256,7 @@ class MessagePage(BaseModel):
     next_cursor: str | None = Field(description="Pass as `before` for older messages.")
 
 
+MessageId = Annotated[int, Field(ge=1, le=MAX_ID)]
 MessageContent = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, pattern=STORABLE_TEXT)
 ]
@@ -221,6 +273,47 @@ class MessageCreate(BaseModel):
             validation_alias=AliasChoices("content", "message", "text", "user_message"),
             description="1..MAX_MESSAGE_CHARS characters after trimming.",
         ),
+    ]
+    parent_id: Annotated[
+        MessageId | None,
+        Field(
+            description="The message this one follows (any message of the chatroom); omit to "
+            "continue the active branch."
+        ),
+    ] = None
+
+
+class MessageEdit(BaseModel):
+    model_config = ConfigDict(
+        populate_by_name=True, json_schema_extra={"example": {"content": PROMPT_EXAMPLE}}
+    )
+
+    content: Annotated[
+        MessageContent,
+        Field(
+            validation_alias=AliasChoices("content", "message", "text"),
+            description="The new text: 1..MAX_MESSAGE_CHARS characters after trimming.",
+        ),
+    ]
+
+
+class ActiveLeaf(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"example": {"leaf_id": 42}})
+
+    leaf_id: Annotated[
+        MessageId,
+        Field(
+            description="Any message of the chatroom: the branch shown becomes the one through "
+            "it, down to its newest leaf."
+        ),
+    ]
+
+
+class ForkRequest(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"example": {"message_id": 42}})
+
+    message_id: Annotated[
+        MessageId, Field(description="The new chatroom holds the path up to this message.")
     ]
 
 

@@ -15,6 +15,7 @@ the values written and the ids returned (the rows hold nothing else the receipt 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
 
@@ -28,11 +29,17 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from gemini_backend.auth.principals import SignedInUser
 from gemini_backend.chat import repository as repo
 from gemini_backend.chat.cache import ChatroomCache
-from gemini_backend.chat.errors import ChatroomNotFound, found_room
+from gemini_backend.chat.errors import (
+    ChatroomNotFound,
+    MessageNotFound,
+    ReplyInProgress,
+    found_room,
+)
 from gemini_backend.chat.models import LIVE_REPLY_INDEX, Message, RoomView
 from gemini_backend.chat.queue import ReplyQueue
 from gemini_backend.chat.repository import Exchange
-from gemini_backend.chat.schemas import MessageOut, SendReceipt, Usage
+from gemini_backend.chat.schemas import MessageOut, SendReceipt, Usage, message_parts
+from gemini_backend.chat.service import message_out
 from gemini_backend.chat.states import ACTIVE_STATES, FINAL_STATES, ReplyStatus, cancel_key
 from gemini_backend.config import Settings
 from gemini_backend.core.cache import Cache
@@ -55,14 +62,14 @@ class MessageTooLong(ValidationFailed):
     code = "message_too_long"
 
 
-class ReplyInProgress(Conflict):
-    code = "reply_in_progress"
-    detail = "A reply to this message is still being produced."
-
-
 class ReplyAlreadyFinished(Conflict):
     code = "reply_already_finished"
     detail = "The reply has already finished."
+
+
+class NotAUserMessage(BadRequest):
+    code = "not_a_user_message"
+    detail = "Only a message of yours can be edited; retry a reply to get another version."
 
 
 class NothingToRetry(BadRequest):
@@ -78,7 +85,8 @@ class InvalidIdempotencyKey(ValidationFailed):
 class IdempotencyKeyReused(ValidationFailed):
     code = "idempotency_key_reused"
     detail = (
-        "That Idempotency-Key was used for a different message (another chatroom or text) in "
+        "That Idempotency-Key was used for a different message (another chatroom, text or "
+        "parent) in "
         "the last 24 hours; a new message needs a new key."
     )
 
@@ -94,6 +102,33 @@ def _per_minute(count: int) -> RateLimitItem:
 
 def _no_usage() -> Usage:
     return Usage(prompt_tokens=None, output_tokens=None, thinking_tokens=None)
+
+
+def _valid_key(key: str) -> bool:
+    return 0 < len(key) <= MAX_IDEMPOTENCY_KEY and key.isascii() and key.isprintable()
+
+
+@dataclass(frozen=True, slots=True)
+class _Draft:
+    """A message to send: its room, text, the message it follows (None: the active leaf) and
+    its Idempotency-Key."""
+
+    room_id: int
+    content: str
+    parent_id: int | None = None
+    key: str | None = None
+
+
+def _check_replay(replay: SendReceipt, draft: _Draft) -> None:
+    """A stored receipt answers only a retry of its own send: answering it for another message
+    would drop that message without a word (draft-ietf-httpapi-idempotency-key-header)."""
+    sent = replay.user_message
+    if (
+        sent.chatroom_id != draft.room_id
+        or sent.content != draft.content
+        or (draft.parent_id is not None and sent.parent_id != draft.parent_id)
+    ):
+        raise IdempotencyKeyReused()
 
 
 class MessageSender:
@@ -121,7 +156,7 @@ class MessageSender:
         )
         # Chosen once, here: a send without a key is one statement where the database allows.
         self._send_new = (
-            self._send_one_statement if statements.one_statement_send else self._send_in_session
+            self._send_one_statement if statements.one_statement_send else self._send_default
         )
         self.settings = settings
         self.clock = clock
@@ -133,36 +168,40 @@ class MessageSender:
         self.cache = cache
 
     async def send(
-        self, user: SignedInUser, room_id: int, content: str, idempotency_key: str | None
+        self,
+        user: SignedInUser,
+        room_id: int,
+        content: str,
+        idempotency_key: str | None,
+        parent_id: int | None = None,
     ) -> tuple[SendReceipt, QuotaState]:
-        """The receipt and the caller's quota after it (a replay spends nothing)."""
-        if len(content) > self.settings.max_message_chars:
-            raise MessageTooLong(
-                f"A message may have at most {self.settings.max_message_chars} characters."
-            )
-        if idempotency_key is not None and not (
-            0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY
-            and idempotency_key.isascii()
-            and idempotency_key.isprintable()
-        ):
+        """The receipt and the caller's quota after it (a replay spends nothing). The new
+        message follows `parent_id`, or the room's active leaf."""
+        self._check_length(content)
+        if idempotency_key is not None and not _valid_key(idempotency_key):
             raise InvalidIdempotencyKey()
         now = self.clock.now()
         tier = tier_of(user, now, self.settings)
-        if idempotency_key is None:
+        if idempotency_key is None and parent_id is None:
             receipt, quota, reply_id = await self._send_new(user.id, tier, room_id, content, now)
         else:
-            receipt, quota, reply_id = await self._send_keyed(
-                user.id, tier, room_id, content, now, idempotency_key
-            )
+            draft = _Draft(room_id, content, parent_id, idempotency_key)
+            receipt, quota, reply_id = await self._send_in_session(user.id, tier, draft, now)
         if reply_id is not None:  # a replay spends nothing and announces nothing
             await self._announce(user.id, reply_id)
         return receipt, quota
 
+    def _check_length(self, content: str) -> None:
+        if len(content) > self.settings.max_message_chars:
+            raise MessageTooLong(
+                f"A message may have at most {self.settings.max_message_chars} characters."
+            )
+
     async def _send_one_statement(
         self, user_id: int, tier: Tier, room_id: int, content: str, now: datetime
     ) -> tuple[SendReceipt, QuotaState, int | None]:
-        """PostgreSQL, no key: a Core connection, no ORM session: BEGIN, the statement, COMMIT
-        (a refusal by the daily limit or the throttle rolls it back)."""
+        """PostgreSQL, no key, no parent: a Core connection, no ORM session: BEGIN, the
+        statement, COMMIT (a refusal by the daily limit or the throttle rolls it back)."""
         async with self.database.engine.connect() as conn, conn.begin():
             found, exchange = await repo.send_to_owned_room(
                 conn,
@@ -178,56 +217,88 @@ class MessageSender:
             exchange, quota = await self._admit(exchange, user_id, tier, now)
         return self._send_receipt(room_id, content, exchange, now), quota, exchange.reply_id
 
-    async def _send_in_session(
+    async def _send_default(
         self, user_id: int, tier: Tier, room_id: int, content: str, now: datetime
     ) -> tuple[SendReceipt, QuotaState, int | None]:
-        return await self._send_keyed(user_id, tier, room_id, content, now, None)
+        return await self._send_in_session(user_id, tier, _Draft(room_id, content), now)
 
-    async def _send_keyed(
-        self,
-        user_id: int,
-        tier: Tier,
-        room_id: int,
-        content: str,
-        now: datetime,
-        idempotency_key: str | None,
+    async def _send_in_session(
+        self, user_id: int, tier: Tier, draft: _Draft, now: datetime
     ) -> tuple[SendReceipt, QuotaState, int | None]:
         """The steps in a session of their own; with a key, a replay answers the stored
         receipt (its reply id None: nothing to announce)."""
         async with self.database.sessionmaker() as session:
-            found_room(await repo.owned_room_view(session, user_id, room_id))
+            found_room(await repo.owned_room_view(session, user_id, draft.room_id))
             key_row: int | None = None
-            if idempotency_key is not None:
-                replay = await self._claim_key(session, user_id, room_id, idempotency_key, now)
+            if draft.key is not None:
+                replay = await self._claim_key(session, user_id, draft.room_id, draft.key, now)
                 if isinstance(replay, SendReceipt):
-                    sent = replay.user_message
-                    if sent.chatroom_id != room_id or sent.content != content:
-                        # Not a retry of that send: answering its receipt would drop this
-                        # message without a word (draft-ietf-httpapi-idempotency-key-header).
-                        raise IdempotencyKeyReused()
+                    _check_replay(replay, draft)
                     quota = await self.quota.state(session, user_id, tier, now)
                     return replay, quota, None
                 key_row = replay
-            exchange, quota = await self._take_slot(
-                session, user_id, tier, now, room_id, content=content
-            )
-            receipt = self._send_receipt(room_id, content, exchange, now)
+            receipt, quota = await self._write_message(session, user_id, tier, draft, now)
             if key_row is not None:
                 await repo.store_receipt(session, key_row, receipt.model_dump_json())
             await session.commit()
-        return receipt, quota, exchange.reply_id
+        return receipt, quota, receipt.reply_id
+
+    async def _write_message(
+        self, session: AsyncSession, user_id: int, tier: Tier, draft: _Draft, now: datetime
+    ) -> tuple[SendReceipt, QuotaState]:
+        """The room locked, the user message after `draft.parent_id` (checked to be in the
+        room) or the active leaf, its reply, the slot: the receipt."""
+        leaf = await repo.lock_room(session, draft.room_id)
+        parent, siblings = leaf, None
+        if draft.parent_id is not None:
+            if not await repo.message_in_room(session, draft.room_id, draft.parent_id):
+                raise MessageNotFound("parent_id names no message of this chatroom.")
+            parent = draft.parent_id
+        exchange, quota = await self._take_slot(
+            session, user_id, tier, now, draft.room_id, content=draft.content, parent_id=parent
+        )
+        if draft.parent_id is not None:  # the parent may have other children
+            siblings = (await repo.sibling_ids(session, draft.room_id, [parent]))[parent]
+        return self._send_receipt(draft.room_id, draft.content, exchange, now, siblings), quota
+
+    async def edit(
+        self,
+        session: AsyncSession,
+        user: SignedInUser,
+        room: RoomView,
+        message: Message,
+        content: str,
+    ) -> tuple[SendReceipt, QuotaState]:
+        """A new version of the user message `message`: a sibling with `content` and its
+        reply, in the request's session `session`."""
+        if message.role != "user":
+            raise NotAUserMessage()
+        self._check_length(content)
+        await repo.lock_room(session, room.id)
+        if await repo.replies_in_progress(session, [message.id]):
+            raise ReplyInProgress()
+        now = self.clock.now()
+        tier = tier_of(user, now, self.settings)
+        exchange, quota = await self._take_slot(
+            session, user.id, tier, now, room.id, content=content, parent_id=message.parent_id
+        )
+        siblings = await repo.sibling_ids(session, room.id, [message.parent_id])
+        receipt = self._send_receipt(room.id, content, exchange, now, siblings[message.parent_id])
+        self._announce_after_commit(session, user.id, exchange.reply_id)
+        return receipt, quota
 
     async def retry(
         self, session: AsyncSession, user: SignedInUser, room: RoomView, message: Message
     ) -> tuple[SendReceipt, QuotaState]:
-        """A new reply to the user message that `message` is (or answers), in the request's
-        session `session`."""
+        """A new reply to the user message that `message` is (or answers), a sibling of its
+        other replies, in the request's session `session`."""
         user_message = message
         if message.role != "user":
             found = await session.get(Message, message.reply_to) if message.reply_to else None
             if found is None or found.chatroom_id != room.id:
                 raise NothingToRetry()
             user_message = found
+        await repo.lock_room(session, room.id)
         now = self.clock.now()
         tier = tier_of(user, now, self.settings)
         try:
@@ -240,14 +311,17 @@ class MessageSender:
             if not violates_unique(exc, LIVE_REPLY_INDEX, "messages.reply_to"):
                 raise
             raise ReplyInProgress() from exc
-        user_id, reply_id = user.id, exchange.reply_id
+        self._announce_after_commit(session, user.id, exchange.reply_id)
+        shown = await message_out(session, user_message)
+        replies = await repo.sibling_ids(session, room.id, [user_message.id])
+        receipt = self._receipt(room.id, shown, exchange.reply_id, now, replies[user_message.id])
+        return receipt, quota
 
+    def _announce_after_commit(self, session: AsyncSession, user_id: int, reply_id: int) -> None:
         async def announce() -> None:
             await self._announce(user_id, reply_id)
 
         after_commit(session, announce)
-        receipt = self._receipt(room.id, MessageOut.from_row(user_message), exchange.reply_id, now)
-        return receipt, quota
 
     async def cancel(self, session: AsyncSession, user_id: int, reply: Message) -> Message:
         """Stop a reply: a queued one is cancelled in this transaction; a generating one is told
@@ -274,7 +348,7 @@ class MessageSender:
         ).scalar_one_or_none()
         reply_id, ttl = reply.id, self.settings.reply_stream_ttl_seconds
         if cancelled is not None:
-            final = MessageOut.from_row(cancelled).model_dump_json()
+            final = (await message_out(session, cancelled)).model_dump_json()
 
             async def announce() -> None:
                 await self.chatrooms.room_changed(user_id)
@@ -335,12 +409,14 @@ class MessageSender:
         room_id: int,
         *,
         content: str | None = None,
+        parent_id: int | None = None,
         reply_to: int | None = None,
     ) -> tuple[Exchange, QuotaState]:
         """One slot of today's quota with the exchange it pays for (in `session`'s
-        transaction), then the per-minute throttle.
+        transaction, the room locked), then the per-minute throttle.
 
-        `content`: a new user message and its reply; else (a retry) a reply to `reply_to`. The
+        `content`: a new user message after `parent_id` and its reply; else (a retry) a reply
+        to `reply_to`. The
         slot, the inserts and the room's counters are written together (repository
         `insert_exchange`); nothing is inserted when the slot is refused. A send refused by the
         daily limit spends no per-minute slot, and one refused by the throttle rolls the quota
@@ -352,13 +428,21 @@ class MessageSender:
             room_id=room_id,
             now=now,
             content=content,
+            parent_id=parent_id,
             reply_to=reply_to,
         )
         return await self._admit(exchange, user_id, tier, now)
 
     def _send_receipt(
-        self, room_id: int, content: str, exchange: Exchange, now: datetime
+        self,
+        room_id: int,
+        content: str,
+        exchange: Exchange,
+        now: datetime,
+        siblings: list[int] | None = None,
     ) -> SendReceipt:
+        """`siblings`: the user message's, when its parent may have other children (else it
+        follows a leaf: it is alone, as its reply is)."""
         user_message = MessageOut(
             id=exchange.message_id,
             chatroom_id=room_id,
@@ -370,6 +454,9 @@ class MessageSender:
             usage=_no_usage(),
             model=None,
             reply_to=None,
+            parent_id=exchange.parent_id,
+            sibling_ids=siblings or [exchange.message_id],
+            parts=message_parts(content, None),
             created_at=now,
             completed_at=now,
         )
@@ -377,7 +464,11 @@ class MessageSender:
 
     @staticmethod
     def _receipt(
-        room_id: int, user_message: MessageOut, reply_id: int, now: datetime
+        room_id: int,
+        user_message: MessageOut,
+        reply_id: int,
+        now: datetime,
+        siblings: list[int] | None = None,
     ) -> SendReceipt:
         reply = MessageOut(
             id=reply_id,
@@ -390,6 +481,9 @@ class MessageSender:
             usage=_no_usage(),
             model=None,
             reply_to=user_message.id,
+            parent_id=user_message.id,
+            sibling_ids=siblings or [reply_id],
+            parts=[],
             created_at=now,
             completed_at=None,
         )

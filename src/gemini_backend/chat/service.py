@@ -8,19 +8,25 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gemini_backend.chat import repository as repo
 from gemini_backend.chat.cache import ChatroomCache
-from gemini_backend.chat.models import DEFAULT_ROOM_NAME, Chatroom, RoomView
+from gemini_backend.chat.errors import MessageNotFound, ReplyInProgress
+from gemini_backend.chat.models import DEFAULT_ROOM_NAME, Chatroom, Message, RoomView
 from gemini_backend.chat.schemas import (
     ChatroomCreate,
     ChatroomDetail,
     ChatroomOut,
     ChatroomPage,
+    ChatroomTree,
     ChatroomUpdate,
+    MessageOut,
     MessagePage,
+    message_parts,
 )
+from gemini_backend.chat.states import ACTIVE_STATES
 from gemini_backend.config import Settings
 from gemini_backend.core.clock import Clock
 from gemini_backend.core.db import MAX_ID, after_commit
@@ -42,7 +48,7 @@ class ChatroomLimitReached(Conflict):
     code = "chatroom_limit_reached"
 
 
-def message_fields(row: repo.MessageRow) -> dict[str, Any]:
+def message_fields(row: repo.MessageRow, sibling_ids: list[int]) -> dict[str, Any]:
     """The fields of a MessageOut from a row of repository.MESSAGE_OUT_COLUMNS, as
     MessageOut.from_row takes them from an ORM object. Given as data to the model that holds
     the messages, which validates the whole list in one pass."""
@@ -61,6 +67,8 @@ def message_fields(row: repo.MessageRow) -> dict[str, Any]:
         reply_to,
         created_at,
         completed_at,
+        parent_id,
+        parts,
     ) = row
     return {
         "id": id_,
@@ -77,9 +85,34 @@ def message_fields(row: repo.MessageRow) -> dict[str, Any]:
         },
         "model": model,
         "reply_to": reply_to,
+        "parent_id": parent_id,
+        "sibling_ids": sibling_ids,
+        "parts": message_parts(content, parts),
         "created_at": created_at,
         "completed_at": completed_at,
     }
+
+
+async def messages_with_siblings(
+    session: AsyncSession, room_id: int, rows: list[repo.MessageRow]
+) -> list[dict[str, Any]]:
+    """message_fields of each row, their sibling lists read in one query."""
+    siblings = await repo.sibling_ids(session, room_id, [row.parent_id for row in rows])
+    return [message_fields(row, siblings[row.parent_id] or [row.id]) for row in rows]
+
+
+async def message_out(session: AsyncSession, message: Message | Row[Any]) -> MessageOut:
+    """One message as the API shows it, its siblings read."""
+    siblings = await repo.sibling_ids(session, message.chatroom_id, [message.parent_id])
+    return MessageOut.from_row(message, siblings[message.parent_id])
+
+
+def tree_fields(rows: list[repo.MessageRow]) -> list[dict[str, Any]]:
+    """message_fields of every message of a room (all siblings are among them)."""
+    children: dict[int | None, list[int]] = {}
+    for row in rows:
+        children.setdefault(row.parent_id, []).append(row.id)
+    return [message_fields(row, children[row.parent_id]) for row in rows]
 
 
 def encode_room_cursor(room: RoomView) -> str:
@@ -119,6 +152,19 @@ class ChatroomService:
         if system_prompt is not None and len(system_prompt) > limit:
             raise SystemPromptTooLong(f"A system prompt may have at most {limit} characters.")
 
+    async def _check_room_count(self, user_id: int) -> None:
+        limit = self.settings.max_chatrooms_per_user
+        if await repo.room_count_locked(self.session, user_id) >= limit:
+            raise ChatroomLimitReached(
+                f"You have {limit} chatrooms, the most allowed; delete one to create another."
+            )
+
+    def _room_changed_after_commit(self, user_id: int) -> None:
+        async def changed() -> None:
+            await self.cache.room_changed(user_id)
+
+        after_commit(self.session, changed)
+
     def _invalidate_list_after_commit(self, user_id: int) -> None:
         async def invalidate() -> None:
             await self.cache.invalidate(user_id)
@@ -127,11 +173,7 @@ class ChatroomService:
 
     async def create(self, user_id: int, body: ChatroomCreate) -> ChatroomOut:
         self._check_prompt(body.system_prompt)
-        limit = self.settings.max_chatrooms_per_user
-        if await repo.room_count_locked(self.session, user_id) >= limit:
-            raise ChatroomLimitReached(
-                f"You have {limit} chatrooms, the most allowed; delete one to create another."
-            )
+        await self._check_room_count(user_id)
         now = self.clock.now()
         room = await repo.add_room(
             self.session,
@@ -159,14 +201,65 @@ class ChatroomService:
             next_cursor=encode_room_cursor(rooms[-1]) if more else None,
         )
 
-    async def detail(self, room: RoomView) -> ChatroomDetail:
-        rows = await repo.messages_page(self.session, room.id, ROOM_DETAIL_MESSAGES, None)
+    async def detail(self, room: RoomView, leaf_id: int | None = None) -> ChatroomDetail:
+        """The room with the latest messages of its active branch (or of the branch ending
+        at `leaf_id`, just made active)."""
+        leaf = room.active_leaf_id if leaf_id is None else leaf_id
+        rows = []
+        if leaf is not None:
+            rows = await repo.branch_up_to(self.session, room.id, leaf, ROOM_DETAIL_MESSAGES)
         return ChatroomDetail.model_validate(
             {
                 **ChatroomOut.from_row(room).model_dump(),
-                "messages": [message_fields(row) for row in rows],
+                "active_leaf_id": leaf,
+                "messages": await messages_with_siblings(self.session, room.id, rows),
             }
         )
+
+    async def tree(self, room: RoomView) -> ChatroomTree:
+        rows = await repo.all_messages(self.session, room.id)
+        return ChatroomTree.model_validate(
+            {"messages": tree_fields(rows), "active_leaf_id": room.active_leaf_id}
+        )
+
+    async def set_active(self, room: RoomView, message_id: int) -> ChatroomDetail:
+        """Show the branch through `message_id`, down its newest children to a leaf."""
+        await repo.lock_room(self.session, room.id)
+        leaf = await repo.newest_leaf_under(self.session, room.id, message_id)
+        if leaf is None:
+            raise MessageNotFound()
+        await repo.set_active_leaf(self.session, room.id, leaf)
+        self._room_changed_after_commit(room.user_id)
+        return await self.detail(room, leaf)
+
+    async def fork(self, room: RoomView, message_id: int) -> ChatroomDetail:
+        """A new room of the user's holding copies of the path from the root to `message_id`:
+        the conversation up to there, to go on with separately."""
+        path = await repo.branch_up_to(self.session, room.id, message_id, repo.WHOLE_BRANCH)
+        if not path:
+            raise MessageNotFound()
+        if any(row.status in ACTIVE_STATES for row in path):
+            raise ReplyInProgress("A reply on this branch is still being produced.")
+        await self._check_room_count(room.user_id)
+        now = self.clock.now()
+        copy = await repo.add_room(
+            self.session,
+            Chatroom(
+                user_id=room.user_id,
+                name=f"{room.name} (fork)"[:200],
+                auto_title=False,
+                system_prompt=room.system_prompt,
+                message_count=len(path),
+                last_message_at=now,
+                activity_at=now,
+                created_at=now,
+                updated_at=now,
+            ),
+        )
+        copy.active_leaf_id = await repo.copy_path(self.session, copy.id, path, now)
+        await self.session.flush()
+        self._invalidate_list_after_commit(room.user_id)
+        return await self.detail(copy)
 
     async def update(self, room: Chatroom, body: ChatroomUpdate) -> ChatroomOut:
         fields = body.model_fields_set
@@ -189,12 +282,24 @@ class ChatroomService:
         self._invalidate_list_after_commit(room.user_id)
 
     async def messages(self, room: RoomView, limit: int, before: int | None) -> MessagePage:
-        rows = await repo.messages_page(self.session, room.id, limit + 1, before)
+        """A page of the active branch: its latest `limit` messages, or the `limit` before
+        `before` (a message of the room) on its branch; oldest first."""
+        if before is None:
+            start, extra = room.active_leaf_id, 1
+        else:
+            start, extra = before, 2  # `before` itself comes back first: dropped
+        rows = []
+        if start is not None:
+            rows = await repo.branch_up_to(self.session, room.id, start, limit + extra)
+        if before is not None:
+            if not rows:
+                raise MessageNotFound("`before` names no message of this chatroom.")
+            rows.pop()
         more = len(rows) > limit
         rows = rows[-limit:] if more else rows
         return MessagePage.model_validate(
             {
-                "messages": [message_fields(row) for row in rows],
+                "messages": await messages_with_siblings(self.session, room.id, rows),
                 "next_cursor": str(rows[0].id) if more and rows else None,
             }
         )
