@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass, field
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, note, settings
 from hypothesis import strategies as st
 
 from tests.chat.trees import (
@@ -121,8 +121,11 @@ class Tree:
             leaf = self.nodes[leaf].parent
         return path[::-1]
 
+    def children(self, message_id: int) -> list[int]:
+        return sorted(i for i, n in self.nodes.items() if n.parent == message_id)
+
     def newest_leaf(self, message_id: int) -> int:
-        while children := [i for i, n in self.nodes.items() if n.parent == message_id]:
+        while children := self.children(message_id):
             message_id = max(children)
         return message_id
 
@@ -133,23 +136,28 @@ class Tree:
             if self.nodes[i].role == "user" or self.nodes[i].status == "completed"
         ]
 
-    def add_reply(self, room: int, user_message: int, reply: int) -> None:
+    def add_reply(self, room: int, user_message: int, receipt: dict) -> None:
+        reply = receipt["reply_id"]
+        assert receipt["reply"]["parent_id"] == user_message
         status = expected_status(self.nodes[user_message].content)
+        assert receipt["final"]["status"] == status
         self.nodes[reply] = Node(reply, room, user_message, "assistant", "", status)
         self.active[room] = reply
 
     def add_exchange(self, room: int, receipt: dict, parent: int | None, content: str) -> None:
         user = receipt["message_id"]
+        assert receipt["user_message"]["parent_id"] == parent
         self.nodes[user] = Node(user, room, parent, "user", content, "completed")
-        self.add_reply(room, user, receipt["reply_id"])
+        self.add_reply(room, user, receipt)
 
 
-KINDS = ["send", "send_under", "edit", "retry", "switch", "fork"]
+# A plain send twice as often: it is what follows a switch or a fork in use.
+KINDS = ["send", "send", "send_under", "edit", "retry", "switch", "fork"]
 # (kind, which message, which room, how the prompt starts: a failed or blocked reply at times)
 OPERATIONS = st.tuples(
     st.sampled_from(KINDS),
-    st.integers(0, 1 << 16),
-    st.integers(0, 1 << 16),
+    st.integers(0, 63),
+    st.integers(0, 63),
     st.sampled_from(["q", "q", "q", "q", FAIL, BLOCK]),
 )
 
@@ -174,11 +182,14 @@ async def apply(chat: Chat, model: Tree, operation: tuple, n: int) -> None:
         assert user is not None
         receipt = await chat.accepted(await chat.retry(room, target))
         assert receipt["message_id"] == user
-        model.add_reply(room, user, receipt["reply_id"])
+        model.add_reply(room, user, receipt)
     elif kind == "switch" and target is not None:
         response = await chat.activate(room, target)
         assert response.status_code == 200, response.text
         model.active[room] = model.newest_leaf(target)
+        switched = response.json()
+        assert switched["active_leaf_id"] == model.active[room]
+        assert ids(switched["messages"]) == model.path(model.active[room])[-50:]
     elif kind == "fork" and target is not None:
         await fork(chat, model, room, target)
     else:  # a plain send, also what any other operation is in an empty room
@@ -194,6 +205,8 @@ async def fork(chat: Chat, model: Tree, room: int, target: int) -> None:
     copies = ids(forked["messages"])
     path = model.path(target)
     assert len(copies) == len(path)
+    assert forked["active_leaf_id"] == copies[-1]
+    assert [m["parent_id"] for m in forked["messages"]] == [None, *copies[:-1]]
     model.rooms.append(forked["id"])
     parent: int | None = None
     for original, copy in zip(path, copies, strict=True):
@@ -219,6 +232,27 @@ async def check(chat: Chat, model: Tree) -> None:
         assert detail["active_leaf_id"] == model.active.get(room)
         assert detail["messages"] == [api[i] for i in path[-50:]]
         assert await chat.history(room, 3) == [api[i] for i in path]
+    await check_switches(chat, model)
+
+
+async def check_switches(chat: Chat, model: Tree) -> None:
+    """A switch to each message with more than one child goes down the newest children, and
+    a send then continues from there (the operations switch to random messages, often ones
+    with no choice below them, and do not always send next)."""
+    for room in model.rooms:
+        forks = [i for i in model.in_room(room) if len(model.children(i)) > 1]
+        for message_id in forks:
+            response = await chat.activate(room, message_id)
+            assert response.status_code == 200, response.text
+            leaf = model.newest_leaf(message_id)
+            assert response.json()["active_leaf_id"] == leaf
+            assert ids(response.json()["messages"]) == model.path(leaf)[-50:]
+            model.active[room] = leaf
+        if forks:  # and a send goes on from the leaf the last switch chose
+            receipt = await chat.exchange(room, "after the switches")
+            model.add_exchange(room, receipt, model.active[room], "after the switches")
+            context = model.context(receipt["message_id"])
+            assert receipt["final"]["content"] == demo_text("after the switches", context)
 
 
 def check_message(model: Tree, api: dict, room: int, message: dict) -> None:
@@ -244,11 +278,14 @@ def check_message(model: Tree, api: dict, room: int, message: dict) -> None:
     deadline=None,
     database=None,
     print_blob=True,
+    # No explain phase: it reruns the failing case many times over for little here.
+    phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],
     # One app and user for all examples; each example has a room of its own.
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(operations=st.lists(OPERATIONS, min_size=1, max_size=MAX_OPERATIONS))
 async def test_the_tree_is_the_model_s_after_any_operations(alice, scripted, operations):
+    note(f"operations: {operations}")
     model = Tree(rooms=[await alice.room()])
     for n, operation in enumerate(operations):
         await apply(alice, model, operation, n)
