@@ -101,15 +101,29 @@ def models_by_name() -> dict[str, type[BaseModel]]:
     return found
 
 
-def error_codes() -> set[str]:
-    """Every `code` an AppError of the application can answer (the app is imported)."""
-    codes: set[str] = set()
+def error_classes() -> list[type[AppError]]:
+    """AppError and every subclass of it in the application (the app is imported)."""
+    found: list[type[AppError]] = []
     pending: list[type[AppError]] = [AppError]
     while pending:
         cls = pending.pop()
-        codes.add(cls.code)
+        found.append(cls)
         pending.extend(cls.__subclasses__())
-    return codes
+    return found
+
+
+def error_codes() -> set[str]:
+    """Every `code` an AppError of the application can answer."""
+    return {cls.code for cls in error_classes()}
+
+
+def fixed_detail(cls: type[AppError]) -> str | None:
+    """The text every raise of `cls` answers: the `detail` the class sets itself, unless other
+    errors derive from it (a base's text is a fallback for raises that say what went wrong, as
+    each limit of the throttle does); None for a text given when raised."""
+    if "detail" in vars(cls) and not cls.__subclasses__():
+        return cls.detail
+    return None
 
 
 def request_body_schemas(spec: dict[str, Any]) -> set[str]:
@@ -202,6 +216,62 @@ async def test_error_responses_are_error_bodies_with_examples(spec: dict[str, An
                 assert "Retry-After" in response.get("headers", {}), where
             if code == "401" and path != "/auth/refresh" and "security" in operation:
                 assert "WWW-Authenticate" in response.get("headers", {}), where
+
+
+async def test_documented_codes_and_texts_are_the_error_classes(spec: dict[str, Any]) -> None:
+    """Each error response names codes of AppError classes of its status, its example is one of
+    them, and the example's text is the class's where the class has a fixed one."""
+    classes: dict[str, list[type[AppError]]] = {}
+    for cls in error_classes():
+        classes.setdefault(cls.code, []).append(cls)
+    body_fields = set(openapi.ErrorBody.model_fields)  # `detail` is no code
+    checked = 0
+    for method, path, operation in own_operations(spec):
+        for status, response in operation["responses"].items():
+            media = response.get("content", {}).get("application/json", {})
+            if not status.startswith(("4", "5")) or media.get("schema", {}).get("$ref") != (
+                ERROR_BODY
+            ):
+                continue
+            where = (method, path, status)
+            named = set(re.findall(r"`([a-z][a-z0-9_]*)`", response["description"]))
+            named -= body_fields
+            example = media["example"]
+            assert example["code"] in named, where
+            for code in named:
+                assert code in classes, (where, code)
+                assert int(status) in {cls.status_code for cls in classes[code]}, (where, code)
+            texts = {fixed_detail(cls) for cls in classes[example["code"]]}
+            if None not in texts:
+                assert example["detail"] in texts, where
+                checked += 1
+    assert checked >= 20  # most documented errors have a fixed text
+
+
+async def test_an_error_doc_is_written_from_the_classes() -> None:
+    from gemini_backend.chat.errors import ChatroomNotFound, MessageNotFound
+    from gemini_backend.core.errors import Conflict
+
+    doc = openapi.error_doc_for(
+        ("No room", ChatroomNotFound),
+        ("no message", MessageNotFound),
+        example=MessageNotFound,
+        note="see the list",
+    )
+    assert list(doc) == [404]
+    assert doc[404]["description"] == (
+        "No room (`chatroom_not_found`), or no message (`message_not_found`); see the list"
+    )
+    assert doc[404]["content"]["application/json"]["example"] == {
+        "detail": MessageNotFound.detail,
+        "code": "message_not_found",
+    }
+    formatted = openapi.error_doc_for(("Full", Conflict), detail="You have 3 rooms.")
+    assert formatted[409]["content"]["application/json"]["example"]["detail"] == (
+        "You have 3 rooms."
+    )
+    with pytest.raises(ValueError, match="one status"):
+        openapi.error_doc_for(("No room", ChatroomNotFound), ("busy", Conflict))
 
 
 async def test_validation_errors_document_the_error_body(spec: dict[str, Any]) -> None:

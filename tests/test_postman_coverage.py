@@ -21,7 +21,16 @@ ENVIRONMENT = POSTMAN / "local.postman_environment.json"
 MOCK_PREFIX = "/mock-stripe"
 BASE = "{{baseUrl}}"
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
-FOLDERS = ["Auth", "User", "Chatrooms", "Messages", "Subscriptions", "Webhooks", "Operations"]
+FOLDERS = [
+    "Auth",
+    "User",
+    "Chatrooms",
+    "Messages",
+    "Conversation trees",
+    "Subscriptions",
+    "Webhooks",
+    "Operations",
+]
 
 VARIABLE = re.compile(r"^\{\{[^{}]+\}\}$")  # a Postman variable segment: {{chatroomId}}
 PARAMETER = re.compile(r"^\{[^{}]+\}$")  # an OpenAPI path parameter: {chatroom_id}

@@ -3,12 +3,16 @@ and never one the routes would not give."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
 import pytest
 
-from gemini_backend.chat.fastpath import _page_key
+from gemini_backend.chat import reads
+from gemini_backend.chat.fastpath import LIST_PATH, ROOM_ROUTE
+from gemini_backend.chat.router import get_chatroom, list_chatrooms
+from gemini_backend.core.db import MAX_ID
 from tests.auth.test_principal_cache import counting_statements
 from tests.helpers import bearer, sign_in
 
@@ -176,4 +180,215 @@ async def test_other_methods_and_odd_paths_go_to_the_routes(client, alice, room)
     ],
 )
 def test_only_the_plain_query_forms_are_answered_from_memory(query, key):
-    assert _page_key(query) == key
+    assert reads.page_key_of_query(query) == key
+
+
+# --- the fast path and the routes agree (chat/reads.py holds the rules of both) ------------
+
+MARKER = 2**62  # a user id no test has
+
+
+async def notices_delivered(services: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Until the change notices published so far have reached this process (production): a
+    notice published now arrives after them (one subscription, in order), so a request after
+    this finds in memory what the test put there."""
+    if services.settings.is_production_mode:
+        principals, rooms = services.principals, services.chatroom_cache
+        await marker_delivered(principals, principals.invalidate, monkeypatch)
+        await marker_delivered(rooms, rooms.room_changed, monkeypatch)
+
+
+async def marker_delivered(cache: Any, tell: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    arrived = asyncio.Event()
+    seen = 0
+    forget = cache.forget
+
+    def watching(user_id: int) -> None:
+        nonlocal seen
+        forget(user_id)
+        seen += user_id == MARKER
+        if seen == 2:  # here at once, then from the subscription
+            arrived.set()
+
+    monkeypatch.setattr(cache, "forget", watching)
+    await tell(MARKER)
+    await asyncio.wait_for(arrived.wait(), 10)
+    monkeypatch.setattr(cache, "forget", forget)
+
+
+class KeySpy:
+    """The cache keys each side asks for, per request: the routes' (`lookup`, `room_lookup`:
+    only the routes call them) and the fast path's (its peeks, outside those)."""
+
+    def __init__(self, cache: Any, user_id: int, monkeypatch: pytest.MonkeyPatch) -> None:
+        self._cache, self._user_id = cache, user_id
+        self.route: list[Any] = []
+        self.early: list[Any] = []
+        self._in_route = False
+        lookup, room_lookup = cache.lookup, cache.room_lookup
+
+        async def route_list(user_id: int, page: str) -> Any:
+            self.route.append(page)
+            self._in_route = True
+            try:
+                return await lookup(user_id, page)
+            finally:
+                self._in_route = False
+
+        def route_room(user_id: int, room_id: int) -> Any:
+            self.route.append(room_id)
+            self._in_route = True
+            try:
+                return room_lookup(user_id, room_id)
+            finally:
+                self._in_route = False
+
+        def spied(peek: Any) -> Any:
+            def early(user_id: int, key: Any) -> Any:
+                if not self._in_route:
+                    self.early.append(key)
+                return peek(user_id, key)
+
+            return early
+
+        monkeypatch.setattr(cache, "lookup", route_list)
+        monkeypatch.setattr(cache, "room_lookup", route_room)
+        monkeypatch.setattr(cache, "list_peek", spied(cache.list_peek))
+        monkeypatch.setattr(cache, "room_peek", spied(cache.room_peek))
+
+    def forget(self) -> None:
+        """Empty the user's bodies in this process only (no notice), and the record."""
+        self._cache.forget(self._user_id)
+        self.take()
+
+    def take(self) -> tuple[list[Any], list[Any]]:
+        taken = self.route, self.early
+        self.route, self.early = [], []
+        return taken
+
+
+class Reader:
+    """Requests of alice's whose cache keys are recorded: `first` goes to the route (nothing in
+    memory), `again` repeats it. `{cursor}` and `{room}` in a URL are a real cursor and room."""
+
+    def __init__(self, client: Any, alice: dict[str, str], spy: KeySpy, **values: Any) -> None:
+        self._client, self._alice, self._spy, self._values = client, alice, spy, values
+
+    async def first(self, url: str) -> tuple[Any, list[Any], list[Any]]:
+        self._spy.forget()
+        return await self.again(url)
+
+    async def again(self, url: str) -> tuple[Any, list[Any], list[Any]]:
+        response = await self._client.get(url.format(**self._values), headers=self._alice)
+        return (response, *self._spy.take())
+
+
+@pytest.fixture
+async def reader(app, client, alice, monkeypatch):
+    """Three rooms, no notice pending, alice's principal in memory."""
+    for name in ("a", "b", "c"):
+        await client.post("/chatroom", json={"name": name}, headers=alice)
+    page = (await client.get("/chatroom?limit=2", headers=alice)).json()
+    services = app.state.services
+    await notices_delivered(services, monkeypatch)
+    user_id = (await client.get("/user/me", headers=alice)).json()["id"]
+    spy = KeySpy(services.chatroom_cache, user_id, monkeypatch)
+    return Reader(client, alice, spy, cursor=page["next_cursor"], room=page["chatrooms"][0]["id"])
+
+
+async def check_agreement(reader: Any, url: str, status: int, early: bool) -> None:
+    """The fast path asks for the key the route uses, or for none; never for one where the
+    route refuses the request before its cache (route: []); and the plain forms are answered
+    early, with the route's bytes."""
+    first, route, fast = await reader.first(url)
+    assert first.status_code == status, first.text
+    assert fast in ([], route)
+    again, route_again, fast_again = await reader.again(url)
+    assert again.status_code == status
+    if early:
+        assert (route_again, fast_again) == ([], route)
+        assert again.content == first.content
+        assert without_varying(again.headers) == without_varying(first.headers)
+    else:
+        assert route_again == route
+        assert fast_again in ([], route)
+
+
+@pytest.mark.parametrize(
+    ("query", "status", "early"),
+    [
+        ("", 200, True),
+        ("limit=1", 200, True),
+        ("limit=2", 200, True),
+        ("limit=100", 200, True),
+        ("cursor={cursor}", 200, True),
+        ("limit=1&cursor={cursor}", 200, True),
+        ("cursor={cursor}&limit=1", 200, True),
+        ("limit=0", 422, False),
+        ("limit=101", 422, False),
+        ("limit=-1", 422, False),
+        ("limit=abc", 422, False),
+        ("limit=", 422, False),
+        ("limit=05", 200, False),
+        ("limit=%35", 200, False),
+        ("limit=1&limit=2", 200, False),
+        ("cursor={cursor}&cursor={cursor}", 200, False),
+        ("limit=1&", 200, False),
+        ("x=1", 200, False),
+        ("limit=1&x=1", 200, False),
+        ("cursor=", 200, False),
+        ("cursor=AAAA", 400, False),
+        ("cursor=" + "A" * reads.CURSOR_MAX_LENGTH, 400, False),
+        ("cursor=" + "A" * (reads.CURSOR_MAX_LENGTH + 1), 422, False),
+        ("cursor=%21%21", 400, False),
+    ],
+)
+async def test_the_fast_path_takes_the_list_routes_key_or_none(reader, query, status, early):
+    await check_agreement(reader, f"/chatroom?{query}", status, early)
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "early"),
+    [
+        ("/chatroom/{room}", 200, True),
+        ("/chatroom/{room}?x=1", 200, False),
+        ("/chatroom/0{room}", 200, False),
+        ("/chatroom/{room}/", 200, True),  # the slash is dropped before both
+        (f"/chatroom/{MAX_ID}", 404, False),
+        (f"/chatroom/{MAX_ID + 1}", 422, False),
+        ("/chatroom/0", 422, False),
+        ("/chatroom/-1", 422, False),
+        ("/chatroom/1e3", 422, False),
+    ],
+)
+async def test_the_fast_path_takes_the_room_routes_key_or_none(reader, path, status, early):
+    await check_agreement(reader, path, status, early)
+
+
+async def test_the_routes_document_the_shared_rules(client):
+    paths = (await client.get("/openapi.json")).json()["paths"]
+    listing = {p["name"]: p for p in paths["/chatroom"]["get"]["parameters"]}
+    assert set(listing) == {"limit", "cursor"}  # the names chat.reads reads
+    limit, cursor = listing["limit"]["schema"], listing["cursor"]["schema"]
+    assert (limit["default"], limit["minimum"], limit["maximum"]) == (
+        reads.DEFAULT_LIMIT,
+        reads.MIN_LIMIT,
+        reads.MAX_LIMIT,
+    )
+    assert {"type": "string", "maxLength": reads.CURSOR_MAX_LENGTH} in cursor["anyOf"]
+    [room] = paths["/chatroom/{chatroom_id}"]["get"]["parameters"]
+    assert (room["in"], room["schema"]["minimum"], room["schema"]["maximum"]) == (
+        "path",
+        reads.MIN_ID,
+        MAX_ID,
+    )
+
+
+def test_the_fast_paths_paths_are_the_routes(app):
+    routes = {
+        route.path: route.endpoint
+        for route in app.routes
+        if "GET" in (getattr(route, "methods", None) or ())
+    }
+    assert routes[LIST_PATH] is list_chatrooms
+    assert routes[ROOM_ROUTE] is get_chatroom

@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 from taskiq import InMemoryBroker
 
 from gemini_backend.ai.base import Finished, ProviderError
+from gemini_backend.chat import replies
 from gemini_backend.chat.models import Message
 from gemini_backend.main import create_app
 from gemini_backend.quota.models import DailyUsage
@@ -158,6 +159,26 @@ async def test_finished_reply_without_stream_is_replayed_from_the_database(
     assert [e[1] for e in events] == ["delta", "done"]
     assert json.loads(events[0][2])["text"] == final["content"]
     assert json.loads(events[1][2]) == final
+
+
+async def test_a_finished_reply_whose_final_event_never_reached_its_stream_ends_from_the_row(
+    client, app, alice, room, monkeypatch
+):
+    # As a worker killed between its commit and the append leaves it: the row is final, the
+    # stream has text but no final event. A quiet stream checks the row and ends with it.
+    monkeypatch.setattr(replies, "READ_BLOCK_MS", 50)
+    receipt = (await send(client, alice, room)).json()
+    final = await finished_reply(client, alice, receipt)
+    await drop_reply_stream(app, receipt["reply_id"])
+    streams = app.state.services.reply_streams
+    first = await streams.append(receipt["reply_id"], "delta", json.dumps({"text": "Demo"}))
+    events = await read_sse(client, receipt["stream_url"], alice)
+    assert [e[:2] for e in events] == [(first, "delta"), (first, "done")]
+    assert json.loads(events[1][2]) == final
+    # Resumed after the text: only the final message, under the id of the last event sent.
+    resumed = await read_sse(client, receipt["stream_url"], alice, last_event_id=first)
+    assert [e[:2] for e in resumed] == [(first, "done")]
+    assert json.loads(resumed[0][2]) == final
 
 
 @pytest.mark.parametrize("field", ["content", "message", "text"])

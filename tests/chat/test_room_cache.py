@@ -192,3 +192,66 @@ async def test_changes_made_by_other_processes_reach_the_room_cached_in_this_one
         await b_sees([("user", "completed"), ("assistant", "completed")])
         listing = (await b.get("/chatroom", headers=alice)).json()["chatrooms"]
         assert listing[0]["message_count"] == 2
+
+
+async def test_every_tree_write_reaches_the_cached_room_and_list(app, client, alice, room):
+    """Edit, retry, a branch switch and a fork each change what the cached room (or list)
+    shows: each is seen at once, and the unchanged body is then served from memory again."""
+    url = f"/chatroom/{room}"
+
+    async def shown() -> dict[str, Any]:
+        detail: dict[str, Any] = (await client.get(url, headers=alice)).json()
+        return detail
+
+    async def cached_again() -> None:
+        body = await shown()
+        with counting_statements(app) as statements:
+            assert await shown() == body
+        assert statements == []
+
+    first = await send(client, alice, room, "first")
+    await read_sse(client, first["stream_url"], alice)
+    await cached_again()
+
+    edit = await client.post(
+        f"{url}/messages/{first['message_id']}/edit", json={"content": "edited"}, headers=alice
+    )
+    assert edit.status_code == 202, edit.text
+    edited = edit.json()
+    assert [m["id"] for m in (await shown())["messages"]] == [
+        edited["message_id"],
+        edited["reply_id"],
+    ]
+    await read_sse(client, edited["stream_url"], alice)
+
+    async def edit_done() -> bool:
+        return statuses(await shown())[-1] == ("assistant", "completed")
+
+    await until(edit_done)
+    await cached_again()
+
+    switched = await client.put(
+        f"{url}/active", json={"leaf_id": first["message_id"]}, headers=alice
+    )
+    assert switched.status_code == 200, switched.text
+    assert (await shown())["active_leaf_id"] == first["reply_id"]
+    assert (await shown())["messages"][0]["id"] == first["message_id"]
+    await cached_again()
+
+    retry = await client.post(f"{url}/messages/{first['reply_id']}/retry", headers=alice)
+    assert retry.status_code == 202, retry.text
+    retried = retry.json()
+    assert (await shown())["active_leaf_id"] == retried["reply_id"]
+    await read_sse(client, retried["stream_url"], alice)
+
+    async def retry_done() -> bool:
+        return statuses(await shown())[-1] == ("assistant", "completed")
+
+    await until(retry_done)
+    await cached_again()
+
+    listed = (await client.get("/chatroom", headers=alice)).json()["chatrooms"]
+    fork = await client.post(f"{url}/fork", json={"message_id": retried["reply_id"]}, headers=alice)
+    assert fork.status_code == 201, fork.text
+    after = (await client.get("/chatroom", headers=alice)).json()["chatrooms"]
+    assert [r["id"] for r in after] == [fork.json()["id"]] + [r["id"] for r in listed]

@@ -1,10 +1,24 @@
-"""The provider interface: `stream(conversation)` yields text deltas, then one `Finished`."""
+"""The provider interface: `stream(conversation, options)` yields text deltas (and, where the
+model gives them, thought summaries and citations), then one `Finished`."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """A file sent with a user message, as a provider receives it: `read()` gives its bytes
+    (from the service's storage), `id` names it for a provider's own cache of uploads."""
+
+    id: int
+    filename: str
+    media_type: str
+    size: int
+    sha256: str
+    read: Callable[[], Awaitable[bytes]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -12,6 +26,17 @@ class Turn:
     role: Literal["user", "assistant"]
     text: str
     message_id: int | None = None  # the stored message it is (the demo model names them)
+    attachments: tuple[Attachment, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationOptions:
+    """A room's options for its replies (validated against the model before they get here).
+    `thinking`: "off", "low", "medium", "high", a token budget, or None (the model's default)."""
+
+    temperature: float | None = None
+    thinking: str | int | None = None
+    grounding: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,10 +55,29 @@ class Delta:
 
 
 @dataclass(frozen=True, slots=True)
+class Thought:
+    """A piece of the model's thought summary: shown apart, never part of the reply's text."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Citations:
+    """Where a grounded reply's statements come from: `sources` [{"title", "uri"}],
+    `segments` [{"start", "end", "source_indexes"}] (offsets in the reply's text), and the
+    search entry point (HTML) Google's terms require to be shown with them."""
+
+    sources: list[dict[str, Any]]
+    segments: list[dict[str, Any]]
+    search_entry_point: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Usage:
     prompt_tokens: int | None = None
     output_tokens: int | None = None
     thinking_tokens: int | None = None
+    cached_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

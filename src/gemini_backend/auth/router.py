@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Body, Response, status
 
+from gemini_backend.auth.delivery import OtpDeliveryFailed
 from gemini_backend.auth.dependencies import (
     AuthServiceDep,
     ClientIp,
     CurrentUser,
     CurrentUserRecord,
 )
+from gemini_backend.auth.passwords import CommonPassword
+from gemini_backend.auth.phone import InvalidMobileNumber
 from gemini_backend.auth.schemas import (
     ChangePasswordIn,
     LoginIn,
@@ -22,52 +25,60 @@ from gemini_backend.auth.schemas import (
     TokenOut,
     VerifyOtpIn,
 )
+from gemini_backend.auth.service import (
+    LOCKED_DETAIL,
+    PER_ADDRESS_ATTEMPTS_DETAIL,
+    CurrentPasswordRequired,
+    InvalidCredentials,
+    InvalidRefreshToken,
+    LoginLocked,
+    OtpRequired,
+    OtpResendTooSoon,
+    UserExists,
+    VerificationRequired,
+)
+from gemini_backend.core.errors import TooManyRequests, Unauthorized
 from gemini_backend.core.openapi import (
     AUTH_ERRORS,
     BODY_ERRORS,
     RETRY_AFTER,
     Responses,
-    error_doc,
+    error_doc_for,
     problem,
     validation_doc,
 )
+from gemini_backend.core.security import ExpiredToken, HashingBusy, InvalidToken
 from gemini_backend.users.schemas import UserOut
 from gemini_backend.users.service import user_out
 
 router = APIRouter(prefix="/auth", tags=["Auth"], responses=BODY_ERRORS)
 
-WRONG_CREDENTIALS = error_doc(
-    "Wrong code or password (`invalid_credentials`; the same for an unknown number)",
-    "invalid_credentials",
-    "The mobile number, code or password is not correct.",
+WRONG_CREDENTIALS = error_doc_for(
+    ("Wrong code or password", InvalidCredentials), note="the same for an unknown number"
 )
-LOCKED_OUT = error_doc(
-    "Too many failed attempts on this number (`too_many_attempts`); see Retry-After",
-    "too_many_attempts",
-    "Too many failed attempts on this number; try again later.",
+LOCKED_OUT = error_doc_for(
+    ("Too many failed attempts on this number", LoginLocked),
+    detail=LOCKED_DETAIL,
+    note="see Retry-After",
     headers=RETRY_AFTER,
 )
-BUSY = error_doc(
-    "Too many password hashes waiting (`busy`); see Retry-After",
-    "busy",
-    "Too many sign-ins are being processed; try again in a moment.",
-    headers=RETRY_AFTER,
+BUSY = error_doc_for(
+    ("Too many password hashes waiting", HashingBusy), note="see Retry-After", headers=RETRY_AFTER
 )
-CREDENTIAL_ERRORS: Responses = {401: WRONG_CREDENTIALS, 429: LOCKED_OUT, 503: BUSY}
+CREDENTIAL_ERRORS: Responses = {**WRONG_CREDENTIALS, **LOCKED_OUT, **BUSY}
 OTP_SEND_ERRORS: Responses = {
-    422: validation_doc("invalid_mobile_number"),
-    429: error_doc(
-        "Too many codes for this number or address (`rate_limited`), a code sent moments ago "
-        "(`otp_resend_too_soon`), or a number locked after failed attempts "
-        "(`too_many_attempts`); see Retry-After",
-        "otp_resend_too_soon",
-        "A code was sent moments ago; wait before asking again.",
+    422: validation_doc(InvalidMobileNumber),
+    **error_doc_for(
+        ("Too many codes for this number or address", TooManyRequests),
+        ("a code sent moments ago", OtpResendTooSoon),
+        ("a number locked after failed attempts", LoginLocked),
+        example=OtpResendTooSoon,
+        note="see Retry-After",
         headers=RETRY_AFTER,
     ),
-    502: error_doc(
-        "The SMS provider could not deliver the code (`otp_delivery_failed`); it was withdrawn",
-        "otp_delivery_failed",
-        "The code could not be sent; try again in a moment.",
+    **error_doc_for(
+        ("The SMS provider could not deliver the code", OtpDeliveryFailed),
+        note="it was withdrawn",
     ),
 }
 OTP_DESCRIPTION = (
@@ -91,19 +102,15 @@ OTP_DESCRIPTION = (
         "presents it (else it is dropped), so registering someone else's number opens nothing."
     ),
     responses={
-        409: error_doc(
-            "The number is already registered (`user_exists`)",
-            "user_exists",
-            "An account with this mobile number already exists.",
-        ),
-        422: validation_doc("invalid_mobile_number", "password_too_common"),
-        429: error_doc(
-            "Too many requests from this address (`rate_limited`); see Retry-After",
-            "rate_limited",
-            "Too many sign-in requests from this address; try again later.",
+        **error_doc_for(("The number is already registered", UserExists)),
+        422: validation_doc(InvalidMobileNumber, CommonPassword),
+        **error_doc_for(
+            ("Too many requests from this address", TooManyRequests),
+            detail=PER_ADDRESS_ATTEMPTS_DETAIL,
+            note="see Retry-After",
             headers=RETRY_AFTER,
         ),
-        503: BUSY,
+        **BUSY,
     },
 )
 async def signup(body: SignupIn, auth: AuthServiceDep, ip: ClientIp) -> UserOut:
@@ -134,7 +141,7 @@ async def send_otp(body: MobileNumberIn, auth: AuthServiceDep, ip: ClientIp) -> 
         "The first verification of a number registered with a password activates that "
         "password if `password` presents it, and drops it otherwise."
     ),
-    responses={**CREDENTIAL_ERRORS, 422: validation_doc("invalid_mobile_number")},
+    responses={**CREDENTIAL_ERRORS, 422: validation_doc(InvalidMobileNumber)},
 )
 async def verify_otp(body: VerifyOtpIn, auth: AuthServiceDep, ip: ClientIp) -> TokenOut:
     return await auth.verify_login_otp(body.mobile_number, body.otp, ip, body.password)
@@ -150,13 +157,11 @@ async def verify_otp(body: VerifyOtpIn, auth: AuthServiceDep, ip: ClientIp) -> T
     ),
     responses={
         **CREDENTIAL_ERRORS,
-        401: error_doc(
-            "Wrong password (`invalid_credentials`; the same for an unknown number), or a "
-            "signup password not yet activated by an OTP verification (`verification_required`)",
-            "invalid_credentials",
-            "The mobile number, code or password is not correct.",
+        **error_doc_for(
+            ("Wrong password or unknown number", InvalidCredentials),
+            ("a signup password not yet activated by an OTP verification", VerificationRequired),
         ),
-        422: validation_doc("invalid_mobile_number"),
+        422: validation_doc(InvalidMobileNumber),
     },
 )
 async def login(body: LoginIn, auth: AuthServiceDep, ip: ClientIp) -> TokenOut:
@@ -171,11 +176,7 @@ async def login(body: LoginIn, auth: AuthServiceDep, ip: ClientIp) -> TokenOut:
         "showing a spent one again is treated as theft and ends its session."
     ),
     responses={
-        401: error_doc(
-            "Invalid, expired or reused refresh token (`invalid_refresh_token`)",
-            "invalid_refresh_token",
-            "The refresh token is invalid, expired or already used.",
-        ),
+        **error_doc_for(("Invalid, expired or reused refresh token", InvalidRefreshToken)),
         422: validation_doc(
             example=problem("missing", ("body", "refresh_token"), "Field required")
         ),
@@ -238,7 +239,7 @@ async def forgot_password(body: MobileNumberIn, auth: AuthServiceDep, ip: Client
     ),
     responses={
         **CREDENTIAL_ERRORS,
-        422: validation_doc("invalid_mobile_number", "password_too_common"),
+        422: validation_doc(InvalidMobileNumber, CommonPassword),
     },
 )
 async def reset_password(body: ResetPasswordIn, auth: AuthServiceDep, ip: ClientIp) -> TokenOut:
@@ -256,18 +257,21 @@ async def reset_password(body: ResetPasswordIn, auth: AuthServiceDep, ip: Client
         "as a failed sign-in attempt."
     ),
     responses={
-        401: error_doc(
-            "Missing, invalid, expired or revoked access token (`not_authenticated`, "
-            "`invalid_token`, `token_expired`), or a wrong current password "
-            "(`invalid_credentials`)",
-            "invalid_credentials",
-            "The mobile number, code or password is not correct.",
+        **error_doc_for(
+            (
+                "Missing, invalid, expired or revoked access token",
+                Unauthorized,
+                InvalidToken,
+                ExpiredToken,
+            ),
+            ("a wrong current password", InvalidCredentials),
+            example=InvalidCredentials,
             headers=AUTH_ERRORS[401]["headers"],
         ),
         422: validation_doc(
-            "current_password_required",
-            "otp_required",
-            "password_too_common",
+            CurrentPasswordRequired,
+            OtpRequired,
+            CommonPassword,
             example=problem(
                 "string_too_short",
                 ("body", "new_password"),
@@ -275,8 +279,8 @@ async def reset_password(body: ResetPasswordIn, auth: AuthServiceDep, ip: Client
                 min_length="8",
             ),
         ),
-        429: LOCKED_OUT,
-        503: BUSY,
+        **LOCKED_OUT,
+        **BUSY,
     },
 )
 async def change_password(

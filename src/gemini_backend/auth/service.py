@@ -90,9 +90,12 @@ class OtpRequired(ValidationFailed):
 
 class OtpResendTooSoon(TooManyRequests):
     code = "otp_resend_too_soon"
+    detail = "A code was sent moments ago; wait before asking again."
 
 
 PER_NUMBER_DETAIL = "Too many codes requested for this number; try again later."
+PER_ADDRESS_ATTEMPTS_DETAIL = "Too many sign-in requests from this address; try again later."
+LOCKED_DETAIL = "Too many failed attempts on this number; try again later."
 
 
 class LoginLocked(TooManyRequests):
@@ -168,10 +171,7 @@ class AuthService:
         until = await repo.locked_until(self.session, subjects, now)
         if until is None:
             return None
-        return LoginLocked(
-            (until - now).total_seconds(),
-            "Too many failed attempts on this number; try again later.",
-        )
+        return LoginLocked((until - now).total_seconds(), LOCKED_DETAIL)
 
     async def _refuse_if_locked(self, number: str, client_ip: str) -> None:
         """429 at once when a guard of this number and address is locked: the clear answer
@@ -205,7 +205,7 @@ class AuthService:
             f"{self.settings.auth_attempts_per_ip_per_minute}/minute",
             "auth-attempt-ip",
             client_ip,
-            detail="Too many sign-in requests from this address; try again later.",
+            detail=PER_ADDRESS_ATTEMPTS_DETAIL,
         )
 
     async def _throttle_send(self, number: str, client_ip: str) -> None:
@@ -245,7 +245,7 @@ class AuthService:
             wait = self.settings.otp_resend_seconds
             if created is not None:
                 wait = int((created + timedelta(seconds=wait) - now).total_seconds())
-            raise OtpResendTooSoon(wait, "A code was sent moments ago; wait before asking again.")
+            raise OtpResendTooSoon(wait)
         sender = self.deps.otp_sender
         if deliver and not sender.in_response:
             # Sent once the code is committed (no lock is held across the SMS provider's round

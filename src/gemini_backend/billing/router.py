@@ -12,17 +12,21 @@ from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from gemini_backend.auth.dependencies import CurrentUserRecord
-from gemini_backend.billing.events import HANDLED_TYPES, verify
+from gemini_backend.billing.events import HANDLED_TYPES, InvalidEvent, InvalidSignature, verify
 from gemini_backend.billing.pages import page
 from gemini_backend.billing.service import (
+    AlreadyPro,
     BillingService,
+    NoSubscription,
+    PaymentProcessing,
+    PaymentProviderError,
     PaymentsUnavailable,
     subscription_fields,
 )
 from gemini_backend.core.db import DbSession
 from gemini_backend.core.errors import AppError
 from gemini_backend.core.metrics import WEBHOOK_EVENTS
-from gemini_backend.core.openapi import AUTH_ERRORS, Responses, error_doc
+from gemini_backend.core.openapi import AUTH_ERRORS, Responses, error_doc_for
 from gemini_backend.services import services_of
 from gemini_backend.users.tier import Tier, tier_of
 
@@ -30,18 +34,12 @@ log = structlog.get_logger(__name__)
 
 router = APIRouter(tags=["Subscriptions"])
 
+PAYMENTS_UNAVAILABLE: Responses = error_doc_for(
+    ("Payments are not configured: production without STRIPE_SECRET_KEY", PaymentsUnavailable)
+)
 PROVIDER_ERRORS: Responses = {
-    502: error_doc(
-        "Stripe refused the request or could not be reached (`payment_provider_error`)",
-        "payment_provider_error",
-        "The payment provider could not be reached or refused the request; try again.",
-    ),
-    503: error_doc(
-        "Payments are not configured: production without STRIPE_SECRET_KEY "
-        "(`payments_unavailable`)",
-        "payments_unavailable",
-        "Payments are not configured on this server (STRIPE_SECRET_KEY is unset).",
-    ),
+    **error_doc_for(("Stripe refused the request or could not be reached", PaymentProviderError)),
+    **PAYMENTS_UNAVAILABLE,
 }
 
 
@@ -129,11 +127,9 @@ Billing = Annotated[BillingService, Depends(_billing)]
     ),
     responses={
         **AUTH_ERRORS,
-        409: error_doc(
-            "Already on the Pro plan (`already_pro`), or the last checkout is paid and its "
-            "events have not arrived yet (`payment_processing`)",
-            "already_pro",
-            "You are already on the Pro plan; manage it at POST /subscription/portal.",
+        **error_doc_for(
+            ("Already on the Pro plan", AlreadyPro),
+            ("the last checkout is paid and its events have not arrived yet", PaymentProcessing),
         ),
         **PROVIDER_ERRORS,
     },
@@ -155,13 +151,11 @@ async def subscribe_pro(user: CurrentUserRecord, billing: Billing) -> CheckoutOu
         "Called by Stripe (or the built-in mock), not by clients."
     ),
     responses={
-        400: error_doc(
-            "Bad or missing signature or stale timestamp (`invalid_signature`), or a body that "
-            "is not a Stripe event (`invalid_payload`)",
-            "invalid_signature",
-            "The Stripe-Signature header does not verify.",
+        **error_doc_for(
+            ("Bad or missing signature or stale timestamp", InvalidSignature),
+            ("a body that is not a Stripe event", InvalidEvent),
         ),
-        503: PROVIDER_ERRORS[503],
+        **PAYMENTS_UNAVAILABLE,
     },
     openapi_extra={
         "requestBody": {
@@ -230,11 +224,7 @@ async def subscription_status(
     description="No body. Changes made there reach the server as webhook events.",
     responses={
         **AUTH_ERRORS,
-        409: error_doc(
-            "No Stripe customer yet (`no_subscription`)",
-            "no_subscription",
-            "There is no subscription to manage yet; start one with POST /subscribe/pro.",
-        ),
+        **error_doc_for(("No Stripe customer yet", NoSubscription)),
         **PROVIDER_ERRORS,
     },
 )

@@ -11,12 +11,11 @@ from gemini_backend.auth.dependencies import CurrentUser
 from gemini_backend.chat import repository as repo
 from gemini_backend.chat.errors import MessageNotFound, found_room
 from gemini_backend.chat.models import Chatroom, Message, RoomView
+from gemini_backend.chat.reads import ChatroomId
 from gemini_backend.chat.sending import MessageSender
 from gemini_backend.chat.service import ChatroomService
 from gemini_backend.core.db import MAX_ID, DbSession
 from gemini_backend.services import services_of
-
-ChatroomId = Annotated[int, Path(ge=1, le=MAX_ID, description="Chatroom id")]
 
 
 async def _owned_chatroom(

@@ -23,6 +23,12 @@ class ReplyInProgress(Conflict):
     detail = "A reply to this message is still being produced."
 
 
+class BranchReplyInProgress(ReplyInProgress):
+    """A reply on a path being copied (a fork) is not finished."""
+
+    detail = "A reply on this branch is still being produced."
+
+
 class ChatroomNotFound(NotFound):
     code = "chatroom_not_found"
     detail = "No such chatroom."

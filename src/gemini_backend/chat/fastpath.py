@@ -10,22 +10,21 @@ of the CPU of such a read (bench/README.md).
 It only ever answers with a body the route itself produced, under the rules that keep that body
 current (dropped on every change, in every process). Anything else goes on to the routes
 untouched, which answer (and fill the caches) as always: no token or one that does not verify,
-an expired token, a principal or body not in memory, a query string other than the plain
-`limit=N` / `cursor=...` the route documents, any other method or path. It sits inside the
-request middleware (request id, security headers, metrics and the access line apply) and inside
-CORS.
+an expired token, a principal or body not in memory, a query string or room id other than the
+plain forms of chat/reads.py (the module the routes take their query rules and the page's cache
+key from), any other method or path. It sits inside the request middleware (request id,
+security headers, metrics and the access line apply) and inside CORS.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 import structlog
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gemini_backend.core.db import MAX_ID
+from gemini_backend.chat.reads import page_key_of_query, room_id_of
 from gemini_backend.core.errors import AppError
 
 if TYPE_CHECKING:  # the root imports the chat domain; this runs before any route
@@ -33,30 +32,7 @@ if TYPE_CHECKING:  # the root imports the chat domain; this runs before any rout
 
 LIST_PATH = "/chatroom"
 ROOM_PREFIX = "/chatroom/"
-MAX_LIMIT = 100
-DEFAULT_LIMIT = 20
-_LIMIT = re.compile(rb"[1-9][0-9]{0,2}")
-_CURSOR = re.compile(rb"[A-Za-z0-9_-]{1,200}")  # what encode_room_cursor issues
-_ID = re.compile(r"[1-9][0-9]{0,18}")
-
-
-def _page_key(query: bytes) -> str | None:
-    """The list route's cache key for a plain query string, or None to let the route parse it."""
-    limit, cursor = DEFAULT_LIMIT, ""
-    seen: set[bytes] = set()
-    if query:
-        for part in query.split(b"&"):
-            name, sep, value = part.partition(b"=")
-            if not sep or name in seen:
-                return None
-            seen.add(name)
-            if name == b"limit" and _LIMIT.fullmatch(value) and int(value) <= MAX_LIMIT:
-                limit = int(value)
-            elif name == b"cursor" and _CURSOR.fullmatch(value):
-                cursor = value.decode()
-            else:
-                return None
-    return f"{limit}:{cursor}"
+ROOM_ROUTE = "/chatroom/{chatroom_id}"
 
 
 class CachedReadMiddleware:
@@ -86,17 +62,17 @@ class CachedReadMiddleware:
             return None
         cache = services.chatroom_cache
         if path == LIST_PATH:
-            page = _page_key(scope["query_string"])
+            page = page_key_of_query(scope["query_string"])
             body = cache.list_peek(user.id, page) if page is not None else None
             template, extra = LIST_PATH, [(b"x-cache", b"HIT")]
         else:
-            room = path[len(ROOM_PREFIX) :]
-            if scope["query_string"] or not _ID.fullmatch(room) or int(room) > MAX_ID:
+            room = None if scope["query_string"] else room_id_of(path[len(ROOM_PREFIX) :])
+            if room is None:
                 return None
-            body = cache.room_peek(user.id, int(room))
-            template, extra = "/chatroom/{chatroom_id}", []
+            body = cache.room_peek(user.id, room)
+            template, extra = ROOM_ROUTE, []
             if body is not None:
-                structlog.contextvars.bind_contextvars(chatroom_id=int(room))
+                structlog.contextvars.bind_contextvars(chatroom_id=room)
         if body is None:
             return None
         structlog.contextvars.bind_contextvars(user_id=user.id)
@@ -142,7 +118,7 @@ class CachedReadMiddleware:
             self._routes = {
                 route.path: route
                 for route in scope["app"].routes
-                if getattr(route, "path", None) in (LIST_PATH, "/chatroom/{chatroom_id}")
+                if getattr(route, "path", None) in (LIST_PATH, ROOM_ROUTE)
                 and "GET" in (getattr(route, "methods", None) or ())
             }
         return self._routes.get(template)

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from gemini_backend.ai.base import (
     Conversation,
     Delta,
+    Finished,
     Provider,
     ProviderError,
     Turn,
@@ -95,6 +96,39 @@ class _DeltaWriter:
     async def flush(self) -> None:
         if self._task is not None:
             await self._task
+
+
+class _Progress:
+    """What the attempts at one reply have produced so far, and when its upkeep is due."""
+
+    def __init__(self, started: float, deltas: _DeltaWriter, heartbeat_at: float) -> None:
+        self.started = started
+        self.deltas = deltas
+        self.parts: list[str] = []
+        self.heartbeat_at = heartbeat_at
+        # The first look for a cancel request comes one interval after the claim, not at the
+        # first chunk: a short reply then costs no cache read at all.
+        self.cancel_checked_at = time.monotonic()
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    def add(self, text: str, provider: str) -> None:
+        if not self.parts:
+            TIME_TO_FIRST_TOKEN.labels(provider).observe(time.perf_counter() - self.started)
+        self.parts.append(text)
+        self.deltas.add(text)
+
+    def finished(self, item: Finished) -> Outcome:
+        status = ReplyStatus.BLOCKED if item.blocked else ReplyStatus.COMPLETED
+        return Outcome(
+            status,
+            self.text,
+            error="safety_block" if item.blocked else None,
+            finish_reason=item.finish_reason,
+            usage=item.usage,
+        )
 
 
 class ReplyGenerator:
@@ -223,64 +257,59 @@ class ReplyGenerator:
     async def _generate_attempts(
         self, claim: Claim, conversation: Conversation, started: float, deltas: _DeltaWriter
     ) -> Outcome:
-        parts: list[str] = []
+        progress = _Progress(started, deltas, time.monotonic() + self._heartbeat_interval())
         attempt = 0
-        deadline_heartbeat = time.monotonic() + self._heartbeat_interval()
-        # The first look for a cancel request comes one interval after the claim, not at the
-        # first chunk: a short reply then costs no cache read at all.
-        last_cancel_check = time.monotonic()
         while True:
             attempt += 1
             PROVIDER_ATTEMPTS.labels(self.provider.name).inc()
             try:
-                async with (
-                    asyncio.timeout(self.settings.ai_timeout_seconds) as scope,
-                    # Closed at once when we stop early (cancel), releasing the provider's
-                    # connection, rather than whenever the generator is collected.
-                    contextlib.aclosing(self.provider.stream(conversation)) as items,
-                ):
-                    async for item in items:
-                        scope.reschedule(
-                            asyncio.get_running_loop().time() + self.settings.ai_timeout_seconds
-                        )
-                        if isinstance(item, Delta):
-                            if not item.text:
-                                continue
-                            if not parts:
-                                TIME_TO_FIRST_TOKEN.labels(self.provider.name).observe(
-                                    time.perf_counter() - started
-                                )
-                            parts.append(item.text)
-                            deltas.add(item.text)
-                        else:
-                            status = ReplyStatus.BLOCKED if item.blocked else ReplyStatus.COMPLETED
-                            return Outcome(
-                                status,
-                                "".join(parts),
-                                error="safety_block" if item.blocked else None,
-                                finish_reason=item.finish_reason,
-                                usage=item.usage,
-                            )
-                        now = time.monotonic()
-                        if now - last_cancel_check >= self.cancel_poll_seconds:
-                            last_cancel_check = now
-                            if await self.cache.get(cancel_key(claim.reply_id)):
-                                return Outcome(
-                                    ReplyStatus.CANCELLED, "".join(parts), error="cancelled"
-                                )
-                        if now >= deadline_heartbeat:
-                            deadline_heartbeat = now + self._heartbeat_interval()
-                            await self._heartbeat(claim)
-                return Outcome(ReplyStatus.FAILED, "".join(parts), error="provider_incomplete")
+                return await self._attempt(claim, conversation, progress)
             except TimeoutError:
                 error = ProviderError("provider_timeout", "timed out", retryable=True)
             except ProviderError as exc:
                 error = exc
             # Retried only before the first chunk: a client may already show the partial text.
-            if parts or not error.retryable or attempt >= self.settings.ai_max_attempts:
-                return Outcome(ReplyStatus.FAILED, "".join(parts), error=error.code)
+            if progress.parts or not error.retryable or attempt >= self.settings.ai_max_attempts:
+                return Outcome(ReplyStatus.FAILED, progress.text, error=error.code)
             delay = error.retry_after or min(30.0, 0.5 * 2 ** (attempt - 1))
             await asyncio.sleep(delay * random.uniform(0.8, 1.2))  # noqa: S311 - jitter
+
+    async def _attempt(
+        self, claim: Claim, conversation: Conversation, progress: _Progress
+    ) -> Outcome:
+        """One call of the provider, streamed into the reply until it finishes, is cancelled,
+        or goes quiet for AI_TIMEOUT_SECONDS (TimeoutError)."""
+        timeout = self.settings.ai_timeout_seconds
+        async with (
+            asyncio.timeout(timeout) as scope,
+            # Closed at once when we stop early (cancel), releasing the provider's
+            # connection, rather than whenever the generator is collected.
+            contextlib.aclosing(self.provider.stream(conversation)) as items,
+        ):
+            async for item in items:
+                scope.reschedule(asyncio.get_running_loop().time() + timeout)
+                if not isinstance(item, Delta):
+                    return progress.finished(item)
+                if item.text:
+                    progress.add(item.text, self.provider.name)
+                stopped = await self._between_chunks(claim, progress)
+                if stopped is not None:
+                    return stopped
+        return Outcome(ReplyStatus.FAILED, progress.text, error="provider_incomplete")
+
+    async def _between_chunks(self, claim: Claim, progress: _Progress) -> Outcome | None:
+        """The reply's upkeep while it streams: a look for a cancel request every
+        CANCEL_POLL_SECONDS (the cancelled outcome), a heartbeat every third of
+        REPLY_STALE_SECONDS."""
+        now = time.monotonic()
+        if now - progress.cancel_checked_at >= self.cancel_poll_seconds:
+            progress.cancel_checked_at = now
+            if await self.cache.get(cancel_key(claim.reply_id)):
+                return Outcome(ReplyStatus.CANCELLED, progress.text, error="cancelled")
+        if now >= progress.heartbeat_at:
+            progress.heartbeat_at = now + self._heartbeat_interval()
+            await self._heartbeat(claim)
+        return None
 
     def _heartbeat_interval(self) -> float:
         return max(1.0, self.settings.reply_stale_seconds / 3)

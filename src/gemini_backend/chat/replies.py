@@ -4,12 +4,12 @@ Events: `delta` ({"text"}), then exactly one `done` or `error` (the final messag
 an attempt died and the reply starts over. Each has an id; `Last-Event-ID` resumes after it. A
 stream opened after the reply finished (and its stream expired) is replayed from the database.
 
-An open stream is one task, the request's (`core/sse.py`): `reply_events` waits in its reads for
-at most a jittered READ_BLOCK_MS (and no longer than until the next ping is due), then yields
-a ping comment if the stream has been quiet for PING_SECONDS, or `None` otherwise, which lets
-the response see whether the client is still there. A closed connection is thus noticed within
-one read period (about 5 s); a server shutdown ends the stream where it waits, within about
-half a second.
+An open stream is one task, the request's (`core/sse.py`): its events (`reply_events`) wait in
+each read for at most a jittered READ_BLOCK_MS (and no longer than until the next ping is
+due), then yield a ping comment if the stream has been quiet for PING_SECONDS, or `None`
+otherwise, which lets the response see whether the client is still there. A closed
+connection is thus noticed within one read period (about 5 s); a server shutdown ends the
+stream where it waits, within about half a second.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from gemini_backend.chat.schemas import MessageOut
 from gemini_backend.chat.states import FINAL_STATES, ReplyStatus
 from gemini_backend.core.errors import TooManyRequests, is_outage
 from gemini_backend.core.sse import EventSource, EventStreamResponse, ServerSentEvent, ping_event
-from gemini_backend.core.streams import ReplyStream
+from gemini_backend.core.streams import ReplyStream, StreamEvent
 
 READ_BLOCK_MS = 5000
 PING_SECONDS = 15.0  # a `: ping - <time>` comment after this long without an event
@@ -149,18 +149,16 @@ async def needs_replay(streams: ReplyStream, snapshot: MessageOut) -> bool:
     return snapshot.status in FINAL_STATES and not await streams.exists(snapshot.id)
 
 
-def _replay(message: MessageOut) -> list[ServerSentEvent]:
-    events = []
+async def _replayed(message: MessageOut) -> EventSource:
+    """A finished reply from the database, its stream gone: its text, then its final event."""
+    yield ServerSentEvent(comment="stream open")
     if message.content:
-        events.append(
-            ServerSentEvent(json.dumps({"text": message.content}), event="delta", id="db-1")
-        )
+        yield ServerSentEvent(json.dumps({"text": message.content}), event="delta", id="db-1")
     final = "done" if message.status == ReplyStatus.COMPLETED else "error"
-    events.append(ServerSentEvent(message.model_dump_json(), event=final, id="db-2", last=True))
-    return events
+    yield ServerSentEvent(message.model_dump_json(), event=final, id="db-2", last=True)
 
 
-async def reply_events(
+def reply_events(
     *,
     streams: ReplyStream,
     sessionmaker: async_sessionmaker[AsyncSession],
@@ -172,47 +170,42 @@ async def reply_events(
     """The events of a reply (`replay`: from the finished `snapshot`, its stream gone; see
     `needs_replay`); `None` after a quiet read (nothing to send, see the module docstring); a
     ping comment after `ping_seconds` (default PING_SECONDS) without an event."""
-    reply_id = snapshot.id
+    if replay:
+        return _replayed(snapshot)
+    after = last_event_id if last_event_id and not last_event_id.startswith("db-") else None
     ping_every = PING_SECONDS if ping_seconds is None else ping_seconds
+    # Only the id goes on: an open stream holds as little as it can.
+    return _live_events(streams, sessionmaker, snapshot.id, after, ping_every)
+
+
+async def _live_events(
+    streams: ReplyStream,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    reply_id: int,
+    after: str | None,
+    ping_every: float,
+) -> EventSource:
+    """The events of a reply on its stream after `after`, until its final event."""
     # A comment first: clients and proxies see the stream open before the first chunk.
     yield ServerSentEvent(comment="stream open")
-    if replay:
-        for replayed in _replay(snapshot):
-            yield replayed
-        return
-    del snapshot  # not needed any more: an open stream holds as little as it can
-    after = last_event_id if last_event_id and not last_event_id.startswith("db-") else None
     loop = asyncio.get_running_loop()
     ping_at = loop.time() + ping_every
     check_at = loop.time() + _quiet_period()
     while True:
-        wait = min(ping_at, check_at) - loop.time()
-        try:
-            events = await streams.read(reply_id, after, max(0, math.ceil(wait * 1000)))
-        except Exception as exc:
-            if not is_outage(exc):
-                raise
-            # Redis is unreachable: end the stream cleanly; the client resumes with Last-Event-ID.
-            log.warning("reply_stream_interrupted", reply_id=reply_id, error=type(exc).__name__)
-            return
+        events = await _read(streams, reply_id, after, min(ping_at, check_at) - loop.time())
+        if events is None:
+            return  # Redis is unreachable: the client resumes with Last-Event-ID
         if events:
-            # The events of one read go out together (one write); the stream ends with its
-            # final event.
-            batch = []
-            for item in events:
-                terminal = item.type in TERMINAL_EVENTS
-                batch.append(ServerSentEvent(item.data, event=item.type, id=item.id, last=terminal))
-                after = item.id
-                if terminal:
-                    break
-            yield tuple(batch)
+            batch = _batch(events)
+            after = batch[-1].id
+            yield batch
             if batch[-1].last:
                 return
-        now = loop.time()
-        if events:
+            now = loop.time()
             ping_at = now + ping_every
             check_at = now + _quiet_period()
             continue
+        now = loop.time()
         if now >= ping_at:
             yield ping_event()
             ping_at = loop.time() + ping_every
@@ -220,35 +213,81 @@ async def reply_events(
             yield None  # nothing to send: the response looks at the client meanwhile
         if now < check_at:
             continue  # the read was cut short for the ping
-        # Quiet for a while: make sure the reply did not end without its final event reaching
-        # the stream (a worker killed between its commit and the append).
-        try:
-            async with _check_turn():  # waiting for it costs a future, nothing more
-                current = await _current_row(sessionmaker, reply_id)
-        except Exception as exc:
-            if not is_outage(exc):
-                raise
-            # The database is busy or down: check again after the next quiet period.
-            check_at = loop.time() + _quiet_period()
-            continue
+        ending = await _missed_ending(streams, sessionmaker, reply_id, after)
         check_at = loop.time() + _quiet_period()
-        if current is None:
+        if ending is not None:
+            for event in ending:
+                yield event
             return
-        if current.status in FINAL_STATES:
-            try:
-                pending = await streams.read(reply_id, after, 0)
-            except Exception as exc:
-                if not is_outage(exc):
-                    raise
-                pending = []  # the final event below carries the whole text
-            if not any(e.type in TERMINAL_EVENTS for e in pending):
-                siblings = repo.parse_sibling_list(current.sibling_list, current.id)
-                final = MessageOut.from_row(current, siblings)
-                for item in pending:
-                    yield ServerSentEvent(item.data, event=item.type, id=item.id)
-                kind = "done" if final.status == ReplyStatus.COMPLETED else "error"
-                yield ServerSentEvent(
-                    final.model_dump_json(), event=kind, id=after or "db-2", last=True
-                )
-                return
-        del current  # the row (and its text) is not kept until the next check
+
+
+async def _read(
+    streams: ReplyStream, reply_id: int, after: str | None, wait: float
+) -> list[StreamEvent] | None:
+    """The events after `after`, waiting up to `wait` seconds for one; None when Redis is
+    unreachable (the stream then ends cleanly)."""
+    try:
+        return await streams.read(reply_id, after, max(0, math.ceil(wait * 1000)))
+    except Exception as exc:
+        if not is_outage(exc):
+            raise
+        log.warning("reply_stream_interrupted", reply_id=reply_id, error=type(exc).__name__)
+        return None
+
+
+def _batch(events: list[StreamEvent]) -> tuple[ServerSentEvent, ...]:
+    """The events of one read, to go out together (one write), up to a final event (the stream
+    ends with it)."""
+    batch = []
+    for item in events:
+        terminal = item.type in TERMINAL_EVENTS
+        batch.append(ServerSentEvent(item.data, event=item.type, id=item.id, last=terminal))
+        if terminal:
+            break
+    return tuple(batch)
+
+
+async def _missed_ending(
+    streams: ReplyStream,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    reply_id: int,
+    after: str | None,
+) -> list[ServerSentEvent] | None:
+    """A quiet stream's check that the reply did not end without its final event reaching the
+    stream (a worker killed between its commit and the append): the events that end the
+    stream (none for a reply deleted meanwhile), or None to go on waiting."""
+    try:
+        async with _check_turn():  # waiting for it costs a future, nothing more
+            current = await _current_row(sessionmaker, reply_id)
+    except Exception as exc:
+        if not is_outage(exc):
+            raise
+        return None  # the database is busy or down: check again after the next quiet period
+    if current is None:
+        return []
+    if current.status not in FINAL_STATES:
+        return None
+    siblings = repo.parse_sibling_list(current.sibling_list, current.id)
+    return await _final_events(streams, reply_id, after, MessageOut.from_row(current, siblings))
+
+
+async def _final_events(
+    streams: ReplyStream, reply_id: int, after: str | None, final: MessageOut
+) -> list[ServerSentEvent] | None:
+    """The events that end the stream of a finished reply whose final event is missing from
+    it: what the stream has after `after`, then the final message; None if the final event is
+    there after all (the next read sends it)."""
+    try:
+        pending = await streams.read(reply_id, after, 0)
+    except Exception as exc:
+        if not is_outage(exc):
+            raise
+        pending = []  # the final event below carries the whole text
+    if any(e.type in TERMINAL_EVENTS for e in pending):
+        return None
+    events = [ServerSentEvent(item.data, event=item.type, id=item.id) for item in pending]
+    kind = "done" if final.status == ReplyStatus.COMPLETED else "error"
+    events.append(
+        ServerSentEvent(final.model_dump_json(), event=kind, id=after or "db-2", last=True)
+    )
+    return events

@@ -11,17 +11,31 @@ from gemini_backend.auth.dependencies import CurrentUser
 from gemini_backend.chat import repository as repo
 from gemini_backend.chat.cache import ChatroomCache
 from gemini_backend.chat.dependencies import (
-    ChatroomId,
     ChatroomServiceDep,
     ChatroomView,
     MessageSenderDep,
     OwnedChatroom,
     RoomMessage,
 )
-from gemini_backend.chat.errors import found_room
+from gemini_backend.chat.errors import (
+    BranchReplyInProgress,
+    ChatroomNotFound,
+    MessageNotFound,
+    ReplyInProgress,
+    found_room,
+)
+from gemini_backend.chat.reads import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    ChatroomId,
+    PageCursor,
+    PageLimit,
+    page_key,
+)
 from gemini_backend.chat.replies import (
     ReplyStreamResponse,
     StreamSlots,
+    TooManyStreams,
     needs_replay,
     reply_events,
 )
@@ -41,22 +55,42 @@ from gemini_backend.chat.schemas import (
     MessagePage,
     SendReceipt,
 )
-from gemini_backend.chat.sending import MessageSender
-from gemini_backend.chat.service import ChatroomService, message_out
+from gemini_backend.chat.sending import (
+    IdempotencyKeyReused,
+    InvalidIdempotencyKey,
+    MessageSender,
+    MessageTooLong,
+    NotAUserMessage,
+    NothingToRetry,
+    ReplyAlreadyFinished,
+)
+from gemini_backend.chat.service import (
+    ChatroomLimitReached,
+    ChatroomService,
+    InvalidCursor,
+    message_out,
+)
 from gemini_backend.core.db import MAX_ID, DbSession
-from gemini_backend.core.errors import BadRequest
+from gemini_backend.core.errors import BackingServiceUnavailable, BadRequest, TooManyRequests
 from gemini_backend.core.openapi import (
     AUTH_ERRORS,
     BODY_ERRORS,
     RATE_LIMIT_HEADERS,
     RETRY_AFTER,
     Responses,
-    error_doc,
+    error_doc_for,
     header_doc,
     problem,
     validation_doc,
 )
+from gemini_backend.quota.service import DailyLimitReached
 from gemini_backend.services import services_of
+
+
+class NotAReply(BadRequest):
+    code = "not_a_reply"
+    detail = "Only assistant replies have a stream."
+
 
 PATH_PROBLEM = problem(
     "int_parsing",
@@ -80,37 +114,22 @@ NAME_ERRORS: Responses = {
     ),
 }
 
-NOT_FOUND: Responses = {
-    404: error_doc(
-        "No such chatroom, or not yours (`chatroom_not_found`)",
-        "chatroom_not_found",
-        "No such chatroom.",
-    )
-}
-MESSAGE_NOT_FOUND: Responses = {
-    404: error_doc(
-        "No such chatroom or message, or not yours (`chatroom_not_found`, `message_not_found`)",
-        "message_not_found",
-        "No such message in this chatroom.",
-    )
-}
-NOT_A_REPLY: Responses = {
-    400: error_doc(
-        "The message is the user's, not an assistant reply (`not_a_reply`)",
-        "not_a_reply",
-        "Only assistant replies have a stream.",
-    )
-}
-QUOTA_ERRORS: Responses = {
-    429: error_doc(
-        "The Basic plan's daily limit is reached (`daily_limit_reached`; `Retry-After` is the "
-        "seconds to the next local midnight in QUOTA_TIMEZONE), or too many sends in a minute "
-        "(`rate_limited`)",
-        "daily_limit_reached",
-        "The daily limit of 5 messages is reached; it resets at local midnight.",
-        headers={**RETRY_AFTER, **RATE_LIMIT_HEADERS},
-    )
-}
+NOT_FOUND: Responses = error_doc_for(("No such chatroom, or not yours", ChatroomNotFound))
+MESSAGE_NOT_FOUND: Responses = error_doc_for(
+    ("No such chatroom or message, or not yours", ChatroomNotFound, MessageNotFound),
+    example=MessageNotFound,
+)
+NOT_A_REPLY: Responses = error_doc_for(
+    ("The message is the user's, not an assistant reply", NotAReply)
+)
+QUOTA_ERRORS: Responses = error_doc_for(
+    ("The Basic plan's daily limit is reached", DailyLimitReached),
+    ("too many sends in a minute", TooManyRequests),
+    detail="The daily limit of 5 messages is reached; it resets at local midnight.",
+    note="for the daily limit, `Retry-After` is the seconds to the next local midnight in "
+    "QUOTA_TIMEZONE",
+    headers={**RETRY_AFTER, **RATE_LIMIT_HEADERS},
+)
 RECEIPT_HEADERS: Responses = {
     202: {"description": "Accepted: the reply is queued", "headers": RATE_LIMIT_HEADERS}
 }
@@ -150,10 +169,9 @@ STREAM_EXAMPLE = (
     ),
     responses={
         **NAME_ERRORS,
-        409: error_doc(
-            "The user has the most chatrooms allowed (`chatroom_limit_reached`)",
-            "chatroom_limit_reached",
-            "You have 1000 chatrooms, the most allowed; delete one to create another.",
+        **error_doc_for(
+            ("The user has the most chatrooms allowed", ChatroomLimitReached),
+            detail="You have 1000 chatrooms, the most allowed; delete one to create another.",
         ),
     },
 )
@@ -175,17 +193,13 @@ async def create_chatroom(
     response_model=ChatroomPage,
     responses={
         200: {"headers": {"X-Cache": header_doc("HIT or MISS")}},
-        400: error_doc(
-            "A cursor this server did not issue (`invalid_cursor`)",
-            "invalid_cursor",
-            "The cursor is not one this server issued.",
-        ),
+        **error_doc_for(("A cursor this server did not issue", InvalidCursor)),
         422: validation_doc(
             example=problem(
                 "less_than_equal",
                 ("query", "limit"),
-                "Input should be less than or equal to 100",
-                le="100",
+                f"Input should be less than or equal to {MAX_LIMIT}",
+                le=str(MAX_LIMIT),
             )
         ),
     },
@@ -193,13 +207,13 @@ async def create_chatroom(
 async def list_chatrooms(
     request: Request,
     user: CurrentUser,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    limit: PageLimit = DEFAULT_LIMIT,
+    cursor: PageCursor = None,
 ) -> Response:
     state = services_of(request)
     cache: ChatroomCache = state.chatroom_cache
-    page_key = f"{limit}:{cursor or ''}"
-    found = await cache.lookup(user.id, page_key)
+    key = page_key(limit, cursor)
+    found = await cache.lookup(user.id, key)
     if found.body is not None:
         return Response(found.body, media_type="application/json", headers={"X-Cache": "HIT"})
     # A miss reads the database on a session of its own: a hit never opens one.
@@ -208,7 +222,7 @@ async def list_chatrooms(
             user.id, limit, cursor
         )
     body = page.model_dump_json().encode()
-    await cache.put(user.id, found, page_key, body)
+    await cache.put(user.id, found, key, body)
     return Response(body, media_type="application/json", headers={"X-Cache": "MISS"})
 
 
@@ -285,11 +299,6 @@ async def list_messages(
     return await chat.messages(room, limit, before)
 
 
-class NotAReply(BadRequest):
-    code = "not_a_reply"
-    detail = "Only assistant replies have a stream."
-
-
 @router.post(
     "/{chatroom_id}/message",
     status_code=status.HTTP_202_ACCEPTED,
@@ -312,9 +321,9 @@ class NotAReply(BadRequest):
         **NOT_FOUND,
         **BODY_ERRORS,
         422: validation_doc(
-            "message_too_long",
-            "invalid_idempotency_key",
-            "idempotency_key_reused",
+            MessageTooLong,
+            InvalidIdempotencyKey,
+            IdempotencyKeyReused,
             example=problem("missing", ("body", "content"), "Field required"),
         ),
         **QUOTA_ERRORS,
@@ -379,17 +388,15 @@ async def get_message(message: RoomMessage, session: DbSession) -> MessageOut:
         },
         **NOT_A_REPLY,
         **MESSAGE_NOT_FOUND,
-        429: error_doc(
-            "The caller has MAX_STREAMS_PER_USER reply streams open on this server "
-            "(`too_many_streams`)",
-            "too_many_streams",
-            "Too many open reply streams; close one first.",
+        **error_doc_for(
+            (
+                "The caller has MAX_STREAMS_PER_USER reply streams open on this server",
+                TooManyStreams,
+            ),
             headers=RETRY_AFTER,
         ),
-        503: error_doc(
-            "Redis, where the reply streams live, does not answer (`service_unavailable`)",
-            "service_unavailable",
-            "A backing service is unavailable; retry shortly.",
+        **error_doc_for(
+            ("Redis, where the reply streams live, does not answer", BackingServiceUnavailable),
             headers=RETRY_AFTER,
         ),
     },
@@ -432,11 +439,7 @@ async def stream_reply(
     responses={
         **NOT_A_REPLY,
         **MESSAGE_NOT_FOUND,
-        409: error_doc(
-            "The reply already finished (`reply_already_finished`)",
-            "reply_already_finished",
-            "The reply has already finished.",
-        ),
+        **error_doc_for(("The reply already finished", ReplyAlreadyFinished)),
     },
 )
 async def cancel_reply(
@@ -458,17 +461,9 @@ async def cancel_reply(
     ),
     responses={
         **RECEIPT_HEADERS,
-        400: error_doc(
-            "The reply answers no message of this chatroom (`nothing_to_retry`)",
-            "nothing_to_retry",
-            "This reply answers no message of this chatroom.",
-        ),
+        **error_doc_for(("The reply answers no message of this chatroom", NothingToRetry)),
         **MESSAGE_NOT_FOUND,
-        409: error_doc(
-            "A reply to this message is still in progress (`reply_in_progress`)",
-            "reply_in_progress",
-            "A reply to this message is still being produced.",
-        ),
+        **error_doc_for(("A reply to this message is still in progress", ReplyInProgress)),
         **QUOTA_ERRORS,
     },
 )
@@ -497,20 +492,12 @@ async def retry_reply(
     ),
     responses={
         **RECEIPT_HEADERS,
-        400: error_doc(
-            "The message is an assistant reply (`not_a_user_message`)",
-            "not_a_user_message",
-            "Only a message of yours can be edited; retry a reply to get another version.",
-        ),
+        **error_doc_for(("The message is an assistant reply", NotAUserMessage)),
         **MESSAGE_NOT_FOUND,
-        409: error_doc(
-            "A reply to this message is still in progress (`reply_in_progress`)",
-            "reply_in_progress",
-            "A reply to this message is still being produced.",
-        ),
+        **error_doc_for(("A reply to this message is still in progress", ReplyInProgress)),
         **BODY_ERRORS,
         422: validation_doc(
-            "message_too_long", example=problem("missing", ("body", "content"), "Field required")
+            MessageTooLong, example=problem("missing", ("body", "content"), "Field required")
         ),
         **QUOTA_ERRORS,
     },
@@ -569,11 +556,9 @@ async def get_tree(room: ChatroomView, chat: ChatroomServiceDep) -> ChatroomTree
     ),
     responses={
         **MESSAGE_NOT_FOUND,
-        409: error_doc(
-            "A reply on the path is still in progress (`reply_in_progress`), or the user has "
-            "MAX_CHATROOMS_PER_USER chatrooms (`chatroom_limit_reached`)",
-            "reply_in_progress",
-            "A reply on this branch is still being produced.",
+        **error_doc_for(
+            ("A reply on the path is still in progress", BranchReplyInProgress),
+            ("the user has MAX_CHATROOMS_PER_USER chatrooms", ChatroomLimitReached),
         ),
         **BODY_ERRORS,
     },

@@ -1,16 +1,21 @@
 """Sending a message (docs/architecture.md, "The path of a message", step 1).
 
-In one transaction: the room's ownership is checked, the idempotency key is claimed, the quota
-slot is taken, the user message and a `queued` reply are inserted, the room's counters move and
-the per-minute throttle is hit. The job (the reply id) is enqueued only after the commit, so a
-rolled-back request enqueues nothing.
+In one transaction: the room's ownership is checked and its row locked (every write that adds
+messages to a room or moves its active leaf takes it first, so such writes on one room run one
+after another), the idempotency key is claimed, the quota slot is taken, the user message
+(after the room's active leaf, or the `parent_id` given) and a `queued` reply are inserted, the
+room's counters and active leaf (the new reply) move and the per-minute throttle is hit. The
+job (the reply id) is enqueued only after the commit, so a rolled-back request enqueues
+nothing. Edits and retries are the same steps, with a sibling of the message edited or a
+sibling reply.
 
-On PostgreSQL a send without an Idempotency-Key is ONE statement (a data-modifying CTE,
-chat/repository.py `send_to_owned_room`: the room check, the slot, the two inserts and the
-room's counters) in a transaction of a Core connection of its own, with no ORM session. With a
-key, or on SQLite, the steps run in a session of their own (prebuilt Core statements; on
-PostgreSQL the slot, inserts and counters are still one statement). The receipt is built from
-the values written and the ids returned (the rows hold nothing else the receipt shows).
+On PostgreSQL a send without an Idempotency-Key or a `parent_id` is ONE statement (a
+data-modifying CTE, chat/repository.py `send_to_owned_room`: the room check and lock, the
+slot, the two inserts and the room's counters) in a transaction of a Core connection of its
+own, with no ORM session. Otherwise, or on SQLite, the steps run in a session of their own
+(prebuilt Core statements; on PostgreSQL the slot, inserts and counters are still one
+statement). The receipt is built from the values written and the ids returned (the rows hold
+nothing else the receipt shows).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from gemini_backend.chat import repository as repo
 from gemini_backend.chat.cache import ChatroomCache
-from gemini_backend.chat.errors import MessageNotFound, ReplyInProgress
+from gemini_backend.chat.errors import BranchReplyInProgress, MessageNotFound
 from gemini_backend.chat.models import DEFAULT_ROOM_NAME, Chatroom, Message, RoomView
 from gemini_backend.chat.schemas import (
     ChatroomCreate,
@@ -239,7 +239,7 @@ class ChatroomService:
         if not path:
             raise MessageNotFound()
         if any(row.status in ACTIVE_STATES for row in path):
-            raise ReplyInProgress("A reply on this branch is still being produced.")
+            raise BranchReplyInProgress()
         await self._check_room_count(room.user_id)
         now = self.clock.now()
         copy = await repo.add_room(

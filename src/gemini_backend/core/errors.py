@@ -108,6 +108,12 @@ class ServiceUnavailable(AppError):
     detail = "The service is temporarily unavailable."
 
 
+class BackingServiceUnavailable(ServiceUnavailable):
+    """A database or Redis that cannot be reached right now (`is_outage`)."""
+
+    detail = "A backing service is unavailable; retry shortly."
+
+
 def error_response(
     status_code: int, code: str, detail: Any, headers: Mapping[str, str] | None = None
 ) -> JSONResponse:
@@ -168,7 +174,7 @@ async def _validation_error_handler(request: Request, exc: Exception) -> JSONRes
     content_type = request.headers.get("content-type")
     if body_errors and content_type and not _is_json_content_type(content_type):
         return error_response(415, UnsupportedMediaType.code, UnsupportedMediaType.detail)
-    return error_response(422, "validation_error", _clean_validation_errors(errors))
+    return error_response(422, ValidationFailed.code, _clean_validation_errors(errors))
 
 
 async def _http_exception_handler(request: Request, exc: Exception) -> JSONResponse:
@@ -246,12 +252,8 @@ def unexpected_error_response(exc: Exception, method: str, path: str) -> JSONRes
     Logs it (with the traceback for a 500)."""
     if is_outage(exc):
         log.warning("dependency_unavailable", path=path, method=method, error=type(exc).__name__)
-        return error_response(
-            503,
-            "service_unavailable",
-            "A backing service is unavailable; retry shortly.",
-            {"Retry-After": "2"},
-        )
+        outage = BackingServiceUnavailable(headers={"Retry-After": "2"})
+        return error_response(outage.status_code, outage.code, outage.detail, outage.headers)
     log.error("unhandled_error", path=path, method=method, exc_info=exc)
     return error_response(500, "internal_error", "An internal error occurred.")
 

@@ -8,22 +8,28 @@ from typing import Any
 from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict, Field
 
+from gemini_backend.core.errors import (
+    AppError,
+    MalformedJson,
+    PayloadTooLarge,
+    TooManyRequests,
+    Unauthorized,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
+from gemini_backend.core.security import ExpiredToken, InvalidToken
+
 # What FastAPI's `responses=` takes: status code -> an OpenAPI response (plus `model`).
 Responses = dict[int | str, dict[str, Any]]
 
 
 class ErrorBody(BaseModel):
     model_config = ConfigDict(
-        json_schema_extra={
-            "example": {
-                "detail": "The access token is invalid or has been revoked.",
-                "code": "invalid_token",
-            }
-        }
+        json_schema_extra={"example": {"detail": InvalidToken.detail, "code": InvalidToken.code}}
     )
 
     detail: Any = Field(description="A human sentence (a list of problems for 422).")
-    code: str = Field(description="A stable machine-readable code.", examples=["invalid_token"])
+    code: str = Field(description="A stable machine-readable code.", examples=[InvalidToken.code])
 
 
 def header_doc(description: str, kind: str = "string") -> dict[str, Any]:
@@ -63,6 +69,46 @@ def error_doc(
     return doc
 
 
+# One way a route fails, as its documentation says it: what happened, then the error classes
+# that answer it (their codes are named after it).
+ErrorCase = tuple[str, *tuple[type[AppError], ...]]
+
+
+def _case_text(case: ErrorCase) -> str:
+    what, *errors = case
+    return f"{what} ({', '.join(f'`{error.code}`' for error in errors)})"
+
+
+def _cases_text(cases: tuple[ErrorCase, ...]) -> str:
+    texts = [_case_text(case) for case in cases]
+    if len(texts) == 1:
+        return texts[0]
+    return ", ".join(texts[:-1]) + ", or " + texts[-1]
+
+
+def error_doc_for(
+    *cases: ErrorCase,
+    example: type[AppError] | None = None,
+    detail: str | None = None,
+    note: str | None = None,
+    headers: dict[str, Any] | None = None,
+) -> Responses:
+    """The error response, under its status, of the errors of `cases` (all of one status): the
+    description joins the cases, each naming its codes, then `note`; the example body is
+    `example`'s code (by default the first error's) with its `detail`, or with `detail` given
+    here for a text the raise formats."""
+    errors = [error for _, *case_errors in cases for error in case_errors]
+    example = example or errors[0]
+    statuses = {error.status_code for error in errors}
+    if statuses != {example.status_code}:
+        raise ValueError(f"one response, one status: {sorted(statuses)}")
+    description = _cases_text(cases) + (f"; {note}" if note else "")
+    doc = error_doc(
+        description, example.code, example.detail if detail is None else detail, headers=headers
+    )
+    return {example.status_code: doc}
+
+
 def problem(kind: str, loc: tuple[str | int, ...], msg: str, **ctx: str) -> dict[str, Any]:
     """One item of a 422 `detail` list, as the error handler renders it (no `input`)."""
     item: dict[str, Any] = {"type": kind, "loc": list(loc), "msg": msg}
@@ -75,46 +121,41 @@ MISSING_MOBILE_NUMBER = problem("missing", ("body", "mobile_number"), "Field req
 
 
 def validation_doc(
-    *rule_codes: str, example: dict[str, Any] = MISSING_MOBILE_NUMBER
+    *rules: type[ValidationFailed], example: dict[str, Any] = MISSING_MOBILE_NUMBER
 ) -> dict[str, Any]:
     """The 422 of a route: FastAPI's list of problems (`example` is one) with code
     validation_error, and the codes of the rules the route checks beyond the schema (their
     `detail` is a sentence)."""
-    description = "Validation error: `detail` lists the problems (code `validation_error`)"
-    if rule_codes:
-        codes = ", ".join(f"`{code}`" for code in rule_codes)
+    code = ValidationFailed.code
+    description = f"Validation error: `detail` lists the problems (code `{code}`)"
+    if rules:
+        codes = ", ".join(f"`{rule.code}`" for rule in rules)
         description += f"; a failed rule answers a sentence with its own code: {codes}"
-    return error_doc(description, "validation_error", [example])
+    return error_doc(description, code, [example])
 
 
-AUTH_ERRORS: Responses = {
-    401: error_doc(
-        "Missing, malformed, expired or revoked access token "
-        "(`not_authenticated`, `invalid_token`, `token_expired`)",
-        "invalid_token",
-        "The access token is invalid or has been revoked.",
-        headers={"WWW-Authenticate": header_doc("Bearer")},
+AUTH_ERRORS: Responses = error_doc_for(
+    (
+        "Missing, malformed, expired or revoked access token",
+        Unauthorized,
+        InvalidToken,
+        ExpiredToken,
     ),
-}
+    example=InvalidToken,
+    headers={"WWW-Authenticate": header_doc("Bearer")},
+)
 VALIDATION_ERRORS: Responses = {422: validation_doc()}
 BODY_ERRORS: Responses = {
-    400: error_doc("Malformed JSON", "malformed_json", "The request body is not valid JSON."),
-    413: error_doc(
-        "Body too large (MAX_BODY_BYTES)", "payload_too_large", "The request body is too large."
-    ),
-    415: error_doc(
-        "Body is not JSON", "unsupported_media_type", "Send the body as application/json."
-    ),
+    **error_doc_for(("Malformed JSON", MalformedJson)),
+    **error_doc_for(("Body larger than MAX_BODY_BYTES", PayloadTooLarge)),
+    **error_doc_for(("Body is not JSON", UnsupportedMediaType)),
     **VALIDATION_ERRORS,
 }
-RATE_LIMIT_ERRORS: Responses = {
-    429: error_doc(
-        "Too many requests; retry after `Retry-After` seconds (`rate_limited`)",
-        "rate_limited",
-        "Too many requests; try again later.",
-        headers=RETRY_AFTER,
-    ),
-}
+RATE_LIMIT_ERRORS: Responses = error_doc_for(
+    ("Too many requests", TooManyRequests),
+    note="retry after `Retry-After` seconds",
+    headers=RETRY_AFTER,
+)
 
 
 # --- examples with nulls ----------------------------------------------------------------------

@@ -15,10 +15,15 @@ from gemini_backend.chat.states import ReplyStatus
 from gemini_backend.core import metrics
 from gemini_backend.core.db import DbSession, release_connection
 from gemini_backend.core.errors import NotFound, Unauthorized
-from gemini_backend.core.openapi import error_doc, header_doc
+from gemini_backend.core.openapi import error_doc_for, header_doc
 from gemini_backend.services import services_of
 
 router = APIRouter(tags=["Operations"])
+
+
+class MetricsTokenRequired(Unauthorized):
+    detail = "Send 'Authorization: Bearer <METRICS_TOKEN>'."
+
 
 READY_TIMEOUT_SECONDS = 3.0
 
@@ -142,7 +147,7 @@ def _metrics_allowed(request: Request) -> None:
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
     expected = settings.metrics_token.get_secret_value()
     if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), expected.encode()):
-        raise Unauthorized("Send 'Authorization: Bearer <METRICS_TOKEN>'.")
+        raise MetricsTokenRequired()
 
 
 @router.get(
@@ -155,10 +160,8 @@ def _metrics_allowed(request: Request) -> None:
     response_class=Response,
     responses={
         200: {"content": {"text/plain": {}}, "description": "Prometheus text format"},
-        401: error_doc(
-            "METRICS_TOKEN is set and the request does not carry it (`not_authenticated`)",
-            "not_authenticated",
-            "Send 'Authorization: Bearer <METRICS_TOKEN>'.",
+        **error_doc_for(
+            ("METRICS_TOKEN is set and the request does not carry it", MetricsTokenRequired),
             headers={"WWW-Authenticate": header_doc("Bearer")},
         ),
     },
