@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from sqlalchemy import func, select
 
+from gemini_backend.chat.models import Message
 from tests.chat.trees import HOLD, Chat, demo_text, script_prompts, text_parts
 from tests.helpers import bearer, sign_in
 
@@ -281,6 +283,35 @@ async def test_a_branch_switch_while_a_reply_is_produced_stays(script, alice, ro
     detail = await alice.detail(room)
     assert detail["active_leaf_id"] == version["reply_id"]
     assert ids(detail["messages"]) == [first["message_id"], version["reply_id"]]
+
+
+async def test_a_room_with_branches_deleted_mid_reply_gets_nothing_after(app, script, alice, room):
+    first = await alice.exchange(room, "first question")
+    await alice.accepted(await alice.edit(room, first["message_id"], "first, edited"))
+    held = (await alice.send(room, f"{HOLD} second question", first["reply_id"])).json()
+    await asyncio.wait_for(script.holding.wait(), 10)
+    # The reply stops at its first chunk after the delete; nothing of the room is written.
+    assert (await alice.client.delete(f"/chatroom/{room}", headers=alice.auth)).status_code == 204
+    script.gate.set()
+    await asyncio.wait_for(script.released.wait(), 10)
+    response = await alice.client.get(f"/chatroom/{room}/tree", headers=alice.auth)
+    assert response.status_code == 404
+    async with app.state.services.database.sessionmaker() as session:
+        count = select(func.count()).select_from(Message).where(Message.chatroom_id == room)
+        assert (await session.execute(count)).scalar_one() == 0
+    stream = await alice.client.get(held["stream_url"], headers=alice.auth)
+    assert stream.status_code == 404
+
+
+async def test_a_room_shows_the_latest_50_of_its_active_branch(alice, room):
+    exchanges = [await alice.exchange(room, f"question {n}") for n in range(26)]
+    version = await alice.accepted(await alice.retry(room, exchanges[-1]["reply_id"]))
+    branch = [i for e in exchanges for i in (e["message_id"], e["reply_id"])]
+    branch[-1] = version["reply_id"]  # the older version is not on the branch
+    detail = await alice.detail(room)
+    assert ids(detail["messages"]) == branch[-50:]
+    assert detail["message_count"] == 53
+    assert ids(await alice.history(room, 200)) == branch
 
 
 async def test_a_fork_copies_the_path_into_a_new_room(alice, room_with_prompt):

@@ -49,6 +49,7 @@ def generators(app: Any) -> list[Any]:
 class Script:
     gate: asyncio.Event = field(default_factory=asyncio.Event)
     holding: asyncio.Event = field(default_factory=asyncio.Event)  # a held reply started
+    released: asyncio.Event = field(default_factory=asyncio.Event)  # and its stream closed
 
 
 class ScriptedPrompts:
@@ -67,11 +68,17 @@ class ScriptedPrompts:
         if prompt.startswith(BLOCK):
             yield Finished("safety", blocked=True)
             return
-        if prompt.startswith(HOLD):
-            self.script.holding.set()
+        if not prompt.startswith(HOLD):
+            async for event in self.inner.stream(conversation):
+                yield event
+            return
+        self.script.holding.set()
+        try:
             await self.script.gate.wait()
-        async for event in self.inner.stream(conversation):
-            yield event
+            async for event in self.inner.stream(conversation):
+                yield event
+        finally:
+            self.script.released.set()
 
     async def title(self, first_message: str) -> str:
         return str(await self.inner.title(first_message))
