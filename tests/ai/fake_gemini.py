@@ -37,7 +37,9 @@ class Reply:
     `block_reason` answers with `promptFeedback.blockReason` and no candidates (a blocked
     prompt). `break_after` drops the connection after the chunks; `stall_after` sends nothing
     more until the client gives up; `error_event` sends an in-stream `{"error": ...}` after them;
-    `finish_reason=None` ends the stream cleanly without one."""
+    `finish_reason=None` ends the stream cleanly without one. `grounding` is the candidate's
+    `groundingMetadata` (camelCase JSON, see `search_grounding`), sent with the last chunk;
+    `cached_tokens` is `usageMetadata.cachedContentTokenCount`."""
 
     chunks: Sequence[str] = ("Hello", " from", " Gemini.")
     finish_reason: str | None = "STOP"
@@ -45,6 +47,8 @@ class Reply:
     prompt_tokens: int = 12
     output_tokens: int = 7
     thoughts_tokens: int | None = None
+    cached_tokens: int | None = None
+    grounding: Mapping[str, Any] | None = None
     block_reason: str | None = None
     break_after: bool = False
     stall_after: bool = False
@@ -177,6 +181,31 @@ def safety_stop(chunks: Sequence[str] = ()) -> Reply:
     return Reply(chunks=chunks, finish_reason="SAFETY", output_tokens=len(chunks))
 
 
+def search_grounding(text: str, statement: str) -> dict[str, Any]:
+    """Google Search grounding as Gemini sends it: two web sources, one support for the
+    `statement` found in `text` (its offsets in UTF-8 bytes), the search entry point's HTML."""
+    start = len(text[: text.index(statement)].encode())
+    return {
+        "searchEntryPoint": {"renderedContent": '<div class="container">Lisbon weather</div>'},
+        "groundingChunks": [
+            {"web": {"uri": "https://vertexaisearch.example/1", "title": "ipma.pt"}},
+            {"web": {"uri": "https://vertexaisearch.example/2", "title": "visitlisboa.com"}},
+        ],
+        "groundingSupports": [
+            {
+                "segment": {
+                    "startIndex": start,
+                    "endIndex": start + len(statement.encode()),
+                    "text": statement,
+                },
+                "groundingChunkIndices": [0, 1],
+                "confidenceScores": [0.9, 0.7],
+            }
+        ],
+        "webSearchQueries": ["lisbon weather may"],
+    }
+
+
 def internal_error_event() -> dict[str, Any]:
     return {"code": 500, "message": "An internal error has occurred.", "status": "INTERNAL"}
 
@@ -224,6 +253,12 @@ class Recorded:
         JSON accepts both spellings, and the SDK sends nested configs in snake_case)."""
         config = self.body.get("generationConfig") if isinstance(self.body, dict) else None
         return _camel_keys(config) if isinstance(config, dict) else {}
+
+    @property
+    def tools(self) -> list[Any]:
+        """`tools`, keys in lowerCamelCase."""
+        tools = self.body.get("tools") if isinstance(self.body, dict) else None
+        return _camel_keys(tools) if isinstance(tools, list) else []
 
 
 # --- the server ---------------------------------------------------------------------------------
@@ -286,14 +321,7 @@ class FakeGemini(LoopbackServer[Reply | Fail, Recorded]):
         ) -> str:
             payload: dict[str, Any] = {}
             if parts is not None or finish_reason is not None:
-                candidate: dict[str, Any] = {"index": 0}
-                if parts:
-                    candidate["content"] = {"parts": parts, "role": "model"}
-                if finish_reason is not None:
-                    candidate["finishReason"] = finish_reason
-                    if finish_reason == "SAFETY":
-                        candidate["safetyRatings"] = _blocking_ratings()
-                payload["candidates"] = [candidate]
+                payload["candidates"] = [_candidate(reply, parts, finish_reason, final=final)]
             payload["usageMetadata"] = _usage(reply, final=final)
             payload["modelVersion"] = model
             payload["responseId"] = response_id
@@ -325,6 +353,21 @@ class FakeGemini(LoopbackServer[Reply | Fail, Recorded]):
             return
         if not chunks and reply.finish_reason is not None:
             yield event(None, reply.finish_reason, final=True)
+
+
+def _candidate(
+    reply: Reply, parts: list[dict[str, Any]] | None, finish_reason: str | None, *, final: bool
+) -> dict[str, Any]:
+    candidate: dict[str, Any] = {"index": 0}
+    if parts:
+        candidate["content"] = {"parts": parts, "role": "model"}
+    if finish_reason is not None:
+        candidate["finishReason"] = finish_reason
+        if finish_reason == "SAFETY":
+            candidate["safetyRatings"] = _blocking_ratings()
+    if final and reply.grounding is not None:
+        candidate["groundingMetadata"] = dict(reply.grounding)
+    return candidate
 
 
 def _camel_keys(value: Any) -> Any:
@@ -359,6 +402,8 @@ def _usage(reply: Reply, *, final: bool) -> dict[str, Any]:
         "promptTokensDetails": [{"modality": "TEXT", "tokenCount": reply.prompt_tokens}],
     }
     total = reply.prompt_tokens
+    if reply.cached_tokens is not None:
+        usage["cachedContentTokenCount"] = reply.cached_tokens
     if final:
         if reply.output_tokens:
             usage["candidatesTokenCount"] = reply.output_tokens

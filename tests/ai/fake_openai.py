@@ -30,13 +30,19 @@ class Reply:
     """A completion. Streamed: one chunk per item of `chunks`; `break_after` ends the
     connection after them (no finish, no [DONE]); `stall_after` sends nothing more until the
     client gives up; `error_event` sends an in-stream `{"error": ...}` after them;
-    `done_early` sends `[DONE]` right after them, with no finish reason."""
+    `done_early` sends `[DONE]` right after them, with no finish reason. `reasoning` is
+    streamed first, one chunk each, as `delta.<reasoning_field>` (DeepSeek's and vLLM's
+    `reasoning_content`, or `reasoning`); `cached_tokens` is
+    `usage.prompt_tokens_details.cached_tokens`."""
 
     chunks: Sequence[str] = ("Hello", " from", " the fake.")
     finish_reason: str = "stop"
     prompt_tokens: int = 11
     completion_tokens: int = 7
     reasoning_tokens: int | None = None
+    reasoning: Sequence[str] = ()
+    reasoning_field: str = "reasoning_content"
+    cached_tokens: int | None = None
     break_after: bool = False
     stall_after: bool = False
     error_event: Mapping[str, Any] | None = None
@@ -159,6 +165,8 @@ class FakeOpenAI(LoopbackServer[Reply | Fail, Recorded]):
             return _sse({**base, "choices": [choice]})
 
         yield chunk({"role": "assistant", "content": "", "refusal": None})
+        for thought in reply.reasoning:
+            yield chunk({"content": None, reply.reasoning_field: thought})
         for text in reply.chunks:
             yield chunk({"content": text})
         if cut_short(reply):
@@ -186,6 +194,8 @@ def _usage(reply: Reply) -> dict[str, Any]:
     }
     if reply.reasoning_tokens is not None:
         usage["completion_tokens_details"] = {"reasoning_tokens": reply.reasoning_tokens}
+    if reply.cached_tokens is not None:
+        usage["prompt_tokens_details"] = {"cached_tokens": reply.cached_tokens}
     return usage
 
 

@@ -14,7 +14,15 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from gemini_backend.ai.base import Conversation, Delta, Finished, ProviderError, Turn, Usage
+from gemini_backend.ai.base import (
+    Conversation,
+    Delta,
+    Finished,
+    GenerationOptions,
+    ProviderError,
+    Turn,
+    Usage,
+)
 from gemini_backend.ai.gemini import SERVER_DEADLINE_SECONDS, GeminiProvider
 from gemini_backend.ai.titles import TITLE_INSTRUCTION, TITLE_MAX_TOKENS
 from tests.ai.fake_gemini import (
@@ -95,11 +103,13 @@ CONVERSATION = Conversation(
 
 
 async def collect(
-    provider: GeminiProvider, conversation: Conversation = CONVERSATION
+    provider: GeminiProvider,
+    conversation: Conversation = CONVERSATION,
+    options: GenerationOptions = GenerationOptions(),
 ) -> tuple[list[Delta | Finished], ProviderError | None]:
     items: list[Delta | Finished] = []
     try:
-        async for item in provider.stream(conversation):
+        async for item in provider.stream(conversation, options):
             items.append(item)
     except ProviderError as exc:
         return items, exc
@@ -318,7 +328,7 @@ async def test_a_reader_that_stops_early_releases_the_stream(fake):
     provider = make_provider(fake, timeout_seconds=60)
     try:
         async with asyncio.timeout(10):  # a guard: closing must not wait for the 60 s timeout
-            stream = provider.stream(CONVERSATION)
+            stream = provider.stream(CONVERSATION, GenerationOptions())
             assert await anext(stream) == Delta("First words")
             await stream.aclose()  # type: ignore[attr-defined]
             items, error = await collect(provider)
@@ -428,7 +438,12 @@ async def test_replies_come_from_gemini_with_the_system_prompt_and_history(clien
     assert first["content"] == streamed_text(events) == "Lisbon in May."
     assert first["model"] == MODEL
     assert first["finish_reason"] == "stop"
-    assert first["usage"] == {"prompt_tokens": 20, "output_tokens": 4, "thinking_tokens": None}
+    assert first["usage"] == {
+        "prompt_tokens": 20,
+        "output_tokens": 4,
+        "thinking_tokens": None,
+        "cached_tokens": None,
+    }
     assert first["error"] is None
 
     fake.script(
@@ -436,7 +451,12 @@ async def test_replies_come_from_gemini_with_the_system_prompt_and_history(clien
     )
     _, second = await exchange(client, alice, room, "Why?")
     assert second["content"] == "Mild and sunny."
-    assert second["usage"] == {"prompt_tokens": 12, "output_tokens": 5, "thinking_tokens": 17}
+    assert second["usage"] == {
+        "prompt_tokens": 12,
+        "output_tokens": 5,
+        "thinking_tokens": 17,
+        "cached_tokens": None,
+    }
 
     assert len(fake.streams) == 2
     assert fake.plain_calls == []  # a named room gets no title call

@@ -12,7 +12,15 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from gemini_backend.ai.base import Conversation, Delta, Finished, ProviderError, Turn, Usage
+from gemini_backend.ai.base import (
+    Conversation,
+    Delta,
+    Finished,
+    GenerationOptions,
+    ProviderError,
+    Turn,
+    Usage,
+)
 from gemini_backend.ai.openai_compat import OpenAIProvider
 from gemini_backend.ai.titles import clean_title, fallback_title
 from tests.ai.fake_openai import (
@@ -68,13 +76,15 @@ CONVERSATION = Conversation(
 
 
 async def collect(
-    provider: OpenAIProvider, conversation: Conversation = CONVERSATION
+    provider: OpenAIProvider,
+    conversation: Conversation = CONVERSATION,
+    options: GenerationOptions = GenerationOptions(),
 ) -> tuple[list[str], Finished | None, ProviderError | None]:
     """The texts, the `Finished` and the error of one `stream` call."""
     texts: list[str] = []
     finished: Finished | None = None
     try:
-        async for item in provider.stream(conversation):
+        async for item in provider.stream(conversation, options):
             assert finished is None, "nothing may follow Finished"
             if isinstance(item, Delta):
                 texts.append(item.text)
@@ -417,7 +427,12 @@ async def test_reply_streams_and_the_conversation_is_sent(client, alice, room, f
     assert final["error"] is None
     assert final["finish_reason"] == "stop"
     assert final["model"] == MODEL
-    assert final["usage"] == {"prompt_tokens": 30, "output_tokens": 5, "thinking_tokens": 2}
+    assert final["usage"] == {
+        "prompt_tokens": 30,
+        "output_tokens": 5,
+        "thinking_tokens": 2,
+        "cached_tokens": None,
+    }
 
     fake.script(Reply(chunks=["Encore"], finish_reason="length"))
     receipt = (await send(client, alice, room, "again")).json()

@@ -422,7 +422,12 @@ async def test_history_pagination_and_room_detail(client, app, alice, clock):
         "created_at",
         "completed_at",
     }
-    assert set(message["usage"]) == {"prompt_tokens", "output_tokens", "thinking_tokens"}
+    assert set(message["usage"]) == {
+        "prompt_tokens",
+        "output_tokens",
+        "thinking_tokens",
+        "cached_tokens",
+    }
 
     seen, before = [], None
     while True:

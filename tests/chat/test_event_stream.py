@@ -125,7 +125,7 @@ REPLAYED = [
     b'id: db-2\r\nevent: done\r\ndata: {"id":2,"chatroom_id":1,"role":"assistant","content":"'
     + REPLAYED_TEXT.encode()
     + b'","status":"completed","error":null,"finish_reason":"stop","usage":{"prompt_tokens":2,'
-    b'"output_tokens":15,"thinking_tokens":0},"model":"demo","reply_to":1,"parent_id":1,'
+    b'"output_tokens":15,"thinking_tokens":0,"cached_tokens":0},"model":"demo","reply_to":1,"parent_id":1,'
     b'"sibling_ids":[2],"parts":[{"type":"text","text":"'
     + REPLAYED_TEXT.encode()
     + b'"}],"created_at":"2026-11-22T10:00:00Z","completed_at":"2026-11-22T10:00:00Z"}\r\n\r\n',
@@ -348,7 +348,7 @@ class StalledProvider:
         self.started = asyncio.Event()
         self.gate = asyncio.Event()
 
-    async def stream(self, conversation):
+    async def stream(self, conversation, options):
         self.started.set()
         await self.gate.wait()
         yield Finished("stop", Usage(1, 0, 0))

@@ -479,7 +479,7 @@ class FailingProvider:
         self.blocked = blocked
         self.calls = 0
 
-    async def stream(self, conversation):
+    async def stream(self, conversation, options):
         self.calls += 1
         if self.error is not None:
             raise self.error

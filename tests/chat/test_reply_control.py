@@ -47,7 +47,7 @@ class GatedProvider:
         self.first_chunk_sent = asyncio.Event()
         self.gate = asyncio.Event()
 
-    async def stream(self, conversation):
+    async def stream(self, conversation, options):
         yield Delta("partial ")
         self.first_chunk_sent.set()
         await self.gate.wait()
@@ -100,7 +100,7 @@ class CountingGatedProvider(GatedProvider):
         self.after_gate = 0
         self.closed = asyncio.Event()
 
-    async def stream(self, conversation):
+    async def stream(self, conversation, options):
         try:
             yield Delta("partial ")
             self.first_chunk_sent.set()
@@ -168,7 +168,7 @@ class FailOnceProvider:
     def __init__(self) -> None:
         self.calls = 0
 
-    async def stream(self, conversation):
+    async def stream(self, conversation, options):
         self.calls += 1
         if self.calls == 1:
             raise ProviderError("provider_bad_request", "400", retryable=False)

@@ -65,7 +65,12 @@ async def test_the_receipt_is_what_was_stored(client, app, alice, room):
         "status": "queued",
         "error": None,
         "finish_reason": None,
-        "usage": {"prompt_tokens": None, "output_tokens": None, "thinking_tokens": None},
+        "usage": {
+            "prompt_tokens": None,
+            "output_tokens": None,
+            "thinking_tokens": None,
+            "cached_tokens": None,
+        },
         "model": None,
         "reply_to": receipt["message_id"],
         "parent_id": receipt["message_id"],

@@ -99,12 +99,19 @@ class ProviderError(Exception):
         self.retry_after = retry_after
 
 
+# What a provider's stream yields: text, thought summaries, citations, then one `Finished`.
+StreamItem = Delta | Thought | Citations | Finished
+
+
 class Provider(Protocol):
     name: str
     model: str
 
-    def stream(self, conversation: Conversation) -> AsyncGenerator[Delta | Finished, None]:
-        """Text deltas, then exactly one `Finished`; raises `ProviderError`."""
+    def stream(
+        self, conversation: Conversation, options: GenerationOptions
+    ) -> AsyncGenerator[StreamItem, None]:
+        """Text deltas (and thoughts, citations where the model gives them), then exactly one
+        `Finished`; raises `ProviderError`."""
         ...
 
     async def title(self, first_message: str) -> str:

@@ -6,7 +6,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator
 
-from gemini_backend.ai.base import Conversation, Delta, Finished, Usage, estimate_tokens
+from gemini_backend.ai.base import (
+    Conversation,
+    Delta,
+    Finished,
+    GenerationOptions,
+    StreamItem,
+    Thought,
+    Usage,
+    estimate_tokens,
+)
 
 PROMPT_PREVIEW_CHARS = 80
 
@@ -27,7 +36,17 @@ class DemoProvider:
         preview = conversation.prompt[:PROMPT_PREVIEW_CHARS]
         return f'Demo reply (context: {len(earlier)} earlier {noun} [{ids}]) to: "{preview}"'
 
-    async def stream(self, conversation: Conversation) -> AsyncGenerator[Delta | Finished, None]:
+    @staticmethod
+    def thought_text(conversation: Conversation) -> str:
+        return f'Thinking about: "{conversation.prompt[:PROMPT_PREVIEW_CHARS]}"'
+
+    async def stream(
+        self, conversation: Conversation, options: GenerationOptions
+    ) -> AsyncGenerator[StreamItem, None]:
+        thinking = options.thinking is not None and options.thinking != "off"
+        if thinking:
+            # A thought first, as a thinking model gives its summary before the answer.
+            yield Thought(self.thought_text(conversation))
         text = self.reply_text(conversation)
         words = text.split(" ")
         size = max(1, len(words) // 4)
@@ -42,7 +61,10 @@ class DemoProvider:
         yield Finished(
             "stop",
             Usage(
-                prompt_tokens=prompt_tokens, output_tokens=estimate_tokens(text), thinking_tokens=0
+                prompt_tokens=prompt_tokens,
+                output_tokens=estimate_tokens(text),
+                thinking_tokens=estimate_tokens(self.thought_text(conversation)) if thinking else 0,
+                cached_tokens=0,
             ),
         )
 

@@ -22,7 +22,17 @@ import structlog
 from google import genai
 from google.genai import errors, types
 
-from gemini_backend.ai.base import Conversation, Delta, Finished, ProviderError, Usage
+from gemini_backend.ai.base import (
+    Citations,
+    Conversation,
+    Delta,
+    Finished,
+    GenerationOptions,
+    ProviderError,
+    StreamItem,
+    Thought,
+    Usage,
+)
 from gemini_backend.ai.retry_after import MAX_RETRY_AFTER_SECONDS, retry_after_seconds
 from gemini_backend.ai.titles import (
     TITLE_INPUT_CHARS,
@@ -92,52 +102,28 @@ class GeminiProvider:
         await self._http.aclose()
 
     # --- the reply ------------------------------------------------------------------------------
-    async def stream(self, conversation: Conversation) -> AsyncGenerator[Delta | Finished, None]:
-        produced = False  # a Delta has been yielded: a failure now ends a partial reply
-        finish_reason: str | None = None
-        block_reason: str | None = None
-        usage = Usage()
-        config = types.GenerateContentConfig(
-            system_instruction=conversation.system_prompt or None,
-            automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
-            automatic_continuation=False,
-        )
+    async def stream(
+        self, conversation: Conversation, options: GenerationOptions
+    ) -> AsyncGenerator[StreamItem, None]:
+        reading = _Reading()
         try:
             response = await self._client.aio.models.generate_content_stream(
-                model=self.model, contents=_contents(conversation), config=config
+                model=self.model,
+                contents=_contents(conversation),
+                config=_config(self.model, conversation, options),
             )
             try:
                 async for chunk in response:
-                    if chunk.usage_metadata is not None:
-                        usage = _usage_of(chunk.usage_metadata)
-                    feedback = chunk.prompt_feedback
-                    if feedback is not None and feedback.block_reason is not None:
-                        block_reason = _enum_name(feedback.block_reason)
-                    for candidate in (chunk.candidates or [])[:1]:
-                        for text in _texts(candidate):
-                            produced = True
-                            yield Delta(text)
-                        if candidate.finish_reason is not None:
-                            finish_reason = _enum_name(candidate.finish_reason)
+                    for item in reading.items_of(chunk):
+                        yield item
             finally:
                 aclose = getattr(response, "aclose", None)
                 if aclose is not None:  # release the connection when the reader stops early
                     await aclose()
         except Exception as exc:  # every failure becomes a ProviderError the worker understands
-            raise self._failed(_provider_error(exc, produced=produced), exc) from exc
-        if block_reason is not None:
-            # The prompt itself was refused: there is no candidate at all.
-            yield Finished(block_reason.lower(), usage, blocked=True)
-            return
-        if finish_reason is None:
-            raise ProviderError(
-                "provider_stream_error",
-                "the stream ended without a finish reason",
-                retryable=not produced,
-            )
-        yield Finished(
-            finish_reason.lower(), usage, blocked=finish_reason in BLOCKING_FINISH_REASONS
-        )
+            raise self._failed(_provider_error(exc, produced=reading.produced), exc) from exc
+        for item in reading.ending():
+            yield item
 
     def _failed(self, error: ProviderError, exc: BaseException) -> ProviderError:
         """Log a failed call (with the server's words, the key scrubbed out) and return it."""
@@ -184,6 +170,70 @@ class GeminiProvider:
         return title or fallback_title(first_message)
 
 
+def _config(
+    model: str, conversation: Conversation, options: GenerationOptions
+) -> types.GenerateContentConfig:
+    config = types.GenerateContentConfig(
+        system_instruction=conversation.system_prompt or None,
+        automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
+        automatic_continuation=False,
+    )
+    config.thinking_config = _thinking_config(model, options.thinking)
+    if options.grounding:
+        config.tools = [types.Tool(google_search=types.GoogleSearch())]
+    return config
+
+
+class _Reading:
+    """What a reply's chunks have said so far, and the items that end it."""
+
+    def __init__(self) -> None:
+        self.produced = False  # a Delta or Thought was yielded: a failure ends a partial reply
+        self.finish_reason: str | None = None
+        self.block_reason: str | None = None
+        self.grounding: types.GroundingMetadata | None = None
+        self.text: list[str] = []  # the reply's text, which grounding offsets point into
+        self.usage = Usage()
+
+    def items_of(self, chunk: types.GenerateContentResponse) -> list[StreamItem]:
+        if chunk.usage_metadata is not None:
+            self.usage = _usage_of(chunk.usage_metadata)
+        feedback = chunk.prompt_feedback
+        if feedback is not None and feedback.block_reason is not None:
+            self.block_reason = _enum_name(feedback.block_reason)
+        items: list[StreamItem] = []
+        for candidate in (chunk.candidates or [])[:1]:
+            for item in _items(candidate):
+                self.produced = True
+                if isinstance(item, Delta):
+                    self.text.append(item.text)
+                items.append(item)
+            if candidate.grounding_metadata is not None:
+                self.grounding = candidate.grounding_metadata
+            if candidate.finish_reason is not None:
+                self.finish_reason = _enum_name(candidate.finish_reason)
+        return items
+
+    def ending(self) -> list[StreamItem]:
+        if self.block_reason is not None:
+            # The prompt itself was refused: there is no candidate at all.
+            return [Finished(self.block_reason.lower(), self.usage, blocked=True)]
+        if self.finish_reason is None:
+            raise ProviderError(
+                "provider_stream_error",
+                "the stream ended without a finish reason",
+                retryable=not self.produced,
+            )
+        items: list[StreamItem] = []
+        grounding, text = self.grounding, "".join(self.text)
+        citations = _citations(grounding, text) if grounding is not None else None
+        if citations is not None:
+            items.append(citations)
+        blocked = self.finish_reason in BLOCKING_FINISH_REASONS
+        items.append(Finished(self.finish_reason.lower(), self.usage, blocked=blocked))
+        return items
+
+
 def _contents(conversation: Conversation) -> list[types.Content]:
     return [
         types.Content(
@@ -201,11 +251,57 @@ def _texts(candidate: types.Candidate) -> list[str]:
     return [part.text for part in content.parts if part.text and not part.thought]
 
 
+def _items(candidate: types.Candidate) -> list[Delta | Thought]:
+    """The candidate's text parts in order: thought summaries as `Thought`, the rest `Delta`."""
+    content = candidate.content
+    if content is None or not content.parts:
+        return []
+    return [
+        Thought(part.text) if part.thought else Delta(part.text)
+        for part in content.parts
+        if part.text
+    ]
+
+
+def _citations(metadata: types.GroundingMetadata, text: str) -> Citations | None:
+    """Grounding metadata as `Citations`: the web sources, and the supported segments with
+    their offsets turned from UTF-8 bytes into characters of the reply's text. None when the
+    model did not search."""
+    sources = [_source(chunk) for chunk in metadata.grounding_chunks or []]
+    encoded = text.encode()
+    segments = []
+    for support in metadata.grounding_supports or []:
+        segment = support.segment
+        if segment is None:
+            continue
+        start, end = segment.start_index or 0, segment.end_index or 0
+        segments.append(
+            {
+                "start": len(encoded[:start].decode(errors="ignore")),
+                "end": len(encoded[:end].decode(errors="ignore")),
+                "text": segment.text,
+                "source_indexes": list(support.grounding_chunk_indices or []),
+            }
+        )
+    entry = metadata.search_entry_point
+    rendered = entry.rendered_content if entry is not None else None
+    if not sources and not segments and rendered is None:
+        return None
+    return Citations(sources, segments, rendered)
+
+
+def _source(chunk: types.GroundingChunk) -> dict[str, Any]:
+    """One source; every chunk is kept, so that a support's indexes still point at it."""
+    found = chunk.web or chunk.retrieved_context or chunk.maps
+    return {"title": getattr(found, "title", None), "uri": getattr(found, "uri", None)}
+
+
 def _usage_of(metadata: types.GenerateContentResponseUsageMetadata) -> Usage:
     return Usage(
         prompt_tokens=metadata.prompt_token_count,
         output_tokens=metadata.candidates_token_count,
         thinking_tokens=metadata.thoughts_token_count,
+        cached_tokens=metadata.cached_content_token_count,
     )
 
 
@@ -218,6 +314,43 @@ def _enum_name(value: Any) -> str:
 def _thinking_can_be_off(model: str) -> bool:
     """Gemini 2.5 Flash models accept a thinking budget of 0; Pro and newer models refuse it."""
     return "2.5-flash" in model
+
+
+# Gemini 2.5 models take a token budget, not a level: the budgets Google maps the OpenAI
+# `reasoning_effort` levels to.
+LEVEL_BUDGETS = {"low": 1024, "medium": 8192, "high": 24576}
+_GENERATION = re.compile(r"gemini-(\d+)")
+
+
+def _takes_thinking_level(model: str) -> bool:
+    """Gemini 3 and later take `thinking_level`; 2.x (and unknown names) a budget."""
+    found = _GENERATION.search(model)
+    return found is not None and int(found.group(1)) >= 3
+
+
+def _thinking_config(model: str, thinking: str | int | None) -> types.ThinkingConfig | None:
+    """The room's `thinking` as Gemini's configuration: None keeps the model's default (and no
+    thought summaries); "off" is a budget of 0 where the model allows it (elsewhere its lowest
+    thinking, without summaries); a level or a budget asks for the summaries too."""
+    if thinking is None:
+        return None
+    if thinking == "off":
+        if _thinking_can_be_off(model):
+            return types.ThinkingConfig(thinking_budget=0, include_thoughts=False)
+        if _takes_thinking_level(model):
+            return types.ThinkingConfig(
+                thinking_level=types.ThinkingLevel.LOW, include_thoughts=False
+            )
+        return None
+    if isinstance(thinking, int):
+        return types.ThinkingConfig(thinking_budget=thinking, include_thoughts=True)
+    if thinking not in LEVEL_BUDGETS:
+        return None  # validated before it gets here: nothing to ask for
+    if _takes_thinking_level(model):
+        return types.ThinkingConfig(
+            thinking_level=types.ThinkingLevel(thinking.upper()), include_thoughts=True
+        )
+    return types.ThinkingConfig(thinking_budget=LEVEL_BUDGETS[thinking], include_thoughts=True)
 
 
 # --- the mapping --------------------------------------------------------------------------------

@@ -17,8 +17,18 @@ import structlog
 from openai import AsyncOpenAI
 from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
 from openai.types.completion_usage import CompletionUsage
+from openai.types.shared import ReasoningEffort
 
-from gemini_backend.ai.base import Conversation, Delta, Finished, ProviderError, Usage
+from gemini_backend.ai.base import (
+    Conversation,
+    Delta,
+    Finished,
+    GenerationOptions,
+    ProviderError,
+    StreamItem,
+    Thought,
+    Usage,
+)
 from gemini_backend.ai.retry_after import MAX_RETRY_AFTER_SECONDS, retry_after_seconds
 from gemini_backend.ai.titles import (
     TITLE_INPUT_CHARS,
@@ -71,8 +81,10 @@ class OpenAIProvider:
         await self._client.close()
 
     # --- the reply ------------------------------------------------------------------------------
-    async def stream(self, conversation: Conversation) -> AsyncGenerator[Delta | Finished, None]:
-        produced = False  # a Delta has been yielded: a failure now ends a partial reply
+    async def stream(
+        self, conversation: Conversation, options: GenerationOptions
+    ) -> AsyncGenerator[StreamItem, None]:
+        produced = False  # a Delta or Thought has been yielded: a failure ends a partial reply
         finish_reason: str | None = None
         usage = Usage()
         try:
@@ -81,6 +93,7 @@ class OpenAIProvider:
                 messages=self._messages(conversation),
                 stream=True,
                 stream_options={"include_usage": True},
+                reasoning_effort=_reasoning_effort(options.thinking),
             )
             async with response:
                 async for chunk in response:
@@ -92,6 +105,10 @@ class OpenAIProvider:
                         if getattr(choice, "index", 0) != 0:
                             continue
                         delta = getattr(choice, "delta", None)
+                        thought = _reasoning_of(delta) if options.thinking != "off" else None
+                        if thought:
+                            produced = True
+                            yield Thought(thought)
                         text = getattr(delta, "content", None)
                         if text:
                             produced = True
@@ -173,6 +190,24 @@ class OpenAIProvider:
 
 
 # --- the mapping --------------------------------------------------------------------------------
+def _reasoning_effort(thinking: str | int | None) -> ReasoningEffort | openai.Omit:
+    """A thinking level as OpenAI's `reasoning_effort`; anything else is not sent (a budget
+    has no OpenAI equivalent, and "off" is not a value every server takes)."""
+    if thinking in ("low", "medium", "high"):
+        return thinking  # type: ignore[return-value]
+    return openai.omit
+
+
+def _reasoning_of(delta: Any) -> str | None:
+    """The reasoning text some servers stream beside the content: `reasoning_content`
+    (DeepSeek, vLLM, llama.cpp) or `reasoning` (newer vLLM, Ollama, OpenRouter)."""
+    for name in ("reasoning_content", "reasoning"):
+        value = getattr(delta, name, None)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
 def _usage_of(chunk: ChatCompletionChunk) -> Usage | None:
     usage: CompletionUsage | None = chunk.usage
     if usage is None:
@@ -182,18 +217,24 @@ def _usage_of(chunk: ChatCompletionChunk) -> Usage | None:
         if not isinstance(raw, Mapping):
             return None
         details = raw.get("completion_tokens_details")
+        prompt_details = raw.get("prompt_tokens_details")
         return Usage(
             prompt_tokens=_int_or_none(raw.get("prompt_tokens")),
             output_tokens=_int_or_none(raw.get("completion_tokens")),
             thinking_tokens=_int_or_none(
                 details.get("reasoning_tokens") if isinstance(details, Mapping) else None
             ),
+            cached_tokens=_int_or_none(
+                prompt_details.get("cached_tokens") if isinstance(prompt_details, Mapping) else None
+            ),
         )
     details = usage.completion_tokens_details
+    prompt = usage.prompt_tokens_details
     return Usage(
         prompt_tokens=usage.prompt_tokens,
         output_tokens=usage.completion_tokens,
         thinking_tokens=details.reasoning_tokens if details is not None else None,
+        cached_tokens=prompt.cached_tokens if prompt is not None else None,
     )
 
 

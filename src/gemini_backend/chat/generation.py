@@ -11,18 +11,22 @@ import json
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gemini_backend.ai.base import (
+    Citations,
     Conversation,
     Delta,
     Finished,
+    GenerationOptions,
     Provider,
     ProviderError,
+    Thought,
     Turn,
     Usage,
     estimate_tokens,
@@ -66,36 +70,79 @@ class Outcome:
     error: str | None = None
     finish_reason: str | None = None
     usage: Usage | None = None
+    thoughts: str = ""  # the thought summary, kept apart from the text
+    citations: Citations | None = None
+
+    def parts(self) -> list[dict[str, Any]] | None:
+        """The reply's parts (`messages.parts`): [thought?, text?, citation?]; None when it is
+        its text alone."""
+        if not self.thoughts and self.citations is None:
+            return None
+        parts: list[dict[str, Any]] = []
+        if self.thoughts:
+            parts.append({"type": "thought", "text": self.thoughts})
+        if self.text:
+            parts.append({"type": "text", "text": self.text})
+        if self.citations is not None:
+            parts.append(citation_part(self.citations))
+        return parts
+
+
+def citation_part(citations: Citations) -> dict[str, Any]:
+    """Citations as a stored part, and as the `citations` event's data (without the type)."""
+    return {"type": "citation", **asdict(citations)}
+
+
+_TEXT_EVENTS = frozenset({"delta", "thought"})  # consecutive ones are joined into one event
 
 
 class _DeltaWriter:
-    """Appends a reply's text to its stream as it arrives, without waiting for Redis between
-    chunks: a chunk goes out at once when no append is in flight; chunks that arrive during an
-    append go out together, as one `delta`, right after it. A slow model's chunks each get their
-    own event; a fast one's are batched instead of costing a round trip each."""
+    """Appends a reply's text (and thoughts, citations) to its stream as it arrives, without
+    waiting for Redis between chunks: a chunk goes out at once when no append is in flight;
+    chunks that arrive during an append go out together, one event per run of the same kind,
+    right after it. A slow model's chunks each get their own event; a fast one's are batched
+    instead of costing a round trip each."""
 
     def __init__(self, streams: ReplyStream, reply_id: int) -> None:
         self._streams = streams
         self._reply_id = reply_id
-        self._pending: list[str] = []
+        # (event, text) for delta and thought, (event, JSON data) for the others.
+        self._pending: list[tuple[str, str]] = []
         self._task: asyncio.Task[None] | None = None
 
-    def add(self, text: str) -> None:
+    def add(self, text: str, event: str = "delta") -> None:
         if self._task is not None and self._task.done():
             self._task.result()  # an append failed: raise it here, in the generating task
-        self._pending.append(text)
+        self._pending.append((event, text))
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._drain())
 
     async def _drain(self) -> None:
         while self._pending:
-            text = "".join(self._pending)
+            batch = list(self._pending)
             self._pending.clear()
-            await self._streams.append(self._reply_id, "delta", json.dumps({"text": text}))
+            for event, data in _joined(batch):
+                await self._streams.append(self._reply_id, event, data)
 
     async def flush(self) -> None:
         if self._task is not None:
             await self._task
+
+
+def _joined(batch: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The events of a batch: each run of deltas (or thoughts) as one `{"text"}` event."""
+    events: list[tuple[str, str]] = []
+    run: list[str] = []
+    for index, (event, data) in enumerate(batch):
+        if event not in _TEXT_EVENTS:
+            events.append((event, data))
+            continue
+        run.append(data)
+        following = batch[index + 1][0] if index + 1 < len(batch) else None
+        if following != event:
+            events.append((event, json.dumps({"text": "".join(run)})))
+            run = []
+    return events
 
 
 class _Progress:
@@ -105,6 +152,8 @@ class _Progress:
         self.started = started
         self.deltas = deltas
         self.parts: list[str] = []
+        self.thoughts: list[str] = []
+        self.citations: Citations | None = None
         self.heartbeat_at = heartbeat_at
         # The first look for a cancel request comes one interval after the claim, not at the
         # first chunk: a short reply then costs no cache read at all.
@@ -114,21 +163,53 @@ class _Progress:
     def text(self) -> str:
         return "".join(self.parts)
 
+    @property
+    def produced(self) -> bool:
+        """Whether a client may already show something of the reply (no retry then)."""
+        return bool(self.parts or self.thoughts)
+
     def add(self, text: str, provider: str) -> None:
         if not self.parts:
             TIME_TO_FIRST_TOKEN.labels(provider).observe(time.perf_counter() - self.started)
         self.parts.append(text)
         self.deltas.add(text)
 
-    def finished(self, item: Finished) -> Outcome:
-        status = ReplyStatus.BLOCKED if item.blocked else ReplyStatus.COMPLETED
+    def add_thought(self, text: str) -> None:
+        self.thoughts.append(text)
+        self.deltas.add(text, "thought")
+
+    def add_citations(self, citations: Citations) -> None:
+        self.citations = citations
+        data = {k: v for k, v in citation_part(citations).items() if k != "type"}
+        self.deltas.add(json.dumps(data), "citations")
+
+    def outcome(self, status: str, error: str | None = None) -> Outcome:
+        """The reply as it stands (text, thoughts and citations so far) ending in `status`."""
         return Outcome(
             status,
             self.text,
-            error="safety_block" if item.blocked else None,
-            finish_reason=item.finish_reason,
-            usage=item.usage,
+            error=error,
+            thoughts="".join(self.thoughts),
+            citations=self.citations,
         )
+
+    def finished(self, item: Finished) -> Outcome:
+        status = ReplyStatus.BLOCKED if item.blocked else ReplyStatus.COMPLETED
+        outcome = self.outcome(status, "safety_block" if item.blocked else None)
+        outcome.finish_reason = item.finish_reason
+        outcome.usage = item.usage
+        return outcome
+
+
+def _take(progress: _Progress, item: Delta | Thought | Citations, provider: str) -> None:
+    """One streamed item into the reply: text, a thought, or the citations."""
+    if isinstance(item, Citations):
+        progress.add_citations(item)
+    elif isinstance(item, Thought):
+        if item.text:
+            progress.add_thought(item.text)
+    elif item.text:
+        progress.add(item.text, provider)
 
 
 class ReplyGenerator:
@@ -269,8 +350,8 @@ class ReplyGenerator:
             except ProviderError as exc:
                 error = exc
             # Retried only before the first chunk: a client may already show the partial text.
-            if progress.parts or not error.retryable or attempt >= self.settings.ai_max_attempts:
-                return Outcome(ReplyStatus.FAILED, progress.text, error=error.code)
+            if progress.produced or not error.retryable or attempt >= self.settings.ai_max_attempts:
+                return progress.outcome(ReplyStatus.FAILED, error.code)
             delay = error.retry_after or min(30.0, 0.5 * 2 ** (attempt - 1))
             await asyncio.sleep(delay * random.uniform(0.8, 1.2))  # noqa: S311 - jitter
 
@@ -284,18 +365,17 @@ class ReplyGenerator:
             asyncio.timeout(timeout) as scope,
             # Closed at once when we stop early (cancel), releasing the provider's
             # connection, rather than whenever the generator is collected.
-            contextlib.aclosing(self.provider.stream(conversation)) as items,
+            contextlib.aclosing(self.provider.stream(conversation, GenerationOptions())) as items,
         ):
             async for item in items:
                 scope.reschedule(asyncio.get_running_loop().time() + timeout)
-                if not isinstance(item, Delta):
+                if isinstance(item, Finished):
                     return progress.finished(item)
-                if item.text:
-                    progress.add(item.text, self.provider.name)
+                _take(progress, item, self.provider.name)
                 stopped = await self._between_chunks(claim, progress)
                 if stopped is not None:
                     return stopped
-        return Outcome(ReplyStatus.FAILED, progress.text, error="provider_incomplete")
+        return progress.outcome(ReplyStatus.FAILED, "provider_incomplete")
 
     async def _between_chunks(self, claim: Claim, progress: _Progress) -> Outcome | None:
         """The reply's upkeep while it streams: a look for a cancel request every
@@ -305,7 +385,7 @@ class ReplyGenerator:
         if now - progress.cancel_checked_at >= self.cancel_poll_seconds:
             progress.cancel_checked_at = now
             if await self.cache.get(cancel_key(claim.reply_id)):
-                return Outcome(ReplyStatus.CANCELLED, progress.text, error="cancelled")
+                return progress.outcome(ReplyStatus.CANCELLED, "cancelled")
         if now >= progress.heartbeat_at:
             progress.heartbeat_at = now + self._heartbeat_interval()
             await self._heartbeat(claim)
@@ -339,6 +419,8 @@ class ReplyGenerator:
             "prompt": usage.prompt_tokens,
             "output": usage.output_tokens,
             "thinking": usage.thinking_tokens,
+            "cached": usage.cached_tokens,
+            "parts": outcome.parts(),
             "now": now,
         }
         async with factory() as session:

@@ -23,6 +23,7 @@ from gemini_backend.core.db import Base, BigIntId, UTCDateTime
 DEFAULT_ROOM_NAME = "New chat"
 # The states of a reply still to finish (chat.states.ACTIVE_STATES), as SQL.
 _IN_PROGRESS = text(f"status IN ('{ReplyStatus.QUEUED}', '{ReplyStatus.GENERATING}')")
+_HAS_QUOTA_DAY = text("quota_day IS NOT NULL")
 LIVE_REPLY_INDEX = "uq_messages_live_reply"
 
 
@@ -83,6 +84,14 @@ class Message(Base):
         Index("ix_messages_chatroom_id", "chatroom_id", "id"),
         # A message's children: sibling lists and the walk down to a branch's leaf.
         Index("ix_messages_parent_id", "parent_id", "id"),
+        # A user's replies per quota day (GET /user/usage/history), through their rooms.
+        Index(
+            "ix_messages_usage_day",
+            "chatroom_id",
+            "quota_day",
+            postgresql_where=_HAS_QUOTA_DAY,
+            sqlite_where=_HAS_QUOTA_DAY,
+        ),
         # The sweeper's scan for replies stuck in queued/generating.
         Index("ix_messages_status_updated", "status", "updated_at"),
         # At most one reply in progress per user message: of concurrent retries, the database
@@ -107,6 +116,7 @@ class Message(Base):
     prompt_tokens: Mapped[int | None] = mapped_column(Integer)
     output_tokens: Mapped[int | None] = mapped_column(Integer)
     thinking_tokens: Mapped[int | None] = mapped_column(Integer)
+    cached_tokens: Mapped[int | None] = mapped_column(Integer)  # of the prompt, from a cache
     model: Mapped[str | None] = mapped_column(String(100))
     reply_to: Mapped[int | None] = mapped_column(ForeignKey("messages.id", ondelete="SET NULL"))
     # The message this one follows in the conversation tree (None: a root). A reply's parent

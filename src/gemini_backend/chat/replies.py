@@ -1,8 +1,10 @@
 """Reading a reply as Server-Sent Events, from any API process.
 
-Events: `delta` ({"text"}), then exactly one `done` or `error` (the final message); `reset` if
-an attempt died and the reply starts over. Each has an id; `Last-Event-ID` resumes after it. A
-stream opened after the reply finished (and its stream expired) is replayed from the database.
+Events: `thought` ({"text"}, the model's thought summary) and `delta` ({"text"}), `citations`
+({"sources", "segments", "search_entry_point"}) after the text of a grounded reply, then exactly
+one `done` or `error` (the final message); `reset` if an attempt died and the reply starts over.
+Each has an id; `Last-Event-ID` resumes after it. A stream opened after the reply finished (and
+its stream expired) is replayed from the database, thoughts and citations from its parts.
 
 An open stream is one task, the request's (`core/sse.py`): its events (`reply_events`) wait in
 each read for at most a jittered READ_BLOCK_MS (and no longer than until the next ping is
@@ -149,13 +151,36 @@ async def needs_replay(streams: ReplyStream, snapshot: MessageOut) -> bool:
     return snapshot.status in FINAL_STATES and not await streams.exists(snapshot.id)
 
 
-async def _replayed(message: MessageOut) -> EventSource:
-    """A finished reply from the database, its stream gone: its text, then its final event."""
-    yield ServerSentEvent(comment="stream open")
+def _replayed_parts(message: MessageOut) -> list[tuple[str, str]]:
+    """The (event, data) a finished reply's stream had, from its stored parts: its thoughts,
+    its text, its citations."""
+    thoughts = "".join(p.get("text", "") for p in message.parts if p.get("type") == "thought")
+    events = [("thought", json.dumps({"text": thoughts}))] if thoughts else []
     if message.content:
-        yield ServerSentEvent(json.dumps({"text": message.content}), event="delta", id="db-1")
+        events.append(("delta", json.dumps({"text": message.content})))
+    for part in message.parts:
+        if part.get("type") == "citation":
+            events.append(("citations", json.dumps({k: v for k, v in part.items() if k != "type"})))
+    return events
+
+
+def _replay(message: MessageOut) -> list[ServerSentEvent]:
+    events = [
+        ServerSentEvent(data, event=kind, id=f"db-{number}")
+        for number, (kind, data) in enumerate(_replayed_parts(message), start=1)
+    ]
     final = "done" if message.status == ReplyStatus.COMPLETED else "error"
-    yield ServerSentEvent(message.model_dump_json(), event=final, id="db-2", last=True)
+    final_id = f"db-{len(events) + 1}"
+    events.append(ServerSentEvent(message.model_dump_json(), event=final, id=final_id, last=True))
+    return events
+
+
+async def _replayed(message: MessageOut) -> EventSource:
+    """A finished reply from the database, its stream gone: its thoughts, text and citations
+    (from its parts), then its final event."""
+    yield ServerSentEvent(comment="stream open")
+    for event in _replay(message):
+        yield event
 
 
 def reply_events(

@@ -15,6 +15,7 @@ from functools import cache
 from typing import Any, Protocol, cast
 
 from sqlalchemy import (
+    JSON,
     ColumnElement,
     Integer,
     Row,
@@ -142,6 +143,7 @@ MESSAGE_OUT_COLUMNS = (
     _messages.c.completed_at,
     _messages.c.parent_id,
     _messages.c.parts,
+    _messages.c.cached_tokens,
 )
 # One message as MESSAGE_OUT_COLUMNS.
 MessageRow = Row[*tuple[Any, ...]]
@@ -271,6 +273,7 @@ async def copy_path(
             "prompt_tokens": m.prompt_tokens,
             "output_tokens": m.output_tokens,
             "thinking_tokens": m.thinking_tokens,
+            "cached_tokens": m.cached_tokens,
             "model": m.model,
             "parts": m.parts,
             "attempts": 0,
@@ -810,6 +813,9 @@ _FINISH = _THIS_ATTEMPT.values(
     prompt_tokens=bindparam("prompt"),
     output_tokens=bindparam("output"),
     thinking_tokens=bindparam("thinking"),
+    cached_tokens=bindparam("cached"),
+    # None is SQL NULL (the reply is its text alone), not a JSON null.
+    parts=bindparam("parts", type_=JSON(none_as_null=True)),
     completed_at=bindparam("now", type_=UTCDateTime()),
     updated_at=bindparam("now", type_=UTCDateTime()),
 ).returning(*_messages.c, SIBLINGS_OF_ROW.label("sibling_list"))
@@ -877,7 +883,7 @@ async def heartbeat_reply(
 async def finish_reply(session: AsyncSession, params: dict[str, Any]) -> Row[Any] | None:
     """Write a reply's outcome if `attempt` still owns it: the reply's row, or None (another
     attempt took over). `params`: reply_id, attempt, new_status, text, error_code, reason,
-    prompt, output, thinking, now."""
+    prompt, output, thinking, cached, parts, now."""
     return (await session.execute(_FINISH, params)).one_or_none()
 
 

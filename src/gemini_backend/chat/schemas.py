@@ -27,7 +27,12 @@ USER_MESSAGE_EXAMPLE: dict[str, Any] = {
     "status": "completed",
     "error": None,
     "finish_reason": None,
-    "usage": {"prompt_tokens": None, "output_tokens": None, "thinking_tokens": None},
+    "usage": {
+        "prompt_tokens": None,
+        "output_tokens": None,
+        "thinking_tokens": None,
+        "cached_tokens": None,
+    },
     "model": None,
     "reply_to": None,
     "parent_id": 40,
@@ -45,7 +50,7 @@ REPLY_EXAMPLE: dict[str, Any] = {
     "status": "completed",
     "error": None,
     "finish_reason": "stop",
-    "usage": {"prompt_tokens": 12, "output_tokens": 18, "thinking_tokens": 0},
+    "usage": {"prompt_tokens": 12, "output_tokens": 18, "thinking_tokens": 0, "cached_tokens": 0},
     "model": "demo",
     "reply_to": 41,
     "parent_id": 41,
@@ -59,7 +64,12 @@ QUEUED_REPLY_EXAMPLE: dict[str, Any] = {
     "content": "",
     "status": "queued",
     "finish_reason": None,
-    "usage": {"prompt_tokens": None, "output_tokens": None, "thinking_tokens": None},
+    "usage": {
+        "prompt_tokens": None,
+        "output_tokens": None,
+        "thinking_tokens": None,
+        "cached_tokens": None,
+    },
     "model": None,
     "parts": [],
     "completed_at": None,
@@ -111,6 +121,10 @@ class Usage(BaseModel):
     prompt_tokens: int | None
     output_tokens: int | None
     thinking_tokens: int | None
+    cached_tokens: int | None = Field(
+        description="Of the prompt tokens, those the provider read from its cache (null: not "
+        "reported)."
+    )
 
 
 class MessageOut(BaseModel):
@@ -134,8 +148,10 @@ class MessageOut(BaseModel):
         "first, this one included (`< 2/3 >`)."
     )
     parts: list[dict[str, Any]] = Field(
-        description='The message as parts: `{"type": "text", "text": ...}` today (empty while a '
-        "reply has no text yet); `content` is the same text."
+        description='The message as parts, in order. A reply: `{"type": "thought", "text"}` (the '
+        'model\'s thought summary, never in `content`), `{"type": "text", "text"}` (the same text '
+        'as `content`; absent while a reply has no text yet), `{"type": "citation", "sources", '
+        '"segments", "search_entry_point"}` (a grounded reply\'s sources).'
     )
     created_at: datetime
     completed_at: datetime | None
@@ -156,6 +172,7 @@ class MessageOut(BaseModel):
                 prompt_tokens=m.prompt_tokens,
                 output_tokens=m.output_tokens,
                 thinking_tokens=m.thinking_tokens,
+                cached_tokens=m.cached_tokens,
             ),
             model=m.model,
             reply_to=m.reply_to,

@@ -106,7 +106,7 @@ def _per_minute(count: int) -> RateLimitItem:
 
 
 def _no_usage() -> Usage:
-    return Usage(prompt_tokens=None, output_tokens=None, thinking_tokens=None)
+    return Usage(prompt_tokens=None, output_tokens=None, thinking_tokens=None, cached_tokens=None)
 
 
 def _valid_key(key: str) -> bool:

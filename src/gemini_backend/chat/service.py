@@ -69,6 +69,7 @@ def message_fields(row: repo.MessageRow, sibling_ids: list[int]) -> dict[str, An
         completed_at,
         parent_id,
         parts,
+        cached_tokens,
     ) = row
     return {
         "id": id_,
@@ -82,6 +83,7 @@ def message_fields(row: repo.MessageRow, sibling_ids: list[int]) -> dict[str, An
             "prompt_tokens": prompt_tokens,
             "output_tokens": output_tokens,
             "thinking_tokens": thinking_tokens,
+            "cached_tokens": cached_tokens,
         },
         "model": model,
         "reply_to": reply_to,

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from datetime import datetime
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from gemini_backend.auth.dependencies import CurrentUser
 from gemini_backend.core.db import DbSession
-from gemini_backend.core.openapi import AUTH_ERRORS
+from gemini_backend.core.openapi import AUTH_ERRORS, problem, validation_doc
 from gemini_backend.services import services_of
 from gemini_backend.users.tier import Tier, tier_of
 
@@ -69,3 +71,89 @@ async def chatroom_usage(request: Request, user: CurrentUser, session: DbSession
 )
 async def user_usage(request: Request, user: CurrentUser, session: DbSession) -> UsageOut:
     return await _usage(request, user, session)
+
+
+DAY_EXAMPLE: dict[str, Any] = {
+    "date": "2026-11-22",
+    "messages": 3,
+    "prompt_tokens": 412,
+    "output_tokens": 960,
+    "thinking_tokens": 1310,
+    "cached_tokens": 128,
+}
+
+
+class DayUsageOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"example": DAY_EXAMPLE})
+
+    date: dt.date = Field(description="A calendar day in QUOTA_TIMEZONE")
+    messages: int = Field(description="Replies finished for messages sent that day")
+    prompt_tokens: int
+    output_tokens: int
+    thinking_tokens: int
+    cached_tokens: int = Field(description="Of the prompt tokens, those read from a cache")
+
+
+class UsageHistoryOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "days": [
+                    {
+                        "date": "2026-11-21",
+                        "messages": 0,
+                        "prompt_tokens": 0,
+                        "output_tokens": 0,
+                        "thinking_tokens": 0,
+                        "cached_tokens": 0,
+                    },
+                    DAY_EXAMPLE,
+                ]
+            }
+        }
+    )
+
+    days: list[DayUsageOut] = Field(description="Oldest first, today last, every day present")
+
+
+@router.get(
+    "/user/usage/history",
+    summary="Tokens used per day",
+    description=(
+        "The caller's replies and the tokens the provider reported for them (prompt, output, "
+        "thinking, cached), summed per day for the last `days` days (today included). A day "
+        "is the calendar day in QUOTA_TIMEZONE of the message a reply answers; tokens a "
+        "provider did not report count as 0. Replies in deleted chatrooms are gone with them."
+    ),
+    responses={
+        422: validation_doc(
+            example=problem(
+                "less_than_equal",
+                ("query", "days"),
+                "Input should be less than or equal to 366",
+                le="366",
+            )
+        )
+    },
+)
+async def usage_history(
+    request: Request,
+    user: CurrentUser,
+    session: DbSession,
+    days: Annotated[int, Query(ge=1, le=366, description="How many days, today included")] = 30,
+) -> UsageHistoryOut:
+    state = services_of(request)
+    history = await state.quota.history(session, user.id, days, state.clock.now())
+    return UsageHistoryOut(
+        days=[
+            DayUsageOut(
+                date=day.date,
+                messages=day.messages,
+                prompt_tokens=day.prompt_tokens,
+                output_tokens=day.output_tokens,
+                thinking_tokens=day.thinking_tokens,
+                cached_tokens=day.cached_tokens,
+            )
+            for day in history
+        ]
+    )

@@ -34,6 +34,16 @@ class DailyLimitReached(TooManyRequests):
 
 
 @dataclass(frozen=True, slots=True)
+class DayUsage:
+    date: date
+    messages: int
+    prompt_tokens: int
+    output_tokens: int
+    thinking_tokens: int
+    cached_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
 class QuotaState:
     limit: int | None
     used: int
@@ -101,3 +111,16 @@ class Quota:
         day = self.day_of(now)
         used = await repo.used_on(session, user_id, day)
         return QuotaState(self.limit_for(tier), used or 0, day, self.next_reset(now))
+
+    async def history(
+        self, session: AsyncSession, user_id: int, days: int, now: datetime
+    ) -> list[DayUsage]:
+        """The last `days` quota days up to today, oldest first, each with its replies and
+        their tokens (zeros for a day without any)."""
+        today = self.day_of(now)
+        since = today - timedelta(days=days - 1)
+        found = await repo.tokens_per_day(session, user_id, since, today)
+        return [
+            DayUsage(day, *found.get(day, (0, 0, 0, 0, 0)))
+            for day in (since + timedelta(days=n) for n in range(days))
+        ]
