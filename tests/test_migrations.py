@@ -345,6 +345,60 @@ def test_0008_makes_each_room_one_branch_with_retried_replies_as_siblings(fresh_
     assert leaves == {1: 10, 2: 15, 3: None}
 
 
+def test_0008_down_and_up_again_keeps_every_message(fresh_settings):
+    """Below 0008 and back: no message is lost (on SQLite a table is rebuilt to change it,
+    and the drop of the old one must not fire the foreign keys' ON DELETE actions)."""
+    upgrade_to_head(fresh_settings)
+    at = bindparam("at", type_=UTCDateTime())
+    statements: list[tuple[Any, dict[str, Any]]] = [
+        (
+            text(
+                "INSERT INTO users (id, mobile_number, created_at, updated_at) "
+                "VALUES (1, '+919876500000', :at, :at)"
+            ).bindparams(at),
+            {"at": MIGRATED_AT},
+        ),
+        (
+            text(
+                "INSERT INTO chatrooms (id, user_id, name, auto_title, message_count, "
+                "activity_at, active_leaf_id, created_at, updated_at) "
+                "VALUES (1, 1, 'r', false, 5, :at, 4, :at, :at)"
+            ).bindparams(at),
+            {"at": MIGRATED_AT},
+        ),
+    ]
+    message = text(
+        "INSERT INTO messages (id, chatroom_id, role, content, status, attempts, reply_to, "
+        "parent_id, created_at, updated_at) VALUES (:id, 1, :role, '', 'completed', 0, "
+        ":reply_to, :parent, :at, :at)"
+    ).bindparams(at)
+    # 1 q1 -> 2 a1 -> 3 q2 -> 4 a2, and 5 a retry of q1
+    tree = [(1, "user", None, None), (2, "assistant", 1, 1), (3, "user", None, 2)]
+    tree += [(4, "assistant", 3, 3), (5, "assistant", 1, 1)]
+    for id_, role, reply_to, parent in tree:
+        values = {"id": id_, "role": role, "reply_to": reply_to, "parent": parent}
+        statements.append((message, {**values, "at": MIGRATED_AT}))
+
+    async def run(sql: list[tuple[Any, dict[str, Any]]], query: str) -> list[Any]:
+        engine = create_engine(fresh_settings)
+        try:
+            async with engine.begin() as conn:
+                for statement, values in sql:
+                    await conn.execute(statement, values)
+                return list(await conn.execute(text(query))) if query else []
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run(statements, ""))
+    command.downgrade(alembic_config(fresh_settings), "0007")
+    below = asyncio.run(run([], "SELECT id, reply_to FROM messages ORDER BY id"))
+    assert below == [(1, None), (2, 1), (3, None), (4, 3), (5, 1)]
+    upgrade_to_head(fresh_settings)
+    again = asyncio.run(run([], "SELECT id, parent_id FROM messages ORDER BY id"))
+    assert again == [(id_, parent) for id_, _, _, parent in tree]
+    assert asyncio.run(run([], "SELECT active_leaf_id FROM chatrooms")) == [(4,)]
+
+
 MIGRATED_AT = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 # (id, room, role, status, reply_to) as 0007 left them: two rooms' messages interleaved.
 MESSAGES_AT_0007 = [
