@@ -61,7 +61,7 @@ class ScriptedPrompts:
         self.name = inner.name
         self.model = inner.model
 
-    async def stream(self, conversation: Any) -> Any:
+    async def stream(self, conversation: Any, *options: Any) -> Any:
         prompt = conversation.prompt
         if prompt.startswith(FAIL):
             raise ProviderError("provider_bad_request", "refused by the test", retryable=False)
@@ -69,13 +69,13 @@ class ScriptedPrompts:
             yield Finished("safety", blocked=True)
             return
         if not prompt.startswith(HOLD):
-            async for event in self.inner.stream(conversation):
+            async for event in self.inner.stream(conversation, *options):
                 yield event
             return
         self.script.holding.set()
         try:
             await self.script.gate.wait()
-            async for event in self.inner.stream(conversation):
+            async for event in self.inner.stream(conversation, *options):
                 yield event
         finally:
             self.script.released.set()
