@@ -16,6 +16,7 @@ help:
 	@echo "make lint    ruff + mypy + the import contracts (pyproject.toml) + the mode-check grep"
 	@echo "make postman run the Postman collection with newman against a fresh throwaway server"
 	@echo "make soak    the long reliability runs (GB_SOAK=1), both modes"
+	@echo "make vendor-web  fetch the web client's pinned browser code (npm), record it in VERSIONS"
 	@echo "make bench   benchmarks (one run, < 15 min): throughput, latency, SSE streams, replies; see bench/README.md"
 
 $(BIN)/python:
@@ -90,3 +91,13 @@ postman: $(VENV)/.run-deps $(NEWMAN_STAMP)
 .PHONY: bench
 bench: $(VENV)/.run-deps
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# The web client's third-party browser code (marked, DOMPurify; axe-core for its tests), pinned
+# in scripts/vendor_web.py: `vendor-web` fetches it with npm and writes the files and VERSIONS,
+# `vendor-web-check` fetches it again and fails unless the committed files are the same.
+.PHONY: vendor-web vendor-web-check
+vendor-web:
+	$(PYTHON) scripts/vendor_web.py
+
+vendor-web-check:
+	$(PYTHON) scripts/vendor_web.py --check

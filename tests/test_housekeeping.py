@@ -65,7 +65,13 @@ async def test_rows_past_their_window_are_purged_and_live_ones_kept(client, app,
     purged = await app.state.services.pipeline.housekeeping.purge()
 
     # The failed numbers' codes go too; each failure has a guard per number and per address.
-    assert purged == {"otp_codes": 2, "refresh_tokens": 2, "auth_guards": 2, "idempotency_keys": 1}
+    assert purged == {
+        "otp_codes": 2,
+        "refresh_tokens": 2,
+        "auth_guards": 2,
+        "idempotency_keys": 1,
+        "pending_attachments": 0,
+    }
     assert await rows(app, OtpCode.mobile_number) == {new_code, new_failures}
     assert await rows(app, AuthGuard.subject) == {new_failures, f"{new_failures} {CLIENT_IP}"}
     assert await rows(app, IdempotencyKey.key) == {"new-key"}

@@ -29,6 +29,7 @@ FOLDERS = [
     "Conversation trees",
     "Subscriptions",
     "Webhooks",
+    "Attachments",
     "Operations",
 ]
 

@@ -71,9 +71,11 @@ def test_defaults_match_the_documentation():
     assert s.stripe_mock_enabled
     assert s.stripe_pro_price_id == "price_pro_monthly"
     assert s.past_due_grace_days == 3
-    assert s.success_url == "http://127.0.0.1:8000/subscribe/success"
-    assert s.cancel_url == "http://127.0.0.1:8000/subscribe/cancelled"
-    assert s.portal_return_target == "http://127.0.0.1:8000/subscribe/return"
+    # The web client (WEB_CLIENT_ENABLED, on by default) is where Checkout and the portal return.
+    assert s.web_client_enabled
+    assert s.success_url == "http://127.0.0.1:8000/?checkout=success"
+    assert s.cancel_url == "http://127.0.0.1:8000/?checkout=cancelled"
+    assert s.portal_return_target == "http://127.0.0.1:8000/?billing=return"
 
 
 def test_password_hash_cost_defaults_to_pwdlibs():
@@ -85,7 +87,7 @@ def test_password_hash_cost_defaults_to_pwdlibs():
 
 def test_billing_urls_follow_the_public_base_url():
     s = settings(public_base_url="https://chat.example.com/")
-    assert s.success_url == "https://chat.example.com/subscribe/success"
+    assert s.success_url == "https://chat.example.com/?checkout=success"
     s = settings(checkout_success_url="https://app.example.com/paid")
     assert s.success_url == "https://app.example.com/paid"
 

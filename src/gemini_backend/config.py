@@ -87,6 +87,8 @@ class Settings(BaseSettings):
     docs_enabled: bool | None = None
     # A bearer token /metrics requires when set (in production /metrics is off without one).
     metrics_token: SecretStr | None = None
+    # The first-party web client at `/` (docs/web-client.md); off leaves a pure JSON API.
+    web_client_enabled: bool = True
 
     # --- storage -------------------------------------------------------------------------
     database_url: str | None = None
@@ -173,6 +175,18 @@ class Settings(BaseSettings):
     openai_base_url: str | None = None
     openai_api_key: SecretStr | None = None
     openai_model: str = "gpt-4o-mini"
+    # Several models at once, side by side (docs/configuration.md, "Models"): GEMINI_MODEL and
+    # these while GEMINI_API_KEY is set, OPENAI_MODEL and these while OPENAI_BASE_URL is; the
+    # demo models are always there. A room's `model` says which serves it.
+    gemini_models: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    openai_models: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # The OpenAI-compatible server's context window (it does not say): the reply's budget is
+    # the smaller of this and CONTEXT_MAX_TOKENS.
+    openai_context_tokens: int = Field(default=128_000, ge=256)
+    # The model of a room without one; unset: AI_PROVIDER's (GEMINI_MODEL, OPENAI_MODEL, demo).
+    default_model: str | None = None
+    # The models only Pro users may pick; unset: the built-in list (gemini-*-pro, demo-pro).
+    pro_models: Annotated[list[str] | None, NoDecode] = None
     demo_chunk_delay_ms: int = Field(default=30, ge=0)
     context_max_tokens: int = Field(default=8000, ge=256)
     ai_max_attempts: int = Field(default=4, ge=1)
@@ -181,6 +195,26 @@ class Settings(BaseSettings):
     reply_stream_ttl_seconds: int = Field(default=3600, ge=1)
     # How often each sweeper purges expired OTPs, refresh tokens, login guards, idempotency keys.
     purge_interval_seconds: int = Field(default=600, ge=1)
+
+    # --- attachments ------------------------------------------------------------------------
+    # Where uploads are stored: an S3-compatible bucket when S3_BUCKET is set (AWS S3, GCS
+    # interoperability, Cloudflare R2, MinIO: S3_ENDPOINT_URL), else under DATA_DIR/attachments.
+    s3_endpoint_url: str | None = None
+    s3_bucket: str | None = None
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+    s3_region: str = "us-east-1"
+    # The most bytes of one file, and of all the files of one message, per tier.
+    attachment_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
+    pro_attachment_max_bytes: int = Field(default=50 * 1024 * 1024, ge=1)
+    message_attachments_max_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
+    pro_message_attachments_max_bytes: int = Field(default=100 * 1024 * 1024, ge=1)
+    max_attachments_per_message: int = Field(default=10, ge=1)
+    # An upload still `pending` this long after it began died mid-way: the purge deletes it.
+    attachment_pending_minutes: int = Field(default=60, ge=1)
+    # Gemini: attachments sent inline up to this many bytes per request; the rest go through
+    # the Files API (whose copies the provider keeps 48 h: reused for 47 h).
+    gemini_inline_max_bytes: int = Field(default=15 * 1024 * 1024, ge=0)
 
     # --- quota and billing (used by the subscriptions capability) --------------------------
     quota_timezone: str = "UTC"
@@ -195,7 +229,14 @@ class Settings(BaseSettings):
     portal_return_url: str | None = None
     past_due_grace_days: int = Field(default=3, ge=0)
 
-    @field_validator("cors_origins", "trusted_proxies", mode="before")
+    @field_validator(
+        "cors_origins",
+        "trusted_proxies",
+        "gemini_models",
+        "openai_models",
+        "pro_models",
+        mode="before",
+    )
     @classmethod
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):
@@ -363,17 +404,24 @@ class Settings(BaseSettings):
         production, where payments are unavailable until STRIPE_SECRET_KEY is set)."""
         return self.stripe_secret_key is None and self.environment is not Environment.PRODUCTION
 
+    # Where Checkout and the Billing Portal send the browser back: the web client when it is
+    # served (it shows the new plan), else the minimal landing pages of billing/router.py.
     @property
     def success_url(self) -> str:
-        return self.checkout_success_url or f"{self.base_url}/subscribe/success"
+        return self.checkout_success_url or self._return_page("checkout=success", "success")
 
     @property
     def cancel_url(self) -> str:
-        return self.checkout_cancel_url or f"{self.base_url}/subscribe/cancelled"
+        return self.checkout_cancel_url or self._return_page("checkout=cancelled", "cancelled")
 
     @property
     def portal_return_target(self) -> str:
-        return self.portal_return_url or f"{self.base_url}/subscribe/return"
+        return self.portal_return_url or self._return_page("billing=return", "return")
+
+    def _return_page(self, client_query: str, landing: str) -> str:
+        if self.web_client_enabled:
+            return f"{self.base_url}/?{client_query}"
+        return f"{self.base_url}/subscribe/{landing}"
 
     def jwt_secret_value(self) -> str:
         """The JWT signing key; outside production one is generated once and kept in DATA_DIR."""

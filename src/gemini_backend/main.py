@@ -12,6 +12,10 @@ import structlog
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from gemini_backend.ai.router import router as models_router
+from gemini_backend.attachments.router import UPLOAD_SUFFIX
+from gemini_backend.attachments.router import router as attachments_router
+from gemini_backend.attachments.service import largest_upload_body
 from gemini_backend.auth.router import router as auth_router
 from gemini_backend.billing import mock as stripe_mock
 from gemini_backend.billing.router import router as billing_router
@@ -29,6 +33,8 @@ from gemini_backend.ops.router import router as ops_router
 from gemini_backend.quota.router import router as quota_router
 from gemini_backend.services import Services
 from gemini_backend.users.router import router as users_router
+from gemini_backend.web.router import WebClient
+from gemini_backend.web.router import build_router as build_web_router
 
 log = structlog.get_logger(__name__)
 EXPOSED_HEADERS = [
@@ -112,6 +118,8 @@ def _lifespan(
             environment=settings.environment.value,
             ai_provider=services.provider.name,
             ai_model=services.provider.model,
+            ai_models=[model.id for model in services.models.catalogue.models],
+            attachment_storage=services.attachments.storage.kind,
             code_delivery=settings.otp_delivery,
         )
         if settings.otp_response_exposed:
@@ -132,9 +140,20 @@ def _lifespan(
 def _add_routes(app: FastAPI, settings: Settings) -> None:
     # Routes are matched in this order, one after the other: the busiest routers come first.
     # (/health first: probed all the time; quota before chat: /chatroom/usage is not /{id})
-    routers = [ops_router, users_router, quota_router, chat_router, auth_router, billing_router]
+    routers = [
+        ops_router,
+        users_router,
+        quota_router,
+        chat_router,
+        attachments_router,
+        auth_router,
+        billing_router,
+        models_router,
+    ]
     if settings.stripe_mock_enabled:
         routers += [stripe_mock.router, stripe_mock.api]
+    if settings.web_client_enabled:
+        routers.append(build_web_router(WebClient.load()))
     for router in routers:
         # One flat table instead of `include_router`: FastAPI 0.16x keeps an included router
         # as a branch re-resolved at every request (half of /health's CPU in a profile). These
@@ -157,7 +176,12 @@ def _add_middleware(app: FastAPI, settings: Settings) -> None:
             # response's headers are hidden from its scripts).
             expose_headers=EXPOSED_HEADERS,
         )
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        upload_suffix=UPLOAD_SUFFIX,
+        upload_max_bytes=largest_upload_body(settings),
+    )
     app.add_middleware(
         RequestContextMiddleware,
         hsts=settings.base_url.startswith("https://"),

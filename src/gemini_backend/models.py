@@ -1,5 +1,6 @@
 """Every table of the service, imported in one place for Alembic and the tests."""
 
+from gemini_backend.attachments.models import Attachment
 from gemini_backend.auth.models import AuthGuard, AuthSession, OtpCode, RefreshToken
 from gemini_backend.billing.models import StripeEvent, StripeSubscription, Subscription
 from gemini_backend.chat.models import Chatroom, IdempotencyKey, Message
@@ -10,6 +11,7 @@ from gemini_backend.users.models import User
 metadata = Base.metadata
 
 __all__ = [
+    "Attachment",
     "AuthGuard",
     "AuthSession",
     "Chatroom",

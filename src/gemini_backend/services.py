@@ -17,7 +17,9 @@ from starlette.requests import HTTPConnection
 from taskiq import InMemoryBroker
 
 from gemini_backend.ai.base import Provider
-from gemini_backend.ai.factory import create_provider
+from gemini_backend.ai.registry import ProviderRegistry
+from gemini_backend.attachments.service import Attachments
+from gemini_backend.attachments.storage import create_storage
 from gemini_backend.auth.delivery import create_otp_sender
 from gemini_backend.auth.phone import normalize_test_number
 from gemini_backend.auth.principals import Principals
@@ -58,7 +60,7 @@ class Services:
     cache: Cache
     chatroom_cache: ChatroomCache
     reply_streams: ReplyStream
-    provider: Provider
+    models: ProviderRegistry  # the catalogue, and one provider per model
     quota: Quota
     pipeline: ReplyPipeline
     stripe: StripeGateway | None
@@ -68,6 +70,7 @@ class Services:
     message_sender: MessageSender
     auth: AuthDeps  # the password hasher, the token codec, the OTP sender
     stream_slots: StreamSlots
+    attachments: Attachments  # with its storage: local files or an S3-compatible bucket
 
     @classmethod
     def build(cls, settings: Settings, clock: Clock) -> Services:
@@ -80,7 +83,8 @@ class Services:
             if redis is not None
             else MemoryReplyStream()
         )
-        provider = create_provider(settings)
+        models = ProviderRegistry.from_settings(settings)
+        attachments = Attachments(settings, clock, database.sessionmaker, create_storage(settings))
         quota = Quota(settings)
         chatroom_cache = ChatroomCache(
             RedisLists(redis, prefix) if redis is not None else MemoryLists(cache),
@@ -104,14 +108,15 @@ class Services:
             clock=clock,
             sessionmaker=database.sessionmaker,
             autocommit_sessionmaker=database.autocommit_sessionmaker,
-            provider=provider,
+            models=models,
             streams=streams,
             cache=cache,
             quota=quota,
             chatrooms=chatroom_cache,
             statements=chat_sql,
+            attachments=attachments,
         )
-        housekeeping = Housekeeping(settings, clock, database.sessionmaker)
+        housekeeping = Housekeeping(settings, clock, database.sessionmaker, attachments)
         broker = create_broker(settings)
         pipeline: ReplyPipeline = (
             StreamReplyPipeline(settings, broker, generator, housekeeping)
@@ -130,7 +135,7 @@ class Services:
             cache=cache,
             chatroom_cache=chatroom_cache,
             reply_streams=streams,
-            provider=provider,
+            models=models,
             quota=quota,
             pipeline=pipeline,
             stripe=create_gateway(settings),
@@ -152,6 +157,7 @@ class Services:
                 streams=streams,
                 cache=cache,
                 statements=chat_sql,
+                attachments=attachments,
                 # One round trip for the job and the invalidation when both are on Redis.
                 enqueue_with_invalidation=pipeline.queues_on_redis and redis is not None,
             ),
@@ -176,7 +182,13 @@ class Services:
                 otp_sender=create_otp_sender(settings),
             ),
             stream_slots=StreamSlots(settings.max_streams_per_user),
+            attachments=attachments,
         )
+
+    @property
+    def provider(self) -> Provider:
+        """The default model's provider (titles, rooms without a model, /ready)."""
+        return self.models.default_provider
 
     async def aclose(self) -> None:
         try:
@@ -186,12 +198,11 @@ class Services:
 
     async def _close_clients(self) -> None:
         await self.pipeline.stop()
-        close_provider = getattr(self.provider, "aclose", None)
-        if close_provider is not None:  # SDK clients own pooled HTTP connections
-            await close_provider()
+        await self.models.aclose()  # SDK clients own pooled HTTP connections
         if self.stripe is not None:
             await self.stripe.aclose()
         await self.reply_streams.aclose()
+        await self.attachments.storage.aclose()
         await self.principals.aclose()
         await self.chatroom_cache.aclose()
         await self.database.dispose()

@@ -11,6 +11,7 @@ expected API key get the real "API key not valid" 400.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import uuid
@@ -261,16 +262,126 @@ class Recorded:
         return _camel_keys(tools) if isinstance(tools, list) else []
 
 
+@dataclass
+class Upload:
+    """A file uploaded through the fake Files API (the resumable protocol the SDK speaks)."""
+
+    name: str  # files/<id>
+    uri: str
+    mime_type: str
+    display_name: str | None
+    declared_size: int
+    data: bytes = b""
+    finalized: bool = False
+
+
+def inline_parts(content: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The content's inline data parts as sent: {"mimeType", "data" (base64)}."""
+    parts = [_camel_keys(p) for p in content.get("parts", [])]
+    return [p["inlineData"] for p in parts if "inlineData" in p]
+
+
+def inline_files(content: Mapping[str, Any]) -> list[tuple[str, bytes]]:
+    """(media type, bytes) of each inline data part, its base64 decoded (proto JSON's bytes:
+    the standard or the URL-safe alphabet, as the SDK writes them)."""
+    return [(p["mimeType"], _bytes_of(p["data"])) for p in inline_parts(content)]
+
+
+def _bytes_of(data: str) -> bytes:
+    alphabet = "-_" if "-" in data or "_" in data else "+/"
+    return base64.b64decode(data, altchars=alphabet.encode(), validate=True)
+
+
+def file_parts(content: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The content's Files API references: {"mimeType", "fileUri"} (keys in camelCase)."""
+    parts = [_camel_keys(p) for p in content.get("parts", [])]
+    return [p["fileData"] for p in parts if "fileData" in p]
+
+
 # --- the server ---------------------------------------------------------------------------------
 class FakeGemini(LoopbackServer[Reply | Fail, Recorded]):
     def __init__(self, api_key: str = API_KEY) -> None:
         self.api_key = api_key
+        self.uploads: list[Upload] = []
         super().__init__(
             "Gemini",
-            [Route(f"/{API_VERSION}/models/{{call:path}}", self._models, methods=["POST"])],
+            [
+                Route(f"/{API_VERSION}/models/{{call:path}}", self._models, methods=["POST"]),
+                Route(f"/upload/{API_VERSION}/files", self._upload, methods=["POST"]),
+            ],
             streamed=Reply(),
             plain=Reply(chunks=['"Trip Ideas For Paris."']),
         )
+
+    def _refused_part(self, contents: list[dict[str, Any]]) -> str | None:
+        """What the real API refuses in a part: inline data that is not base64 with a media
+        type, a file reference to no (finished) upload or with another media type."""
+        known = {u.uri: u for u in self.uploads if u.finalized}
+        for content in contents:
+            for inline in inline_parts(content):
+                try:
+                    _bytes_of(inline["data"])
+                except (KeyError, ValueError):
+                    return "inline data must be base64"
+                if not inline.get("mimeType"):
+                    return "inline data needs a mimeType"
+            for ref in file_parts(content):
+                upload = known.get(ref.get("fileUri", ""))
+                if upload is None:
+                    return f"File {ref.get('fileUri')} does not exist or is not yours."
+                if ref.get("mimeType") != upload.mime_type:
+                    return "the file part's mimeType is not the file's"
+        return None
+
+    # --- the Files API: start a resumable upload, then its chunks (the last one finalizes) ----
+    async def _upload(self, request: Request) -> Response:
+        command = request.headers.get("x-goog-upload-command", "")
+        upload_id = request.query_params.get("upload_id")
+        if upload_id is None:  # the start needs the key; the upload URL is its own credential
+            if request.headers.get("x-goog-api-key") != self.api_key:
+                return _error(invalid_api_key())
+            body = await read_body(request)
+            if (
+                command != "start"
+                or request.headers.get("x-goog-upload-protocol") != "resumable"
+                or not isinstance(body, dict)
+            ):
+                return _error(bad_request("start a resumable upload first"))
+            # Proto JSON: the SDK writes snake_case keys, the API reads both spellings.
+            meta = _camel_keys(body.get("file", {}))
+            file_id = uuid.uuid4().hex[:12]
+            self.uploads.append(
+                Upload(
+                    name=f"files/{file_id}",
+                    uri=f"{self.url}/{API_VERSION}/files/{file_id}",
+                    mime_type=str(meta.get("mimeType", "")),
+                    display_name=meta.get("displayName"),
+                    declared_size=int(meta.get("sizeBytes", 0)),
+                )
+            )
+            url = f"{self.url}/upload/{API_VERSION}/files?upload_id={file_id}"
+            return JSONResponse({}, headers={"X-Goog-Upload-URL": url})
+        upload = next((u for u in self.uploads if u.name == f"files/{upload_id}"), None)
+        if upload is None or upload.finalized:
+            return _error(Fail(404, "No such upload.", "NOT_FOUND"))
+        if int(request.headers.get("x-goog-upload-offset", "-1")) != len(upload.data):
+            return _error(bad_request("wrong upload offset"))
+        upload.data += await request.body()
+        if "finalize" not in command:
+            return JSONResponse({}, headers={"X-Goog-Upload-Status": "active"})
+        upload.finalized = True
+        if len(upload.data) != upload.declared_size:
+            return _error(bad_request("the upload's size is not the one declared"))
+        file = {
+            "name": upload.name,
+            "displayName": upload.display_name,
+            "mimeType": upload.mime_type,
+            "sizeBytes": str(len(upload.data)),
+            "uri": upload.uri,
+            "state": "ACTIVE",
+            "source": "UPLOADED",
+        }
+        return JSONResponse({"file": file}, headers={"X-Goog-Upload-Status": "final"})
 
     # what was asked, under the names the tests use
     streams = LoopbackServer.streamed_requests
@@ -299,6 +410,9 @@ class FakeGemini(LoopbackServer[Reply | Fail, Recorded]):
             return _error(bad_request("this fake streams only with alt=sse"))
         if not isinstance(body, dict) or not body.get("contents"):
             return _error(bad_request())
+        refused = self._refused_part(body["contents"])
+        if refused is not None:
+            return _error(bad_request(refused))
         behaviour = await self._next(request, stream)
         if behaviour is None:  # after a Hang
             return Response(status_code=503)

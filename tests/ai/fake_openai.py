@@ -9,7 +9,9 @@ replies) and `fake.script_plain(...)` for the others (the titles).
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -103,6 +105,45 @@ class Recorded:
         return isinstance(self.body, dict) and self.body.get("stream") is True
 
 
+_DATA_URL = re.compile(r"^data:([a-z]+/[a-z0-9.+-]+);base64,([A-Za-z0-9+/]*={0,2})$")
+
+
+def data_url(url: str) -> tuple[str, bytes]:
+    """(media type, bytes) of a base64 data URL; ValueError for anything else."""
+    match = _DATA_URL.match(url)
+    if match is None:
+        raise ValueError(f"not a base64 data URL: {url[:40]!r}")
+    return match.group(1), base64.b64decode(match.group(2), validate=True)
+
+
+def _refused_content(messages: list[Any]) -> str | None:
+    """What the API refuses in a message's content parts: an unknown type, an image that is
+    not a data URL (this fake fetches no URL), a file without a data URL and a name."""
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(content, list):
+            continue
+        if message.get("role") != "user":
+            return "content parts are for user messages here"
+        for part in content:
+            kind = part.get("type")
+            try:
+                if kind == "text":
+                    if not isinstance(part.get("text"), str):
+                        return "a text part needs its text"
+                elif kind == "image_url":
+                    data_url(part["image_url"]["url"])
+                elif kind == "file":
+                    data_url(part["file"]["file_data"])
+                    if not part["file"].get("filename"):
+                        return "a file part needs a filename"
+                else:
+                    return f"Invalid content part type {kind!r}."
+            except (KeyError, TypeError, ValueError) as exc:
+                return f"Invalid {kind} part: {exc}"
+    return None
+
+
 # --- the server ---------------------------------------------------------------------------------
 class FakeOpenAI(LoopbackServer[Reply | Fail, Recorded]):
     def __init__(self) -> None:
@@ -128,6 +169,9 @@ class FakeOpenAI(LoopbackServer[Reply | Fail, Recorded]):
             return _error(
                 Fail(400, "'model' and 'messages' are required.", "invalid_request_error")
             )
+        refused = _refused_content(body["messages"])
+        if refused is not None:
+            return _error(Fail(400, refused, "invalid_request_error"))
         stream = body.get("stream") is True
         if body.get("stream_options") is not None and not stream:
             return _error(

@@ -81,8 +81,9 @@ async def test_checkout_to_pro_to_a_sixth_message_then_cancel_to_basic(live, liv
     assert (await status_of(live, auth))["tier"] == "basic"
 
     location = await pay(live, started)
+    # Back to the web client, which shows the new plan.
     assert location == (
-        f"http://127.0.0.1:{live_port}/subscribe/success?session_id={started['session_id']}"
+        f"http://127.0.0.1:{live_port}/?checkout=success&session_id={started['session_id']}"
     )
     assert (await live.get(path_of(location))).status_code == 200
     status = await status_of(live, auth)
@@ -167,7 +168,7 @@ async def test_cancelling_the_checkout_changes_nothing(live):
     buttons = await checkout_buttons(live, started)
     cancelled = await live.post(buttons["Cancel"])
     assert cancelled.status_code == 303
-    assert path_of(cancelled.headers["location"]) == "/subscribe/cancelled"
+    assert path_of(cancelled.headers["location"]) == "/?checkout=cancelled"
     assert (await live.get("/subscribe/cancelled")).status_code == 200
     assert (await status_of(live, auth))["tier"] == "basic"
     # An expired session cannot be paid.

@@ -19,6 +19,10 @@ ROOM_KEYS = {
     "system_prompt",
     "message_count",
     "last_message_at",
+    "model",
+    "temperature",
+    "thinking",
+    "grounding",
     "created_at",
     "updated_at",
 }
@@ -53,6 +57,9 @@ async def test_create_with_name_and_prompt(client, alice):
     assert room["system_prompt"] == "Be brief."
     assert room["message_count"] == 0
     assert room["last_message_at"] is None
+    # The default model, with its own defaults (tests/chat/test_room_models.py sets them).
+    assert (room["model"], room["temperature"], room["thinking"]) == (None, None, None)
+    assert room["grounding"] is False
     assert room["created_at"] == room["updated_at"] == "2026-11-22T10:00:00Z"
 
 

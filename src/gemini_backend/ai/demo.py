@@ -22,10 +22,10 @@ PROMPT_PREVIEW_CHARS = 80
 
 class DemoProvider:
     name = "demo"
-    model = "demo"
 
-    def __init__(self, chunk_delay_ms: int) -> None:
+    def __init__(self, chunk_delay_ms: int, model: str = "demo") -> None:
         self.chunk_delay = chunk_delay_ms / 1000
+        self.model = model
 
     @staticmethod
     def reply_text(conversation: Conversation) -> str:
@@ -40,6 +40,17 @@ class DemoProvider:
     def thought_text(conversation: Conversation) -> str:
         return f'Thinking about: "{conversation.prompt[:PROMPT_PREVIEW_CHARS]}"'
 
+    @staticmethod
+    async def received(conversation: Conversation) -> str:
+        """` [attachments: photo.png image/png 48213 B, ...]`: each file of the conversation,
+        its size the bytes actually read from the storage ("" without files)."""
+        listed = []
+        for turn in conversation.turns:
+            for attachment in turn.attachments:
+                size = len(await attachment.read())
+                listed.append(f"{attachment.filename} {attachment.media_type} {size} B")
+        return f" [attachments: {', '.join(listed)}]" if listed else ""
+
     async def stream(
         self, conversation: Conversation, options: GenerationOptions
     ) -> AsyncGenerator[StreamItem, None]:
@@ -47,7 +58,7 @@ class DemoProvider:
         if thinking:
             # A thought first, as a thinking model gives its summary before the answer.
             yield Thought(self.thought_text(conversation))
-        text = self.reply_text(conversation)
+        text = self.reply_text(conversation) + await self.received(conversation)
         words = text.split(" ")
         size = max(1, len(words) // 4)
         chunks = [" ".join(words[i : i + size]) for i in range(0, len(words), size)]

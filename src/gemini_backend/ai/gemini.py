@@ -12,9 +12,12 @@ kept here only to scrub it out of error texts): it is never written to a log lin
 
 from __future__ import annotations
 
+import io
 import math
 import re
-from collections.abc import AsyncGenerator, Mapping, Sequence
+import time
+from collections import OrderedDict
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -23,6 +26,7 @@ from google import genai
 from google.genai import errors, types
 
 from gemini_backend.ai.base import (
+    Attachment,
     Citations,
     Conversation,
     Delta,
@@ -57,6 +61,11 @@ _RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
 _QUOTA_FAILURE = "type.googleapis.com/google.rpc.QuotaFailure"
 _ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)s\s*$")
+# Attachments sent inline up to this many bytes a request (the API takes about 20 MB in all).
+DEFAULT_INLINE_MAX_BYTES = 15 * 1024 * 1024
+# The Files API keeps an upload 48 h: it is reused for an hour less, then uploaded again.
+FILE_REUSE_SECONDS = 47 * 3600
+MAX_REMEMBERED_UPLOADS = 10_000
 
 
 class GeminiProvider:
@@ -69,9 +78,15 @@ class GeminiProvider:
         model: str,
         timeout_seconds: float,
         base_url: str | None = None,
+        inline_max_bytes: int = DEFAULT_INLINE_MAX_BYTES,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.model = model
         self.base_url = base_url
+        self.inline_max_bytes = inline_max_bytes
+        # Attachment id -> (the Files API's uri, when to upload it again).
+        self._uploads: OrderedDict[int, tuple[str, float]] = OrderedDict()
+        self._clock = clock
         self._http = httpx.AsyncClient()
         self._client = genai.Client(
             vertexai=False,  # the Gemini API with a key, whatever GOOGLE_GENAI_* says
@@ -107,9 +122,10 @@ class GeminiProvider:
     ) -> AsyncGenerator[StreamItem, None]:
         reading = _Reading()
         try:
+            contents = await self._contents(conversation)
             response = await self._client.aio.models.generate_content_stream(
                 model=self.model,
-                contents=_contents(conversation),
+                contents=contents,
                 config=_config(self.model, conversation, options),
             )
             try:
@@ -169,6 +185,51 @@ class GeminiProvider:
             title = ""
         return title or fallback_title(first_message)
 
+    # --- attachments ----------------------------------------------------------------------------
+    async def _contents(self, conversation: Conversation) -> list[types.Content]:
+        """The turns as contents: each one's text, then its files. Files go inline (base64 in
+        the request) while the request's inline bytes stay within `inline_max_bytes`; the
+        rest through the Files API. Images, PDFs and text files alike are parts with their
+        media type (Gemini reads PDFs and text as documents)."""
+        inline_left = self.inline_max_bytes
+        contents = []
+        for turn in conversation.turns:
+            parts = [types.Part(text=turn.text)] if turn.text or not turn.attachments else []
+            for attachment in turn.attachments:
+                if attachment.size <= inline_left:
+                    inline_left -= attachment.size
+                    data = await attachment.read()
+                    parts.append(types.Part.from_bytes(data=data, mime_type=attachment.media_type))
+                else:
+                    uri = await self._uploaded(attachment)
+                    parts.append(types.Part.from_uri(file_uri=uri, mime_type=attachment.media_type))
+            contents.append(
+                types.Content(role="user" if turn.role == "user" else "model", parts=parts)
+            )
+        return contents
+
+    async def _uploaded(self, attachment: Attachment) -> str:
+        """The Files API's uri of the attachment, uploaded once per FILE_REUSE_SECONDS (the
+        API deletes its copy after 48 h)."""
+        now = self._clock()
+        found = self._uploads.get(attachment.id)
+        if found is not None and found[1] > now:
+            self._uploads.move_to_end(attachment.id)
+            return found[0]
+        data = await attachment.read()
+        uploaded = await self._client.aio.files.upload(
+            file=io.BytesIO(data),
+            config=types.UploadFileConfig(
+                mime_type=attachment.media_type, display_name=attachment.filename[:512]
+            ),
+        )
+        if not uploaded.uri:
+            raise ValueError("the Files API returned no uri")
+        self._uploads[attachment.id] = (uploaded.uri, now + FILE_REUSE_SECONDS)
+        while len(self._uploads) > MAX_REMEMBERED_UPLOADS:
+            self._uploads.popitem(last=False)
+        return uploaded.uri
+
 
 def _config(
     model: str, conversation: Conversation, options: GenerationOptions
@@ -178,6 +239,8 @@ def _config(
         automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
         automatic_continuation=False,
     )
+    if options.temperature is not None:
+        config.temperature = options.temperature  # None: the model's default
     config.thinking_config = _thinking_config(model, options.thinking)
     if options.grounding:
         config.tools = [types.Tool(google_search=types.GoogleSearch())]
@@ -232,15 +295,6 @@ class _Reading:
         blocked = self.finish_reason in BLOCKING_FINISH_REASONS
         items.append(Finished(self.finish_reason.lower(), self.usage, blocked=blocked))
         return items
-
-
-def _contents(conversation: Conversation) -> list[types.Content]:
-    return [
-        types.Content(
-            role="user" if turn.role == "user" else "model", parts=[types.Part(text=turn.text)]
-        )
-        for turn in conversation.turns
-    ]
 
 
 def _texts(candidate: types.Candidate) -> list[str]:

@@ -8,6 +8,7 @@ The API key is handed to the SDK and never kept on this object or written to a l
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any
@@ -15,7 +16,11 @@ from typing import Any
 import openai
 import structlog
 from openai import AsyncOpenAI
-from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
+from openai.types.chat import (
+    ChatCompletionChunk,
+    ChatCompletionContentPartParam,
+    ChatCompletionMessageParam,
+)
 from openai.types.completion_usage import CompletionUsage
 from openai.types.shared import ReasoningEffort
 
@@ -27,6 +32,7 @@ from gemini_backend.ai.base import (
     ProviderError,
     StreamItem,
     Thought,
+    Turn,
     Usage,
 )
 from gemini_backend.ai.retry_after import MAX_RETRY_AFTER_SECONDS, retry_after_seconds
@@ -90,10 +96,11 @@ class OpenAIProvider:
         try:
             response = await self._client.chat.completions.create(
                 model=self.model,
-                messages=self._messages(conversation),
+                messages=await self._messages(conversation),
                 stream=True,
                 stream_options={"include_usage": True},
                 reasoning_effort=_reasoning_effort(options.thinking),
+                **_sampling(options),
             )
             async with response:
                 async for chunk in response:
@@ -159,12 +166,14 @@ class OpenAIProvider:
         return text.replace(key, "[redacted]") if key and len(key) >= 4 else text
 
     @staticmethod
-    def _messages(conversation: Conversation) -> list[ChatCompletionMessageParam]:
+    async def _messages(conversation: Conversation) -> list[ChatCompletionMessageParam]:
         messages: list[ChatCompletionMessageParam] = []
         if conversation.system_prompt:
             messages.append({"role": "system", "content": conversation.system_prompt})
         for turn in conversation.turns:
-            if turn.role == "user":
+            if turn.role == "user" and turn.attachments:
+                messages.append({"role": "user", "content": await _content_parts(turn)})
+            elif turn.role == "user":
                 messages.append({"role": "user", "content": turn.text})
             else:
                 messages.append({"role": "assistant", "content": turn.text})
@@ -190,6 +199,11 @@ class OpenAIProvider:
 
 
 # --- the mapping --------------------------------------------------------------------------------
+def _sampling(options: GenerationOptions) -> dict[str, Any]:
+    """The room's temperature, sent only when set (the server's default otherwise)."""
+    return {} if options.temperature is None else {"temperature": options.temperature}
+
+
 def _reasoning_effort(thinking: str | int | None) -> ReasoningEffort | openai.Omit:
     """A thinking level as OpenAI's `reasoning_effort`; anything else is not sent (a budget
     has no OpenAI equivalent, and "off" is not a value every server takes)."""
@@ -316,3 +330,25 @@ def _describe(exc: BaseException) -> str:
     if isinstance(code, str) and code:
         parts.append(code)
     return " ".join(parts)
+
+
+async def _content_parts(turn: Turn) -> list[ChatCompletionContentPartParam]:
+    """A user turn with files as content parts: its text, then each file: an image as an
+    `image_url` part (a data URL), a text file as a text part (named), a PDF as a `file` part
+    (a data URL in `file_data`, which servers without PDF input refuse)."""
+    parts: list[ChatCompletionContentPartParam] = []
+    if turn.text:
+        parts.append({"type": "text", "text": turn.text})
+    for attachment in turn.attachments:
+        data = await attachment.read()
+        url = f"data:{attachment.media_type};base64,{base64.b64encode(data).decode()}"
+        if attachment.media_type.startswith("image/"):
+            parts.append({"type": "image_url", "image_url": {"url": url}})
+        elif attachment.media_type.startswith("text/"):
+            text = data.decode("utf-8", errors="replace")
+            parts.append({"type": "text", "text": f"[{attachment.filename}]\n{text}"})
+        else:
+            parts.append(
+                {"type": "file", "file": {"filename": attachment.filename, "file_data": url}}
+            )
+    return parts

@@ -13,6 +13,8 @@ def page(title: str, body: str) -> HTMLResponse:
     return HTMLResponse(
         "<!doctype html><html><head><meta charset='utf-8'>"
         "<meta name='viewport' content='width=device-width,initial-scale=1'>"
+        # No icon: else a browser asks for /favicon.ico, a 404 in its console.
+        "<link rel='icon' href='data:,'>"
         f"<title>{html.escape(title)}</title>"
         "<style>body{font-family:system-ui,sans-serif;max-width:32rem;margin:3rem auto;"
         "padding:0 1rem}button{font-size:1rem;padding:.5rem 1.2rem;margin:.3rem}</style>"

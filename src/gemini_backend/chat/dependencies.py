@@ -56,7 +56,9 @@ async def _room_message(
 # dependency in its thread pool, a thread hop per request.
 async def _chatroom_service(request: Request, session: DbSession) -> ChatroomService:
     state = services_of(request)
-    return ChatroomService(session, state.clock, state.chatroom_cache, state.settings)
+    return ChatroomService(
+        session, state.clock, state.chatroom_cache, state.settings, state.models.catalogue
+    )
 
 
 async def _message_sender(request: Request) -> MessageSender:

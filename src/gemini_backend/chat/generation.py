@@ -13,11 +13,13 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, Literal
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from gemini_backend.ai.base import Attachment as ProviderAttachment
 from gemini_backend.ai.base import (
     Citations,
     Conversation,
@@ -31,8 +33,11 @@ from gemini_backend.ai.base import (
     Usage,
     estimate_tokens,
 )
+from gemini_backend.ai.registry import ProviderRegistry
+from gemini_backend.attachments.service import Attachments, attachment_tokens
 from gemini_backend.chat import repository as repo
 from gemini_backend.chat.cache import ChatroomCache
+from gemini_backend.chat.options import RoomOptions, reply_settings, thinking_value
 from gemini_backend.chat.repository import ReplyRoom
 from gemini_backend.chat.schemas import MessageOut
 from gemini_backend.chat.states import ReplyStatus, cancel_key
@@ -48,6 +53,7 @@ from gemini_backend.core.metrics import (
 )
 from gemini_backend.core.streams import ReplyStream
 from gemini_backend.quota.service import Quota
+from gemini_backend.users.tier import tier_for
 
 log = structlog.get_logger(__name__)
 
@@ -61,6 +67,17 @@ class Claim:
     chatroom_id: int
     user_message_id: int | None
     user_id: int | None = None  # the room's owner (None: the room is gone)
+
+
+@dataclass(frozen=True, slots=True)
+class Serving:
+    """Who answers a reply and how: the provider of the room's model (the default model's when
+    the room has none, or its owner's plan no longer allows it), the room's options, and the
+    model's context window."""
+
+    provider: Provider
+    options: GenerationOptions
+    context_tokens: int | None = None
 
 
 @dataclass
@@ -220,21 +237,25 @@ class ReplyGenerator:
         clock: Clock,
         sessionmaker: async_sessionmaker[AsyncSession],
         autocommit_sessionmaker: async_sessionmaker[AsyncSession],
-        provider: Provider,
+        models: ProviderRegistry,
         streams: ReplyStream,
         cache: Cache,
         quota: Quota,
         chatrooms: ChatroomCache,
         statements: repo.ChatStatements,
+        attachments: Attachments,
     ) -> None:
         self.sql = statements
+        self.attachments = attachments
         self.settings = settings
         self.clock = clock
         self.sessionmaker = sessionmaker
         # One-statement writes (the claim, a completed finish) and reads: no BEGIN/COMMIT
         # round trips on PostgreSQL.
         self.autocommit_sessionmaker = autocommit_sessionmaker
-        self.provider = provider
+        self.models = models
+        # The default model's: titles, and the rooms without a model of their own.
+        self.provider: Provider = models.default_provider
         self.streams = streams
         self.cache = cache
         self.quota = quota
@@ -248,7 +269,7 @@ class ReplyGenerator:
         if claimed is None:
             log.info("reply_claim_skipped", reply_id=reply_id)
             return
-        claim, conversation, room = claimed
+        claim, conversation, room, serving = claimed
         structlog.contextvars.bind_contextvars(reply_id=reply_id, chatroom_id=claim.chatroom_id)
         if claim.attempt > 1:
             # An earlier attempt died part-way: its chunks are void. Clients are told to start over.
@@ -259,10 +280,10 @@ class ReplyGenerator:
         titling = None
         if room is not None and room.auto_title and len(conversation.turns) == 1:
             titling = asyncio.create_task(self._title(room.id, room.user_id, conversation.prompt))
-        outcome = await self._generate(claim, conversation)
+        outcome = await self._generate(claim, conversation, serving)
         if titling is not None:
             await titling
-        await self._finish(claim, outcome)
+        await self._finish(claim, outcome, serving.provider.model)
 
     async def _title(self, room_id: int, user_id: int, first_message: str) -> None:
         try:
@@ -277,7 +298,9 @@ class ReplyGenerator:
         except Exception:
             log.exception("title_failed", chatroom_id=room_id)
 
-    async def _claim(self, reply_id: int) -> tuple[Claim, Conversation, ReplyRoom | None] | None:
+    async def _claim(
+        self, reply_id: int
+    ) -> tuple[Claim, Conversation, ReplyRoom | None, Serving] | None:
         """Take the reply (a conditional UPDATE: a duplicate delivery finds nothing to take), then
         read its room and conversation. The claim is one statement, committed on its own: if
         this worker dies before it finishes, the reply stays `generating` without heartbeats and
@@ -304,47 +327,96 @@ class ReplyGenerator:
         if claim.attempt == 1:
             JOB_LAG.observe(max(0.0, (now - created_at).total_seconds()))
         system_prompt = room.system_prompt if room else None
-        return claim, self._conversation(system_prompt, claimed.turns), room
+        serving = self._serving(room, now)
+        files = self._attachments_by_message(claimed.attachments)
+        conversation = self._conversation(
+            system_prompt, claimed.turns, files, serving.context_tokens
+        )
+        return claim, conversation, room, serving
+
+    def _serving(self, room: ReplyRoom | None, now: datetime) -> Serving:
+        """The room's model and options as its owner's plan allows them now."""
+        if room is None:
+            return Serving(self.provider, GenerationOptions())
+        tier = tier_for(room.plan, now, self.settings.past_due_grace_days)
+        options = RoomOptions(
+            room.model, room.temperature, thinking_value(room.thinking), room.grounding
+        )
+        info, generation = reply_settings(self.models.catalogue, tier, options)
+        provider = None
+        if info.id != self.models.catalogue.default:
+            provider = self.models.provider(info.id)
+        # The default model's provider is the generator's own (tests replace it there).
+        return Serving(provider or self.provider, generation, info.context_tokens)
+
+    def _attachments_by_message(
+        self, rows: Sequence[dict[str, Any]]
+    ) -> dict[int, tuple[ProviderAttachment, ...]]:
+        """The claim's attachment rows as a provider receives them (bytes read on demand)."""
+        found: dict[int, list[ProviderAttachment]] = {}
+        for row in rows:
+            attachment = self.attachments.provider_attachment(SimpleNamespace(**row))
+            found.setdefault(row["message_id"], []).append(attachment)
+        return {message_id: tuple(items) for message_id, items in found.items()}
 
     def _conversation(
-        self, system_prompt: str | None, branch: Sequence[tuple[int, str, str]]
+        self,
+        system_prompt: str | None,
+        branch: Sequence[tuple[int, str, str]],
+        files: dict[int, tuple[ProviderAttachment, ...]] | None = None,
+        context_tokens: int | None = None,
     ) -> Conversation:
         """`branch`: (id, role, content) of the completed messages from the one answered up to
-        the root, newest first."""
-        budget = self.settings.context_max_tokens - estimate_tokens(system_prompt or "")
+        the root, newest first; `files`: their attachments (they count against the budget);
+        kept within CONTEXT_MAX_TOKENS and the model's window."""
+        limit = self.settings.context_max_tokens
+        if context_tokens is not None:
+            limit = min(limit, context_tokens)
+        budget = limit - estimate_tokens(system_prompt or "")
         turns: list[Turn] = []
         for message_id, role, content in branch:  # keep the newest within the budget
-            cost = estimate_tokens(content)
+            attached = (files or {}).get(message_id, ())
+            cost = estimate_tokens(content) + sum(
+                attachment_tokens(a.media_type, a.size) for a in attached
+            )
             if turns and cost > budget:
                 break
             budget -= cost
-            turns.append(Turn("user" if role == "user" else "assistant", content, message_id))
+            speaker: Literal["user", "assistant"] = "user" if role == "user" else "assistant"
+            turns.append(Turn(speaker, content, message_id, attached))
         turns.reverse()
         # The conversation must end with the user's message being answered.
         while turns and turns[-1].role != "user":
             turns.pop()
         return Conversation(system_prompt, turns)
 
-    async def _generate(self, claim: Claim, conversation: Conversation) -> Outcome:
-        provider = self.provider.name
+    async def _generate(
+        self, claim: Claim, conversation: Conversation, serving: Serving
+    ) -> Outcome:
+        provider = serving.provider.name
         started = time.perf_counter()
         deltas = _DeltaWriter(self.streams, claim.reply_id)
         try:
-            return await self._generate_attempts(claim, conversation, started, deltas)
+            return await self._generate_attempts(claim, conversation, serving, started, deltas)
         finally:
             PROVIDER_LATENCY.labels(provider).observe(time.perf_counter() - started)
             await deltas.flush()  # every delta is in the stream before the final event
 
     async def _generate_attempts(
-        self, claim: Claim, conversation: Conversation, started: float, deltas: _DeltaWriter
+        self,
+        claim: Claim,
+        conversation: Conversation,
+        serving: Serving,
+        started: float,
+        deltas: _DeltaWriter,
     ) -> Outcome:
         progress = _Progress(started, deltas, time.monotonic() + self._heartbeat_interval())
         attempt = 0
         while True:
             attempt += 1
-            PROVIDER_ATTEMPTS.labels(self.provider.name).inc()
+            PROVIDER_ATTEMPTS.labels(serving.provider.name).inc()
             try:
-                return await self._attempt(claim, conversation, progress)
+                return await self._attempt(claim, conversation, serving, progress)
             except TimeoutError:
                 error = ProviderError("provider_timeout", "timed out", retryable=True)
             except ProviderError as exc:
@@ -356,22 +428,23 @@ class ReplyGenerator:
             await asyncio.sleep(delay * random.uniform(0.8, 1.2))  # noqa: S311 - jitter
 
     async def _attempt(
-        self, claim: Claim, conversation: Conversation, progress: _Progress
+        self, claim: Claim, conversation: Conversation, serving: Serving, progress: _Progress
     ) -> Outcome:
         """One call of the provider, streamed into the reply until it finishes, is cancelled,
         or goes quiet for AI_TIMEOUT_SECONDS (TimeoutError)."""
         timeout = self.settings.ai_timeout_seconds
+        provider = serving.provider
         async with (
             asyncio.timeout(timeout) as scope,
             # Closed at once when we stop early (cancel), releasing the provider's
             # connection, rather than whenever the generator is collected.
-            contextlib.aclosing(self.provider.stream(conversation, GenerationOptions())) as items,
+            contextlib.aclosing(provider.stream(conversation, serving.options)) as items,
         ):
             async for item in items:
                 scope.reschedule(asyncio.get_running_loop().time() + timeout)
                 if isinstance(item, Finished):
                     return progress.finished(item)
-                _take(progress, item, self.provider.name)
+                _take(progress, item, provider.name)
                 stopped = await self._between_chunks(claim, progress)
                 if stopped is not None:
                     return stopped
@@ -402,7 +475,7 @@ class ReplyGenerator:
             )
             await session.commit()
 
-    async def _finish(self, claim: Claim, outcome: Outcome) -> None:
+    async def _finish(self, claim: Claim, outcome: Outcome, model: str) -> None:
         now = self.clock.now()
         usage = outcome.usage or Usage()
         # A failed or blocked reply gives its quota slot back in the same transaction; any other
@@ -419,6 +492,7 @@ class ReplyGenerator:
             "prompt": usage.prompt_tokens,
             "output": usage.output_tokens,
             "thinking": usage.thinking_tokens,
+            "model": model,
             "cached": usage.cached_tokens,
             "parts": outcome.parts(),
             "now": now,

@@ -7,12 +7,14 @@ from sqlalchemy import (
     JSON,
     Boolean,
     Date,
+    Float,
     ForeignKey,
     Index,
     Integer,
     String,
     Text,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
@@ -47,6 +49,13 @@ class Chatroom(Base):
     # The last message of the conversation shown (the tree's active branch ends here); no
     # foreign key: the room and its messages go together, and a send only moves it.
     active_leaf_id: Mapped[int | None] = mapped_column(BigIntId)
+    # The room's model (a catalogue id; None: the default model) and its generation options
+    # (None: the model's own default). `thinking`: off, low, medium, high or a token budget
+    # written as digits (chat/options.py reads it back).
+    model: Mapped[str | None] = mapped_column(String(100))
+    temperature: Mapped[float | None] = mapped_column(Float)
+    thinking: Mapped[str | None] = mapped_column(String(16))
+    grounding: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
@@ -72,6 +81,14 @@ class RoomView(Protocol):
     def activity_at(self) -> datetime: ...
     @property
     def active_leaf_id(self) -> int | None: ...
+    @property
+    def model(self) -> str | None: ...
+    @property
+    def temperature(self) -> float | None: ...
+    @property
+    def thinking(self) -> str | None: ...
+    @property
+    def grounding(self) -> bool: ...
     @property
     def created_at(self) -> datetime: ...
     @property

@@ -8,8 +8,9 @@ columns it needs (no ORM identity map or instance loading).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cache
 from typing import Any, Protocol, cast
@@ -39,6 +40,8 @@ from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from gemini_backend.attachments import repository as attachments_repo
+from gemini_backend.billing.models import Subscription
 from gemini_backend.chat.models import Chatroom, IdempotencyKey, Message, RoomView
 from gemini_backend.chat.states import ReplyStatus
 from gemini_backend.core.db import BigIntId, UTCDateTime
@@ -47,6 +50,7 @@ from gemini_backend.quota.repository import daily_slot_upsert
 from gemini_backend.users.models import User
 
 _rooms = cast(Table, Chatroom.__table__)
+_plans = cast(Table, Subscription.__table__)
 _messages = cast(Table, Message.__table__)
 _keys = cast(Table, IdempotencyKey.__table__)
 
@@ -637,6 +641,10 @@ async def send_to_owned_room(
     return True, Exchange(used, message_id, reply_id, parent_id)
 
 
+async def set_parts(session: AsyncSession, message_id: int, parts: list[dict[str, Any]]) -> None:
+    await session.execute(update(_messages).where(_messages.c.id == message_id).values(parts=parts))
+
+
 # --- idempotency keys ---------------------------------------------------------------------
 
 _EXPIRED_KEY = delete(_keys).where(
@@ -723,7 +731,11 @@ _CLAIM = (
         status=ReplyStatus.GENERATING,
         attempts=_messages.c.attempts + 1,
         updated_at=bindparam("now", type_=UTCDateTime()),
-        model=bindparam("model_name"),
+        # The room's model, else the default (the finish writes the one that answered).
+        model=func.coalesce(
+            select(_rooms.c.model).where(_rooms.c.id == _messages.c.chatroom_id).scalar_subquery(),
+            bindparam("model_name"),
+        ),
     )
     .returning(
         _messages.c.attempts,
@@ -733,8 +745,22 @@ _CLAIM = (
         _messages.c.parent_id,
     )
 )
-_ROOM = select(_rooms.c.id, _rooms.c.user_id, _rooms.c.system_prompt, _rooms.c.auto_title).where(
-    _rooms.c.id == bindparam("room_id")
+# The room, its model and options, and its owner's plan (the tier decides what a reply may use).
+_ROOM = (
+    select(
+        _rooms.c.id,
+        _rooms.c.user_id,
+        _rooms.c.system_prompt,
+        _rooms.c.auto_title,
+        _rooms.c.model,
+        _rooms.c.temperature,
+        _rooms.c.thinking,
+        _rooms.c.grounding,
+        _plans.c.status,
+        _plans.c.current_period_end,
+    )
+    .select_from(_rooms.outerjoin(_plans, _plans.c.user_id == _rooms.c.user_id))
+    .where(_rooms.c.id == bindparam("room_id"))
 )
 # A reply's conversation: the branch from the message it answers up to the root (at most
 # MAX_TURNS messages), the completed ones, newest first: never another branch's message.
@@ -767,7 +793,10 @@ _CLAIM_POSTGRESQL = text(
     WITH RECURSIVE claimed AS (
         UPDATE messages
         SET status = :generating, attempts = attempts + 1, updated_at = :now,
-            model = :model_name
+            model = COALESCE(
+                (SELECT r.model FROM chatrooms AS r WHERE r.id = messages.chatroom_id),
+                :model_name
+            )
         WHERE id = :reply_id AND status = :queued AND role = 'assistant'
         RETURNING attempts, chatroom_id, reply_to, created_at, parent_id
     ), context AS (
@@ -781,9 +810,20 @@ _CLAIM_POSTGRESQL = text(
     )
     SELECT claimed.attempts, claimed.chatroom_id, claimed.reply_to, claimed.created_at,
            claimed.parent_id, room.id, room.user_id, room.system_prompt, room.auto_title,
-           turns.ids, turns.roles, turns.contents
+           room.model, room.temperature, room.thinking, room.grounding,
+           plan.status, plan.current_period_end,
+           turns.ids, turns.roles, turns.contents,
+           (SELECT json_agg(json_build_object(
+                       'id', a.id, 'message_id', a.message_id, 'filename', a.filename,
+                       'media_type', a.media_type, 'size', a.size, 'sha256', a.sha256,
+                       'storage_key', a.storage_key) ORDER BY a.id)
+            FROM attachments AS a
+            WHERE a.state = 'stored'
+              AND a.message_id IN (SELECT id FROM context WHERE status = :completed)
+           ) AS attachments
     FROM claimed
     LEFT JOIN chatrooms AS room ON room.id = claimed.chatroom_id
+    LEFT JOIN subscriptions AS plan ON plan.user_id = room.user_id
     CROSS JOIN (
         SELECT array_agg(id ORDER BY id DESC) AS ids,
                array_agg(role ORDER BY id DESC) AS roles,
@@ -813,6 +853,7 @@ _FINISH = _THIS_ATTEMPT.values(
     prompt_tokens=bindparam("prompt"),
     output_tokens=bindparam("output"),
     thinking_tokens=bindparam("thinking"),
+    model=bindparam("model"),
     cached_tokens=bindparam("cached"),
     # None is SQL NULL (the reply is its text alone), not a JSON null.
     parts=bindparam("parts", type_=JSON(none_as_null=True)),
@@ -827,11 +868,31 @@ _TITLE = (
 
 
 @dataclass(frozen=True, slots=True)
+class RoomPlan:
+    """The owner's subscription, as users/tier.py's PlanState."""
+
+    status: str
+    current_period_end: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
 class ReplyRoom:
     id: int
     user_id: int
     system_prompt: str | None
     auto_title: bool
+    model: str | None
+    temperature: float | None
+    thinking: str | None
+    grounding: bool
+    plan_status: str | None  # None: the owner never had a subscription
+    plan_period_end: datetime | None
+
+    @property
+    def plan(self) -> RoomPlan | None:
+        if self.plan_status is None:
+            return None
+        return RoomPlan(self.plan_status, self.plan_period_end)
 
 
 @dataclass(frozen=True, slots=True)
@@ -842,6 +903,9 @@ class ClaimedReply:
     created_at: datetime
     room: ReplyRoom | None  # None: the room is gone
     turns: list[tuple[int, str, str]]  # (id, role, content) of its branch, newest first
+    # The stored attachments of those messages (id, message_id, filename, media_type, size,
+    # sha256, storage_key), oldest first.
+    attachments: list[dict[str, Any]] = field(default_factory=list)
 
 
 async def _claim_reply_postgresql(
@@ -852,9 +916,11 @@ async def _claim_reply_postgresql(
     row = (await session.execute(_CLAIM_POSTGRESQL, params)).one_or_none()
     if row is None:
         return None
-    room = ReplyRoom(*row[5:9]) if row[5] is not None else None
-    turns = list(zip(row[9] or (), row[10] or (), row[11] or (), strict=True))
-    return ClaimedReply(row[0], row[1], row[2], row[3], room, turns)
+    room = ReplyRoom(*row[5:15]) if row[5] is not None else None
+    turns = list(zip(row[15] or (), row[16] or (), row[17] or (), strict=True))
+    found = row[18]
+    attachments = (json.loads(found) if isinstance(found, str) else found) or []
+    return ClaimedReply(row[0], row[1], row[2], row[3], room, turns, attachments)
 
 
 async def _claim_reply_sqlite(
@@ -870,8 +936,11 @@ async def _claim_reply_sqlite(
     found = (await session.execute(_ROOM, {"room_id": room_id})).one_or_none()
     reads = {"room_id": room_id, "start_id": parent_id}
     turns = [(id_, role, content) for id_, role, content in await session.execute(_TURNS, reads)]
-    room = ReplyRoom(*found) if found is not None else None
-    return ClaimedReply(attempts, room_id, user_message_id, created_at, room, turns)
+    room = ReplyRoom(*cast(tuple[Any, ...], found)) if found is not None else None
+    attachments = [
+        row._asdict() for row in await attachments_repo.of_messages(session, [t[0] for t in turns])
+    ]
+    return ClaimedReply(attempts, room_id, user_message_id, created_at, room, turns, attachments)
 
 
 async def heartbeat_reply(
@@ -883,7 +952,7 @@ async def heartbeat_reply(
 async def finish_reply(session: AsyncSession, params: dict[str, Any]) -> Row[Any] | None:
     """Write a reply's outcome if `attempt` still owns it: the reply's row, or None (another
     attempt took over). `params`: reply_id, attempt, new_status, text, error_code, reason,
-    prompt, output, thinking, cached, parts, now."""
+    prompt, output, thinking, model (the one that answered), cached, parts, now."""
     return (await session.execute(_FINISH, params)).one_or_none()
 
 

@@ -7,6 +7,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
 
+from gemini_backend.attachments.errors import (
+    AttachmentAlreadySent,
+    AttachmentNotFound,
+    AttachmentTooLarge,
+    TooManyAttachments,
+)
 from gemini_backend.auth.dependencies import CurrentUser
 from gemini_backend.chat import repository as repo
 from gemini_backend.chat.cache import ChatroomCache
@@ -24,6 +30,7 @@ from gemini_backend.chat.errors import (
     ReplyInProgress,
     found_room,
 )
+from gemini_backend.chat.options import PlanRequired, UnknownModel, UnsupportedOption
 from gemini_backend.chat.reads import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
@@ -68,6 +75,7 @@ from gemini_backend.chat.service import (
     ChatroomLimitReached,
     ChatroomService,
     InvalidCursor,
+    SystemPromptTooLong,
     message_out,
 )
 from gemini_backend.core.db import MAX_ID, DbSession
@@ -102,17 +110,31 @@ router = APIRouter(
     tags=["Chatrooms"],
     responses={**AUTH_ERRORS, 422: validation_doc(example=PATH_PROBLEM)},
 )
-NAME_ERRORS: Responses = {
+# Creating or changing a room with a model and options (chat/options.py).
+OPTION_ERRORS: Responses = {
     **BODY_ERRORS,
+    **error_doc_for(("A Pro model, or grounding, asked for by a Basic user", PlanRequired)),
     422: validation_doc(
+        SystemPromptTooLong,
+        UnknownModel,
+        UnsupportedOption,
         example=problem(
-            "string_too_long",
-            ("body", "name"),
-            "String should have at most 200 characters",
-            max_length="200",
-        )
+            "less_than_equal",
+            ("body", "temperature"),
+            "Input should be less than or equal to 2",
+            le="2",
+        ),
     ),
 }
+ROOM_OPTIONS_DOC = (
+    "`model` is a model of `GET /models` (null: the default model); `temperature` 0 to 2, "
+    '`thinking` "off", "low", "medium", "high" or a budget in tokens, `grounding` (Google '
+    "Search) a boolean. An unknown model is 422 `unknown_model`; an option the model does not "
+    "support (the room's options as they would be, checked against its model) is 422 "
+    "`unsupported_option`; a Pro model, or turning grounding on, as a Basic user is 403 "
+    "`plan_required`. A room keeps a Pro model when its owner goes back to Basic; its replies "
+    "then come from the default model, without grounding (the reply's `model` says which)."
+)
 
 NOT_FOUND: Responses = error_doc_for(("No such chatroom, or not yours", ChatroomNotFound))
 MESSAGE_NOT_FOUND: Responses = error_doc_for(
@@ -165,10 +187,12 @@ STREAM_EXAMPLE = (
         '`name` (alias `title`) may be omitted: the room is called "New chat" until the '
         "first exchange gives it a title. `system_prompt` (at most MAX_SYSTEM_PROMPT_CHARS, "
         "8000, characters after trimming: else 422 `system_prompt_too_long`) steers every "
-        "reply in the room. A user has at most MAX_CHATROOMS_PER_USER (1000) rooms."
+        "reply in the room. A user has at most MAX_CHATROOMS_PER_USER (1000) rooms.\n\n"
+        + "The room's model and options may be set here or later (PATCH): "
+        + ROOM_OPTIONS_DOC
     ),
     responses={
-        **NAME_ERRORS,
+        **OPTION_ERRORS,
         **error_doc_for(
             ("The user has the most chatrooms allowed", ChatroomLimitReached),
             detail="You have 1000 chatrooms, the most allowed; delete one to create another.",
@@ -178,7 +202,7 @@ STREAM_EXAMPLE = (
 async def create_chatroom(
     body: ChatroomCreate, user: CurrentUser, chat: ChatroomServiceDep
 ) -> ChatroomOut:
-    return await chat.create(user.id, body)
+    return await chat.create(user, body)
 
 
 @router.get(
@@ -253,29 +277,34 @@ async def get_chatroom(request: Request, user: CurrentUser, chatroom_id: Chatroo
 
 @router.patch(
     "/{chatroom_id}",
-    summary="Rename a chatroom or change its system prompt",
+    summary="Rename a chatroom, change its system prompt, its model or its options",
     description=(
         "Only the fields sent change. `name` cannot be null; an empty or null `system_prompt` "
-        "clears it."
+        "clears it.\n\n" + ROOM_OPTIONS_DOC
     ),
-    responses={**NOT_FOUND, **NAME_ERRORS},
+    responses={**NOT_FOUND, **OPTION_ERRORS},
 )
 async def update_chatroom(
-    body: ChatroomUpdate, room: OwnedChatroom, chat: ChatroomServiceDep
+    body: ChatroomUpdate, room: OwnedChatroom, user: CurrentUser, chat: ChatroomServiceDep
 ) -> ChatroomOut:
-    return await chat.update(room, body)
+    return await chat.update(room, body, user)
 
 
 @router.delete(
     "/{chatroom_id}",
     status_code=status.HTTP_204_NO_CONTENT,
-    summary="Delete a chatroom and its messages",
+    summary="Delete a chatroom, its messages and its attachments",
     responses=NOT_FOUND,
 )
 async def delete_chatroom(
-    room: OwnedChatroom, chat: ChatroomServiceDep, sender: MessageSenderDep, session: DbSession
+    request: Request,
+    room: OwnedChatroom,
+    chat: ChatroomServiceDep,
+    sender: MessageSenderDep,
+    session: DbSession,
 ) -> Response:
     await sender.stop_replies_in(session, room.id)
+    await services_of(request).attachments.delete_with_room(session, room.id)
     await chat.delete(room)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
@@ -308,7 +337,10 @@ async def list_messages(
         "answer is a receipt, not the reply. Follow it at `stream_url` (Server-Sent Events) or "
         "poll `GET /chatroom/{chatroom_id}/messages/{reply_id}`.\n\n"
         "`content` (aliases `message`, `text`) is 1 to MAX_MESSAGE_CHARS (8000) characters "
-        "after trimming. An `Idempotency-Key` header (per user, 24 h) makes retries safe: the "
+        "after trimming; it may be empty when `attachment_ids` name files uploaded to this "
+        "chatroom (POST /chatroom/{chatroom_id}/attachments) and not sent yet: they become "
+        "the message's attachment parts, in that order, and the model receives them. An "
+        "`Idempotency-Key` header (per user, 24 h) makes retries safe: the "
         "same key with the same chatroom and text answers the first receipt again and creates "
         "nothing; the same key with another chatroom or text is 422 `idempotency_key_reused`."
         "\n\n"
@@ -318,12 +350,23 @@ async def list_messages(
     ),
     responses={
         **RECEIPT_HEADERS,
-        **NOT_FOUND,
+        **error_doc_for(
+            ("No such chatroom, or not yours", ChatroomNotFound),
+            ("an attachment id that is not one of this chatroom's", AttachmentNotFound),
+        ),
         **BODY_ERRORS,
+        **error_doc_for(
+            (
+                "The attachments together are larger than the caller's plan allows for one message",
+                AttachmentTooLarge,
+            ),
+        ),
         422: validation_doc(
             MessageTooLong,
             InvalidIdempotencyKey,
             IdempotencyKeyReused,
+            AttachmentAlreadySent,
+            TooManyAttachments,
             example=problem("missing", ("body", "content"), "Field required"),
         ),
         **QUOTA_ERRORS,
@@ -345,7 +388,7 @@ async def send_message(
     # session, and each dependency costs FastAPI's resolution on every request.
     sender: MessageSender = services_of(request).message_sender
     receipt, quota = await sender.send(
-        user, chatroom_id, body.content, idempotency_key, body.parent_id
+        user, chatroom_id, body.content, idempotency_key, body.parent_id, body.attachment_ids
     )
     response.headers.update(quota.headers(sender.clock.now()))
     return receipt

@@ -3,10 +3,19 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StringConstraints,
+    model_validator,
+)
 from sqlalchemy import Row
 
 from gemini_backend.chat.models import Message, RoomView
+from gemini_backend.chat.options import MAX_THINKING_BUDGET, thinking_value
 from gemini_backend.chat.states import ReplyStatus
 from gemini_backend.core.db import MAX_ID, STORABLE_TEXT
 
@@ -16,6 +25,18 @@ RoomName = Annotated[
 ]
 # At most MAX_SYSTEM_PROMPT_CHARS after trimming (a setting: checked by the service).
 SystemPrompt = Annotated[str, StringConstraints(strip_whitespace=True, pattern=STORABLE_TEXT)]
+# A room's generation options (checked against the model and the plan by chat/options.py).
+ModelId = Annotated[str, StringConstraints(min_length=1, max_length=100)]
+Temperature = Annotated[float, Field(ge=0, le=2, allow_inf_nan=False)]
+ThinkingLevel = Literal["off", "low", "medium", "high"]
+Thinking = ThinkingLevel | Annotated[StrictInt, Field(ge=0, le=MAX_THINKING_BUDGET)]
+MODEL_DOC = "A model of `GET /models` (null: the default model)."
+TEMPERATURE_DOC = "0 to 2 (null: the model's default)."
+THINKING_DOC = (
+    '"off", "low", "medium", "high", or a thinking budget in tokens (0 to 32768); null: the '
+    "model's default. Only on models that support `thinking`."
+)
+GROUNDING_DOC = "Google Search grounding: Pro only, on models that support `search`."
 
 # Realistic values shared by the examples of the OpenAPI schema: one exchange in chatroom 12.
 PROMPT_EXAMPLE = "Plan a 3-day trip to Goa in December."
@@ -81,6 +102,10 @@ CHATROOM_EXAMPLE: dict[str, Any] = {
     "system_prompt": "You are a concise travel planner.",
     "message_count": 2,
     "last_message_at": "2026-11-22T10:00:00Z",
+    "model": None,
+    "temperature": None,
+    "thinking": None,
+    "grounding": False,
     "created_at": "2026-11-21T18:30:00Z",
     "updated_at": "2026-11-22T10:00:02Z",
 }
@@ -102,17 +127,28 @@ class ChatroomCreate(BaseModel):
         ),
     ] = None
     system_prompt: SystemPrompt | None = None
+    model: Annotated[ModelId | None, Field(description=MODEL_DOC)] = None
+    temperature: Annotated[Temperature | None, Field(description=TEMPERATURE_DOC)] = None
+    thinking: Annotated[Thinking | None, Field(description=THINKING_DOC)] = None
+    grounding: Annotated[bool, Field(description=GROUNDING_DOC)] = False
 
 
 class ChatroomUpdate(BaseModel):
     model_config = ConfigDict(
-        populate_by_name=True, json_schema_extra={"example": {"name": "Goa itinerary"}}
+        populate_by_name=True,
+        json_schema_extra={
+            "example": {"name": "Goa itinerary", "model": "gemini-2.5-flash", "temperature": 0.7}
+        },
     )
 
     name: Annotated[RoomName | None, Field(validation_alias=AliasChoices("name", "title"))] = None
     system_prompt: Annotated[
         SystemPrompt | None, Field(description="An empty string or null clears it.")
     ] = None
+    model: Annotated[ModelId | None, Field(description=MODEL_DOC)] = None
+    temperature: Annotated[Temperature | None, Field(description=TEMPERATURE_DOC)] = None
+    thinking: Annotated[Thinking | None, Field(description=THINKING_DOC)] = None
+    grounding: Annotated[bool, Field(description=GROUNDING_DOC)] = False
 
 
 class Usage(BaseModel):
@@ -148,10 +184,12 @@ class MessageOut(BaseModel):
         "first, this one included (`< 2/3 >`)."
     )
     parts: list[dict[str, Any]] = Field(
-        description='The message as parts, in order. A reply: `{"type": "thought", "text"}` (the '
-        'model\'s thought summary, never in `content`), `{"type": "text", "text"}` (the same text '
-        'as `content`; absent while a reply has no text yet), `{"type": "citation", "sources", '
-        '"segments", "search_entry_point"}` (a grounded reply\'s sources).'
+        description='The message as parts, in order. A user message: `{"type": "text", "text"}` '
+        '(absent when it is only files) and `{"type": "attachment", "attachment_id", '
+        '"media_type", "filename"}` for each file sent with it. A reply: `{"type": "thought", '
+        '"text"}` (the model\'s thought summary, never in `content`), `{"type": "text", "text"}` '
+        '(absent while a reply has no text yet), `{"type": "citation", "sources", "segments", '
+        '"search_entry_point"}` (a grounded reply\'s sources). `content` is the text alone.'
     )
     created_at: datetime
     completed_at: datetime | None
@@ -200,6 +238,10 @@ class ChatroomOut(BaseModel):
     system_prompt: str | None
     message_count: int
     last_message_at: datetime | None
+    model: str | None = Field(description=MODEL_DOC)
+    temperature: float | None = Field(description=TEMPERATURE_DOC)
+    thinking: ThinkingLevel | int | None = Field(description=THINKING_DOC)
+    grounding: bool = Field(description=GROUNDING_DOC)
     created_at: datetime
     updated_at: datetime
 
@@ -212,6 +254,10 @@ class ChatroomOut(BaseModel):
             system_prompt=room.system_prompt,
             message_count=room.message_count,
             last_message_at=room.last_message_at,
+            model=room.model,
+            temperature=room.temperature,
+            thinking=thinking_value(room.thinking),
+            grounding=room.grounding,
             created_at=room.created_at,
             updated_at=room.updated_at,
         )
@@ -277,6 +323,7 @@ MessageId = Annotated[int, Field(ge=1, le=MAX_ID)]
 MessageContent = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, pattern=STORABLE_TEXT)
 ]
+MessageText = Annotated[str, StringConstraints(strip_whitespace=True, pattern=STORABLE_TEXT)]
 
 
 class MessageCreate(BaseModel):
@@ -285,12 +332,22 @@ class MessageCreate(BaseModel):
     )
 
     content: Annotated[
-        MessageContent,
+        MessageText,
         Field(
             validation_alias=AliasChoices("content", "message", "text", "user_message"),
-            description="1..MAX_MESSAGE_CHARS characters after trimming.",
+            description="1..MAX_MESSAGE_CHARS characters after trimming; may be empty or left "
+            "out when `attachment_ids` are given.",
         ),
-    ]
+    ] = ""
+    attachment_ids: Annotated[
+        list[MessageId],
+        Field(
+            description="Attachments of this chatroom (uploaded, not sent with another "
+            "message yet) sent with the message, in this order; at most "
+            "MAX_ATTACHMENTS_PER_MESSAGE (10).",
+            max_length=100,
+        ),
+    ] = []
     parent_id: Annotated[
         MessageId | None,
         Field(
@@ -298,6 +355,12 @@ class MessageCreate(BaseModel):
             "continue the active branch."
         ),
     ] = None
+
+    @model_validator(mode="after")
+    def _something_to_send(self) -> MessageCreate:
+        if not self.content and not self.attachment_ids:
+            raise ValueError("content is required (unless attachment_ids are given)")
+        return self
 
 
 class MessageEdit(BaseModel):

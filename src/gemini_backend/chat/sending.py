@@ -20,9 +20,11 @@ nothing else the receipt shows).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
+from typing import Any
 
 import structlog
 from limits import RateLimitItem, parse
@@ -31,6 +33,9 @@ from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from gemini_backend.attachments.models import Attachment
+from gemini_backend.attachments.schemas import attachment_part
+from gemini_backend.attachments.service import Attachments
 from gemini_backend.auth.principals import SignedInUser
 from gemini_backend.chat import repository as repo
 from gemini_backend.chat.cache import ChatroomCache
@@ -115,13 +120,27 @@ def _valid_key(key: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class _Draft:
-    """A message to send: its room, text, the message it follows (None: the active leaf) and
-    its Idempotency-Key."""
+    """A message to send: its room, text, the message it follows (None: the active leaf), its
+    Idempotency-Key and the attachments sent with it."""
 
     room_id: int
     content: str
     parent_id: int | None = None
     key: str | None = None
+    attachment_ids: tuple[int, ...] = ()
+
+
+def _sent_attachments(message: MessageOut) -> tuple[int, ...]:
+    return tuple(
+        part["attachment_id"] for part in message.parts if part.get("type") == "attachment"
+    )
+
+
+def _user_parts(content: str, attachments: Sequence[Attachment]) -> list[dict[str, Any]] | None:
+    """The parts of a user message sent with attachments (None: its text is all it is)."""
+    if not attachments:
+        return None
+    return message_parts(content, None) + [attachment_part(row) for row in attachments]
 
 
 def _check_replay(replay: SendReceipt, draft: _Draft) -> None:
@@ -132,6 +151,7 @@ def _check_replay(replay: SendReceipt, draft: _Draft) -> None:
         sent.chatroom_id != draft.room_id
         or sent.content != draft.content
         or (draft.parent_id is not None and sent.parent_id != draft.parent_id)
+        or _sent_attachments(sent) != draft.attachment_ids
     ):
         raise IdempotencyKeyReused()
 
@@ -150,6 +170,7 @@ class MessageSender:
         streams: ReplyStream,
         cache: Cache,
         statements: repo.ChatStatements,
+        attachments: Attachments,
         enqueue_with_invalidation: bool = False,
     ) -> None:
         """`enqueue_with_invalidation`: the queue and the chatroom cache are both on Redis
@@ -171,6 +192,7 @@ class MessageSender:
         self.chatrooms = chatrooms
         self.streams = streams
         self.cache = cache
+        self.attachments = attachments
 
     async def send(
         self,
@@ -179,18 +201,19 @@ class MessageSender:
         content: str,
         idempotency_key: str | None,
         parent_id: int | None = None,
+        attachment_ids: Sequence[int] = (),
     ) -> tuple[SendReceipt, QuotaState]:
         """The receipt and the caller's quota after it (a replay spends nothing). The new
-        message follows `parent_id`, or the room's active leaf."""
+        message follows `parent_id`, or the room's active leaf; it carries `attachment_ids`."""
         self._check_length(content)
         if idempotency_key is not None and not _valid_key(idempotency_key):
             raise InvalidIdempotencyKey()
         now = self.clock.now()
         tier = tier_of(user, now, self.settings)
-        if idempotency_key is None and parent_id is None:
+        if idempotency_key is None and parent_id is None and not attachment_ids:
             receipt, quota, reply_id = await self._send_new(user.id, tier, room_id, content, now)
         else:
-            draft = _Draft(room_id, content, parent_id, idempotency_key)
+            draft = _Draft(room_id, content, parent_id, idempotency_key, tuple(attachment_ids))
             receipt, quota, reply_id = await self._send_in_session(user.id, tier, draft, now)
         if reply_id is not None:  # a replay spends nothing and announces nothing
             await self._announce(user.id, reply_id)
@@ -259,12 +282,22 @@ class MessageSender:
             if not await repo.message_in_room(session, draft.room_id, draft.parent_id):
                 raise MessageNotFound("parent_id names no message of this chatroom.")
             parent = draft.parent_id
+        attachments: list[Attachment] = []
+        if draft.attachment_ids:
+            attachments = await self.attachments.check_for_send(
+                session, tier, draft.room_id, draft.attachment_ids
+            )
         exchange, quota = await self._take_slot(
             session, user_id, tier, now, draft.room_id, content=draft.content, parent_id=parent
         )
+        parts = _user_parts(draft.content, attachments)
+        if parts is not None:
+            await self.attachments.link(session, attachments, exchange.message_id)
+            await repo.set_parts(session, exchange.message_id, parts)
         if draft.parent_id is not None:  # the parent may have other children
             siblings = (await repo.sibling_ids(session, draft.room_id, [parent]))[parent]
-        return self._send_receipt(draft.room_id, draft.content, exchange, now, siblings), quota
+        receipt = self._send_receipt(draft.room_id, draft.content, exchange, now, siblings, parts)
+        return receipt, quota
 
     async def edit(
         self,
@@ -445,9 +478,10 @@ class MessageSender:
         exchange: Exchange,
         now: datetime,
         siblings: list[int] | None = None,
+        parts: list[dict[str, Any]] | None = None,
     ) -> SendReceipt:
         """`siblings`: the user message's, when its parent may have other children (else it
-        follows a leaf: it is alone, as its reply is)."""
+        follows a leaf: it is alone, as its reply is). `parts`: those stored (attachments)."""
         user_message = MessageOut(
             id=exchange.message_id,
             chatroom_id=room_id,
@@ -461,7 +495,7 @@ class MessageSender:
             reply_to=None,
             parent_id=exchange.parent_id,
             sibling_ids=siblings or [exchange.message_id],
-            parts=message_parts(content, None),
+            parts=message_parts(content, parts),
             created_at=now,
             completed_at=now,
         )

@@ -11,10 +11,18 @@ from typing import Any
 from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from gemini_backend.ai.catalogue import ModelCatalogue
+from gemini_backend.auth.principals import SignedInUser
 from gemini_backend.chat import repository as repo
 from gemini_backend.chat.cache import ChatroomCache
 from gemini_backend.chat.errors import BranchReplyInProgress, MessageNotFound
 from gemini_backend.chat.models import DEFAULT_ROOM_NAME, Chatroom, Message, RoomView
+from gemini_backend.chat.options import (
+    RoomOptions,
+    check_room_options,
+    thinking_column,
+    thinking_value,
+)
 from gemini_backend.chat.schemas import (
     ChatroomCreate,
     ChatroomDetail,
@@ -31,6 +39,7 @@ from gemini_backend.config import Settings
 from gemini_backend.core.clock import Clock
 from gemini_backend.core.db import MAX_ID, after_commit
 from gemini_backend.core.errors import BadRequest, Conflict, ValidationFailed
+from gemini_backend.users.tier import tier_of
 
 ROOM_DETAIL_MESSAGES = 50
 
@@ -140,14 +149,30 @@ def decode_room_cursor(cursor: str) -> tuple[datetime, int]:
         raise InvalidCursor() from exc
 
 
+OPTION_FIELDS = ("model", "temperature", "thinking", "grounding")
+
+
 class ChatroomService:
     def __init__(
-        self, session: AsyncSession, clock: Clock, cache: ChatroomCache, settings: Settings
+        self,
+        session: AsyncSession,
+        clock: Clock,
+        cache: ChatroomCache,
+        settings: Settings,
+        catalogue: ModelCatalogue | None = None,  # needed to create or change a room
     ) -> None:
         self.session = session
         self.clock = clock
         self.cache = cache
         self.settings = settings
+        self.catalogue = catalogue
+
+    def _check_options(self, user: SignedInUser, options: RoomOptions, changed: set[str]) -> None:
+        if not changed & set(OPTION_FIELDS):
+            return
+        assert self.catalogue is not None, "ChatroomService needs the catalogue to change a room"
+        tier = tier_of(user, self.clock.now(), self.settings)
+        check_room_options(self.catalogue, tier, options, changed)
 
     def _check_prompt(self, system_prompt: str | None) -> None:
         limit = self.settings.max_system_prompt_chars
@@ -173,8 +198,11 @@ class ChatroomService:
 
         after_commit(self.session, invalidate)
 
-    async def create(self, user_id: int, body: ChatroomCreate) -> ChatroomOut:
+    async def create(self, user: SignedInUser, body: ChatroomCreate) -> ChatroomOut:
+        user_id = user.id
         self._check_prompt(body.system_prompt)
+        options = RoomOptions(body.model, body.temperature, body.thinking, body.grounding)
+        self._check_options(user, options, body.model_fields_set)
         await self._check_room_count(user_id)
         now = self.clock.now()
         room = await repo.add_room(
@@ -184,6 +212,10 @@ class ChatroomService:
                 name=body.name or DEFAULT_ROOM_NAME,
                 auto_title=body.name is None,
                 system_prompt=body.system_prompt or None,
+                model=body.model,
+                temperature=body.temperature,
+                thinking=thinking_column(body.thinking),
+                grounding=body.grounding,
                 message_count=0,
                 activity_at=now,
                 created_at=now,
@@ -251,6 +283,10 @@ class ChatroomService:
                 name=f"{room.name} (fork)"[:200],
                 auto_title=False,
                 system_prompt=room.system_prompt,
+                model=room.model,
+                temperature=room.temperature,
+                thinking=room.thinking,
+                grounding=room.grounding,
                 message_count=len(path),
                 last_message_at=now,
                 activity_at=now,
@@ -263,21 +299,46 @@ class ChatroomService:
         self._invalidate_list_after_commit(room.user_id)
         return await self.detail(copy)
 
-    async def update(self, room: Chatroom, body: ChatroomUpdate) -> ChatroomOut:
+    async def update(self, room: Chatroom, body: ChatroomUpdate, user: SignedInUser) -> ChatroomOut:
         fields = body.model_fields_set
         if "name" in fields and body.name is None:
             raise ValidationFailed("A chatroom's name cannot be null.")
         self._check_prompt(body.system_prompt)
+        self._check_options(user, self._options_after(room, body), fields)
         if "name" in fields and body.name is not None:
             room.name = body.name
             room.auto_title = False
         if "system_prompt" in fields:
             room.system_prompt = body.system_prompt or None
+        self._set_options(room, body)
         if fields:
             room.updated_at = self.clock.now()
             await self.session.flush()
             self._invalidate_list_after_commit(room.user_id)
         return ChatroomOut.from_row(room)
+
+    @staticmethod
+    def _options_after(room: Chatroom, body: ChatroomUpdate) -> RoomOptions:
+        """The room's options as the update would leave them (the fields sent replace)."""
+        sent = body.model_fields_set
+        return RoomOptions(
+            body.model if "model" in sent else room.model,
+            body.temperature if "temperature" in sent else room.temperature,
+            body.thinking if "thinking" in sent else thinking_value(room.thinking),
+            body.grounding if "grounding" in sent else room.grounding,
+        )
+
+    @staticmethod
+    def _set_options(room: Chatroom, body: ChatroomUpdate) -> None:
+        sent = body.model_fields_set
+        if "model" in sent:
+            room.model = body.model
+        if "temperature" in sent:
+            room.temperature = body.temperature
+        if "thinking" in sent:
+            room.thinking = thinking_column(body.thinking)
+        if "grounding" in sent:
+            room.grounding = body.grounding
 
     async def delete(self, room: Chatroom) -> None:
         await repo.delete_room(self.session, room.id)

@@ -133,11 +133,30 @@ class _BodyTooLarge(HTTPException):
 
 class BodyLimitMiddleware:
     """Refuses bodies over `max_bytes` with 413: by `Content-Length` up front, and by counting
-    for chunked uploads."""
+    for chunked uploads. A POST to a path ending in `upload_suffix` (a file upload, which its
+    route streams and limits per plan) may have up to `upload_max_bytes`."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        *,
+        upload_suffix: str | None = None,
+        upload_max_bytes: int = 0,
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.upload_suffix = upload_suffix
+        self.upload_max_bytes = max(max_bytes, upload_max_bytes)
+
+    def _limit(self, scope: Scope) -> int:
+        if (
+            self.upload_suffix is not None
+            and scope["method"] == "POST"
+            and scope["path"].endswith(self.upload_suffix)
+        ):
+            return self.upload_max_bytes
+        return self.max_bytes
 
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         # A plain function: a request with nothing to count is handed on without a frame of
@@ -145,6 +164,7 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             return self.app(scope, receive, send)
         chunked = False
+        limit = self._limit(scope)
         for name, value in scope["headers"]:
             if name == b"content-length":
                 try:
@@ -155,7 +175,7 @@ class BodyLimitMiddleware:
                     return error_response(400, "bad_request", "Invalid Content-Length.")(
                         scope, receive, send
                     )
-                if declared > self.max_bytes:
+                if declared > limit:
                     return error_response(413, "payload_too_large", PayloadTooLarge.detail)(
                         scope, receive, send
                     )
@@ -165,9 +185,9 @@ class BodyLimitMiddleware:
                 chunked = True
         if not chunked:  # no body at all (a GET, a DELETE)
             return self.app(scope, receive, send)
-        return self._counted(scope, receive, send)
+        return self._counted(scope, receive, send, limit)
 
-    async def _counted(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _counted(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
         received = 0
         response_started = False
 
@@ -176,7 +196,7 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > limit:
                     raise _BodyTooLarge()
             return message
 

@@ -210,6 +210,14 @@ TAGS: list[dict[str, str]] = [
         "as Server-Sent Events.",
     },
     {
+        "name": "Models",
+        "description": "The configured providers' models, what each supports, who may use it.",
+    },
+    {
+        "name": "Attachments",
+        "description": "Files uploaded to a chatroom and sent with its messages.",
+    },
+    {
         "name": "Subscriptions",
         "description": "The Basic and Pro plans, Stripe Checkout and webhooks, daily usage.",
     },

@@ -46,6 +46,7 @@ class ReadyOut(BaseModel):
                 "checks": {"database": "ok", "throttle": "ok"},
                 "ai": {"provider": "demo", "model": "demo"},
                 "queue": "in-process",
+                "storage": "local",
                 "otp_delivery": "response",
                 "warning": None,
             }
@@ -57,6 +58,7 @@ class ReadyOut(BaseModel):
     checks: dict[str, str] = Field(description='Each dependency: "ok" or "error: <type>"')
     ai: ReadyAi
     queue: str = Field(description="in-process | redis-streams")
+    storage: str = Field(description="Where attachments are stored: local | s3 (S3_BUCKET)")
     otp_delivery: str = Field(description="response | log | twilio (OTP_DELIVERY)")
     warning: str | None = Field(
         default=None,
@@ -97,6 +99,7 @@ async def health() -> dict[str, str]:
                         },
                         "ai": {"provider": "gemini", "model": "gemini-2.5-flash"},
                         "queue": "redis-streams",
+                        "storage": "s3",
                     }
                 }
             },
@@ -126,6 +129,7 @@ async def ready(request: Request) -> JSONResponse:
         "ai": {"provider": state.provider.name, "model": state.provider.model},
         # Embedded mode: jobs run in this process. Production: Redis Streams (the redis check).
         "queue": "redis-streams" if state.settings.is_production_mode else "in-process",
+        "storage": state.attachments.storage.kind,
         "otp_delivery": state.settings.otp_delivery,
     }
     if state.settings.otp_response_exposed:

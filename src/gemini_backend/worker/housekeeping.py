@@ -1,5 +1,6 @@
 """The periodic purge of rows past their use, run by every sweeper (worker/runtime.py): expired
-OTPs, expired refresh tokens, quiet sign-in guards, idempotency keys past their 24 h window.
+OTPs, expired refresh tokens, quiet sign-in guards, idempotency keys past their 24 h window,
+uploads still pending ATTACHMENT_PENDING_MINUTES after they began (with their stored bytes).
 
 Each table is purged in batches of PURGE_BATCH rows, a short transaction each, so the purge
 never holds a lock for long (on SQLite, the single writer is free between batches). Several
@@ -15,6 +16,7 @@ from datetime import timedelta
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from gemini_backend.attachments.service import Attachments
 from gemini_backend.auth import repository as auth_repo
 from gemini_backend.chat import repository as chat_repo
 from gemini_backend.chat.sending import IDEMPOTENCY_WINDOW
@@ -34,11 +36,16 @@ Batch = Callable[[AsyncSession, int], Awaitable[int]]
 
 class Housekeeping:
     def __init__(
-        self, settings: Settings, clock: Clock, sessionmaker: async_sessionmaker[AsyncSession]
+        self,
+        settings: Settings,
+        clock: Clock,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        attachments: Attachments,
     ) -> None:
         self.settings = settings
         self.clock = clock
         self.sessionmaker = sessionmaker
+        self.attachments = attachments
 
     async def purge(self, stop: asyncio.Event | None = None) -> dict[str, int]:
         """Purge every table; the rows deleted per table. `stop` set: end after the batch."""
@@ -61,6 +68,9 @@ class Housekeeping:
             ),
         }
         purged = {name: await self._in_batches(batch, stop) for name, batch in batches.items()}
+        # Uploads that never finished: their objects, then their rows (the storage is no
+        # part of a database transaction).
+        purged["pending_attachments"] = await self.attachments.purge_pending()
         if any(purged.values()):
             log.info("purged", **purged)
         return purged

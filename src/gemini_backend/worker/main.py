@@ -65,6 +65,7 @@ async def run_worker(
             event_loop=type(loop).__module__.split(".")[0],
             ai_provider=services.provider.name,
             ai_model=services.provider.model,
+            ai_models=[model.id for model in services.models.catalogue.models],
         )
         listening = asyncio.create_task(receiver.listen(stop), name="receiver")
         stopping = asyncio.create_task(stop.wait())

@@ -1,0 +1,135 @@
+// The public HTTP API (docs/api.md), as any client uses it: bearer access tokens kept in
+// memory, the refresh token in localStorage (docs/web-client.md says why), rotated on use.
+
+const REFRESH_KEY = "gb.refresh_token";
+const LOCK_NAME = "gb.refresh";
+
+export class ApiError extends Error {
+  constructor(status, code, detail, headers) {
+    super(detail);
+    this.status = status;
+    this.code = code;
+    this.detail = detail;
+    this.headers = headers || new Headers();
+  }
+
+  get retryAfter() {
+    const value = Number(this.headers.get("Retry-After"));
+    return Number.isFinite(value) && value > 0 ? value : null;
+  }
+}
+
+// A readable sentence for an error body: FastAPI's 422 `detail` is a list.
+function detailOf(body, status) {
+  if (body && typeof body.detail === "string") return body.detail;
+  if (body && Array.isArray(body.detail) && body.detail.length) {
+    return body.detail.map((d) => d.msg || String(d)).join("; ");
+  }
+  return `The server answered ${status}.`;
+}
+
+export function networkError() {
+  return new ApiError(0, "network_error", "Cannot reach the server. Check your connection and try again.");
+}
+
+export class Api {
+  constructor() {
+    this.accessToken = null;
+    this.refreshing = null;
+    this.onSignedOut = () => {};
+  }
+
+  get refreshToken() {
+    return localStorage.getItem(REFRESH_KEY);
+  }
+
+  get signedIn() {
+    return this.accessToken !== null || this.refreshToken !== null;
+  }
+
+  keep(tokens) {
+    this.accessToken = tokens.access_token;
+    localStorage.setItem(REFRESH_KEY, tokens.refresh_token);
+    return tokens;
+  }
+
+  forget() {
+    this.accessToken = null;
+    localStorage.removeItem(REFRESH_KEY);
+  }
+
+  // One refresh at a time in this tab, and across tabs (Web Locks): a rotated token spent
+  // twice ends the session, so a tab re-reads the stored token once it holds the lock.
+  refresh() {
+    if (!this.refreshing) {
+      const run = () => this.#refreshOnce();
+      const locked = navigator.locks ? navigator.locks.request(LOCK_NAME, run) : run();
+      this.refreshing = locked.finally(() => {
+        this.refreshing = null;
+      });
+    }
+    return this.refreshing;
+  }
+
+  async #refreshOnce() {
+    const token = this.refreshToken;
+    if (!token) throw new ApiError(401, "not_authenticated", "Please sign in.");
+    try {
+      const tokens = await this.request("POST", "/auth/refresh", { refresh_token: token }, { auth: false });
+      return this.keep(tokens).user;
+    } catch (error) {
+      if (error.status === 401) {
+        this.forget();
+        this.onSignedOut("Your session has ended. Please sign in again.");
+      }
+      throw error;
+    }
+  }
+
+  // fetch() with the access token; an expired or missing one is refreshed once and the request
+  // sent again. Returns the Response (for streams and headers); errors are ApiErrors.
+  async fetch(method, path, { body, headers = {}, auth = true, signal } = {}) {
+    for (let attempt = 0; ; attempt++) {
+      const sent = { ...headers };
+      if (body !== undefined) sent["Content-Type"] = "application/json";
+      if (auth) {
+        if (!this.accessToken) await this.refresh();
+        sent.Authorization = `Bearer ${this.accessToken}`;
+      }
+      let response;
+      try {
+        response = await fetch(path, {
+          method,
+          headers: sent,
+          body: body === undefined ? undefined : JSON.stringify(body),
+          signal,
+          cache: "no-store",
+        });
+      } catch (error) {
+        if (error.name === "AbortError") throw error;
+        throw networkError();
+      }
+      if (response.ok) return response;
+      const data = await response.json().catch(() => null);
+      const code = (data && data.code) || "http_" + response.status;
+      const retryable = ["token_expired", "invalid_token", "not_authenticated"].includes(code);
+      if (auth && response.status === 401 && retryable && attempt === 0) {
+        this.accessToken = null;
+        continue;
+      }
+      throw new ApiError(response.status, code, detailOf(data, response.status), response.headers);
+    }
+  }
+
+  async request(method, path, body, options = {}) {
+    const response = await this.fetch(method, path, { ...options, body });
+    if (response.status === 204) return null;
+    const data = await response.json();
+    if (options.withHeaders) return { data, headers: response.headers };
+    return data;
+  }
+
+  get(path) {
+    return this.request("GET", path);
+  }
+}

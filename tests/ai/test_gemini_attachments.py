@@ -1,0 +1,148 @@
+"""Attachments reaching Gemini: the real SDK against the fake Gemini API (tests/ai/fake_gemini.py),
+which checks the wire format: inline data (media type and base64 bytes) up to the inline limit,
+the Files API's resumable upload and a `fileData` reference above it, the upload reused while
+the provider's copy lives (47 h) and made again after. Then end to end through the app: a PNG
+and a PDF uploaded, sent with a message, seen by the fake in the right parts."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from gemini_backend.ai.base import Attachment, Conversation, Finished, GenerationOptions, Turn
+from gemini_backend.ai.gemini import FILE_REUSE_SECONDS, GeminiProvider
+from tests.ai.fake_gemini import API_KEY, FakeGemini, Reply, file_parts, inline_files
+from tests.attachments import files
+from tests.helpers import bearer, read_sse, sign_in
+
+MODEL = "gemini-2.5-flash"
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeGemini]:
+    server = FakeGemini().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def attachment(id_: int, name: str, media_type: str, data: bytes) -> Attachment:
+    async def read() -> bytes:
+        return data
+
+    return Attachment(id_, name, media_type, len(data), "", read)
+
+
+async def run(provider: GeminiProvider, conversation: Conversation) -> None:
+    items = [item async for item in provider.stream(conversation, GenerationOptions())]
+    assert isinstance(items[-1], Finished), items
+
+
+async def test_inline_up_to_the_limit_then_the_files_api(fake):
+    now = [1000.0]
+    provider = GeminiProvider(
+        api_key=API_KEY,
+        model=MODEL,
+        timeout_seconds=5,
+        base_url=fake.url,
+        inline_max_bytes=4000,
+        clock=lambda: now[0],
+    )
+    png, pdf, big = files.png(), files.pdf(), files.png(extra=5000)
+    turn = Turn(
+        "user",
+        "What are these?",
+        1,
+        (
+            attachment(1, "p.png", "image/png", png),
+            attachment(2, "s.pdf", "application/pdf", pdf),
+            attachment(3, "big.png", "image/png", big),
+        ),
+    )
+    try:
+        await run(provider, Conversation(None, [turn]))
+        [request] = fake.streams
+        [content] = request.contents
+        assert content["role"] == "user"
+        assert content["parts"][0] == {"text": "What are these?"}
+        assert inline_files(content) == [("image/png", png), ("application/pdf", pdf)]
+        [upload] = fake.uploads
+        assert upload.finalized
+        assert upload.data == big
+        assert (upload.mime_type, upload.display_name) == ("image/png", "big.png")
+        assert file_parts(content) == [{"mimeType": "image/png", "fileUri": upload.uri}]
+
+        # Within 47 h the upload is reused; after that it is made again.
+        await run(provider, Conversation(None, [turn]))
+        assert len(fake.uploads) == 1
+        now[0] += FILE_REUSE_SECONDS + 1
+        await run(provider, Conversation(None, [turn]))
+        assert len(fake.uploads) == 2
+        latest = fake.streams[-1].contents[0]
+        assert file_parts(latest) == [{"mimeType": "image/png", "fileUri": fake.uploads[1].uri}]
+    finally:
+        await provider.aclose()
+
+
+async def test_a_turn_of_files_alone_has_no_empty_text_part(fake):
+    provider = GeminiProvider(api_key=API_KEY, model=MODEL, timeout_seconds=5, base_url=fake.url)
+    data = b"a,b\n1,2\n"
+    try:
+        turn = Turn("user", "", 1, (attachment(1, "t.csv", "text/csv", data),))
+        await run(provider, Conversation(None, [turn]))
+        [content] = fake.streams[0].contents
+        assert len(content["parts"]) == 1
+        assert inline_files(content) == [("text/csv", data)]
+    finally:
+        await provider.aclose()
+
+
+# --- end to end -----------------------------------------------------------------------------------
+@pytest.fixture
+def settings_overrides(fake: FakeGemini) -> dict[str, Any]:
+    return {
+        "ai_provider": "gemini",
+        "gemini_api_key": API_KEY,
+        "gemini_model": MODEL,
+        "gemini_base_url": fake.url,
+        "ai_timeout_seconds": 5,
+        "gemini_inline_max_bytes": 3000,
+    }
+
+
+async def test_a_png_and_a_pdf_sent_reach_gemini_in_their_parts(client, fake, alice_auth):
+    room = (await client.post("/chatroom", json={"name": "f"}, headers=alice_auth)).json()["id"]
+    png, pdf, big = files.png(), files.pdf(), files.png(extra=4000)
+    ids = []
+    for name, data in (("p.png", png), ("s.pdf", pdf), ("big.png", big)):
+        response = await client.post(
+            f"/chatroom/{room}/attachments", files={"file": (name, data)}, headers=alice_auth
+        )
+        assert response.status_code == 201, response.text
+        ids.append(response.json()["id"])
+    fake.script(Reply(chunks=("A red square", " and an empty PDF.")))
+    sent = await client.post(
+        f"/chatroom/{room}/message",
+        json={"content": "Describe", "attachment_ids": ids},
+        headers=alice_auth,
+    )
+    assert sent.status_code == 202, sent.text
+    events = await read_sse(client, sent.json()["stream_url"], alice_auth)
+    assert events[-1][1] == "done", events
+    assert json.loads(events[-1][2])["content"] == "A red square and an empty PDF."
+    [request] = fake.streams
+    [content] = request.contents
+    assert content["parts"][0] == {"text": "Describe"}
+    assert inline_files(content) == [("image/png", png), ("application/pdf", pdf)]
+    [upload] = fake.uploads
+    assert upload.data == big
+    assert file_parts(content) == [{"mimeType": "image/png", "fileUri": upload.uri}]
+
+
+@pytest.fixture
+async def alice_auth(client):
+    return bearer(await sign_in(client))
