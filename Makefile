@@ -54,10 +54,11 @@ test-fast: $(VENV)/.dev-deps
 
 # The long versions of the reliability suite and the shuffled webhook orders (tests/README.md):
 # 100 quota-race trials, 100 shuffles per scenario, 2,000 SSE streams, 1,000-connection floods,
-# 200 fuzz examples per operation; embedded, then PostgreSQL + Redis.
+# 200 fuzz examples per operation, 400 tree property examples and 20 concurrent tree trials;
+# embedded, then PostgreSQL + Redis.
 .PHONY: soak
 soak: $(VENV)/.dev-deps
-	GB_SOAK=1 $(BIN)/python scripts/run_tests.py --timeout=1800 tests/reliability tests/billing/test_webhook.py $(PYTEST_ARGS)
+	GB_SOAK=1 $(BIN)/python scripts/run_tests.py --timeout=1800 tests/reliability tests/billing/test_webhook.py tests/chat/test_tree_properties.py $(PYTEST_ARGS)
 
 lint: $(VENV)/.dev-deps
 	$(BIN)/ruff check src tests migrations scripts bench

@@ -272,3 +272,149 @@ def _tables(settings: Settings) -> set[str]:
             await engine.dispose()
 
     return asyncio.run(read())
+
+
+def test_0008_makes_each_room_one_branch_with_retried_replies_as_siblings(fresh_settings):
+    """Rooms filled at 0007 (a linear history where retries added replies to older messages)
+    become trees: one branch in id order, each retry a sibling of the reply it redid, and the
+    active leaf the newest reply to the newest user message."""
+    config = alembic_config(fresh_settings)
+    command.upgrade(config, "0007")
+    at = bindparam("at", type_=UTCDateTime())
+    statements: list[tuple[Any, dict[str, Any]]] = [
+        (
+            text(
+                "INSERT INTO users (id, mobile_number, created_at, updated_at) "
+                "VALUES (1, '+919876500000', :at, :at)"
+            ).bindparams(at),
+            {"at": MIGRATED_AT},
+        )
+    ]
+    room = text(
+        "INSERT INTO chatrooms (id, user_id, name, auto_title, message_count, activity_at, "
+        "created_at, updated_at) VALUES (:id, 1, 'r', false, 0, :at, :at, :at)"
+    ).bindparams(at)
+    statements += [(room, {"id": i, "at": MIGRATED_AT}) for i in (1, 2, 3)]  # 3 stays empty
+    message = text(
+        "INSERT INTO messages (id, chatroom_id, role, content, status, attempts, reply_to, "
+        "created_at, updated_at) VALUES (:id, :room, :role, :content, :status, 0, :reply_to, "
+        ":at, :at)"
+    ).bindparams(at)
+    for id_, room_id, role, status, reply_to in MESSAGES_AT_0007:
+        values = {"id": id_, "room": room_id, "role": role, "content": f"m{id_}"}
+        values |= {"status": status, "reply_to": reply_to, "at": MIGRATED_AT}
+        statements.append((message, values))
+
+    async def run(sql: list[tuple[Any, dict[str, Any]]], query: str) -> list[Any]:
+        engine = create_engine(fresh_settings)
+        try:
+            async with engine.begin() as conn:
+                for statement, values in sql:
+                    await conn.execute(statement, values)
+                return list(await conn.execute(text(query))) if query else []
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run(statements, ""))
+    upgrade_to_head(fresh_settings)
+    rows = asyncio.run(run([], "SELECT id, chatroom_id, parent_id FROM messages ORDER BY id"))
+    parents = {id_: parent for id_, _, parent in rows}
+    rooms = {id_: room_id for id_, room_id, _ in rows}
+    assert parents == {
+        # room 1: 1 q1 -> 2 a1 -> 4 q2 -> 7 a2' -> 9 q3 -> 10 a3, and the retries 6, 11, 13
+        1: None,
+        2: 1,
+        4: 2,
+        6: 4,  # the reply that failed, redone by 7 before q3 was sent
+        7: 4,
+        9: 7,  # under the newest reply to q2 made before q3, not 13 made after it
+        10: 9,
+        11: 1,  # a retry of q1 made after the rest: a sibling of 2
+        13: 4,  # a retry of q2 made after q3: a sibling of 6 and 7
+        # room 2, interleaved with room 1: 3 p1 -> 5 b1 -> 8 p2 -> 12 b2 -> 14 p3 -> 15 (queued)
+        3: None,
+        5: 3,
+        8: 5,
+        12: 8,
+        14: 12,
+        15: 14,
+    }
+    for id_, parent in parents.items():
+        assert parent is None or (parent < id_ and rooms[parent] == rooms[id_])
+    leaves = dict(asyncio.run(run([], "SELECT id, active_leaf_id FROM chatrooms ORDER BY id")))
+    assert leaves == {1: 10, 2: 15, 3: None}
+
+
+def test_0008_down_and_up_again_keeps_every_message(fresh_settings):
+    """Below 0008 and back: no message is lost (on SQLite a table is rebuilt to change it,
+    and the drop of the old one must not fire the foreign keys' ON DELETE actions)."""
+    upgrade_to_head(fresh_settings)
+    at = bindparam("at", type_=UTCDateTime())
+    statements: list[tuple[Any, dict[str, Any]]] = [
+        (
+            text(
+                "INSERT INTO users (id, mobile_number, created_at, updated_at) "
+                "VALUES (1, '+919876500000', :at, :at)"
+            ).bindparams(at),
+            {"at": MIGRATED_AT},
+        ),
+        (
+            text(
+                "INSERT INTO chatrooms (id, user_id, name, auto_title, message_count, "
+                "activity_at, active_leaf_id, created_at, updated_at) "
+                "VALUES (1, 1, 'r', false, 5, :at, 4, :at, :at)"
+            ).bindparams(at),
+            {"at": MIGRATED_AT},
+        ),
+    ]
+    message = text(
+        "INSERT INTO messages (id, chatroom_id, role, content, status, attempts, reply_to, "
+        "parent_id, created_at, updated_at) VALUES (:id, 1, :role, '', 'completed', 0, "
+        ":reply_to, :parent, :at, :at)"
+    ).bindparams(at)
+    # 1 q1 -> 2 a1 -> 3 q2 -> 4 a2, and 5 a retry of q1
+    tree = [(1, "user", None, None), (2, "assistant", 1, 1), (3, "user", None, 2)]
+    tree += [(4, "assistant", 3, 3), (5, "assistant", 1, 1)]
+    for id_, role, reply_to, parent in tree:
+        values = {"id": id_, "role": role, "reply_to": reply_to, "parent": parent}
+        statements.append((message, {**values, "at": MIGRATED_AT}))
+
+    async def run(sql: list[tuple[Any, dict[str, Any]]], query: str) -> list[Any]:
+        engine = create_engine(fresh_settings)
+        try:
+            async with engine.begin() as conn:
+                for statement, values in sql:
+                    await conn.execute(statement, values)
+                return list(await conn.execute(text(query))) if query else []
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run(statements, ""))
+    command.downgrade(alembic_config(fresh_settings), "0007")
+    below = asyncio.run(run([], "SELECT id, reply_to FROM messages ORDER BY id"))
+    assert below == [(1, None), (2, 1), (3, None), (4, 3), (5, 1)]
+    upgrade_to_head(fresh_settings)
+    again = asyncio.run(run([], "SELECT id, parent_id FROM messages ORDER BY id"))
+    assert again == [(id_, parent) for id_, _, _, parent in tree]
+    assert asyncio.run(run([], "SELECT active_leaf_id FROM chatrooms")) == [(4,)]
+
+
+MIGRATED_AT = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
+# (id, room, role, status, reply_to) as 0007 left them: two rooms' messages interleaved.
+MESSAGES_AT_0007 = [
+    (1, 1, "user", "completed", None),
+    (2, 1, "assistant", "completed", 1),
+    (3, 2, "user", "completed", None),
+    (4, 1, "user", "completed", None),
+    (5, 2, "assistant", "completed", 3),
+    (6, 1, "assistant", "failed", 4),
+    (7, 1, "assistant", "completed", 4),
+    (8, 2, "user", "completed", None),
+    (9, 1, "user", "completed", None),
+    (10, 1, "assistant", "completed", 9),
+    (11, 1, "assistant", "completed", 1),
+    (12, 2, "assistant", "completed", 8),
+    (13, 1, "assistant", "completed", 4),
+    (14, 2, "user", "completed", None),
+    (15, 2, "assistant", "queued", 14),
+]
