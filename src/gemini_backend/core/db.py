@@ -73,12 +73,16 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def create_engine(settings: Settings) -> AsyncEngine:
+def create_engine(settings: Settings, *, foreign_keys: bool = True) -> AsyncEngine:
     """On PostgreSQL a connection is checked as it leaves the pool without a round trip: one
     whose socket the server closed (a restart, a terminated backend) is replaced before use
     (`_replace_closed_connections`). SQLAlchemy's `pool_pre_ping` would cost three round trips
     per checkout on asyncpg (BEGIN, a no-op, ROLLBACK). A server that goes silent without
-    closing anything is caught by DB_COMMAND_TIMEOUT_SECONDS either way."""
+    closing anything is caught by DB_COMMAND_TIMEOUT_SECONDS either way.
+
+    `foreign_keys=False` (SQLite, the migrations): a batch migration rebuilds a table by
+    dropping the old one, and with foreign keys enforced that drop would cascade into (or null)
+    the rows that point at it; the migrations check the keys themselves afterwards."""
     url = settings.resolved_database_url
     if url.startswith("sqlite"):
         if ":memory:" not in url:
@@ -94,7 +98,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
             max_overflow=0,
             pool_timeout=settings.db_pool_timeout_seconds,
         )
-        _configure_sqlite(engine)
+        _configure_sqlite(engine, foreign_keys)
         return engine
     kwargs: dict[str, Any] = {
         "pool_size": settings.db_pool_size,
@@ -133,7 +137,7 @@ def _create_private_file(path: Path) -> None:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
-def _configure_sqlite(engine: AsyncEngine) -> None:
+def _configure_sqlite(engine: AsyncEngine, foreign_keys: bool) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Take transaction control from the driver so that BEGIN IMMEDIATE can be issued.
@@ -141,7 +145,7 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA foreign_keys={'ON' if foreign_keys else 'OFF'}")
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.close()
 
