@@ -19,6 +19,7 @@ from gemini_backend.attachments.errors import (
 )
 from gemini_backend.attachments.schemas import AttachmentOut
 from gemini_backend.attachments.service import Attachments, RoomNotFound
+from gemini_backend.attachments.sniff import MEDIA_TYPES
 from gemini_backend.attachments.storage import StorageUnavailable
 from gemini_backend.auth.dependencies import CurrentUser
 from gemini_backend.core.db import MAX_ID, DbSession
@@ -120,7 +121,10 @@ async def upload_attachment(
     responses={
         200: {
             "description": "The file",
-            "content": {"application/octet-stream": {"schema": {"type": "string"}}},
+            "content": {
+                media_type: {"schema": {"type": "string", "format": "binary"}}
+                for media_type in MEDIA_TYPES
+            },
         },
         **error_doc_for(("No such chatroom or attachment, or not yours", AttachmentNotFound)),
     },

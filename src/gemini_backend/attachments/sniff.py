@@ -15,6 +15,18 @@ MAX_FILENAME = 255
 _HEIC_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx"})
 _HEIF_BRANDS = frozenset({b"mif1", b"msf1", b"mif2"})
 _TEXT_TYPES = {".md": "text/markdown", ".markdown": "text/markdown", ".csv": "text/csv"}
+# Every media type an attachment can have (what `sniff` returns).
+MEDIA_TYPES = (
+    "image/png",
+    "image/jpeg",
+    "image/webp",
+    "image/gif",
+    "image/heic",
+    "image/heif",
+    "application/pdf",
+    "text/plain",
+    *sorted(set(_TEXT_TYPES.values())),
+)
 # Text may hold these control characters (tab, newlines, form feed); no other.
 _TEXT_CONTROLS = frozenset("\t\n\r\f")
 
