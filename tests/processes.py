@@ -81,6 +81,17 @@ class ServiceProcess:
     def output(self) -> str:
         return self.log.read_text(errors="replace")[-6000:]
 
+    def wait_logged(self, event: str, timeout: float = START_TIMEOUT) -> str:
+        """The log line of `event`, once the process has written it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            lines = [line for line in self.output().splitlines() if f'"{event}"' in line]
+            if lines:
+                return lines[0]
+            assert self.process.poll() is None, self.output()
+            time.sleep(0.1)  # polling the log file for a line, not timing anything
+        pytest.fail(f"no {event} line within {timeout}s:\n{self.output()}")
+
     def wait_healthy(self, base_url: str) -> None:
         deadline = time.monotonic() + START_TIMEOUT
         with httpx.Client(base_url=base_url, timeout=2.0) as client:

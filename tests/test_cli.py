@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import sqlite3
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -135,26 +134,14 @@ def test_serve_answers_over_http(server):
     _exercise(server)
 
 
-def _logged(process: ServiceProcess, event: str, timeout: float = 60.0) -> str:
-    """The log line of `event`, once the process has written it."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        lines = [line for line in process.output().splitlines() if f'"{event}"' in line]
-        if lines:
-            return lines[0]
-        assert process.process.poll() is None, process.output()
-        time.sleep(0.1)  # polling the log file for a line, not timing anything
-    pytest.fail(f"no {event} line within {timeout}s:\n{process.output()}")
-
-
 def test_serve_and_worker_run_on_uvloop(server, serve_env, tmp_path):
     """Both process kinds run on uvloop (uvicorn picks it for `serve`; `worker` asks for it)."""
-    assert '"event_loop": "uvloop"' in _logged(server, "startup")
+    assert '"event_loop": "uvloop"' in server.wait_logged("startup")
     if BACKEND != "production":
         return  # the worker is production mode's
     worker = ServiceProcess(["worker"], serve_env, tmp_path, tmp_path / "worker.log")
     try:
-        assert '"event_loop": "uvloop"' in _logged(worker, "worker_started")
+        assert '"event_loop": "uvloop"' in worker.wait_logged("worker_started")
     finally:
         worker.kill()
 

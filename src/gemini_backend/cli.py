@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import signal
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -95,7 +96,14 @@ def _migrate(_args: argparse.Namespace) -> int:
     return 0
 
 
+def _stop_before_start(_signum: int, _frame: object) -> None:
+    raise SystemExit(0)  # nothing was taken from the queue yet: a clean stop
+
+
 def _worker(_args: argparse.Namespace) -> int:
+    # Until the worker's own handlers are on (after its imports and start-up), a SIGTERM still
+    # ends it with status 0 rather than by the signal.
+    signal.signal(signal.SIGTERM, _stop_before_start)
     from gemini_backend.core.logging import configure_logging
     from gemini_backend.worker.main import run_worker
 

@@ -260,6 +260,8 @@ def test_two_workers_share_the_queue_and_sigterm_finishes_in_flight_replies(
     ]
     try:
         api.wait_healthy(base)
+        for worker in workers:  # both take jobs before one is stopped
+            worker.wait_logged("worker_started")
         with httpx.Client(base_url=base, timeout=30.0) as client:
             receipts = []
             for _ in range(4):  # four users, five messages each (the Basic limit)
