@@ -3,7 +3,7 @@ PostgreSQL + Redis (`GB_TEST_BACKEND=production`).
 
 - embedded: one migrated SQLite template per run, copied for every test.
 - production: one throwaway database per run on TEST_DATABASE_URL's server, migrated once and
-  truncated before every test; Redis keys are namespaced per test on TEST_REDIS_URL.
+  emptied before every test; Redis keys are namespaced per test on TEST_REDIS_URL.
 A production run whose services are unreachable fails; it never skips.
 """
 
@@ -61,6 +61,7 @@ class Storage:
     database_url: str | None = None  # production: the run's database
     redis_url: str | None = None
     template: Path | None = None  # embedded: the migrated SQLite file
+    reset_sql: str = ""  # production: what empties the database for the next test
 
 
 @pytest.fixture(scope="session")
@@ -84,10 +85,24 @@ def storage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Storage]:
         )
     url = _with_database(TEST_DATABASE_URL, name)
     upgrade_to_head(_settings(database_url=url, redis_url=TEST_REDIS_URL))
+    reset_sql = asyncio.run(_reset_sql(url))
     try:
-        yield Storage("production", database_url=url, redis_url=TEST_REDIS_URL)
+        yield Storage("production", database_url=url, redis_url=TEST_REDIS_URL, reset_sql=reset_sql)
     finally:
         asyncio.run(_admin(TEST_DATABASE_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+async def _reset_sql(url: str) -> str:
+    """DELETE every table, children first, and restart the sequences: on tables of a few rows
+    this is about 10x faster than TRUNCATE, which replaces every table's files."""
+    conn = await asyncpg.connect(_asyncpg_dsn(url))
+    try:
+        sequences = await conn.fetch("SELECT schemaname, sequencename FROM pg_sequences")
+    finally:
+        await conn.close()
+    deletes = [f'DELETE FROM "{t.name}"' for t in reversed(metadata.sorted_tables)]  # noqa: S608
+    restarts = [f'ALTER SEQUENCE "{s[0]}"."{s[1]}" RESTART' for s in sequences]
+    return "; ".join(deletes + restarts)
 
 
 async def _admin(url: str, sql: str) -> None:
@@ -126,8 +141,7 @@ def database_url(storage: Storage, tmp_path: Path) -> Iterator[str]:
         yield f"sqlite+aiosqlite:///{path}"
         return
     assert storage.database_url is not None
-    tables = ", ".join(f'"{t.name}"' for t in metadata.sorted_tables)
-    asyncio.run(_admin(storage.database_url, f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    asyncio.run(_admin(storage.database_url, storage.reset_sql))
     yield storage.database_url
 
 
