@@ -25,7 +25,7 @@ from tests.web.conftest import PageLog
 LIMIT = 64 * 1024
 SERVER_ENV = {"ATTACHMENT_MAX_BYTES": str(LIMIT)}
 ZIP = b"PK\x03\x04" + b"\x00" * 60  # a zip archive's signature, named .pdf below
-NOTES = "Packing list\n- passport\n- charger\n".encode()
+NOTES = b"Packing list\n- passport\n- charger\n"
 # The browser logs the refused uploads' responses.
 REFUSED_LOG = "Failed to load resource: the server responded with a status of 41"
 

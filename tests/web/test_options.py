@@ -29,7 +29,9 @@ def test_options_disabled_with_reasons_saved_and_plan_required(
     open_settings(page)
     dialog = page.get_by_role("dialog", name="Model and options")
     model = dialog.get_by_label("Model", exact=True)
-    expect(model.locator("option")).to_have_text(["Demo (offline)", "Demo Pro (offline) (Pro plan)"])
+    expect(model.locator("option")).to_have_text(
+        ["Demo (offline)", "Demo Pro (offline) (Pro plan)"]
+    )
     expect(model.locator("option[value=demo-pro]")).to_be_disabled()
     expect(dialog.locator("#set-model-help")).to_contain_text("Reads images, PDFs, Google Search")
     thinking = dialog.get_by_label("Thinking")

@@ -23,7 +23,8 @@ HOSTILE = "<img src=x onerror=alert(1)><script>alert(2)</script>"
 ENTRY_POINT = (
     "<style>.container{color:red}</style>"
     '<div class="container" style="color:red">'
-    '<a class="chip" href="https://www.google.com/search?q=lisbon+weather+may">lisbon weather may</a>'
+    '<a class="chip" href="https://www.google.com/search?q=lisbon+weather+may">'
+    "lisbon weather may</a>"
     f"{HOSTILE}</div>"
 )
 
