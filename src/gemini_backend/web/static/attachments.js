@@ -25,16 +25,8 @@ export class PendingFiles {
     return Promise.allSettled([...this.inflight]);
   }
 
-  get uploading() {
-    return this.items.some((item) => item.state === "uploading");
-  }
-
   get ids() {
     return this.items.filter((item) => item.state === "done").map((item) => item.attachment.id);
-  }
-
-  get count() {
-    return this.items.length;
   }
 
   async add(files) {
