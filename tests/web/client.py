@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+import struct
+import zlib
 
-from playwright.sync_api import Locator, Page, expect
+from playwright.sync_api import FilePayload, Locator, Page, expect
 
 from tests.helpers import new_number
 
@@ -67,3 +69,56 @@ def demo_reply(prompt: str, earlier: list[int] | None = None) -> str:
     noun = "message" if len(ids) == 1 else "messages"
     listed = ", ".join(map(str, ids))
     return f'Demo reply (context: {len(ids)} earlier {noun} [{listed}]) to: "{prompt}"'
+
+
+def png(width: int = 24, height: int = 16) -> bytes:
+    """A real PNG (a red-to-blue gradient), built here: signature, IHDR, IDAT, IEND."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    rows = b"".join(
+        b"\x00" + b"".join(bytes((255 - x * 10 % 256, 40, x * 10 % 256)) for x in range(width))
+        for _ in range(height)
+    )
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+
+
+def attach_with_button(page: Page, *files: FilePayload) -> None:
+    """Attach files as a person does: the Attach button, then the browser's file chooser."""
+    with page.expect_file_chooser() as chooser:
+        page.get_by_role("button", name="Attach files").click()
+    chooser.value.set_files(list(files))
+
+
+def drop_files(page: Page, *files: tuple[str, str, bytes]) -> None:
+    """Drop files (name, type, bytes) on the conversation pane, as a drag from the desktop."""
+    handle = page.evaluate_handle(
+        """(files) => {
+          const transfer = new DataTransfer();
+          for (const [name, type, bytes] of files) {
+            transfer.items.add(new File([new Uint8Array(bytes)], name, {type}));
+          }
+          return transfer;
+        }""",
+        [[name, kind, list(data)] for name, kind, data in files],
+    )
+    for event in ("dragenter", "dragover", "drop"):
+        page.dispatch_event("#messages", event, {"dataTransfer": handle})
+
+
+def chips(page: Page) -> Locator:
+    return page.locator("#chips .chip")
+
+
+def attachments_echo(*files: tuple[str, str, int]) -> str:
+    """The demo model's list of the files it received."""
+    listed = ", ".join(f"{name} {kind} {size} B" for name, kind, size in files)
+    return f"[attachments: {listed}]"

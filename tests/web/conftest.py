@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,25 +46,36 @@ def browser(server: str) -> Iterator[Browser]:
             launched.close()
 
 
-@pytest.fixture(scope="module")
-def server(
-    storage: Storage, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+@contextmanager
+def serving(
+    storage: Storage, tmp_path_factory: pytest.TempPathFactory, module: object, **env: str
 ) -> Iterator[str]:
     """A real service (embedded or production, as the run's GB_TEST_BACKEND) with the slow demo
-    model and the built-in Stripe mock; its base URL."""
+    model (the module's CHUNK_DELAY_MS), the built-in Stripe mock and `env`; its base URL."""
     tmp_path = tmp_path_factory.mktemp("web")
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    env = service_env(
+    values = service_env(
         BACKEND,
         database_url=storage.database_url or "",
         redis_url=storage.redis_url,
         tmp_path=tmp_path,
         JWT_SECRET="w" * 40,
         PUBLIC_BASE_URL=base,
-        DEMO_CHUNK_DELAY_MS=str(getattr(request.module, "CHUNK_DELAY_MS", CHUNK_DELAY_MS)),
+        DEMO_CHUNK_DELAY_MS=str(getattr(module, "CHUNK_DELAY_MS", CHUNK_DELAY_MS)),
+        **env,
     )
-    with running_service(BACKEND, env, tmp_path, port):
+    with running_service(BACKEND, values, tmp_path, port):
+        yield base
+
+
+@pytest.fixture(scope="module")
+def server(
+    storage: Storage, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[str]:
+    """The service of a module (a module may set SERVER_ENV, settings of its own); its URL."""
+    env = getattr(request.module, "SERVER_ENV", {})
+    with serving(storage, tmp_path_factory, request.module, **env) as base:
         yield base
 
 

@@ -10,9 +10,13 @@ from playwright.sync_api import Page, expect
 
 from tests.web.client import (
     RECORD_RENDERS,
+    attach_with_button,
+    attachments_echo,
+    chips,
     demo_reply,
     last_question,
     last_reply,
+    png,
     quota,
     send,
     sign_in,
@@ -25,7 +29,7 @@ HOSTILE = "<img src=x onerror=alert(1)><script>alert(2)</script>"
 LIMIT_LOG = "Failed to load resource: the server responded with a status of 429"
 
 
-def test_journey_sign_in_stream_versions_limit_upgrade_and_back(
+def test_journey_sign_in_stream_versions_attach_limit_upgrade_and_back(
     page: Page, server: str, page_log: PageLog
 ) -> None:
     sign_in(page, server)
@@ -34,6 +38,7 @@ def test_journey_sign_in_stream_versions_limit_upgrade_and_back(
     first_reply_streams(page)
     retry_and_versions(page)
     edit_the_question(page)
+    attach_an_image(page)
     until_the_limit(page)
     upgrade_and_back_with_pro(page, server)
     manage_plan_and_back_to_basic(page, server)
@@ -83,9 +88,27 @@ def edit_the_question(page: Page) -> None:
     expect(quota(page)).to_have_text("2 of 5 left today")
 
 
+def attach_an_image(page: Page) -> None:
+    """A PNG through the Attach button: a chip, then the message with its thumbnail (fetched
+    with the token), and the demo model names the file it read."""
+    image = png()
+    attach_with_button(page, {"name": "photo.png", "mimeType": "image/png", "buffer": image})
+    expect(chips(page)).to_have_count(1)
+    expect(chips(page).first).to_contain_text("photo.png")
+    expect(page.get_by_role("button", name="Remove photo.png")).to_be_visible()
+    send(page, "fourth, with a photo")
+    expect(chips(page)).to_have_count(0)
+    reply = wait_reply(page, "fourth, with a photo")
+    assert reply.endswith(attachments_echo(("photo.png", "image/png", len(image)))), reply
+    thumbnail = last_question(page).get_by_role("img", name="photo.png")
+    expect(thumbnail).to_have_attribute("src", re.compile(r"^blob:"))
+    assert thumbnail.evaluate("img => img.complete && img.naturalWidth") == 24
+    expect(quota(page)).to_have_text("1 of 5 left today")
+
+
 def until_the_limit(page: Page) -> None:
     """Sends until the daily limit: the page says so, with the time it resets."""
-    for prompt in ("fourth", "fifth"):
+    for prompt in ("fifth",):
         send(page, prompt)
         wait_reply(page, prompt)
     expect(quota(page)).to_have_text("0 of 5 left today")

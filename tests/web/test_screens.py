@@ -5,13 +5,14 @@ screenshots (written to docs/screenshots/ with GB_WEB_SCREENSHOTS=1, else to a t
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from tests.web.client import send, sign_in, wait_reply
+from tests.web.client import attach_with_button, chips, png, send, sign_in, wait_reply
 from tests.web.conftest import PageLog, open_page
 
 AXE = Path(__file__).parent / "vendor" / "axe.min.js"
@@ -76,11 +77,24 @@ def test_main_screens_are_accessible_and_photographed(
         prompt = "Show me `code` and **bold** text"
         send(page, prompt)
         wait_reply(page, "Show me code and bold text")
+        attach_with_button(page, {"name": "photo.png", "mimeType": "image/png", "buffer": png()})
+        expect(chips(page).first).to_contain_text("B")  # uploaded: a chip in the composer
+        assert violations(page) == []
         send(page, "And a second question")
         # The second reply was given the first exchange (ids depend on the other tests).
         assert "(context: 2 earlier messages [" in wait_reply(page, "And a second question")
+        expect(page.get_by_role("img", name="photo.png")).to_have_attribute(
+            "src", re.compile("^blob:")
+        )
         assert violations(page) == []
         page.screenshot(path=str(shots / f"chat-{name}.png"))
+        page.get_by_role("button", name=re.compile("^Model and options")).click()
+        dialog = page.get_by_role("dialog", name="Model and options")
+        expect(dialog.get_by_label("Model", exact=True)).to_be_focused()
+        assert violations(page) == []
+        page.screenshot(path=str(shots / f"settings-{name}.png"))
+        page.keyboard.press("Escape")
+        expect(dialog).to_be_hidden()
         if width < 760:
             page.get_by_role("button", name="Show chats").click()
             expect(page.get_by_role("button", name="New chat")).to_be_visible()

@@ -28,6 +28,8 @@ function detailOf(body, status) {
   return `The server answered ${status}.`;
 }
 
+const RETRYABLE_401 = ["token_expired", "invalid_token", "not_authenticated"];
+
 export function networkError() {
   return new ApiError(0, "network_error", "Cannot reach the server. Check your connection and try again.");
 }
@@ -112,7 +114,7 @@ export class Api {
       if (response.ok) return response;
       const data = await response.json().catch(() => null);
       const code = (data && data.code) || "http_" + response.status;
-      const retryable = ["token_expired", "invalid_token", "not_authenticated"].includes(code);
+      const retryable = RETRYABLE_401.includes(code);
       if (auth && response.status === 401 && retryable && attempt === 0) {
         this.accessToken = null;
         continue;
@@ -132,4 +134,52 @@ export class Api {
   get(path) {
     return this.request("GET", path);
   }
+
+  // A file as a Blob: the download routes need the Authorization header, so no plain <img src>.
+  async blob(path) {
+    const response = await this.fetch("GET", path);
+    return response.blob();
+  }
+
+  // A multipart upload of one file. XMLHttpRequest, not fetch(): only it reports the upload's
+  // progress, as onProgress(fraction).
+  async upload(path, file, onProgress) {
+    for (let attempt = 0; ; attempt++) {
+      if (!this.accessToken) await this.refresh();
+      const { status, data } = await postFile(path, file, this.accessToken, onProgress);
+      if (status >= 200 && status < 300) return data;
+      const code = (data && data.code) || "http_" + status;
+      if (status === 401 && RETRYABLE_401.includes(code) && attempt === 0) {
+        this.accessToken = null;
+        continue;
+      }
+      throw new ApiError(status, code, detailOf(data, status));
+    }
+  }
+}
+
+function postFile(path, file, token, onProgress) {
+  return new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open("POST", path);
+    xhr.setRequestHeader("Authorization", `Bearer ${token}`);
+    xhr.responseType = "text";
+    xhr.upload.addEventListener("progress", (event) => {
+      if (event.lengthComputable) onProgress(event.loaded / event.total);
+    });
+    xhr.addEventListener("load", () => {
+      let data = null;
+      try {
+        data = JSON.parse(xhr.responseText);
+      } catch {
+        data = null;
+      }
+      resolve({ status: xhr.status, data });
+    });
+    xhr.addEventListener("error", () => reject(networkError()));
+    xhr.addEventListener("abort", () => reject(new DOMException("aborted", "AbortError")));
+    const form = new FormData();
+    form.append("file", file, file.name);
+    xhr.send(form);
+  });
 }

@@ -1,7 +1,10 @@
 // The web client: sign-in, rooms, the conversation tree, streamed replies, quota and plan.
 // It uses only the public API (docs/api.md); docs/web-client.md describes it.
 import { Api, ApiError } from "./api.js";
+import { attachmentList, FileCache, PendingFiles } from "./attachments.js";
 import { renderMarkdown } from "./markdown.js";
+import { sourcesBlock, thoughtBlock, viewOf } from "./parts.js";
+import { DEFAULT_OPTIONS, RoomSettings } from "./settings.js";
 import { followReply, pause } from "./stream.js";
 
 const api = new Api();
@@ -14,9 +17,12 @@ const state = {
   room: null, // the open chatroom detail (null: a new chat, not created yet)
   usage: null,
   subscription: null,
-  stream: null, // {replyId, roomId, controller, text}
+  stream: null, // {replyId, roomId, controller, text, thought, citations}
   busy: false,
+  draft: { ...DEFAULT_OPTIONS }, // a new chat's model and options, used when its room is created
 };
+const files = new FileCache(api);
+const OPTION_FIELDS = ["model", "temperature", "thinking", "grounding"];
 
 // --- errors: always shown, never swallowed ------------------------------------------------
 function messageOf(error) {
@@ -54,6 +60,14 @@ function notice(text) {
   const box = $("notice");
   box.textContent = text;
   box.hidden = !text;
+}
+
+const RECONNECTING = "Connection lost. Reconnecting…";
+
+// While a reply's stream is down, the page says so; it clears only its own notice.
+function connectionNotice(up) {
+  if (!up) notice(RECONNECTING);
+  else if ($("notice").textContent === RECONNECTING) notice("");
 }
 
 // --- time ------------------------------------------------------------------------------
@@ -142,7 +156,7 @@ async function enterApp(user) {
   $("app").hidden = false;
   $("who").textContent = user.name || user.mobile_number;
   renderPlan();
-  await Promise.all([loadRooms(), loadPlan()]);
+  await Promise.all([loadRooms(), loadPlan(), settings.load()]);
   const id = roomFromLocation();
   if (id && state.rooms.some((r) => r.id === id)) await openRoom(id);
   else newChat();
@@ -167,8 +181,12 @@ async function loadPlan() {
   renderPlan();
 }
 
+function currentTier() {
+  return (state.subscription ? state.subscription.tier : state.user && state.user.tier) === "pro" ? "pro" : "basic";
+}
+
 function renderPlan() {
-  const pro = (state.subscription ? state.subscription.tier : state.user && state.user.tier) === "pro";
+  const pro = currentTier() === "pro";
   const badge = $("plan-badge");
   badge.textContent = pro ? "Pro" : "Basic";
   badge.classList.toggle("pro", pro);
@@ -217,7 +235,9 @@ function toggleDrawer() {
 
 function newChat() {
   stopFollowing();
+  leaveRoom();
   state.room = null;
+  state.draft = { ...DEFAULT_OPTIONS };
   history.replaceState(null, "", location.pathname);
   clearError();
   $("limit").hidden = true;
@@ -227,11 +247,18 @@ function newChat() {
   $("prompt").focus();
 }
 
+// The open room's pending files and fetched downloads belong to it alone.
+function leaveRoom() {
+  pending.clear();
+  files.release();
+}
+
 async function openRoom(id) {
   stopFollowing();
   clearError();
   $("limit").hidden = true;
   const room = await api.get(`/chatroom/${id}`);
+  if (!state.room || state.room.id !== id) leaveRoom();
   state.room = room;
   history.replaceState(null, "", `#/c/${id}`);
   renderRoom();
@@ -262,6 +289,7 @@ function renderRoom() {
   $("room-title").textContent = room ? room.name : "New chat";
   $("rename").hidden = !room;
   $("delete").hidden = !room;
+  $("model-name").textContent = settings.label(room || state.draft);
   const list = $("messages");
   list.replaceChildren(...(room ? room.messages.map(messageElement) : []));
   $("empty").hidden = Boolean(room && room.messages.length);
@@ -274,7 +302,7 @@ function messageElement(message) {
   node.classList.add(message.role);
   node.dataset.messageId = message.id;
   node.setAttribute("aria-label", message.role === "user" ? "You said" : "Reply");
-  fillBody(node, message, message.content);
+  fillBody(node, message, viewOf(message));
   const meta = node.querySelector(".meta");
   const siblings = message.sibling_ids || [message.id];
   if (siblings.length > 1) {
@@ -305,15 +333,25 @@ function messageElement(message) {
   return node;
 }
 
-function fillBody(node, message, text) {
+// view: {text, thought, citations}, from the message's parts or its stream so far.
+function fillBody(node, message, view) {
   const body = node.querySelector(".body");
   if (message.role === "user") {
-    body.textContent = text; // what the person typed, shown as typed
-  } else if (!text && (message.status === "queued" || message.status === "generating")) {
-    body.replaceChildren(typingDots());
-  } else {
-    body.replaceChildren(renderMarkdown(text));
+    body.textContent = view.text; // what the person typed, shown as typed
+    const list = attachmentList(files, message.chatroom_id, message.parts || [], showError);
+    if (list) body.after(list);
+    return;
   }
+  const live = message.status === "queued" || message.status === "generating";
+  const shown = [];
+  if (view.thought) {
+    const wasOpen = body.querySelector(".thoughts[open]") !== null;
+    shown.push(thoughtBlock(view.thought, live && !view.text, wasOpen));
+  }
+  if (!view.text && !view.thought && live) shown.push(typingDots());
+  else shown.push(renderMarkdown(view.text));
+  if (view.citations) shown.push(sourcesBlock(view.citations));
+  body.replaceChildren(...shown);
 }
 
 function typingDots() {
@@ -377,14 +415,21 @@ async function follow(roomId, reply) {
   const resumed = saved();
   // After a reload: the text so far and where it ended, so the stream continues from there.
   const resume = resumed && resumed.replyId === reply.id ? resumed : null;
-  const stream = { roomId, replyId: reply.id, controller, text: resume ? resume.text : "" };
+  const stream = {
+    roomId,
+    replyId: reply.id,
+    controller,
+    text: resume ? resume.text : "",
+    thought: resume ? resume.thought || "" : "",
+    citations: resume ? resume.citations || null : null,
+  };
   state.stream = stream;
   renderComposer();
   let frame = 0;
   const draw = () => {
     frame = 0;
     const node = nodeOf(reply.id);
-    if (node) fillBody(node, { ...reply, status: "generating" }, stream.text);
+    if (node) fillBody(node, { ...reply, status: "generating" }, stream);
     scrollToEnd();
   };
   const redraw = () => {
@@ -392,7 +437,8 @@ async function follow(roomId, reply) {
   };
   if (resume) redraw();
   const remember = (lastEventId) => {
-    sessionStorage.setItem(STREAM_KEY, JSON.stringify({ roomId, replyId: reply.id, lastEventId, text: stream.text }));
+    const { text, thought, citations } = stream;
+    sessionStorage.setItem(STREAM_KEY, JSON.stringify({ roomId, replyId: reply.id, lastEventId, text, thought, citations }));
   };
   try {
     const final = await followReply(api, roomId, reply.id, {
@@ -403,10 +449,21 @@ async function follow(roomId, reply) {
           stream.text = replace ? text : stream.text + text;
           redraw();
         },
-        reset: () => {
-          stream.text = "";
+        thought: (text, replace) => {
+          stream.thought = replace ? text : stream.thought + text;
           redraw();
         },
+        citations: (data) => {
+          stream.citations = data;
+          redraw();
+        },
+        reset: () => {
+          stream.text = "";
+          stream.thought = "";
+          stream.citations = null;
+          redraw();
+        },
+        connection: connectionNotice,
         done: () => {},
         error: () => {},
         progress: remember,
@@ -414,6 +471,7 @@ async function follow(roomId, reply) {
     });
     if (frame) cancelAnimationFrame(frame);
     sessionStorage.removeItem(STREAM_KEY);
+    connectionNotice(true);
     finished(final);
   } catch (error) {
     if (error.name === "AbortError") return;
@@ -431,7 +489,12 @@ function finished(message) {
     const index = state.room.messages.findIndex((m) => m.id === message.id);
     if (index >= 0) state.room.messages[index] = message;
     const node = nodeOf(message.id);
-    if (node) node.replaceWith(messageElement(message));
+    if (node) {
+      const fresh = messageElement(message);
+      const thoughts = fresh.querySelector(".thoughts");
+      if (thoughts && node.querySelector(".thoughts[open]")) thoughts.open = true;
+      node.replaceWith(fresh);
+    }
     scrollToEnd();
   }
   refreshAfterReply(message.chatroom_id).catch(showError);
@@ -484,23 +547,20 @@ async function afterReceipt(roomId) {
 async function send(event) {
   if (event) event.preventDefault();
   const prompt = $("prompt");
-  const content = prompt.value.trim();
-  if (!content || state.busy || state.stream) return;
+  if (state.busy || state.stream) return;
   clearError();
   state.busy = true;
   renderComposer();
   try {
-    if (!state.room) {
-      const room = await api.request("POST", "/chatroom", {});
-      state.room = { ...room, messages: [], active_leaf_id: null };
-      history.replaceState(null, "", `#/c/${room.id}`);
-      state.rooms.unshift(room);
-      renderRooms();
-      renderRoom();
-    }
-    const roomId = state.room.id;
-    await submit(`/chatroom/${roomId}/message`, { content });
+    await pending.settled(); // the files still uploading go with this message
+    const content = prompt.value.trim();
+    const attachmentIds = pending.ids;
+    if (!content && !attachmentIds.length) return;
+    const roomId = await ensureRoom();
+    const body = attachmentIds.length ? { content, attachment_ids: attachmentIds } : { content };
+    await submit(`/chatroom/${roomId}/message`, body);
     prompt.value = "";
+    pending.clear(roomId);
     autosize();
     await afterReceipt(roomId);
     moveRoomToTop(roomId);
@@ -508,6 +568,35 @@ async function send(event) {
     state.busy = false;
     renderComposer();
   }
+}
+
+// The open room's id; a new chat's room is created first, with the options chosen for it.
+async function ensureRoom() {
+  if (!state.room) {
+    const room = await api.request("POST", "/chatroom", { ...state.draft });
+    state.room = { ...room, messages: [], active_leaf_id: null };
+    history.replaceState(null, "", `#/c/${room.id}`);
+    state.rooms.unshift(room);
+    renderRooms();
+    renderRoom();
+  }
+  return state.room.id;
+}
+
+// The settings dialog's changes: a PATCH for a room, the draft of a new chat.
+async function saveOptions(changes) {
+  if (!state.room) {
+    state.draft = { ...state.draft, ...changes };
+  } else {
+    const room = await api.request("PATCH", `/chatroom/${state.room.id}`, changes);
+    for (const field of OPTION_FIELDS) state.room[field] = room[field];
+  }
+  $("model-name").textContent = settings.label(state.room || state.draft);
+}
+
+function openSettings() {
+  const source = state.room || state.draft;
+  settings.open(Object.fromEntries(OPTION_FIELDS.map((field) => [field, source[field]])));
 }
 
 function moveRoomToTop(roomId) {
@@ -710,10 +799,66 @@ function wire() {
   $("limit-upgrade").addEventListener("click", guard(upgrade));
   $("manage-plan").addEventListener("click", guard(managePlan));
   $("sign-out").addEventListener("click", guard(signOut));
+  $("room-settings").addEventListener("click", openSettings);
+  $("attach").addEventListener("click", () => $("file-input").click());
+  $("file-input").addEventListener("change", guard(async () => {
+    const chosen = [...$("file-input").files];
+    $("file-input").value = "";
+    await attach(chosen);
+  }));
+  wireDrop($("conversation"));
   $("menu").addEventListener("click", toggleDrawer);
   $("scrim").addEventListener("click", closeDrawer);
   api.onSignedOut = (message) => showSignin(message);
 }
+
+// --- attachments -----------------------------------------------------------------------------
+const pending = new PendingFiles(api, $("chips"), {
+  ensureRoom,
+  onChange: renderComposer,
+  onError: (file, error) => showError(`${file.name}: ${messageOf(error)}`),
+});
+
+async function attach(chosen) {
+  if (!chosen.length) return;
+  clearError();
+  await pending.add(chosen);
+  $("prompt").focus();
+}
+
+// Files dropped anywhere on the conversation pane are attached.
+function wireDrop(zone) {
+  const carriesFiles = (event) => event.dataTransfer && [...event.dataTransfer.types].includes("Files");
+  let depth = 0;
+  const hint = (shown) => {
+    $("drop-hint").hidden = !shown;
+    zone.classList.toggle("dropping", shown);
+  };
+  zone.addEventListener("dragenter", (event) => {
+    if (!carriesFiles(event)) return;
+    event.preventDefault();
+    depth += 1;
+    hint(true);
+  });
+  zone.addEventListener("dragover", (event) => {
+    if (!carriesFiles(event)) return;
+    event.preventDefault();
+    event.dataTransfer.dropEffect = "copy";
+  });
+  zone.addEventListener("dragleave", () => {
+    depth = Math.max(0, depth - 1);
+    if (!depth) hint(false);
+  });
+  zone.addEventListener("drop", (event) => {
+    if (!carriesFiles(event)) return;
+    event.preventDefault();
+    depth = 0;
+    hint(false);
+    guard(attach)([...event.dataTransfer.files]);
+  });
+}
+
+const settings = new RoomSettings(api, { tier: currentTier, save: saveOptions, upgrade: guard(upgrade) });
 
 async function boot() {
   wire();

@@ -41,8 +41,9 @@ export async function* parseEvents(body) {
 }
 
 // Follows one reply to its end: reconnects after a dropped connection with Last-Event-ID, so
-// no text is repeated or lost. `handlers`: delta(text, replace), reset(), done(message),
-// error(message), progress(lastEventId). Resolves with the final message; rejects only when
+// no text is repeated or lost. `handlers`: delta(text, replace), thought(text, replace),
+// citations(data), reset(), done(message), error(message), progress(lastEventId),
+// connection(up: boolean). Resolves with the final message; rejects only when
 // aborted or on an error the API answered (an ApiError other than a passing 5xx/429).
 export async function followReply(api, roomId, replyId, { lastEventId = null, signal, handlers }) {
   let delay = 500;
@@ -57,10 +58,12 @@ export async function followReply(api, roomId, replyId, { lastEventId = null, si
       if (error.name === "AbortError") throw error;
       const passing = error.status === 0 || error.status >= 500 || error.code === "too_many_streams";
       if (!passing) throw error;
+      handlers.connection(false);
       await pause((error.retryAfter || 0) * 1000 || delay, signal);
       delay = Math.min(delay * 2, 10000);
       continue;
     }
+    handlers.connection(true);
     try {
       for await (const event of parseEvents(response.body)) {
         delay = 500;
@@ -75,19 +78,30 @@ export async function followReply(api, roomId, replyId, { lastEventId = null, si
       if (error.name === "AbortError") throw error;
       // The connection dropped mid-stream: resume below.
     }
+    handlers.connection(false);
     await pause(delay, signal);
     delay = Math.min(delay * 2, 10000);
   }
 }
 
 function handle(event, handlers) {
+  // A reply replayed from the database (ids db-1, db-2, ...) comes as one event per part, each
+  // with the whole of it: it replaces what was shown.
+  const replayed = Boolean(event.id && event.id.startsWith("db-"));
   switch (event.type) {
     case "delta": {
       const data = JSON.parse(event.data);
-      // A reply replayed from the database comes as one delta with the whole text.
-      handlers.delta(data.text || "", event.id === "db-1");
+      handlers.delta(data.text || "", replayed);
       return {};
     }
+    case "thought": {
+      const data = JSON.parse(event.data);
+      handlers.thought(data.text || "", replayed);
+      return {};
+    }
+    case "citations":
+      handlers.citations(JSON.parse(event.data));
+      return {};
     case "reset":
       handlers.reset();
       return {};
@@ -102,7 +116,7 @@ function handle(event, handlers) {
       return { final: message };
     }
     default:
-      return null; // `thought`, `citations` and whatever comes later: not shown yet
+      return null; // an event a later API may add: ignored
   }
 }
 
