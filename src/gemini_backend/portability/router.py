@@ -63,6 +63,13 @@ SharePath = Annotated[ShareId, Path(description="The id of a share link.")]
 
 ROOM_NOT_FOUND: Responses = error_doc_for(("No such chatroom, or not yours", ChatroomNotFound))
 SHARE_NOT_FOUND: Responses = error_doc_for(("No such share link, or revoked", ShareNotFound))
+ROOM_PATH_422 = validation_doc(
+    example=problem(
+        "int_parsing",
+        ("path", "chatroom_id"),
+        "Input should be a valid integer, unable to parse string as an integer",
+    )
+)
 SHARE_PATH_PROBLEM = problem(
     "string_too_short",
     ("path", "share_id"),
@@ -89,6 +96,7 @@ SHARE_PATH_PROBLEM = problem(
             ("No such chatroom or message, or not yours", ChatroomNotFound, MessageNotFound)
         ),
         **error_doc_for(("The room has no messages", NothingToShare)),
+        422: ROOM_PATH_422,
     },
 )
 async def create_share(
@@ -100,7 +108,7 @@ async def create_share(
 @router.get(
     "/chatroom/{chatroom_id}/shares",
     summary="The room's share links, newest first",
-    responses={**AUTH_ERRORS, **ROOM_NOT_FOUND},
+    responses={**AUTH_ERRORS, **ROOM_NOT_FOUND, 422: ROOM_PATH_422},
 )
 async def list_shares(room: ChatroomView, shares: SharesDep) -> ShareList:
     return ShareList(shares=await shares.of_room(room.id))

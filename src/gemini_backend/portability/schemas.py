@@ -8,6 +8,20 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StringConstrain
 from gemini_backend.core.db import MAX_ID
 
 SHARE_ID_EXAMPLE = "q3Jk7V0cS2hHn1mB4xY8Zw"
+SHARE_EXAMPLE: dict[str, Any] = {
+    "share_id": SHARE_ID_EXAMPLE,
+    "url": f"https://chat.example.com/s/{SHARE_ID_EXAMPLE}",
+    "chatroom_id": 1,
+    "message_id": 2,
+    "name": "What is SSE?",
+    "created_at": "2026-12-02T10:00:00Z",
+}
+SHARED_MESSAGE_EXAMPLE: dict[str, Any] = {
+    "role": "user",
+    "content": "What is SSE?",
+    "parts": [{"type": "text", "text": "What is SSE?"}],
+    "created_at": "2026-12-02T09:59:00Z",
+}
 
 
 class DeleteAccountIn(BaseModel):
@@ -48,18 +62,7 @@ class ShareCreate(BaseModel):
 
 
 class ShareOut(BaseModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "example": {
-                "share_id": SHARE_ID_EXAMPLE,
-                "url": f"https://chat.example.com/s/{SHARE_ID_EXAMPLE}",
-                "chatroom_id": 1,
-                "message_id": 2,
-                "name": "What is SSE?",
-                "created_at": "2026-12-02T10:00:00Z",
-            }
-        }
-    )
+    model_config = ConfigDict(json_schema_extra={"example": SHARE_EXAMPLE})
 
     share_id: str
     url: str = Field(description="The page that shows the snapshot (the web client).")
@@ -70,10 +73,14 @@ class ShareOut(BaseModel):
 
 
 class ShareList(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"example": {"shares": [SHARE_EXAMPLE]}})
+
     shares: list[ShareOut] = Field(description="Newest first.")
 
 
 class SharedMessage(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"example": SHARED_MESSAGE_EXAMPLE})
+
     role: Literal["user", "assistant"]
     content: str
     parts: list[dict[str, Any]] = Field(
@@ -90,12 +97,7 @@ class SharedConversation(BaseModel):
                 "share_id": SHARE_ID_EXAMPLE,
                 "name": "What is SSE?",
                 "messages": [
-                    {
-                        "role": "user",
-                        "content": "What is SSE?",
-                        "parts": [{"type": "text", "text": "What is SSE?"}],
-                        "created_at": "2026-12-02T09:59:00Z",
-                    },
+                    SHARED_MESSAGE_EXAMPLE,
                     {
                         "role": "assistant",
                         "content": "Server-Sent Events: one HTTP response that stays open.",
