@@ -30,6 +30,7 @@ from gemini_backend.core.logging import configure_logging, log_level
 from gemini_backend.core.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from gemini_backend.core.openapi import install_openapi
 from gemini_backend.ops.router import router as ops_router
+from gemini_backend.portability.router import IMPORT_PATH
 from gemini_backend.portability.router import router as portability_router
 from gemini_backend.quota.router import router as quota_router
 from gemini_backend.services import Services
@@ -183,6 +184,7 @@ def _add_middleware(app: FastAPI, settings: Settings) -> None:
         max_bytes=settings.max_body_bytes,
         upload_suffix=UPLOAD_SUFFIX,
         upload_max_bytes=largest_upload_body(settings),
+        post_limits={IMPORT_PATH: settings.import_max_bytes},
     )
     app.add_middleware(
         RequestContextMiddleware,

@@ -37,7 +37,8 @@ def test_a_shared_conversation_renders_read_only(page: Page, server: str, page_l
     share_id, auth, url = _shared_room(server)
     assert url == f"{server}/s/{share_id}"
     response = page.goto(url)
-    assert response is not None and response.headers["content-security-policy"] == PAGE_CSP
+    assert response is not None
+    assert response.headers["content-security-policy"] == PAGE_CSP
     expect(page.locator("#shared-name")).to_have_text("Shared <b>room</b>")
     question = page.locator(".msg.user .bubble")
     expect(question).to_have_text(HOSTILE)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import functools
+import json
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Body, Depends, Path, Request, Response, status
+import anyio
+from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response, status
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
 
 from gemini_backend.auth.dependencies import (
     AuthServiceDep,
@@ -18,10 +23,18 @@ from gemini_backend.billing.service import (
     PaymentProviderError,
     PaymentsUnavailable,
 )
-from gemini_backend.chat.dependencies import ChatroomView, MessageSenderDep, OwnedChatroom
+from gemini_backend.chat.dependencies import (
+    ChatroomServiceDep,
+    ChatroomView,
+    MessageSenderDep,
+    OwnedChatroom,
+)
 from gemini_backend.chat.errors import ChatroomNotFound, MessageNotFound
+from gemini_backend.chat.options import PlanRequired, UnknownModel, UnsupportedOption
+from gemini_backend.chat.schemas import ChatroomOut
+from gemini_backend.chat.service import ChatroomLimitReached, SystemPromptTooLong
 from gemini_backend.core.db import DbSession
-from gemini_backend.core.errors import Unauthorized
+from gemini_backend.core.errors import Unauthorized, UnsupportedMediaType
 from gemini_backend.core.openapi import (
     AUTH_ERRORS,
     BODY_ERRORS,
@@ -32,6 +45,8 @@ from gemini_backend.core.openapi import (
     validation_doc,
 )
 from gemini_backend.core.security import ExpiredToken, HashingBusy, InvalidToken
+from gemini_backend.portability import exports
+from gemini_backend.portability.imports import ImportInvalid, ImportTooLarge, plan_import
 from gemini_backend.portability.schemas import (
     DeleteAccountIn,
     ShareCreate,
@@ -42,6 +57,7 @@ from gemini_backend.portability.schemas import (
 )
 from gemini_backend.portability.service import (
     AccountEraser,
+    Importer,
     NothingToShare,
     ShareNotFound,
     Shares,
@@ -51,6 +67,7 @@ from gemini_backend.services import services_of
 router = APIRouter(tags=["Sharing and your data"])
 
 SHARE_PAGE = "/s/"  # the web client's page for a share (web/router.py)
+IMPORT_PATH = "/chatroom/import"  # its body limit is IMPORT_MAX_BYTES (main.py)
 
 
 async def _shares(request: Request, session: DbSession) -> Shares:
@@ -145,6 +162,159 @@ async def read_share(
 async def revoke_share(share_id: SharePath, user: CurrentUser, shares: SharesDep) -> Response:
     await shares.revoke(user.id, share_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+EXPORT_DOC = (
+    "`format=json` (the default): the whole tree, every message with `parent_id`, `parts`, "
+    "`status` and usage, the room's options and `active_leaf_id`, and the attachments' "
+    "metadata (not their bytes); `POST /chatroom/import` reads it back. `format=markdown`: the "
+    "active branch as a Markdown document. A download (`Content-Disposition: attachment`)."
+)
+
+
+def _download(filename: str) -> dict[str, str]:
+    return {
+        "Content-Disposition": f'attachment; filename="{filename}"',
+        "Cache-Control": "no-store",
+    }
+
+
+@router.get(
+    "/chatroom/{chatroom_id}/export",
+    summary="Download a chatroom: its whole tree as JSON, or its active branch as Markdown",
+    description=EXPORT_DOC,
+    response_class=Response,
+    responses={
+        **AUTH_ERRORS,
+        **ROOM_NOT_FOUND,
+        422: ROOM_PATH_422,
+        200: {
+            "description": "The document",
+            "content": {
+                "application/json": {"schema": {"type": "object"}},
+                "text/markdown": {"schema": {"type": "string"}},
+            },
+        },
+    },
+)
+async def export_chatroom(
+    room: OwnedChatroom,
+    session: DbSession,
+    format: Annotated[Literal["json", "markdown"], Query(description="json or markdown")] = "json",
+) -> Response:
+    if format == "markdown":
+        text = await exports.room_markdown(session, room)
+        return Response(
+            text,
+            media_type="text/markdown; charset=utf-8",
+            headers=_download(f"chatroom-{room.id}.md"),
+        )
+    document = await exports.room_document(session, room)
+    return Response(
+        json.dumps(document, ensure_ascii=False, indent=1),
+        media_type="application/json",
+        headers=_download(f"chatroom-{room.id}.json"),
+    )
+
+
+@router.get(
+    "/user/export",
+    tags=["User"],
+    summary="Download every chatroom of the account (NDJSON, streamed)",
+    description=(
+        "One line per chatroom, each the JSON of `GET /chatroom/{id}/export`, oldest room "
+        "first. Streamed as it is read, room by room, so any size of account can be exported. "
+        "`POST /chatroom/import` reads it back."
+    ),
+    response_class=StreamingResponse,
+    responses={
+        **AUTH_ERRORS,
+        200: {
+            "description": "The rooms, one JSON document a line",
+            "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+        },
+    },
+)
+async def export_account(request: Request, user: CurrentUser) -> StreamingResponse:
+    sessionmaker = services_of(request).database.autocommit_sessionmaker
+    return StreamingResponse(
+        exports.account_lines(sessionmaker, user.id),
+        media_type="application/x-ndjson",
+        headers=_download("gemini-backend-export.ndjson"),
+    )
+
+
+class ImportedChatrooms(BaseModel):
+    chatrooms: list[ChatroomOut] = Field(description="The rooms created, in the file's order.")
+
+
+IMPORT_TYPES = {"application/json": False, "application/x-ndjson": True}
+IMPORT_DOC = (
+    "The body is the file itself, `Content-Type: application/json` or "
+    "`application/x-ndjson`: a room exported by `GET /chatroom/{id}/export` (or a JSON list of "
+    "them), the account's NDJSON from `GET /user/export`, or ChatGPT's `conversations.json` "
+    "(a list of conversations, each a `mapping` of nodes with `parent`, `children` and a "
+    "`message`, and a `current_node`). Every branch is kept, with new ids; the active branch "
+    "is the export's `active_leaf_id` or ChatGPT's `current_node`. ChatGPT's system, tool and "
+    "empty nodes are left out (their children move up to the nearest message kept). "
+    "Attachments come back as their name and type, without the file. Imported messages take "
+    "no quota and no reply is generated. Up to IMPORT_MAX_BYTES (10 MiB) and "
+    "IMPORT_MAX_MESSAGES (20,000) messages, branches up to 2,000 deep; anything malformed or "
+    "beyond (a parent not in the file, a cycle, wrong types) is refused and creates nothing."
+)
+
+
+@router.post(
+    IMPORT_PATH,
+    status_code=status.HTTP_201_CREATED,
+    summary="Import conversations: an export of this service, or ChatGPT's conversations.json",
+    description=IMPORT_DOC,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"type": ["object", "array"]}},
+                "application/x-ndjson": {"schema": {"type": "string"}},
+            },
+        }
+    },
+    responses={
+        **AUTH_ERRORS,
+        **error_doc_for(("A Pro model in an imported room, for a Basic user", PlanRequired)),
+        **error_doc_for(("The rooms would pass MAX_CHATROOMS_PER_USER", ChatroomLimitReached)),
+        **error_doc_for(
+            ("The body is larger than IMPORT_MAX_BYTES or holds too many messages", ImportTooLarge),
+        ),
+        **error_doc_for(("Neither JSON nor NDJSON", UnsupportedMediaType)),
+        422: validation_doc(
+            ImportInvalid,
+            UnknownModel,
+            UnsupportedOption,
+            SystemPromptTooLong,
+            example=problem("value_error", ("body",), "item 0: the messages' parents form a cycle"),
+        ),
+    },
+)
+async def import_chatrooms(
+    request: Request, user: CurrentUser, chat: ChatroomServiceDep, session: DbSession
+) -> ImportedChatrooms:
+    state = services_of(request)
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind not in IMPORT_TYPES:
+        raise UnsupportedMediaType("Send the file as application/json or application/x-ndjson.")
+    body = await request.body()
+    if len(body) > state.settings.import_max_bytes:
+        raise ImportTooLarge()
+    plans = await anyio.to_thread.run_sync(
+        functools.partial(
+            plan_import,
+            body,
+            ndjson=IMPORT_TYPES[kind],
+            max_messages=state.settings.import_max_messages,
+        )
+    )
+    rooms = await Importer(session, chat, state.clock).create(user, plans)
+    return ImportedChatrooms(chatrooms=rooms)
 
 
 async def _eraser(

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import secrets
-from typing import Any
+from datetime import UTC
+from typing import TYPE_CHECKING, Any
 
 import structlog
+from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gemini_backend.attachments.service import Attachments
@@ -15,13 +17,15 @@ from gemini_backend.chat import repository as chat_repo
 from gemini_backend.chat.cache import ChatroomCache
 from gemini_backend.chat.errors import MessageNotFound
 from gemini_backend.chat.models import Chatroom
-from gemini_backend.chat.schemas import message_parts
+from gemini_backend.chat.schemas import ChatroomCreate, ChatroomOut, message_parts
 from gemini_backend.chat.sending import MessageSender
+from gemini_backend.chat.service import ChatroomService
 from gemini_backend.chat.states import ReplyStatus
 from gemini_backend.core.clock import Clock
 from gemini_backend.core.db import after_commit
 from gemini_backend.core.errors import Conflict, NotFound
 from gemini_backend.portability import repository as repo
+from gemini_backend.portability.imports import ImportInvalid, NodePlan, RoomPlan
 from gemini_backend.portability.models import Share
 from gemini_backend.portability.schemas import (
     DeleteAccountIn,
@@ -30,6 +34,9 @@ from gemini_backend.portability.schemas import (
     ShareOut,
 )
 from gemini_backend.users.models import User
+
+if TYPE_CHECKING:
+    from gemini_backend.auth.principals import SignedInUser
 
 log = structlog.get_logger(__name__)
 
@@ -166,3 +173,79 @@ class AccountEraser:
 
         after_commit(self.session, forget_lists)
         log.info("account_deleted", user_id=user_id, subscriptions_cancelled=len(cancelled))
+
+
+class Importer:
+    """Writes planned rooms (imports.py) in the request's transaction: a room through the same
+    checks as `POST /chatroom` (its options, the room cap), then its messages a tree level at a
+    time. No quota slot is taken and no reply is queued."""
+
+    def __init__(self, session: AsyncSession, chat: ChatroomService, clock: Clock) -> None:
+        self.session = session
+        self.chat = chat
+        self.clock = clock
+
+    async def create(self, user: SignedInUser, plans: list[RoomPlan]) -> list[ChatroomOut]:
+        out = []
+        for index, plan in enumerate(plans):
+            try:
+                body = ChatroomCreate.model_validate(plan.room)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(str(p) for p in first["loc"])
+                raise ImportInvalid(f"item {index}: chatroom.{where}: {first['msg']}") from None
+            room_id = (await self.chat.create(user, body)).id
+            ids = await self._insert(room_id, plan.nodes)
+            leaf = ids.get(plan.active) if plan.active is not None else None
+            if leaf is None and ids:
+                leaf = max(ids.values())  # the last one inserted: a leaf of the deepest level
+            await repo.finish_import(self.session, room_id, leaf, len(ids), self.clock.now())
+            room = await chat_repo.owned_room(self.session, user.id, room_id)
+            assert room is not None
+            await self.session.refresh(room)
+            out.append(ChatroomOut.from_row(room))
+        log.info("chatrooms_imported", rooms=len(out), messages=sum(len(p.nodes) for p in plans))
+        return out
+
+    async def _insert(self, room_id: int, nodes: list[NodePlan]) -> dict[str, int]:
+        """The nodes (parents first) in their order, so ids keep it: one statement per run of
+        nodes none of which is the parent of another. Their new ids by key."""
+        ids: dict[str, int] = {}
+        roles = {node.key: node.role for node in nodes}
+        run: list[NodePlan] = []
+        for node in [*nodes, None]:
+            if run and (node is None or (node.parent is not None and node.parent not in ids)):
+                rows = [self._row(room_id, n, ids, roles) for n in run]
+                inserted = await repo.insert_messages(self.session, rows)
+                ids.update(zip([n.key for n in run], inserted, strict=True))
+                run = []
+            if node is not None:
+                run.append(node)
+        return ids
+
+    def _row(
+        self, room_id: int, node: NodePlan, ids: dict[str, int], roles: dict[str, str]
+    ) -> dict[str, Any]:
+        now = self.clock.now()
+        created = node.created_at or now
+        if created.tzinfo is None:
+            created = created.replace(tzinfo=UTC)
+        parent_id = ids[node.parent] if node.parent is not None else None
+        answers = node.role == "assistant" and node.parent is not None
+        return {
+            "chatroom_id": room_id,
+            "role": node.role,
+            "content": node.content,
+            "status": node.status,
+            "error": node.error,
+            "finish_reason": node.finish_reason,
+            "model": node.model,
+            "parts": node.parts,
+            "parent_id": parent_id,
+            "reply_to": parent_id if answers and roles[node.parent or ""] == "user" else None,
+            "attempts": 0,
+            "quota_day": None,
+            "created_at": created,
+            "updated_at": now,
+            "completed_at": created if node.status == "completed" else None,
+        }
