@@ -9,7 +9,6 @@ from typing import Annotated, Literal
 import anyio
 from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field
 
 from gemini_backend.auth.dependencies import (
     AuthServiceDep,
@@ -31,7 +30,6 @@ from gemini_backend.chat.dependencies import (
 )
 from gemini_backend.chat.errors import ChatroomNotFound, MessageNotFound
 from gemini_backend.chat.options import PlanRequired, UnknownModel, UnsupportedOption
-from gemini_backend.chat.schemas import ChatroomOut
 from gemini_backend.chat.service import ChatroomLimitReached, SystemPromptTooLong
 from gemini_backend.core.db import DbSession
 from gemini_backend.core.errors import Unauthorized, UnsupportedMediaType
@@ -49,6 +47,7 @@ from gemini_backend.portability import exports
 from gemini_backend.portability.imports import ImportInvalid, ImportTooLarge, plan_import
 from gemini_backend.portability.schemas import (
     DeleteAccountIn,
+    ImportedChatrooms,
     ShareCreate,
     SharedConversation,
     ShareId,
@@ -242,10 +241,6 @@ async def export_account(request: Request, user: CurrentUser) -> StreamingRespon
         media_type="application/x-ndjson",
         headers=_download("gemini-backend-export.ndjson"),
     )
-
-
-class ImportedChatrooms(BaseModel):
-    chatrooms: list[ChatroomOut] = Field(description="The rooms created, in the file's order.")
 
 
 IMPORT_TYPES = {"application/json": False, "application/x-ndjson": True}

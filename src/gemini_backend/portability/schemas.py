@@ -5,6 +5,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StringConstraints
 
+from gemini_backend.chat.schemas import CHATROOM_EXAMPLE, ChatroomOut
 from gemini_backend.core.db import MAX_ID
 
 SHARE_ID_EXAMPLE = "q3Jk7V0cS2hHn1mB4xY8Zw"
@@ -122,3 +123,9 @@ class SharedConversation(BaseModel):
 
 
 ShareId = Annotated[str, StringConstraints(min_length=16, max_length=64, pattern=r"^[\w-]+$")]
+
+
+class ImportedChatrooms(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"example": {"chatrooms": [CHATROOM_EXAMPLE]}})
+
+    chatrooms: list[ChatroomOut] = Field(description="The rooms created, in the file's order.")
