@@ -71,6 +71,7 @@ async def test_rows_past_their_window_are_purged_and_live_ones_kept(client, app,
         "auth_guards": 2,
         "idempotency_keys": 1,
         "pending_attachments": 0,
+        "storage_deletions": 0,
     }
     assert await rows(app, OtpCode.mobile_number) == {new_code, new_failures}
     assert await rows(app, AuthGuard.subject) == {new_failures, f"{new_failures} {CLIENT_IP}"}

@@ -20,6 +20,7 @@ from gemini_backend.chat import schemas as chat_schemas
 from gemini_backend.core import openapi
 from gemini_backend.core.errors import AppError
 from gemini_backend.ops import router as ops_router
+from gemini_backend.portability import schemas as portability_schemas
 from gemini_backend.quota import router as quota_router
 from gemini_backend.users import schemas as user_schemas
 from tests.helpers import bearer, sign_in
@@ -61,6 +62,7 @@ SCHEMA_MODULES = (
     attachment_schemas,
     auth_schemas,
     chat_schemas,
+    portability_schemas,
     user_schemas,
     billing_router,
     quota_router,

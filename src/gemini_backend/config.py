@@ -167,6 +167,10 @@ class Settings(BaseSettings):
     max_message_chars: int = Field(default=8000, ge=1)
     max_system_prompt_chars: int = Field(default=8000, ge=1)
     max_chatrooms_per_user: int = Field(default=1000, ge=1)
+    # POST /chatroom/import: the largest body (it has its own limit, above MAX_BODY_BYTES) and
+    # the most messages one import may create.
+    import_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    import_max_messages: int = Field(default=20_000, ge=1)
     ai_provider: Literal["auto", "gemini", "openai", "demo"] = "auto"
     gemini_api_key: SecretStr | None = None
     gemini_model: str = "gemini-2.5-flash"

@@ -30,6 +30,8 @@ from gemini_backend.core.logging import configure_logging, log_level
 from gemini_backend.core.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from gemini_backend.core.openapi import install_openapi
 from gemini_backend.ops.router import router as ops_router
+from gemini_backend.portability.router import IMPORT_PATH
+from gemini_backend.portability.router import router as portability_router
 from gemini_backend.quota.router import router as quota_router
 from gemini_backend.services import Services
 from gemini_backend.users.router import router as users_router
@@ -149,6 +151,7 @@ def _add_routes(app: FastAPI, settings: Settings) -> None:
         auth_router,
         billing_router,
         models_router,
+        portability_router,
     ]
     if settings.stripe_mock_enabled:
         routers += [stripe_mock.router, stripe_mock.api]
@@ -181,6 +184,7 @@ def _add_middleware(app: FastAPI, settings: Settings) -> None:
         max_bytes=settings.max_body_bytes,
         upload_suffix=UPLOAD_SUFFIX,
         upload_max_bytes=largest_upload_body(settings),
+        post_limits={IMPORT_PATH: settings.import_max_bytes},
     )
     app.add_middleware(
         RequestContextMiddleware,

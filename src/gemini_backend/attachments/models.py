@@ -33,3 +33,14 @@ class Attachment(Base):
     storage_key: Mapped[str] = mapped_column(String(255), unique=True)
     state: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class StorageDeletion(Base):
+    """A stored object to delete: written in the transaction that drops its rows (a room or an
+    account deleted), removed once the object is gone. A crash between the commit and the
+    storage call leaves the row, and the purge deletes the object later: never an orphan."""
+
+    __tablename__ = "storage_deletions"
+
+    storage_key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)

@@ -9,8 +9,9 @@ from typing import Any
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gemini_backend.attachments.models import PENDING, STORED, Attachment
+from gemini_backend.attachments.models import PENDING, STORED, Attachment, StorageDeletion
 from gemini_backend.chat.models import Chatroom
+from gemini_backend.core.sql import insert_for
 
 
 async def room_owned(session: AsyncSession, user_id: int, room_id: int) -> bool:
@@ -125,3 +126,38 @@ async def count_pending(session: AsyncSession) -> int:
         select(func.count()).select_from(Attachment).where(Attachment.state == PENDING)
     )
     return int(found.scalar_one())
+
+
+# --- objects waiting to be deleted (StorageDeletion) -----------------------------------------
+
+
+async def user_keys(session: AsyncSession, user_id: int) -> list[str]:
+    found = await session.execute(
+        select(Attachment.storage_key).where(Attachment.user_id == user_id)
+    )
+    return list(found.scalars())
+
+
+async def note_deletions(session: AsyncSession, keys: Sequence[str], now: datetime) -> None:
+    table = StorageDeletion.__table__
+    await session.execute(
+        insert_for(session, table).on_conflict_do_nothing(index_elements=[table.c.storage_key]),
+        [{"storage_key": key, "created_at": now} for key in keys],
+    )
+
+
+async def due_deletions(session: AsyncSession, cutoff: datetime, limit: int) -> list[str]:
+    found = await session.execute(
+        select(StorageDeletion.storage_key)
+        .where(StorageDeletion.created_at < cutoff)
+        .order_by(StorageDeletion.created_at)
+        .limit(limit)
+    )
+    return list(found.scalars())
+
+
+async def forget_deletions(session: AsyncSession, keys: Sequence[str]) -> int:
+    done = await session.execute(
+        delete(StorageDeletion).where(StorageDeletion.storage_key.in_(list(keys)))
+    )
+    return int(done.rowcount)  # type: ignore[attr-defined]

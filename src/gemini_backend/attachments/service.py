@@ -48,6 +48,8 @@ log = structlog.get_logger(__name__)
 # What a multipart body carries beyond the file (boundaries, part headers, other fields).
 MULTIPART_OVERHEAD = 64 * 1024
 PURGE_BATCH = 100
+# A noted deletion younger than this is left to the request that noted it (still running).
+DELETION_GRACE = timedelta(minutes=1)
 # A reply's context budget counts an attachment as (see docs/architecture.md, "Attachments"):
 # text, one token per 4 bytes, like message text; an image, Gemini's 258 tokens a tile, a tile
 # per started 256 KiB of file; a PDF, 258 tokens a page, a page per started 32 KiB.
@@ -261,21 +263,58 @@ class Attachments:
     async def delete_with_room(self, session: AsyncSession, room_id: int) -> None:
         """The room is being deleted in this transaction (its rows go by cascade): once that
         commits, the bytes go too."""
-        keys = await repo.room_keys(session, room_id)
+        await self.delete_later(session, await repo.room_keys(session, room_id))
+
+    async def delete_with_user(self, session: AsyncSession, user_id: int) -> None:
+        """The account is being deleted in this transaction: every object it uploaded goes."""
+        await self.delete_later(session, await repo.user_keys(session, user_id))
+
+    async def delete_later(self, session: AsyncSession, keys: Sequence[str]) -> None:
+        """Note the objects in this transaction (write-ahead), delete them once it commits,
+        then forget the notes. Whatever a crash or a storage outage leaves noted, the purge
+        deletes later (`purge_deletions`)."""
         if not keys:
             return
+        await repo.note_deletions(session, keys, self.clock.now())
 
         async def delete_bytes() -> None:
-            await self._delete_bytes(keys)
+            gone = await self._delete_bytes(keys)
+            if gone:
+                async with self.sessionmaker() as own:
+                    await repo.forget_deletions(own, gone)
+                    await own.commit()
 
         after_commit(session, delete_bytes)
 
-    async def _delete_bytes(self, keys: Sequence[str]) -> None:
+    async def _delete_bytes(self, keys: Sequence[str]) -> list[str]:
+        """Delete the objects; the keys of those that went."""
+        gone = []
         for key in keys:
             try:
                 await self.storage.delete(key)
             except StorageUnavailable:
                 log.warning("attachment_bytes_left", storage_key=key)
+                continue
+            gone.append(key)
+        return gone
+
+    async def purge_deletions(self, limit: int = PURGE_BATCH) -> int:
+        """Delete the objects still noted for deletion a minute after their note (what a crash
+        or an outage left); how many went."""
+        cutoff = self.clock.now() - DELETION_GRACE
+        total = 0
+        while True:
+            async with self.sessionmaker() as session:
+                due = await repo.due_deletions(session, cutoff, limit)
+            if not due:
+                return total
+            gone = await self._delete_bytes(due)
+            if gone:
+                async with self.sessionmaker() as session:
+                    total += await repo.forget_deletions(session, gone)
+                    await session.commit()
+            if len(due) < limit or len(gone) < len(due):
+                return total
 
     async def purge_pending(self, limit: int = PURGE_BATCH) -> int:
         """Delete the uploads still pending ATTACHMENT_PENDING_MINUTES after they began: their

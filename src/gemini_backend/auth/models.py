@@ -48,6 +48,8 @@ class AuthSession(Base):
     tokens at once."""
 
     __tablename__ = "auth_sessions"
+    # SQLite: a deleted session's id is never given to another (access tokens name it).
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)

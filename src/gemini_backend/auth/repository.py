@@ -109,6 +109,20 @@ async def delete_otp(session: AsyncSession, mobile_number: str, purpose: str) ->
 # --- lockout ------------------------------------------------------------------------------
 
 
+async def forget_number(session: AsyncSession, mobile_number: str) -> None:
+    """Every code and sign-in guard naming the number (a guard's subject is the number, or
+    the number, a space and a client address)."""
+    await session.execute(delete(OtpCode).where(OtpCode.mobile_number == mobile_number))
+    await session.execute(
+        delete(AuthGuard).where(
+            or_(
+                AuthGuard.subject == mobile_number,
+                func.substr(AuthGuard.subject, 1, len(mobile_number) + 1) == f"{mobile_number} ",
+            )
+        )
+    )
+
+
 async def reserve_attempt(
     session: AsyncSession, subject: str, *, now: datetime, threshold: int, lockout: timedelta
 ) -> bool:

@@ -88,6 +88,14 @@ class OtpRequired(ValidationFailed):
     )
 
 
+class ConfirmationRequired(ValidationFailed):
+    code = "confirmation_required"
+    detail = (
+        "Confirm who you are: give `current_password`, or a fresh sign-in code from "
+        "POST /auth/send-otp as `otp`."
+    )
+
+
 class OtpResendTooSoon(TooManyRequests):
     code = "otp_resend_too_soon"
     detail = "A code was sent moments ago; wait before asking again."
@@ -508,6 +516,29 @@ class AuthService:
         user.password_hash = new_hash
         log.info("password_changed", user_id=user.id)
         return await self._fresh_pair(user, session_id)
+
+    async def confirm(
+        self, user: User, client_ip: str, *, current_password: str | None, otp: str | None
+    ) -> None:
+        """Prove the caller again before something that cannot be undone: the password, or a
+        fresh sign-in code (401 `invalid_credentials`, counted as a failed sign-in attempt)."""
+        number = user.mobile_number
+        if current_password:
+            guards = await self._check_password(
+                number, client_ip, current_password, user.password_hash
+            )
+            await repo.clear_failures(self.session, guards)
+        elif otp:
+            await self._use_otp(number, client_ip, LOGIN, otp)
+        else:
+            raise ConfirmationRequired()
+
+    async def forget(self, user: User) -> None:
+        """The account is being deleted in this transaction: drop the codes and sign-in guards
+        of its number (its sessions and tokens go with the user's row) and, once committed,
+        what API processes cached about it."""
+        await repo.forget_number(self.session, user.mobile_number)
+        self._changed(user.id)
 
     async def _fresh_pair(
         self, user: User, session_id: int, *, is_new_user: bool = False

@@ -34,6 +34,8 @@ log = structlog.get_logger(__name__)
 # least as final: incomplete < live states < canceled (a canceled subscription never revives).
 _STATUS_RANK = {"none": 0, "incomplete": 0, "incomplete_expired": 1, "canceled": 2}
 _LIVE_STATUSES = PRO_STATUSES | {"past_due"}
+# Nothing left to cancel at Stripe.
+_ENDED_STATUSES = ("canceled", "incomplete_expired", "none")
 
 
 class AlreadyPro(Conflict):
@@ -197,6 +199,37 @@ class BillingService:
         except stripe.StripeError as exc:
             raise _provider_error(exc, "portal") from exc
         return portal.url
+
+    # --- account deletion ------------------------------------------------------------------
+    async def cancel_everything(self, user_id: int) -> list[str]:
+        """Cancel at Stripe, at once, every subscription of the user that is not over yet
+        (the account is about to be deleted); the ids cancelled. Raises (and nothing of the
+        account is deleted) when one could not be: better than deleting an account whose card
+        is still charged."""
+        live = list(
+            (
+                await self.session.scalars(
+                    select(StripeSubscription.id).where(
+                        StripeSubscription.user_id == user_id,
+                        StripeSubscription.status.not_in(_ENDED_STATUSES),
+                    )
+                )
+            ).all()
+        )
+        await release_connection(self.session)  # not held across Stripe's round trips
+        if not live:
+            return []
+        gateway = self._require_gateway()
+        for subscription_id in live:
+            try:
+                await gateway.client.v1.subscriptions.cancel_async(subscription_id)
+            except stripe.InvalidRequestError as exc:
+                if exc.http_status != 404:  # gone at Stripe already: nothing to cancel
+                    raise _provider_error(exc, "cancel") from exc
+            except stripe.StripeError as exc:
+                raise _provider_error(exc, "cancel") from exc
+            log.info("subscription_cancelled_for_erasure", subscription_id=subscription_id)
+        return live
 
     # --- webhook ---------------------------------------------------------------------------
     async def apply_event(self, event: StripeEventIn) -> str:

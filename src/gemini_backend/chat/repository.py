@@ -117,6 +117,16 @@ async def delete_room(session: AsyncSession, room_id: int) -> None:
     await session.execute(delete(Chatroom).where(Chatroom.id == room_id))
 
 
+async def user_replies(session: AsyncSession, user_id: int, states: Sequence[str]) -> list[int]:
+    """The ids of the user's messages (in every room) in one of `states`."""
+    rows = await session.execute(
+        select(_messages.c.id)
+        .join(Chatroom, Chatroom.id == _messages.c.chatroom_id)
+        .where(Chatroom.user_id == user_id, _messages.c.status.in_(list(states)))
+    )
+    return list(rows.scalars())
+
+
 async def room_replies(session: AsyncSession, room_id: int, states: Sequence[str]) -> list[int]:
     """The ids of the room's messages in one of `states`."""
     rows = await session.execute(

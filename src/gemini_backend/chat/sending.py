@@ -407,6 +407,12 @@ class MessageSender:
         if reply_ids:
             self._stop_after_commit(session, reply_ids)
 
+    async def stop_replies_of(self, session: AsyncSession, user_id: int) -> None:
+        """The same for every room of a user whose account is being deleted."""
+        reply_ids = await repo.user_replies(session, user_id, tuple(ACTIVE_STATES))
+        if reply_ids:
+            self._stop_after_commit(session, reply_ids)
+
     def _stop_after_commit(self, session: AsyncSession, reply_ids: list[int]) -> None:
         """Once this transaction commits, flag the replies in the shared cache: the worker
         producing each one (in any process) polls its flag and stops."""

@@ -143,13 +143,20 @@ class BodyLimitMiddleware:
         *,
         upload_suffix: str | None = None,
         upload_max_bytes: int = 0,
+        post_limits: dict[str, int] | None = None,
     ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.upload_suffix = upload_suffix
         self.upload_max_bytes = max(max_bytes, upload_max_bytes)
+        # A POST to one of these paths has a limit of its own (an import of conversations).
+        self.post_limits = post_limits or {}
 
     def _limit(self, scope: Scope) -> int:
+        if scope["method"] == "POST" and self.post_limits:
+            own = self.post_limits.get(scope["path"].rstrip("/"))
+            if own is not None:
+                return max(self.max_bytes, own)
         if (
             self.upload_suffix is not None
             and scope["method"] == "POST"

@@ -218,6 +218,10 @@ TAGS: list[dict[str, str]] = [
         "description": "Files uploaded to a chatroom and sent with its messages.",
     },
     {
+        "name": "Sharing and your data",
+        "description": "Public read-only share links, export and import of conversations.",
+    },
+    {
         "name": "Subscriptions",
         "description": "The Basic and Pro plans, Stripe Checkout and webhooks, daily usage.",
     },

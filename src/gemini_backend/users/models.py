@@ -14,6 +14,8 @@ if TYPE_CHECKING:
 
 class User(Base):
     __tablename__ = "users"
+    # SQLite: a deleted account's id is never given to another (its tokens name it).
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
     # E.164, normalised with `phonenumbers` before it is stored or looked up.

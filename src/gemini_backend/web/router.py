@@ -48,6 +48,7 @@ class WebClient:
     page: bytes
     assets: dict[str, Asset]
     version: str
+    share_page: bytes | None  # share.html, if there: a share link's read-only page
 
     @classmethod
     def load(cls, root: Path = STATIC_DIR) -> WebClient:
@@ -62,9 +63,15 @@ class WebClient:
             digest.update(name.encode() + b"\0" + hashlib.sha256(body).digest())
             assets[name] = Asset(body, media_type)
         version = digest.hexdigest()[:16]
+        static = f"/static/{version}"
         page = (root / "index.html").read_text(encoding="utf-8")
+        share = root / "share.html"
+        share_page = share.read_text(encoding="utf-8") if share.exists() else None
         return cls(
-            page.replace(VERSION_PLACEHOLDER, f"/static/{version}").encode(), assets, version
+            page.replace(VERSION_PLACEHOLDER, static).encode(),
+            assets,
+            version,
+            share_page.replace(VERSION_PLACEHOLDER, static).encode() if share_page else None,
         )
 
 
@@ -77,6 +84,21 @@ def build_router(client: WebClient) -> APIRouter:
             client.page,
             media_type="text/html; charset=utf-8",
             headers={"Content-Security-Policy": PAGE_CSP, "Cache-Control": "no-cache"},
+        )
+
+    @router.get("/s/{share_id}")
+    async def share_page(share_id: str) -> Response:
+        # The same page for every id: it fetches GET /share/{id}, which checks the id.
+        if client.share_page is None:
+            raise NotFound()
+        return Response(
+            client.share_page,
+            media_type="text/html; charset=utf-8",
+            headers={
+                "Content-Security-Policy": PAGE_CSP,
+                "Cache-Control": "no-cache",
+                "X-Robots-Tag": "noindex",
+            },
         )
 
     @router.get("/static/{version}/{path:path}")

@@ -1,6 +1,7 @@
 """The periodic purge of rows past their use, run by every sweeper (worker/runtime.py): expired
 OTPs, expired refresh tokens, quiet sign-in guards, idempotency keys past their 24 h window,
-uploads still pending ATTACHMENT_PENDING_MINUTES after they began (with their stored bytes).
+uploads still pending ATTACHMENT_PENDING_MINUTES after they began (with their stored bytes),
+stored objects of deleted rooms and accounts that a crash or an outage left undeleted.
 
 Each table is purged in batches of PURGE_BATCH rows, a short transaction each, so the purge
 never holds a lock for long (on SQLite, the single writer is free between batches). Several
@@ -71,6 +72,7 @@ class Housekeeping:
         # Uploads that never finished: their objects, then their rows (the storage is no
         # part of a database transaction).
         purged["pending_attachments"] = await self.attachments.purge_pending()
+        purged["storage_deletions"] = await self.attachments.purge_deletions()
         if any(purged.values()):
             log.info("purged", **purged)
         return purged
