@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import Float, Integer, String, bindparam, text
+from sqlalchemy import BigInteger, Float, Integer, String, bindparam, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.types import TypeEngine
 
-from gemini_backend.core.db import BigIntId, UTCDateTime
+from gemini_backend.core.db import UTCDateTime
 from gemini_backend.search import marks
 from gemini_backend.search.fts5 import to_fts5
 from gemini_backend.search.marks import MARK_END, MARK_START
@@ -63,10 +64,10 @@ class Searcher(Protocol):
         """Why the search cannot serve (None: it can): checked at start-up."""
 
 
-_COLUMNS = {
+_COLUMNS: dict[str, TypeEngine[Any]] = {
     "kind": Integer(),
-    "id": BigIntId,
-    "room_id": BigIntId,
+    "id": BigInteger(),
+    "room_id": BigInteger(),
     "room_name": String(),
     "role": String(),
     "created_at": UTCDateTime(),
@@ -117,6 +118,7 @@ def _pg_rank(vector: str) -> str:
 
 # The caller's rooms first (ix_chatrooms_user_activity), so the planner may read their messages
 # (ix_messages_chatroom_id) rather than every user's matches in the GIN index, when fewer.
+# S608: the statements are built from this module's constants; the user's text is bound.
 _PG_SEARCH = text(
     f"""
 WITH q AS MATERIALIZED (
@@ -144,7 +146,7 @@ FROM page p CROSS JOIN q
 JOIN chatrooms r ON r.id = p.room_id
 LEFT JOIN messages m ON p.kind = {MESSAGE} AND m.id = p.id
 ORDER BY p.rank DESC, p.kind DESC, p.id DESC
-"""
+"""  # noqa: S608
 ).columns(**_COLUMNS, snippet=String())
 
 # The configuration as PostgreSQL shows it (a schema-qualified name only when it is not on the
@@ -231,12 +233,12 @@ LEFT JOIN messages m ON h.kind = {MESSAGE} AND m.id = h.id
 WHERE (h.rank, h.kind, h.id) < (:after_rank, :after_kind, :after_id)
 ORDER BY h.rank DESC, h.kind DESC, h.id DESC
 LIMIT :limit
-"""
+"""  # noqa: S608
 ).columns(**_COLUMNS)
 # Only for the page's rows: snippet() runs for each row that passes the filter.
 _SQLITE_SNIPPETS = {
     kind: text(
-        f"SELECT rowid, snippet({table}, 0, :start, :end, '…', {SNIPPET_WORDS}) FROM {table} "
+        f"SELECT rowid, snippet({table}, 0, :start, :end, '…', {SNIPPET_WORDS}) FROM {table} "  # noqa: S608
         f"WHERE {table} MATCH :match AND rowid IN :ids"
     ).bindparams(bindparam("ids", expanding=True))
     for kind, table in ((MESSAGE, "message_search"), (ROOM, "chatroom_search"))
@@ -253,7 +255,9 @@ class SqliteSearch:
         if native is None:
             return []
         params = {"match": native.match, "phrase": native.phrase, "user_id": user_id}
-        rows = (await session.execute(_SQLITE_SEARCH, {**params, **_keyset(after), "limit": limit})).all()
+        rows = (
+            await session.execute(_SQLITE_SEARCH, {**params, **_keyset(after), "limit": limit})
+        ).all()
         snippets: dict[int, dict[int, str]] = {}
         for kind in (MESSAGE, ROOM):
             ids = [row.id for row in rows if row.kind == kind]

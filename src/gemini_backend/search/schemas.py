@@ -3,10 +3,21 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+
+RESULT_EXAMPLE = {
+    "chatroom_id": 12,
+    "chatroom_name": "Trip to Lisbon",
+    "message_id": 345,
+    "role": "assistant",
+    "snippet": "the <mark>tram</mark> 28 runs through Alfama &amp; Graça",
+    "created_at": "2026-11-22T10:00:00Z",
+}
 
 
 class SearchResult(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"example": RESULT_EXAMPLE})
+
     chatroom_id: int
     chatroom_name: str
     message_id: int | None = Field(
@@ -23,5 +34,11 @@ class SearchResult(BaseModel):
 
 
 class SearchPage(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {"results": [RESULT_EXAMPLE], "next_cursor": "WzAuMjUsIDAsIDM0NV0"}
+        }
+    )
+
     results: list[SearchResult]
     next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null: last")

@@ -78,7 +78,9 @@ async def search(
     cursor: str | None,
 ) -> SearchPage:
     after = decode_cursor(cursor) if cursor else FIRST
-    hits = await searcher.search(session, user_id=user_id, query=query, after=after, limit=limit + 1)
+    hits = await searcher.search(
+        session, user_id=user_id, query=query, after=after, limit=limit + 1
+    )
     more = len(hits) > limit
     hits = hits[:limit]
     return SearchPage(
