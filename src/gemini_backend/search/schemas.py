@@ -1,11 +1,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-RESULT_EXAMPLE = {
+RESULT_EXAMPLE: dict[str, Any] = {
     "chatroom_id": 12,
     "chatroom_name": "Trip to Lisbon",
     "message_id": 345,
