@@ -214,12 +214,22 @@ async def test_malformed_searches_are_422(client, alice, params):
         base64.urlsafe_b64encode(b'["a", 0, 3]').decode(),
         base64.urlsafe_b64encode(b"[1e999, 0, 3]").decode(),
         base64.urlsafe_b64encode(b"[1.0, 0, 9223372036854775808]").decode(),
+        base64.urlsafe_b64encode(b"[true, 0, 3]").decode(),
+        base64.urlsafe_b64encode(b"[1.0, true, 3]").decode(),
+        base64.urlsafe_b64encode(b'{"rank": 1}').decode(),
     ],
 )
 async def test_a_cursor_the_server_did_not_issue_is_400(client, alice, cursor):
     response = await client.get("/search", params={"q": "x", "cursor": cursor}, headers=alice)
     assert response.status_code == 400, response.text
     assert response.json()["code"] == "invalid_cursor"
+
+
+async def test_a_cursor_beyond_every_rank_is_a_page_like_any_other(client, alice):
+    for rank in (b"1e300", b"-1e300", b"0"):
+        cursor = base64.urlsafe_b64encode(b"[" + rank + b", 1, 3]").decode()
+        found = await search(client, alice, "walrus", cursor=cursor)
+        assert found == {"results": [], "next_cursor": None}
 
 
 async def test_search_needs_a_token(client):

@@ -135,7 +135,7 @@ WITH q AS MATERIALIZED (
     WHERE r.user_id = :user_id AND r.search_vector @@ q.query
 ), page AS (
     SELECT kind, id, room_id, rank FROM hits
-    WHERE (rank, kind, id) < (:after_rank, :after_kind, :after_id)
+    WHERE (rank, kind, id) < (CAST(:after_rank AS double precision), :after_kind, :after_id)
     ORDER BY rank DESC, kind DESC, id DESC
     LIMIT :limit
 )

@@ -43,17 +43,18 @@ def decode_cursor(cursor: str) -> Keyset:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         rank, kind, id_ = json.loads(raw)
-    except (ValueError, TypeError, binascii.Error) as exc:
+        if type(rank) not in (int, float) or type(kind) is not int or type(id_) is not int:
+            raise TypeError
+        keyset = Keyset(float(rank), kind, id_)
+    except (ValueError, TypeError, OverflowError, binascii.Error) as exc:
         raise InvalidSearchCursor() from exc
     if (
-        type(rank) not in (int, float)
-        or not math.isfinite(rank)
-        or kind not in (MESSAGE, ROOM)
-        or type(id_) is not int
-        or not 1 <= id_ <= MAX_ID  # beyond it PostgreSQL refuses the parameter
+        not math.isfinite(keyset.rank)
+        or keyset.kind not in (MESSAGE, ROOM)
+        or not 1 <= keyset.id <= MAX_ID  # beyond it PostgreSQL refuses the parameter
     ):
         raise InvalidSearchCursor()
-    return Keyset(float(rank), cast(int, kind), id_)
+    return keyset
 
 
 def _result(hit: Hit) -> SearchResult:
