@@ -10,6 +10,7 @@ from sqlalchemy.engine import Connection
 from gemini_backend.config import Settings
 from gemini_backend.core.db import create_engine
 from gemini_backend.models import metadata
+from gemini_backend.search.schema import is_search_object
 
 config = context.config
 
@@ -25,7 +26,13 @@ def _configure(connection: Connection) -> None:
         target_metadata=metadata,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        include_name=_include_name,
     )
+
+
+def _include_name(name: str | None, type_: str, _parents: dict[str, str | None]) -> bool:
+    # The search index is migration 0013's, not the models' (search/schema.py).
+    return not is_search_object(name, type_)
 
 
 def _run_sync(connection: Connection) -> None:

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent / "src" / "gemini_backend"
-PACKAGES = ("auth", "billing", "chat", "quota", "users", "worker")
+PACKAGES = ("auth", "billing", "chat", "quota", "search", "users", "worker")
 MODE_TESTS = re.compile(
     r"dialect\.name"  # which database
     r"|dialect\s*=="

@@ -18,11 +18,14 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import bindparam, inspect, text
 from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from gemini_backend.config import Settings
 from gemini_backend.core.db import UTCDateTime, create_engine
 from gemini_backend.migrate import alembic_config, upgrade_to_head
 from gemini_backend.models import metadata
+from gemini_backend.search.repository import FIRST, PostgresqlSearch, SqliteSearch
+from gemini_backend.search.schema import SEARCH_TABLES, SQLITE_TRIGGERS, is_search_object
 from tests.conftest import BACKEND, JWT_SECRET, TEST_DATABASE_URL
 
 KINDS = ["sqlite", "postgresql"] if BACKEND == "production" else ["sqlite"]
@@ -71,10 +74,16 @@ def _inspect(settings: Settings) -> dict[str, Any]:
 
     def work(conn: Connection) -> dict[str, Any]:
         context = MigrationContext.configure(
-            conn, opts={"compare_type": True, "compare_server_default": True}
+            conn,
+            opts={
+                "compare_type": True,
+                "compare_server_default": True,
+                "include_name": lambda name, type_, _: not is_search_object(name, type_),
+            },
         )
         return {
-            "tables": set(inspect(conn).get_table_names()),
+            # The search index's tables (SQLite's FTS5) are migration 0013's, not the models'.
+            "tables": set(inspect(conn).get_table_names()) - SEARCH_TABLES,
             "revision": context.get_current_revision(),
             "diff": compare_metadata(context, metadata),
         }
@@ -418,3 +427,92 @@ MESSAGES_AT_0007 = [
     (14, 2, "user", "completed", None),
     (15, 2, "assistant", "queued", 14),
 ]
+
+
+async def _search_hits(settings: Settings, query: str) -> list[tuple[int, int]]:
+    engine = create_engine(settings)
+    searcher = (
+        PostgresqlSearch(settings.search_text_config)
+        if engine.dialect.name == "postgresql"
+        else SqliteSearch()
+    )
+    try:
+        async with AsyncSession(engine) as session:
+            hits = await searcher.search(session, user_id=1, query=query, after=FIRST, limit=50)
+        return [(hit.kind, hit.id) for hit in hits]
+    finally:
+        await engine.dispose()
+
+
+def test_0013_makes_existing_messages_and_rooms_searchable(fresh_settings):
+    """Rows written before 0013 are found after it: completed messages and room names, not a
+    reply still queued or one that failed; and the index follows later writes."""
+    config = alembic_config(fresh_settings)
+    command.upgrade(config, "0011")
+    at = bindparam("at", type_=UTCDateTime())
+    room = text(
+        "INSERT INTO chatrooms (id, user_id, name, auto_title, message_count, activity_at, "
+        "created_at, updated_at) VALUES (:id, 1, :name, false, 0, :at, :at, :at)"
+    ).bindparams(at)
+    message = text(
+        "INSERT INTO messages (id, chatroom_id, role, content, status, attempts, parent_id, "
+        "created_at, updated_at) VALUES (:id, 1, :role, :content, :status, 0, :parent, :at, :at)"
+    ).bindparams(at)
+    rows: list[tuple[Any, dict[str, Any]]] = [
+        (
+            text(
+                "INSERT INTO users (id, mobile_number, created_at, updated_at) "
+                "VALUES (1, '+919876500000', :at, :at)"
+            ).bindparams(at),
+            {"at": MIGRATED_AT},
+        ),
+        (room, {"id": 1, "name": "Pelican plans", "at": MIGRATED_AT}),
+        (room, {"id": 2, "name": "Other", "at": MIGRATED_AT}),
+    ]
+    for id_, role, content, status in [
+        (1, "user", "where do pelicans nest", "completed"),
+        (2, "assistant", "pelicans nest on islands", "completed"),
+        (3, "assistant", "pelicans, partly", "failed"),
+        (4, "user", "and herons", "completed"),
+        (5, "assistant", "", "queued"),
+    ]:
+        values = {"id": id_, "role": role, "content": content, "status": status}
+        rows.append((message, {**values, "parent": id_ - 1 or None, "at": MIGRATED_AT}))
+
+    async def write(statements: list[tuple[Any, dict[str, Any]]]) -> None:
+        engine = create_engine(fresh_settings)
+        try:
+            async with engine.begin() as conn:
+                for statement, values in statements:
+                    await conn.execute(statement, values)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(write(rows))
+    upgrade_to_head(fresh_settings)
+    assert sorted(asyncio.run(_search_hits(fresh_settings, "pelicans"))) == [(0, 1), (0, 2)]
+    assert asyncio.run(_search_hits(fresh_settings, "pelican")) == [(1, 1)]
+    finish = text("UPDATE messages SET status = 'completed', content = 'herons wade' WHERE id = 5")
+    asyncio.run(write([(finish, {}), (text("DELETE FROM chatrooms WHERE id = 2"), {})]))
+    assert sorted(asyncio.run(_search_hits(fresh_settings, "herons"))) == [(0, 4), (0, 5)]
+
+
+def test_the_search_triggers_are_there_at_head(fresh_settings):
+    """A later SQLite migration that rebuilds `messages` or `chatrooms` in a batch drops their
+    triggers with the old table: it must create them again."""
+    upgrade_to_head(fresh_settings)
+
+    async def triggers() -> set[str]:
+        engine = create_engine(fresh_settings)
+        try:
+            async with engine.connect() as conn:
+                if engine.dialect.name != "sqlite":
+                    return set(SQLITE_TRIGGERS)
+                found = await conn.execute(
+                    text("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+                )
+                return {name for (name,) in found}
+        finally:
+            await engine.dispose()
+
+    assert asyncio.run(triggers()) >= SQLITE_TRIGGERS

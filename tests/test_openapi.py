@@ -22,6 +22,7 @@ from gemini_backend.core.errors import AppError
 from gemini_backend.ops import router as ops_router
 from gemini_backend.portability import schemas as portability_schemas
 from gemini_backend.quota import router as quota_router
+from gemini_backend.search import schemas as search_schemas
 from gemini_backend.users import schemas as user_schemas
 from tests.helpers import bearer, sign_in
 
@@ -68,6 +69,7 @@ SCHEMA_MODULES = (
     quota_router,
     ops_router,
     models_router,
+    search_schemas,
     openapi,
 )
 ISO_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")

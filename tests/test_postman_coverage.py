@@ -27,6 +27,7 @@ FOLDERS = [
     "Chatrooms",
     "Messages",
     "Conversation trees",
+    "Search",
     "Subscriptions",
     "Webhooks",
     "Attachments",

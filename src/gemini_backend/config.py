@@ -200,6 +200,14 @@ class Settings(BaseSettings):
     # How often each sweeper purges expired OTPs, refresh tokens, login guards, idempotency keys.
     purge_interval_seconds: int = Field(default=600, ge=1)
 
+    # --- search ---------------------------------------------------------------------------
+    # PostgreSQL's text-search configuration of GET /search (a regconfig such as `simple` or
+    # `english`): the migration builds the search columns with it and the API refuses to start
+    # when it names no configuration or not the one they were built with.
+    search_text_config: str = Field(
+        default="simple", pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$"
+    )
+
     # --- attachments ------------------------------------------------------------------------
     # Where uploads are stored: an S3-compatible bucket when S3_BUCKET is set (AWS S3, GCS
     # interoperability, Cloudflare R2, MinIO: S3_ENDPOINT_URL), else under DATA_DIR/attachments.

@@ -33,6 +33,7 @@ from gemini_backend.ops.router import router as ops_router
 from gemini_backend.portability.router import IMPORT_PATH
 from gemini_backend.portability.router import router as portability_router
 from gemini_backend.quota.router import router as quota_router
+from gemini_backend.search.router import router as search_router
 from gemini_backend.services import Services
 from gemini_backend.users.router import router as users_router
 from gemini_backend.web.router import WebClient
@@ -97,6 +98,11 @@ def _lifespan(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = Services.build(settings, clock)
+        try:
+            await services.check_search()
+        except BaseException:
+            await services.aclose()
+            raise
         app.state.services = services  # the app's only state (services.services_of)
         services.principals.start()
         services.chatroom_cache.start()
@@ -152,6 +158,7 @@ def _add_routes(app: FastAPI, settings: Settings) -> None:
         billing_router,
         models_router,
         portability_router,
+        search_router,
     ]
     if settings.stripe_mock_enabled:
         routers += [stripe_mock.router, stripe_mock.api]

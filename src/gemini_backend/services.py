@@ -10,9 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, cast
 
+import structlog
 from fastapi import Depends
 from pwdlib.hashers.argon2 import Argon2Hasher
 from redis.asyncio import Redis
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import HTTPConnection
 from taskiq import InMemoryBroker
 
@@ -41,6 +43,7 @@ from gemini_backend.core.security import PasswordHasher, TokenCodec
 from gemini_backend.core.streams import MemoryReplyStream, RedisReplyStream, ReplyStream
 from gemini_backend.core.throttle import Throttle
 from gemini_backend.quota.service import Quota
+from gemini_backend.search.repository import PostgresqlSearch, Searcher, SqliteSearch
 from gemini_backend.worker.housekeeping import Housekeeping
 from gemini_backend.worker.runtime import (
     InProcessReplyPipeline,
@@ -71,6 +74,7 @@ class Services:
     auth: AuthDeps  # the password hasher, the token codec, the OTP sender
     stream_slots: StreamSlots
     attachments: Attachments  # with its storage: local files or an S3-compatible bucket
+    search: Searcher  # GET /search: PostgreSQL full-text search or SQLite FTS5
 
     @classmethod
     def build(cls, settings: Settings, clock: Clock) -> Services:
@@ -103,6 +107,9 @@ class Services:
         # The one place that asks which database this is.
         on_postgresql = database.engine.dialect.name == "postgresql"
         chat_sql = chat_repo.POSTGRESQL if on_postgresql else chat_repo.SQLITE
+        search: Searcher = (
+            PostgresqlSearch(settings.search_text_config) if on_postgresql else SqliteSearch()
+        )
         generator = ReplyGenerator(
             settings=settings,
             clock=clock,
@@ -183,7 +190,21 @@ class Services:
             ),
             stream_slots=StreamSlots(settings.max_streams_per_user),
             attachments=attachments,
+            search=search,
         )
+
+    async def check_search(self) -> None:
+        """Refuse to start on a search the database cannot serve (SEARCH_TEXT_CONFIG names no
+        configuration, or not the one the search columns were built with); a database out of
+        reach is /ready's to report."""
+        try:
+            async with self.database.engine.connect() as connection:
+                problem = await self.search.check(connection)
+        except (OSError, SQLAlchemyError):
+            structlog.get_logger(__name__).warning("search_check_skipped", exc_info=True)
+            return
+        if problem is not None:
+            raise RuntimeError(problem)
 
     @property
     def provider(self) -> Provider:

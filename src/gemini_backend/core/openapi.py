@@ -230,6 +230,10 @@ TAGS: list[dict[str, str]] = [
         "description": "The built-in Stripe test double (off in production and with a Stripe "
         "key): its checkout and portal pages and simulated renewals.",
     },
+    {
+        "name": "Search",
+        "description": "Full-text search over the caller's messages and chatroom names.",
+    },
     {"name": "Operations", "description": "Liveness, readiness and Prometheus metrics."},
 ]
 
