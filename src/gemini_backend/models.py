@@ -5,7 +5,7 @@ from gemini_backend.auth.models import AuthGuard, AuthSession, OtpCode, RefreshT
 from gemini_backend.billing.models import StripeEvent, StripeSubscription, Subscription
 from gemini_backend.chat.models import Chatroom, IdempotencyKey, Message
 from gemini_backend.core.db import Base
-from gemini_backend.quota.models import DailyUsage
+from gemini_backend.quota.models import DailyUsage, MonthlyTokens, TokenReservation
 from gemini_backend.users.models import User
 
 metadata = Base.metadata
@@ -18,11 +18,13 @@ __all__ = [
     "DailyUsage",
     "IdempotencyKey",
     "Message",
+    "MonthlyTokens",
     "OtpCode",
     "RefreshToken",
     "StripeEvent",
     "StripeSubscription",
     "Subscription",
+    "TokenReservation",
     "User",
     "metadata",
 ]

@@ -13,6 +13,7 @@ from typing import Annotated, cast
 from fastapi import Depends
 from pwdlib.hashers.argon2 import Argon2Hasher
 from redis.asyncio import Redis
+from sqlalchemy.dialects import postgresql, sqlite
 from starlette.requests import HTTPConnection
 from taskiq import InMemoryBroker
 
@@ -85,7 +86,6 @@ class Services:
         )
         models = ProviderRegistry.from_settings(settings)
         attachments = Attachments(settings, clock, database.sessionmaker, create_storage(settings))
-        quota = Quota(settings)
         chatroom_cache = ChatroomCache(
             RedisLists(redis, prefix) if redis is not None else MemoryLists(cache),
             settings.chatroom_cache_ttl,
@@ -103,6 +103,7 @@ class Services:
         # The one place that asks which database this is.
         on_postgresql = database.engine.dialect.name == "postgresql"
         chat_sql = chat_repo.POSTGRESQL if on_postgresql else chat_repo.SQLITE
+        quota = Quota(settings, postgresql.insert if on_postgresql else sqlite.insert)
         generator = ReplyGenerator(
             settings=settings,
             clock=clock,

@@ -31,7 +31,7 @@ from limits import RateLimitItem, parse
 from redis.asyncio.client import Pipeline
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from gemini_backend.attachments.models import Attachment
 from gemini_backend.attachments.schemas import attachment_part
@@ -242,7 +242,7 @@ class MessageSender:
             if not found:
                 raise ChatroomNotFound()
             structlog.contextvars.bind_contextvars(chatroom_id=room_id)
-            exchange, quota = await self._admit(exchange, user_id, tier, now)
+            exchange, quota = await self._admit(conn, exchange, user_id, tier, now)
         return self._send_receipt(room_id, content, exchange, now), quota, exchange.reply_id
 
     async def _send_default(
@@ -386,6 +386,7 @@ class MessageSender:
         ).scalar_one_or_none()
         reply_id, ttl = reply.id, self.settings.reply_stream_ttl_seconds
         if cancelled is not None:
+            await self.quota.settle_tokens(session, reply_id, 0)
             final = (await message_out(session, cancelled)).model_dump_json()
 
             async def announce() -> None:
@@ -419,13 +420,20 @@ class MessageSender:
         after_commit(session, signal)
 
     async def _admit(
-        self, exchange: Exchange | None, user_id: int, tier: Tier, now: datetime
+        self,
+        db: AsyncSession | AsyncConnection,
+        exchange: Exchange | None,
+        user_id: int,
+        tier: Tier,
+        now: datetime,
     ) -> tuple[Exchange, QuotaState]:
-        """The verdict on a slot just taken (or not), in its transaction: the daily quota, then
-        the per-minute throttle. A send refused by the daily limit spends no per-minute slot;
-        one refused by the throttle rolls the slot and the inserts back with the transaction."""
+        """The verdict on a slot just taken (or not), in its transaction (`db`): the daily
+        quota, the monthly token budget (a reservation), then the per-minute throttle. A send
+        refused by the daily limit spends no per-minute slot; one refused by the budget or the
+        throttle rolls the slot and the inserts back with the transaction."""
         quota = self.quota.admit(exchange.used if exchange is not None else None, tier, now)
         assert exchange is not None  # admit() refused otherwise
+        quota = await self.quota.reserve_tokens(db, quota, user_id, tier, exchange.reply_id, now)
         try:
             await self.throttle.hit(
                 _per_minute(self.settings.send_per_minute),
@@ -469,7 +477,7 @@ class MessageSender:
             parent_id=parent_id,
             reply_to=reply_to,
         )
-        return await self._admit(exchange, user_id, tier, now)
+        return await self._admit(session, exchange, user_id, tier, now)
 
     def _send_receipt(
         self,
