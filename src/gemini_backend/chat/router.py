@@ -560,7 +560,9 @@ async def edit_message(
     session: DbSession,
     response: Response,
 ) -> SendReceipt:
-    receipt, quota = await sender.edit(session, user, room, message, body.content)
+    receipt, quota = await sender.edit(
+        session, user, room, message, body.content, body.attachment_ids
+    )
     response.headers.update(quota.headers(sender.clock.now()))
     return receipt
 

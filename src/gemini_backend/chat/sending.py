@@ -306,9 +306,11 @@ class MessageSender:
         room: RoomView,
         message: Message,
         content: str,
+        attachment_ids: Sequence[int] | None = None,
     ) -> tuple[SendReceipt, QuotaState]:
         """A new version of the user message `message`: a sibling with `content` and its
-        reply, in the request's session `session`."""
+        reply, in the request's session `session`. It keeps the attachments of `message`
+        unless `attachment_ids` names its own (Attachments.for_edit)."""
         if message.role != "user":
             raise NotAUserMessage()
         self._check_length(content)
@@ -317,11 +319,21 @@ class MessageSender:
             raise ReplyInProgress()
         now = self.clock.now()
         tier = tier_of(user, now, self.settings)
+        files, kept = await self.attachments.for_edit(
+            session, tier, room.id, message.id, attachment_ids
+        )
         exchange, quota = await self._take_slot(
             session, user.id, tier, now, room.id, content=content, parent_id=message.parent_id
         )
+        parts = None
+        if files:
+            given = await self.attachments.carry(session, files, kept, exchange.message_id)
+            parts = _user_parts(content, given)
+            await repo.set_parts(session, exchange.message_id, parts or [])
         siblings = await repo.sibling_ids(session, room.id, [message.parent_id])
-        receipt = self._send_receipt(room.id, content, exchange, now, siblings[message.parent_id])
+        receipt = self._send_receipt(
+            room.id, content, exchange, now, siblings[message.parent_id], parts
+        )
         self._announce_after_commit(session, user.id, exchange.reply_id)
         return receipt, quota
 

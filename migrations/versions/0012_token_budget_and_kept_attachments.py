@@ -1,4 +1,5 @@
-"""the monthly token budget: a user's tokens per month and the replies' reservations
+"""the monthly token budget: a user's tokens per month and the replies' reservations; an
+attachment's bytes shared by the rows of an edit's versions (storage_key no longer unique)
 
 Revision ID: 0012
 Revises: 0011
@@ -47,8 +48,19 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("reply_id", name=op.f("pk_token_reservations")),
     )
+    # A batch (a table copy on SQLite): nothing references attachments, so nothing cascades.
+    with op.batch_alter_table("attachments", schema=None) as batch_op:
+        batch_op.drop_constraint("uq_attachments_storage_key", type_="unique")
 
 
 def downgrade() -> None:
+    # The rows an edit added for the bytes it kept go (their message then lists none): the
+    # first row of each object stays.
+    op.execute(
+        "DELETE FROM attachments WHERE id NOT IN "
+        "(SELECT keep FROM (SELECT MIN(id) AS keep FROM attachments GROUP BY storage_key) AS k)"
+    )
+    with op.batch_alter_table("attachments", schema=None) as batch_op:
+        batch_op.create_unique_constraint("uq_attachments_storage_key", ["storage_key"])
     op.drop_table("token_reservations")
     op.drop_table("monthly_tokens")
