@@ -232,6 +232,12 @@ class Settings(BaseSettings):
     quota_timezone: str = "UTC"
     basic_daily_limit: int = Field(default=5, ge=0)
     pro_daily_limit: int | None = None
+    # The optional monthly token budget per tier (prompt + output + thinking tokens of a
+    # calendar month in UTC; null: unlimited). Any of them set turns the accounting on for
+    # every user; each send then holds TOKEN_BUDGET_RESERVE tokens until its reply ends.
+    monthly_token_budget_basic: int | None = Field(default=None, ge=1)
+    monthly_token_budget_pro: int | None = Field(default=None, ge=1)
+    token_budget_reserve: int = Field(default=2000, ge=1)
     send_per_minute: int = Field(default=20, ge=1)
     stripe_secret_key: SecretStr | None = None
     stripe_webhook_secret: SecretStr = SecretStr(DEV_WEBHOOK_SECRET)

@@ -6,7 +6,7 @@ from gemini_backend.billing.models import StripeEvent, StripeSubscription, Subsc
 from gemini_backend.chat.models import Chatroom, IdempotencyKey, Message
 from gemini_backend.core.db import Base
 from gemini_backend.portability.models import Share
-from gemini_backend.quota.models import DailyUsage
+from gemini_backend.quota.models import DailyUsage, MonthlyTokens, TokenReservation
 from gemini_backend.users.models import User
 
 metadata = Base.metadata
@@ -19,6 +19,7 @@ __all__ = [
     "DailyUsage",
     "IdempotencyKey",
     "Message",
+    "MonthlyTokens",
     "OtpCode",
     "RefreshToken",
     "Share",
@@ -26,6 +27,7 @@ __all__ = [
     "StripeEvent",
     "StripeSubscription",
     "Subscription",
+    "TokenReservation",
     "User",
     "metadata",
 ]

@@ -15,6 +15,7 @@ from fastapi import Depends
 from pwdlib.hashers.argon2 import Argon2Hasher
 from redis.asyncio import Redis
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.dialects import postgresql, sqlite
 from starlette.requests import HTTPConnection
 from taskiq import InMemoryBroker
 
@@ -89,7 +90,6 @@ class Services:
         )
         models = ProviderRegistry.from_settings(settings)
         attachments = Attachments(settings, clock, database.sessionmaker, create_storage(settings))
-        quota = Quota(settings)
         chatroom_cache = ChatroomCache(
             RedisLists(redis, prefix) if redis is not None else MemoryLists(cache),
             settings.chatroom_cache_ttl,
@@ -110,6 +110,7 @@ class Services:
         search: Searcher = (
             PostgresqlSearch(settings.search_text_config) if on_postgresql else SqliteSearch()
         )
+        quota = Quota(settings, postgresql.insert if on_postgresql else sqlite.insert)
         generator = ReplyGenerator(
             settings=settings,
             clock=clock,

@@ -273,6 +273,26 @@ class Upload:
     declared_size: int
     data: bytes = b""
     finalized: bool = False
+    # The Files API's processing: "PROCESSING" for `polls_left` more files.get calls after the
+    # upload, then `ends_as` ("ACTIVE" or "FAILED").
+    state: str = "ACTIVE"
+    polls_left: int = 0
+    ends_as: str = "ACTIVE"
+    gets: int = 0
+
+    def resource(self) -> dict[str, Any]:
+        file: dict[str, Any] = {
+            "name": self.name,
+            "displayName": self.display_name,
+            "mimeType": self.mime_type,
+            "sizeBytes": str(len(self.data)),
+            "uri": self.uri,
+            "state": self.state,
+            "source": "UPLOADED",
+        }
+        if self.state == "FAILED":
+            file["error"] = {"code": 3, "message": "The file could not be processed."}
+        return file
 
 
 def inline_parts(content: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -303,11 +323,16 @@ class FakeGemini(LoopbackServer[Reply | Fail, Recorded]):
     def __init__(self, api_key: str = API_KEY) -> None:
         self.api_key = api_key
         self.uploads: list[Upload] = []
+        # Set by a test: the next uploads are PROCESSING for this many files.get calls, then
+        # end as `processing_ends_as`.
+        self.processing_polls = 0
+        self.processing_ends_as = "ACTIVE"
         super().__init__(
             "Gemini",
             [
                 Route(f"/{API_VERSION}/models/{{call:path}}", self._models, methods=["POST"]),
                 Route(f"/upload/{API_VERSION}/files", self._upload, methods=["POST"]),
+                Route(f"/{API_VERSION}/files/{{file_id}}", self._get_file, methods=["GET"]),
             ],
             streamed=Reply(),
             plain=Reply(chunks=['"Trip Ideas For Paris."']),
@@ -331,7 +356,25 @@ class FakeGemini(LoopbackServer[Reply | Fail, Recorded]):
                     return f"File {ref.get('fileUri')} does not exist or is not yours."
                 if ref.get("mimeType") != upload.mime_type:
                     return "the file part's mimeType is not the file's"
+                if upload.state != "ACTIVE":
+                    return f"The File {upload.name} is not in an ACTIVE state."
         return None
+
+    async def _get_file(self, request: Request) -> Response:
+        """files.get: the file's resource; one PROCESSING look fewer left."""
+        if request.headers.get("x-goog-api-key") != self.api_key:
+            return _error(invalid_api_key())
+        name = f"files/{request.path_params['file_id']}"
+        upload = next((u for u in self.uploads if u.name == name and u.finalized), None)
+        if upload is None:
+            return _error(Fail(403, f"File {name} does not exist.", "PERMISSION_DENIED"))
+        upload.gets += 1
+        if upload.state == "PROCESSING":
+            if upload.polls_left > 0:
+                upload.polls_left -= 1
+            else:
+                upload.state = upload.ends_as
+        return JSONResponse(upload.resource())
 
     # --- the Files API: start a resumable upload, then its chunks (the last one finalizes) ----
     async def _upload(self, request: Request) -> Response:
@@ -372,16 +415,11 @@ class FakeGemini(LoopbackServer[Reply | Fail, Recorded]):
         upload.finalized = True
         if len(upload.data) != upload.declared_size:
             return _error(bad_request("the upload's size is not the one declared"))
-        file = {
-            "name": upload.name,
-            "displayName": upload.display_name,
-            "mimeType": upload.mime_type,
-            "sizeBytes": str(len(upload.data)),
-            "uri": upload.uri,
-            "state": "ACTIVE",
-            "source": "UPLOADED",
-        }
-        return JSONResponse({"file": file}, headers={"X-Goog-Upload-Status": "final"})
+        if self.processing_polls or self.processing_ends_as != "ACTIVE":
+            upload.state = "PROCESSING"
+            upload.polls_left = self.processing_polls
+            upload.ends_as = self.processing_ends_as
+        return JSONResponse({"file": upload.resource()}, headers={"X-Goog-Upload-Status": "final"})
 
     # what was asked, under the names the tests use
     streams = LoopbackServer.streamed_requests

@@ -12,7 +12,14 @@ from typing import Any
 
 import pytest
 
-from gemini_backend.ai.base import Attachment, Conversation, Finished, GenerationOptions, Turn
+from gemini_backend.ai.base import (
+    Attachment,
+    Conversation,
+    Finished,
+    GenerationOptions,
+    ProviderError,
+    Turn,
+)
 from gemini_backend.ai.gemini import FILE_REUSE_SECONDS, GeminiProvider
 from tests.ai.fake_gemini import API_KEY, FakeGemini, Reply, file_parts, inline_files
 from tests.attachments import files
@@ -146,3 +153,95 @@ async def test_a_png_and_a_pdf_sent_reach_gemini_in_their_parts(client, fake, al
 @pytest.fixture
 async def alice_auth(client):
     return bearer(await sign_in(client))
+
+
+# --- the Files API's processing -------------------------------------------------------------------
+def files_api_provider(fake: FakeGemini, **options: Any) -> GeminiProvider:
+    """Every attachment through the Files API; looks at a processing file every 10 ms."""
+    return GeminiProvider(
+        api_key=API_KEY,
+        model=MODEL,
+        timeout_seconds=5,
+        base_url=fake.url,
+        inline_max_bytes=0,
+        file_poll_seconds=0.01,
+        **options,
+    )
+
+
+def pdf_turn() -> Turn:
+    return Turn("user", "Read it", 1, (attachment(7, "long.pdf", "application/pdf", files.pdf()),))
+
+
+async def test_a_file_still_processing_is_awaited_until_active(fake):
+    fake.processing_polls = 2
+    provider = files_api_provider(fake)
+    try:
+        await run(provider, Conversation(None, [pdf_turn()]))
+        [upload] = fake.uploads
+        # Two looks answered PROCESSING, the third ACTIVE, and only then the generate call
+        # (which the fake refuses for a file that is not ACTIVE).
+        assert (upload.gets, upload.state) == (3, "ACTIVE")
+        [request] = fake.streams
+        assert file_parts(request.contents[0]) == [
+            {"mimeType": "application/pdf", "fileUri": upload.uri}
+        ]
+        await run(provider, Conversation(None, [pdf_turn()]))  # reused: no upload, no look
+        assert (len(fake.uploads), upload.gets) == (1, 3)
+    finally:
+        await provider.aclose()
+
+
+async def test_a_file_that_fails_processing_ends_the_reply(fake):
+    fake.processing_ends_as = "FAILED"
+    provider = files_api_provider(fake)
+    try:
+        with pytest.raises(ProviderError) as failed:
+            await run(provider, Conversation(None, [pdf_turn()]))
+        assert failed.value.code == "attachment_processing_failed"
+        assert not failed.value.retryable
+        assert "long.pdf" in str(failed.value)
+        assert fake.streams == []  # no generate call
+        fake.processing_ends_as = "ACTIVE"
+        await run(provider, Conversation(None, [pdf_turn()]))  # a failed upload is not reused
+        assert len(fake.uploads) == 2
+    finally:
+        await provider.aclose()
+
+
+async def test_a_file_processing_for_too_long_ends_the_reply(fake):
+    fake.processing_polls = 1_000_000
+    provider = files_api_provider(fake, file_wait_seconds=0.2)
+    try:
+        with pytest.raises(ProviderError) as failed:
+            await run(provider, Conversation(None, [pdf_turn()]))
+        assert failed.value.code == "attachment_processing_timeout"
+        [upload] = fake.uploads
+        # The looks back off (10, 20, 40, 80 ms...): a handful within the bound, no busy loop.
+        assert 2 <= upload.gets <= 6
+        assert fake.streams == []
+    finally:
+        await provider.aclose()
+
+
+async def test_a_failed_file_fails_the_reply_through_the_api(client, fake, alice_auth):
+    fake.processing_ends_as = "FAILED"
+    room = (await client.post("/chatroom", json={"name": "f"}, headers=alice_auth)).json()["id"]
+    big = files.png(extra=4000)  # above the inline limit of 3000: the Files API
+    uploaded = await client.post(
+        f"/chatroom/{room}/attachments", files={"file": ("big.png", big)}, headers=alice_auth
+    )
+    assert uploaded.status_code == 201, uploaded.text
+    sent = await client.post(
+        f"/chatroom/{room}/message",
+        json={"content": "Describe", "attachment_ids": [uploaded.json()["id"]]},
+        headers=alice_auth,
+    )
+    assert sent.status_code == 202, sent.text
+    events = await read_sse(client, sent.json()["stream_url"], alice_auth)
+    assert events[-1][1] == "error", events
+    final = json.loads(events[-1][2])
+    assert (final["status"], final["error"]) == ("failed", "attachment_processing_failed")
+    assert fake.streams == []
+    usage = (await client.get("/user/usage", headers=alice_auth)).json()
+    assert usage["used_today"] == 0  # a failed reply gives its slot back

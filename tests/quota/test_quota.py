@@ -29,6 +29,7 @@ async def test_usage_endpoints(client, path):
         "used_today": 0,
         "remaining_today": 5,
         "resets_at": "2026-11-23T00:00:00Z",
+        "monthly_tokens": None,
     }
     for _ in range(2):
         assert (await send(client, auth, room)).status_code == 202

@@ -79,6 +79,12 @@ class Usage:
     thinking_tokens: int | None = None
     cached_tokens: int | None = None
 
+    @property
+    def total(self) -> int:
+        """What a reply costs against a token budget: prompt, output and thinking tokens (the
+        cached ones are part of the prompt); those not reported count as 0."""
+        return (self.prompt_tokens or 0) + (self.output_tokens or 0) + (self.thinking_tokens or 0)
+
 
 @dataclass(frozen=True, slots=True)
 class Finished:

@@ -12,6 +12,7 @@ kept here only to scrub it out of error texts): it is never written to a log lin
 
 from __future__ import annotations
 
+import asyncio
 import io
 import math
 import re
@@ -66,6 +67,12 @@ DEFAULT_INLINE_MAX_BYTES = 15 * 1024 * 1024
 # The Files API keeps an upload 48 h: it is reused for an hour less, then uploaded again.
 FILE_REUSE_SECONDS = 47 * 3600
 MAX_REMEMBERED_UPLOADS = 10_000
+# A file the Files API is still processing is looked at again (files.get) after this many
+# seconds, the wait doubling up to FILE_POLL_MAX_SECONDS, for at most DEFAULT_FILE_WAIT_SECONDS
+# in all: within the worker's AI_TIMEOUT_SECONDS (60 by default) for the reply's first chunk.
+FILE_POLL_FIRST_SECONDS = 0.25
+FILE_POLL_MAX_SECONDS = 4.0
+DEFAULT_FILE_WAIT_SECONDS = 45.0
 
 
 class GeminiProvider:
@@ -80,10 +87,14 @@ class GeminiProvider:
         base_url: str | None = None,
         inline_max_bytes: int = DEFAULT_INLINE_MAX_BYTES,
         clock: Callable[[], float] = time.monotonic,
+        file_wait_seconds: float = DEFAULT_FILE_WAIT_SECONDS,
+        file_poll_seconds: float = FILE_POLL_FIRST_SECONDS,
     ) -> None:
         self.model = model
         self.base_url = base_url
         self.inline_max_bytes = inline_max_bytes
+        self.file_wait_seconds = file_wait_seconds
+        self.file_poll_seconds = file_poll_seconds
         # Attachment id -> (the Files API's uri, when to upload it again).
         self._uploads: OrderedDict[int, tuple[str, float]] = OrderedDict()
         self._clock = clock
@@ -223,12 +234,40 @@ class GeminiProvider:
                 mime_type=attachment.media_type, display_name=attachment.filename[:512]
             ),
         )
+        uploaded = await self._active(uploaded, attachment.filename)
         if not uploaded.uri:
             raise ValueError("the Files API returned no uri")
         self._uploads[attachment.id] = (uploaded.uri, now + FILE_REUSE_SECONDS)
         while len(self._uploads) > MAX_REMEMBERED_UPLOADS:
             self._uploads.popitem(last=False)
         return uploaded.uri
+
+    async def _active(self, file: types.File, filename: str) -> types.File:
+        """`file` once the Files API has processed it (a video or a large document may take a
+        while; the generate call refuses a file that is not ACTIVE): looked at again with
+        files.get, sleeping between looks, while it is PROCESSING, for at most
+        `file_wait_seconds`. FAILED, or still processing then, ends the reply."""
+        deadline = time.monotonic() + self.file_wait_seconds
+        delay = self.file_poll_seconds
+        while file.state == types.FileState.PROCESSING:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ProviderError(
+                    "attachment_processing_timeout",
+                    f"Gemini was still processing {filename} after {self.file_wait_seconds} s",
+                    retryable=False,
+                )
+            await asyncio.sleep(min(delay, left))
+            delay = min(delay * 2, FILE_POLL_MAX_SECONDS)
+            file = await self._client.aio.files.get(name=file.name or "")
+        if file.state == types.FileState.FAILED:
+            reason = file.error.message if file.error is not None else None
+            raise ProviderError(
+                "attachment_processing_failed",
+                f"Gemini could not process {filename}: {reason or 'no reason given'}",
+                retryable=False,
+            )
+        return file
 
 
 def _config(
@@ -409,6 +448,8 @@ def _thinking_config(model: str, thinking: str | int | None) -> types.ThinkingCo
 
 # --- the mapping --------------------------------------------------------------------------------
 def _provider_error(exc: Exception, *, produced: bool) -> ProviderError:
+    if isinstance(exc, ProviderError):  # our own verdict (an attachment the API cannot use)
+        return exc
     message = _describe(exc)
     if isinstance(exc, httpx.TimeoutException | TimeoutError):
         # A stall is a timeout wherever it happens, as the worker's own per-chunk timeout says.

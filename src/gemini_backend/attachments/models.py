@@ -30,7 +30,9 @@ class Attachment(Base):
     media_type: Mapped[str] = mapped_column(String(100))
     size: Mapped[int] = mapped_column(BigInteger, default=0)
     sha256: Mapped[str] = mapped_column(String(64), default="")
-    storage_key: Mapped[str] = mapped_column(String(255), unique=True)
+    # Not unique: an edit that keeps a message's attachments gives its new version rows of its
+    # own naming the same bytes (deleted with the room, once).
+    storage_key: Mapped[str] = mapped_column(String(255))
     state: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 

@@ -75,6 +75,16 @@ async def link(session: AsyncSession, ids: Sequence[int], message_id: int) -> in
     return int(done.rowcount)  # type: ignore[attr-defined]
 
 
+async def of_message(session: AsyncSession, message_id: int) -> list[Attachment]:
+    """The stored attachments of one message, in the order they were uploaded."""
+    found = await session.execute(
+        select(Attachment)
+        .where(Attachment.message_id == message_id, Attachment.state == STORED)
+        .order_by(Attachment.id)
+    )
+    return list(found.scalars())
+
+
 async def room_keys(session: AsyncSession, room_id: int) -> list[str]:
     found = await session.execute(
         select(Attachment.storage_key).where(Attachment.chatroom_id == room_id)

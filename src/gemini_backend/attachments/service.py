@@ -76,6 +76,22 @@ def attachment_tokens(media_type: str, size: int) -> int:
     return TILE_TOKENS * max(1, math.ceil(size / per))
 
 
+def _copy(row: Attachment, message_id: int) -> Attachment:
+    """A second row for `row`'s stored bytes, given to `message_id`."""
+    return Attachment(
+        chatroom_id=row.chatroom_id,
+        user_id=row.user_id,
+        message_id=message_id,
+        filename=row.filename,
+        media_type=row.media_type,
+        size=row.size,
+        sha256=row.sha256,
+        storage_key=row.storage_key,
+        state=STORED,
+        created_at=row.created_at,
+    )
+
+
 class Attachments:
     def __init__(
         self,
@@ -233,6 +249,58 @@ class Attachments:
         if linked != len(rows):  # pragma: no cover - the room lock orders concurrent sends
             raise AttachmentAlreadySent()
 
+    async def for_edit(
+        self,
+        session: AsyncSession,
+        tier: Tier,
+        room_id: int,
+        edited_id: int,
+        ids: Sequence[int] | None,
+    ) -> tuple[list[Attachment], set[int]]:
+        """The attachments of an edit's new version, in order, and the ids of those that are
+        the message edited's (kept): `ids` None, every attachment of the message edited; else
+        those named, each of the message edited or uploaded in this room and not sent yet
+        (checked as a send's), within the message's limits."""
+        kept_rows = await repo.of_message(session, edited_id)
+        by_id = {row.id: row for row in kept_rows}
+        if ids is None:
+            return kept_rows, set(by_id)
+        if len(ids) > self.settings.max_attachments_per_message:
+            raise TooManyAttachments(
+                f"A message may have at most {self.settings.max_attachments_per_message} "
+                "attachments."
+            )
+        if len(set(ids)) != len(ids):
+            raise AttachmentAlreadySent("The same attachment is named twice.")
+        fresh_ids = [attachment_id for attachment_id in ids if attachment_id not in by_id]
+        fresh = await self.check_for_send(session, tier, room_id, fresh_ids) if fresh_ids else []
+        by_id.update((row.id, row) for row in fresh)
+        rows = [by_id[attachment_id] for attachment_id in ids]
+        limit = self.message_limit(tier)
+        if sum(row.size for row in rows) > limit:
+            raise AttachmentTooLarge(
+                f"The attachments of one message may have at most {limit} bytes on your plan."
+            )
+        return rows, set(by_id) - set(fresh_ids)
+
+    async def carry(
+        self,
+        session: AsyncSession,
+        rows: Sequence[Attachment],
+        kept: set[int],
+        message_id: int,
+    ) -> list[Attachment]:
+        """Give an edit's attachments to its new version `message_id`, in order: one of `kept`
+        stays with the message edited (its old version still shows it) and gets a second row
+        naming the same stored bytes; any other is linked. The new version's rows."""
+        given = [_copy(row, message_id) if row.id in kept else row for row in rows]
+        session.add_all(row for row in given if row.id is None)
+        await session.flush()
+        fresh = [row for row in rows if row.id not in kept]
+        if fresh:
+            await self.link(session, fresh, message_id)
+        return given
+
     # --- a reply's conversation --------------------------------------------------------------
     async def of_messages(
         self, session: AsyncSession, message_ids: Sequence[int]
@@ -273,6 +341,8 @@ class Attachments:
         """Note the objects in this transaction (write-ahead), delete them once it commits,
         then forget the notes. Whatever a crash or a storage outage leaves noted, the purge
         deletes later (`purge_deletions`)."""
+        # An edit's kept attachment shares its bytes with the original's row: deleted once.
+        keys = sorted(set(keys))
         if not keys:
             return
         await repo.note_deletions(session, keys, self.clock.now())

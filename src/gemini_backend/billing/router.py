@@ -28,6 +28,7 @@ from gemini_backend.core.errors import AppError
 from gemini_backend.core.metrics import WEBHOOK_EVENTS
 from gemini_backend.core.openapi import AUTH_ERRORS, Responses, error_doc_for
 from gemini_backend.services import services_of
+from gemini_backend.users.schemas import TOKEN_BUDGET_EXAMPLE, TokenBudgetOut
 from gemini_backend.users.tier import Tier, tier_of
 
 log = structlog.get_logger(__name__)
@@ -72,6 +73,7 @@ class SubscriptionOut(BaseModel):
                 "daily_limit": None,
                 "used_today": 7,
                 "remaining_today": None,
+                "monthly_tokens": TOKEN_BUDGET_EXAMPLE,
             }
         }
     )
@@ -85,6 +87,9 @@ class SubscriptionOut(BaseModel):
     daily_limit: int | None = Field(description="null = unlimited")
     used_today: int
     remaining_today: int | None = Field(description="null = unlimited")
+    monthly_tokens: TokenBudgetOut | None = Field(
+        description="The month's token budget; null when no MONTHLY_TOKEN_BUDGET_* is set"
+    )
 
 
 class PortalOut(BaseModel):
@@ -198,7 +203,8 @@ async def stripe_webhook(
     description=(
         "`tier` is what the quota uses now; `status` is the subscription's state in the "
         "contract's terms (none, active, trialing, past_due, canceled) and `stripe_status` "
-        "Stripe's own. `daily_limit` and `remaining_today` are null when unlimited."
+        "Stripe's own. `daily_limit` and `remaining_today` are null when unlimited; "
+        "`monthly_tokens` is the month's token budget (as in `GET /user/usage`)."
     ),
     responses=AUTH_ERRORS,
 )
@@ -215,6 +221,7 @@ async def subscription_status(
         daily_limit=quota.limit,
         used_today=quota.used,
         remaining_today=quota.remaining,
+        monthly_tokens=TokenBudgetOut.of(quota.tokens),
     )
 
 

@@ -478,10 +478,12 @@ class ReplyGenerator:
     async def _finish(self, claim: Claim, outcome: Outcome, model: str) -> None:
         now = self.clock.now()
         usage = outcome.usage or Usage()
-        # A failed or blocked reply gives its quota slot back in the same transaction; any other
-        # finish is one statement.
+        # A failed or blocked reply gives its quota slot back in the same transaction, and with
+        # a token budget every reply settles its reservation in it; any other finish is one
+        # statement.
         refund = outcome.status in {ReplyStatus.FAILED, ReplyStatus.BLOCKED}
-        factory = self.sessionmaker if refund else self.autocommit_sessionmaker
+        together = refund or self.quota.tokens_tracked
+        factory = self.sessionmaker if together else self.autocommit_sessionmaker
         params = {
             "reply_id": claim.reply_id,
             "attempt": claim.attempt,
@@ -506,6 +508,7 @@ class ReplyGenerator:
             # (A reply exists only while its room does: the claim read the room's owner.)
             if refund and reply.quota_day is not None and claim.user_id is not None:
                 await self.quota.release_daily_slot(session, claim.user_id, reply.quota_day)
+            await self.quota.settle_tokens(session, claim.reply_id, usage.total)
             await session.commit()
             siblings = repo.parse_sibling_list(reply.sibling_list, reply.id)
             final = MessageOut.from_row(reply, siblings).model_dump_json()

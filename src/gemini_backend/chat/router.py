@@ -85,13 +85,14 @@ from gemini_backend.core.openapi import (
     BODY_ERRORS,
     RATE_LIMIT_HEADERS,
     RETRY_AFTER,
+    TOKEN_BUDGET_HEADERS,
     Responses,
     error_doc_for,
     header_doc,
     problem,
     validation_doc,
 )
-from gemini_backend.quota.service import DailyLimitReached
+from gemini_backend.quota.service import DailyLimitReached, TokenBudgetExceeded
 from gemini_backend.services import services_of
 
 
@@ -146,14 +147,18 @@ NOT_A_REPLY: Responses = error_doc_for(
 )
 QUOTA_ERRORS: Responses = error_doc_for(
     ("The Basic plan's daily limit is reached", DailyLimitReached),
+    ("the month's token budget is spent", TokenBudgetExceeded),
     ("too many sends in a minute", TooManyRequests),
     detail="The daily limit of 5 messages is reached; it resets at local midnight.",
     note="for the daily limit, `Retry-After` is the seconds to the next local midnight in "
-    "QUOTA_TIMEZONE",
-    headers={**RETRY_AFTER, **RATE_LIMIT_HEADERS},
+    "QUOTA_TIMEZONE; for the token budget, to 00:00 UTC on the next month's 1st",
+    headers={**RETRY_AFTER, **RATE_LIMIT_HEADERS, **TOKEN_BUDGET_HEADERS},
 )
 RECEIPT_HEADERS: Responses = {
-    202: {"description": "Accepted: the reply is queued", "headers": RATE_LIMIT_HEADERS}
+    202: {
+        "description": "Accepted: the reply is queued",
+        "headers": {**RATE_LIMIT_HEADERS, **TOKEN_BUDGET_HEADERS},
+    }
 }
 # One event of the stream (OpenAPI 3.2's `itemSchema` of a sequential media type, as FastAPI
 # documents its own event streams); comment lines are not events.
@@ -304,6 +309,7 @@ async def delete_chatroom(
     session: DbSession,
 ) -> Response:
     await sender.stop_replies_in(session, room.id)
+    await services_of(request).quota.release_room_tokens(session, room.id)
     await services_of(request).attachments.delete_with_room(session, room.id)
     await chat.delete(room)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -554,7 +560,9 @@ async def edit_message(
     session: DbSession,
     response: Response,
 ) -> SendReceipt:
-    receipt, quota = await sender.edit(session, user, room, message, body.content)
+    receipt, quota = await sender.edit(
+        session, user, room, message, body.content, body.attachment_ids
+    )
     response.headers.update(quota.headers(sender.clock.now()))
     return receipt
 

@@ -377,6 +377,16 @@ class MessageEdit(BaseModel):
             description="The new text: 1..MAX_MESSAGE_CHARS characters after trimming.",
         ),
     ]
+    attachment_ids: Annotated[
+        list[MessageId] | None,
+        Field(
+            description="Omit to keep the attachments of the message edited; else the new "
+            "version's: attachments of the message edited and attachments of this chatroom "
+            "uploaded and not sent yet (as in a send), at most MAX_ATTACHMENTS_PER_MESSAGE; "
+            "[] sends none.",
+            max_length=100,
+        ),
+    ] = None
 
 
 class ActiveLeaf(BaseModel):

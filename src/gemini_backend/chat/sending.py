@@ -31,7 +31,7 @@ from limits import RateLimitItem, parse
 from redis.asyncio.client import Pipeline
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from gemini_backend.attachments.models import Attachment
 from gemini_backend.attachments.schemas import attachment_part
@@ -242,7 +242,7 @@ class MessageSender:
             if not found:
                 raise ChatroomNotFound()
             structlog.contextvars.bind_contextvars(chatroom_id=room_id)
-            exchange, quota = await self._admit(exchange, user_id, tier, now)
+            exchange, quota = await self._admit(conn, exchange, user_id, tier, now)
         return self._send_receipt(room_id, content, exchange, now), quota, exchange.reply_id
 
     async def _send_default(
@@ -306,9 +306,11 @@ class MessageSender:
         room: RoomView,
         message: Message,
         content: str,
+        attachment_ids: Sequence[int] | None = None,
     ) -> tuple[SendReceipt, QuotaState]:
         """A new version of the user message `message`: a sibling with `content` and its
-        reply, in the request's session `session`."""
+        reply, in the request's session `session`. It keeps the attachments of `message`
+        unless `attachment_ids` names its own (Attachments.for_edit)."""
         if message.role != "user":
             raise NotAUserMessage()
         self._check_length(content)
@@ -317,11 +319,21 @@ class MessageSender:
             raise ReplyInProgress()
         now = self.clock.now()
         tier = tier_of(user, now, self.settings)
+        files, kept = await self.attachments.for_edit(
+            session, tier, room.id, message.id, attachment_ids
+        )
         exchange, quota = await self._take_slot(
             session, user.id, tier, now, room.id, content=content, parent_id=message.parent_id
         )
+        parts = None
+        if files:
+            given = await self.attachments.carry(session, files, kept, exchange.message_id)
+            parts = _user_parts(content, given)
+            await repo.set_parts(session, exchange.message_id, parts or [])
         siblings = await repo.sibling_ids(session, room.id, [message.parent_id])
-        receipt = self._send_receipt(room.id, content, exchange, now, siblings[message.parent_id])
+        receipt = self._send_receipt(
+            room.id, content, exchange, now, siblings[message.parent_id], parts
+        )
         self._announce_after_commit(session, user.id, exchange.reply_id)
         return receipt, quota
 
@@ -386,6 +398,7 @@ class MessageSender:
         ).scalar_one_or_none()
         reply_id, ttl = reply.id, self.settings.reply_stream_ttl_seconds
         if cancelled is not None:
+            await self.quota.settle_tokens(session, reply_id, 0)
             final = (await message_out(session, cancelled)).model_dump_json()
 
             async def announce() -> None:
@@ -425,13 +438,20 @@ class MessageSender:
         after_commit(session, signal)
 
     async def _admit(
-        self, exchange: Exchange | None, user_id: int, tier: Tier, now: datetime
+        self,
+        db: AsyncSession | AsyncConnection,
+        exchange: Exchange | None,
+        user_id: int,
+        tier: Tier,
+        now: datetime,
     ) -> tuple[Exchange, QuotaState]:
-        """The verdict on a slot just taken (or not), in its transaction: the daily quota, then
-        the per-minute throttle. A send refused by the daily limit spends no per-minute slot;
-        one refused by the throttle rolls the slot and the inserts back with the transaction."""
+        """The verdict on a slot just taken (or not), in its transaction (`db`): the daily
+        quota, the monthly token budget (a reservation), then the per-minute throttle. A send
+        refused by the daily limit spends no per-minute slot; one refused by the budget or the
+        throttle rolls the slot and the inserts back with the transaction."""
         quota = self.quota.admit(exchange.used if exchange is not None else None, tier, now)
         assert exchange is not None  # admit() refused otherwise
+        quota = await self.quota.reserve_tokens(db, quota, user_id, tier, exchange.reply_id, now)
         try:
             await self.throttle.hit(
                 _per_minute(self.settings.send_per_minute),
@@ -475,7 +495,7 @@ class MessageSender:
             parent_id=parent_id,
             reply_to=reply_to,
         )
-        return await self._admit(exchange, user_id, tier, now)
+        return await self._admit(session, exchange, user_id, tier, now)
 
     def _send_receipt(
         self,

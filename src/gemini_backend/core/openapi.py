@@ -49,6 +49,18 @@ RATE_LIMIT_HEADERS: dict[str, Any] = {
         "Seconds until the daily quota resets (local midnight in QUOTA_TIMEZONE).", "integer"
     ),
 }
+TOKEN_BUDGET_HEADERS: dict[str, Any] = {
+    "X-TokenBudget-Limit": header_doc(
+        "Tokens a month on the caller's plan (absent when unlimited or not configured).",
+        "integer",
+    ),
+    "X-TokenBudget-Remaining": header_doc(
+        "Tokens left this month: the limit less those used and reserved (same).", "integer"
+    ),
+    "X-TokenBudget-Reset": header_doc(
+        "Seconds until the month's budget resets (00:00 UTC on the 1st; same).", "integer"
+    ),
+}
 
 
 def error_doc(

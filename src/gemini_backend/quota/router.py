@@ -6,13 +6,20 @@ import datetime as dt
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from gemini_backend.auth.dependencies import CurrentUser
 from gemini_backend.core.db import DbSession
-from gemini_backend.core.openapi import AUTH_ERRORS, problem, validation_doc
+from gemini_backend.core.openapi import (
+    AUTH_ERRORS,
+    RATE_LIMIT_HEADERS,
+    TOKEN_BUDGET_HEADERS,
+    problem,
+    validation_doc,
+)
 from gemini_backend.services import services_of
+from gemini_backend.users.schemas import TOKEN_BUDGET_EXAMPLE, TokenBudgetOut
 from gemini_backend.users.tier import Tier, tier_of
 
 router = APIRouter(tags=["Subscriptions"], responses=AUTH_ERRORS)
@@ -27,6 +34,7 @@ class UsageOut(BaseModel):
                 "used_today": 2,
                 "remaining_today": 3,
                 "resets_at": "2026-11-23T00:00:00Z",
+                "monthly_tokens": TOKEN_BUDGET_EXAMPLE,
             }
         }
     )
@@ -36,41 +44,65 @@ class UsageOut(BaseModel):
     used_today: int
     remaining_today: int | None = Field(description="null = unlimited")
     resets_at: datetime = Field(description="The next local midnight in QUOTA_TIMEZONE")
+    monthly_tokens: TokenBudgetOut | None = Field(
+        description="The month's token budget; null when no MONTHLY_TOKEN_BUDGET_* is set"
+    )
 
 
-async def _usage(request: Request, user: CurrentUser, session: DbSession) -> UsageOut:
+async def _usage(
+    request: Request, user: CurrentUser, session: DbSession, response: Response
+) -> UsageOut:
     state = services_of(request)
     now = state.clock.now()
     tier = tier_of(user, now, state.settings)
     quota = await state.quota.state(session, user.id, tier, now)
+    response.headers.update(quota.headers(now))
     return UsageOut(
         tier=tier,
         daily_limit=quota.limit,
         used_today=quota.used,
         remaining_today=quota.remaining,
         resets_at=quota.resets_at,
+        monthly_tokens=TokenBudgetOut.of(quota.tokens),
     )
 
 
 USAGE_DESCRIPTION = (
     "Messages sent today against the plan's daily limit (Basic: BASIC_DAILY_LIMIT, 5 by "
     "default; Pro: unlimited, shown as null). The day is the calendar day in QUOTA_TIMEZONE; "
-    "`resets_at` is its next midnight. A failed or blocked reply gives its slot back."
+    "`resets_at` is its next midnight. A failed or blocked reply gives its slot back. "
+    "`monthly_tokens`: the calendar month's (UTC) token budget when one is configured "
+    "(MONTHLY_TOKEN_BUDGET_BASIC / _PRO), with the tokens of the replies ended and those "
+    "reserved by replies in flight. The same figures come as X-RateLimit-* and "
+    "X-TokenBudget-* headers."
 )
+USAGE_HEADERS: dict[int | str, dict[str, Any]] = {
+    200: {"headers": {**RATE_LIMIT_HEADERS, **TOKEN_BUDGET_HEADERS}}
+}
 
 
-@router.get("/chatroom/usage", summary="Today's message quota", description=USAGE_DESCRIPTION)
-async def chatroom_usage(request: Request, user: CurrentUser, session: DbSession) -> UsageOut:
-    return await _usage(request, user, session)
+@router.get(
+    "/chatroom/usage",
+    summary="Today's message quota",
+    description=USAGE_DESCRIPTION,
+    responses=USAGE_HEADERS,
+)
+async def chatroom_usage(
+    request: Request, user: CurrentUser, session: DbSession, response: Response
+) -> UsageOut:
+    return await _usage(request, user, session, response)
 
 
 @router.get(
     "/user/usage",
-    summary="Today's message quota (same as /chatroom/usage)",
+    summary="Today's message quota and the month's tokens (same as /chatroom/usage)",
     description=USAGE_DESCRIPTION,
+    responses=USAGE_HEADERS,
 )
-async def user_usage(request: Request, user: CurrentUser, session: DbSession) -> UsageOut:
-    return await _usage(request, user, session)
+async def user_usage(
+    request: Request, user: CurrentUser, session: DbSession, response: Response
+) -> UsageOut:
+    return await _usage(request, user, session, response)
 
 
 DAY_EXAMPLE: dict[str, Any] = {

@@ -47,3 +47,37 @@ class UserOut(BaseModel):
             has_password=has_password,
             created_at=user.created_at,
         )
+
+
+TOKEN_BUDGET_EXAMPLE: dict[str, Any] = {
+    "limit": 200000,
+    "used": 51234,
+    "reserved": 2000,
+    "remaining": 146766,
+    "resets_at": "2026-12-01T00:00:00Z",
+}
+
+
+class TokenBudgetOut(BaseModel):
+    """The month's token budget (GET /user/usage and GET /subscription/status)."""
+
+    model_config = ConfigDict(json_schema_extra={"example": TOKEN_BUDGET_EXAMPLE})
+
+    limit: int | None = Field(description="MONTHLY_TOKEN_BUDGET_* of the plan; null = unlimited")
+    used: int = Field(description="Prompt + output + thinking tokens of the replies ended")
+    reserved: int = Field(description="Held by the replies still in flight")
+    remaining: int | None = Field(description="limit - used - reserved; null = unlimited")
+    resets_at: datetime = Field(description="00:00 UTC of the next month's 1st")
+
+    @classmethod
+    def of(cls, budget: Any) -> TokenBudgetOut | None:
+        """From the quota's TokenBudget (None: no budget configured)."""
+        if budget is None:
+            return None
+        return cls(
+            limit=budget.limit,
+            used=budget.used,
+            reserved=budget.reserved,
+            remaining=budget.remaining,
+            resets_at=budget.resets_at,
+        )
