@@ -14,8 +14,8 @@ import structlog
 from fastapi import Depends
 from pwdlib.hashers.argon2 import Argon2Hasher
 from redis.asyncio import Redis
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import HTTPConnection
 from taskiq import InMemoryBroker
 
