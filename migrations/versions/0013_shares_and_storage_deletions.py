@@ -18,11 +18,12 @@ depends_on: str | Sequence[str] | None = None
 BIGINT_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
-# An access token names a user id and a session id. Once an account can be deleted, SQLite
-# (which gives a new row the largest id + 1) would hand those ids to the next account, and the
-# deleted account's unexpired tokens would open it: AUTOINCREMENT never reuses an id.
-# PostgreSQL's sequences never do.
-NEVER_REUSED = ("users", "auth_sessions")
+# An access token names a user id and a session id, and a reply's stream and cancel flag its
+# message id. Once an account (its newest rows) can be deleted, SQLite, which gives a new row
+# the largest id + 1, would hand those ids out again: the deleted account's unexpired tokens
+# would open the next account, a new reply would find the old one's stream. AUTOINCREMENT
+# never reuses an id; PostgreSQL's sequences never do.
+NEVER_REUSED = ("users", "auth_sessions", "chatrooms", "messages")
 
 
 def _sqlite_autoincrement(on: bool) -> None:

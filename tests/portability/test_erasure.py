@@ -14,7 +14,7 @@ from gemini_backend.attachments.models import StorageDeletion
 from gemini_backend.attachments.storage import StorageUnavailable
 from gemini_backend.chat.models import Message
 from tests.chat.trees import HOLD, script_prompts
-from tests.helpers import request_otp
+from tests.helpers import bearer, request_otp
 from tests.portability.accounts import PASSWORD, fill, scan, with_password
 
 LIFTED = {"basic_daily_limit": 1000, "send_per_minute": 1000}
@@ -73,14 +73,24 @@ async def test_deleting_an_account_leaves_nothing_of_it(client, app):
 
 
 async def test_the_number_can_sign_up_again_as_a_new_account(client, app, clock):
+    """With nothing of anyone else's left, on SQLite too: no id of the deleted account (user,
+    session, room, message) is handed out again, so its old token opens nothing."""
     alice = await with_password(client)
+    room = await alice.chat.room()
+    exchange = await alice.chat.exchange(room, "hello")
     assert (await delete_me(client, alice.auth, current_password=PASSWORD)).status_code == 204
     clock.advance(31)  # the resend cooldown of the first code
     otp = await request_otp(client, alice.number)
     again = await client.post("/auth/verify-otp", json={"mobile_number": alice.number, "otp": otp})
     assert again.status_code == 200, again.text
     assert again.json()["is_new_user"] is True
-    assert again.json()["user"]["id"] != alice.id
+    assert again.json()["user"]["id"] > alice.id
+    assert (await client.get("/user/me", headers=alice.auth)).status_code == 401
+    new = bearer(again.json())
+    new_room = (await client.post("/chatroom", json={}, headers=new)).json()["id"]
+    assert new_room > room
+    sent = await client.post(f"/chatroom/{new_room}/message", json={"content": "hi"}, headers=new)
+    assert sent.json()["message_id"] > exchange["reply_id"]
 
 
 async def test_a_fresh_sign_in_code_is_proof_enough(client, app, clock):

@@ -4,10 +4,12 @@ revocable by its owner only, gone with its room."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from tests.attachments import files
-from tests.chat.trees import Chat
+from tests.chat.trees import HOLD, Chat, script_prompts
 from tests.helpers import bearer, new_number, sign_in
 
 LIFTED = {"basic_daily_limit": 1000, "send_per_minute": 1000}
@@ -167,3 +169,21 @@ async def test_malformed_ids_are_422(client, share_id):
 async def test_an_unknown_id_is_404(client):
     response = await client.get("/share/" + "A" * 24)
     assert (response.status_code, response.json()["code"]) == (404, "share_not_found")
+
+
+async def test_a_reply_still_being_written_is_left_out(client, app, alice):
+    script = script_prompts(app)
+    try:
+        room = await alice.room()
+        await alice.exchange(room, "one")
+        await alice.send(room, f"{HOLD} two")
+        await asyncio.wait_for(script.holding.wait(), 10)
+        link = (await share(alice, room)).json()
+    finally:
+        script.gate.set()
+    body = (await shared(client, link["share_id"])).json()
+    assert [(m["role"], m["content"][:8]) for m in body["messages"]] == [
+        ("user", "one"),
+        ("assistant", "Demo rep"),
+        ("user", f"{HOLD} two"),
+    ]

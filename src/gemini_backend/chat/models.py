@@ -34,6 +34,8 @@ class Chatroom(Base):
     __table_args__ = (
         # The list: a user's rooms, newest activity first, keyset-paginated.
         Index("ix_chatrooms_user_activity", "user_id", "activity_at", "id"),
+        # SQLite: a deleted room's id is never given to another (migration 0014).
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
@@ -120,6 +122,8 @@ class Message(Base):
             postgresql_where=_IN_PROGRESS,
             sqlite_where=_IN_PROGRESS,
         ),
+        # SQLite: a deleted message's id (its reply stream, its cancel flag) is never reused.
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
