@@ -92,6 +92,14 @@ postman: $(VENV)/.run-deps $(NEWMAN_STAMP)
 bench: $(VENV)/.run-deps
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
+# A send storm and the HOT updates and dead rows it leaves; a process's time to its first /health.
+.PHONY: bench-storm bench-coldstart
+bench-storm: $(VENV)/.run-deps
+	$(BIN)/python -m bench.storm $(BENCH_ARGS)
+
+bench-coldstart: $(VENV)/.run-deps
+	$(BIN)/python -m bench.coldstart $(BENCH_ARGS)
+
 # The web client's third-party browser code (marked, DOMPurify; axe-core for its tests), pinned
 # in scripts/vendor_web.py: `vendor-web` fetches it with npm and writes the files and VERSIONS,
 # `vendor-web-check` fetches it again and fails unless the committed files are the same.

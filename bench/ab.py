@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import importlib.metadata
 import json
@@ -35,6 +36,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import tomllib
 from collections.abc import Callable
@@ -77,6 +79,14 @@ def log(message: str) -> None:
 # (old: the second, new: the third), so each side's sends build on a history it wrote itself.
 SIDE_ROOM = {"old": 1, "new": 2}
 ROOMS = 1 + len(SIDE_ROOM)
+# The first user also has SPREAD rooms per side after those, for one user's sends spread over
+# many rooms (`send1x32`): room index 1 (old) takes the first SPREAD, 2 (new) the next.
+SPREAD = 32
+
+
+def spread_rooms(user: User, room: int) -> list[int]:
+    first = ROOMS + (room - 1) * SPREAD
+    return user.rooms[first : first + SPREAD]
 
 
 @dataclass(frozen=True)
@@ -85,6 +95,11 @@ class Endpoint:
     label: str
     requests: Callable[[list[User], int], list[Req]]  # (users, the side's room index)
     cached_list: bool = False  # fill and check the list cache of each process first
+    writes: bool = False  # sample what PostgreSQL's backends wait on during the load
+
+
+def _sends(user: User, rooms: list[int]) -> list[Req]:
+    return [Req("POST", f"/chatroom/{r}/message", user.token, SEND_BODY) for r in rooms]
 
 
 SEND_BODY = json.dumps({"content": "What is the capital of France? Answer in one line."})
@@ -116,6 +131,25 @@ ENDPOINTS = {
             lambda users, room: [
                 Req("POST", f"/chatroom/{u.rooms[room]}/message", u.token, SEND_BODY) for u in users
             ],
+            writes=True,
+        ),
+        Endpoint(
+            "send32",
+            "POST /chatroom/{id}/message, 32 users",
+            lambda users, room: [r for u in users[:32] for r in _sends(u, [u.rooms[room]])],
+            writes=True,
+        ),
+        Endpoint(
+            "send1x32",
+            "POST /chatroom/{id}/message, one user, 32 rooms",
+            lambda users, room: _sends(users[0], spread_rooms(users[0], room)),
+            writes=True,
+        ),
+        Endpoint(
+            "send1",
+            "POST /chatroom/{id}/message, one user, one room",
+            lambda users, room: _sends(users[0], [users[0].rooms[room]]),
+            writes=True,
         ),
     )
 }
@@ -443,12 +477,19 @@ def seed(ab: AB) -> list[User]:
     users = asyncio.run(
         setup_users(base_url, argparse.Namespace(rooms_per_user=ROOMS), args.users, 0)
     )
+    asyncio.run(spread_users_rooms(base_url, users[0]))
     asyncio.run(seed_sends(base_url, users, args.seed_sends))
     if args.seed_sends and not wait_queue_empty(ab, 120):
         note(ab, "setup: the seeded replies were not all finished after 120 s")
     worker.stop()
     proc.stop()
     return users
+
+
+async def spread_users_rooms(base_url: str, user: User) -> None:
+    async with Api(base_url, 8) as api:
+        for n in range(len(SIDE_ROOM) * SPREAD):
+            user.rooms.append(await api.create_room(user.token, f"spread room {n + 1}"))
 
 
 async def seed_sends(base_url: str, users: list[User], count: int) -> None:
@@ -497,9 +538,54 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def measure(ab: AB, side: Side, other: Side, reqs: list[Req]) -> dict[str, Any]:
+WAITS = """SELECT coalesce(wait_event_type || ':' || wait_event, 'running'), count(*)
+FROM pg_stat_activity WHERE datname = $1 AND state NOT IN ('idle') AND pid <> pg_backend_pid()
+GROUP BY 1"""
+
+
+class WaitSampler:
+    """What the database's busy backends wait on (pg_stat_activity), sampled every 20 ms in a
+    thread of its own while a load runs: the share of samples of each wait event."""
+
+    def __init__(self, ab: AB) -> None:
+        self.url, self.database = pg_url(ab.args, ab.database), ab.database
+        self.counts: dict[str, int] = {}
+        self.samples = 0
+        self._stop = False
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    async def _run(self) -> None:
+        conn = await asyncpg.connect(self.url)
+        try:
+            while not self._stop:
+                for event, n in await conn.fetch(WAITS, self.database):
+                    self.counts[event] = self.counts.get(event, 0) + n
+                self.samples += 1
+                await asyncio.sleep(0.02)
+        finally:
+            await conn.close()
+
+    def __enter__(self) -> WaitSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop = True
+        self._thread.join(5)
+
+    def figures(self) -> dict[str, float]:
+        """Busy backends per sample, by wait event (e.g. Lock:tuple, IO:WALSync, running)."""
+        if not self.samples:
+            return {}
+        top = sorted(self.counts.items(), key=lambda kv: -kv[1])
+        return {event: round(n / self.samples, 2) for event, n in top}
+
+
+def measure(
+    ab: AB, side: Side, other: Side, reqs: list[Req], writes: bool = False
+) -> dict[str, Any]:
     """One warm-up, then one measured load of `side`; its CPU per request and what the rest
-    of the machine did meanwhile."""
+    of the machine did meanwhile (and, for `writes`, what PostgreSQL's backends waited on)."""
     assert ab.loadgen is not None
     c = ab.args.connections
     if ab.args.warmup > 0:
@@ -507,7 +593,9 @@ def measure(ab: AB, side: Side, other: Side, reqs: list[Req]) -> dict[str, Any]:
     busy_before = busy_over(0.5)
     stat0, client0 = proc_stat(), children_cpu()
     api0, idle0 = sum(cpu_times(side.pids())), sum(cpu_times(other.pids()))
-    result = ab.loadgen.run(side.base_url, reqs, connections=c, seconds=ab.args.duration)
+    sampler = WaitSampler(ab) if writes else contextlib.nullcontext()
+    with sampler:
+        result = ab.loadgen.run(side.base_url, reqs, connections=c, seconds=ab.args.duration)
     api = sum(cpu_times(side.pids())) - api0
     idle = sum(cpu_times(other.pids())) - idle0
     stat1, client = proc_stat(), children_cpu() - client0
@@ -522,6 +610,7 @@ def measure(ab: AB, side: Side, other: Side, reqs: list[Req]) -> dict[str, Any]:
         "machine_busy_during": round(busy / (ticks / CLOCK_TICKS), 3) if ticks else None,
         "steal_share": round((stat1[2] - stat0[2]) / ticks, 4) if ticks else None,
         "load_average_1m": round(os.getloadavg()[0], 2),
+        **({"pg_waits": sampler.figures()} if isinstance(sampler, WaitSampler) else {}),
     }
 
 
@@ -583,7 +672,7 @@ def prime_cache(ab: AB, side: Side, users: list[User]) -> None:
         note(ab, f"{side.name}: GET /chatroom did not answer X-Cache: HIT for a repeated read")
 
 
-def run_set(ab: AB, reqs: dict[str, list[Req]]) -> dict[str, Any]:
+def run_set(ab: AB, reqs: dict[str, list[Req]], writes: bool = False) -> dict[str, Any]:
     """--rounds rounds, each one measurement of each side, the order swapped every round
     (old, new, new, old, ...), so a drift of the machine falls on both alike."""
     load_start = os.getloadavg()
@@ -594,7 +683,9 @@ def run_set(ab: AB, reqs: dict[str, list[Req]]) -> dict[str, Any]:
         if ab.args.together:
             measured = zip((ab.old, ab.new), measure_together(ab, reqs), strict=True)
         else:
-            measured = ((s, measure(ab, s, o, reqs[s.role])) for s, o in (order, order[::-1]))
+            measured = (
+                (s, measure(ab, s, o, reqs[s.role], writes)) for s, o in (order, order[::-1])
+            )
         for side, figures_of_side in measured:
             run = {
                 "side": side.role,
@@ -615,6 +706,8 @@ def run_set(ab: AB, reqs: dict[str, list[Req]]) -> dict[str, Any]:
                 f"(busy before {run['machine_busy_before']:.0%}, "
                 f"load {run['load_average_1m']}){flag}"
             )
+            if run.get("pg_waits"):
+                log(f"    PostgreSQL backends busy per sample: {run['pg_waits']}")
     load_end = os.getloadavg()
     return {
         "load_average_start": [round(x, 2) for x in load_start],
@@ -646,7 +739,7 @@ def measure_endpoint(ab: AB, endpoint: Endpoint, users: list[User]) -> dict[str,
             prime_cache(ab, side, users)
     sets = []
     for attempt in range(1 + ab.args.repeats):
-        sets.append(run_set(ab, reqs))
+        sets.append(run_set(ab, reqs, endpoint.writes))
         change = sets[-1]["load_change_1m"]
         if abs(change) <= ab.args.load_change:
             break

@@ -448,7 +448,7 @@ def test_0015_makes_existing_messages_and_rooms_searchable(fresh_settings):
     """Rows written before 0015 are found after it: completed messages and room names, not a
     reply still queued or one that failed; and the index follows later writes."""
     config = alembic_config(fresh_settings)
-    command.upgrade(config, "0013")
+    command.upgrade(config, "0014")
     at = bindparam("at", type_=UTCDateTime())
     room = text(
         "INSERT INTO chatrooms (id, user_id, name, auto_title, message_count, activity_at, "

@@ -1,7 +1,7 @@
 """full-text search over messages and room names
 
 Revision ID: 0015
-Revises: 0013
+Revises: 0014
 Create Date: 2026-12-02
 
 PostgreSQL: a stored generated `tsvector` on messages (completed ones only) and on room names,
@@ -18,7 +18,7 @@ from alembic import context, op
 from gemini_backend.config import Settings
 
 revision: str = "0015"
-down_revision: str | None = "0013"
+down_revision: str | None = "0014"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

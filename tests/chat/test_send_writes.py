@@ -185,8 +185,8 @@ async def test_a_send_to_a_room_not_ones_own_writes_nothing(client, app, alice, 
 
 @pytest.mark.parametrize("settings_overrides", [{"basic_daily_limit": 1, "send_per_minute": 2}])
 async def test_a_send_refused_by_the_daily_limit_spends_no_per_minute_slot(client, alice, room):
-    # The throttle is hit after the slot is taken: were the refusals counted, the third send
-    # would be `rate_limited`.
+    # The throttle is hit before the slot is taken and given back on the refusal: were the
+    # refusals counted, the third send would be `rate_limited`.
     assert (await send(client, alice, room)).status_code == 202
     for _ in range(3):
         assert (await send(client, alice, room)).json()["code"] == "daily_limit_reached"

@@ -14,8 +14,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import structlog
-from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
 
 from gemini_backend.config import Settings
 from gemini_backend.core.errors import ServiceUnavailable
@@ -134,6 +132,10 @@ class S3Storage:
     kind = "s3"
 
     def __init__(self, settings: Settings) -> None:
+        # Imported here: the SDK (aiobotocore, botocore, aiohttp) is a second of a process's
+        # start, spent only where a bucket is configured.
+        from aiobotocore.config import AioConfig
+
         assert settings.s3_bucket
         self.bucket = settings.s3_bucket
         secret = settings.s3_secret_access_key
@@ -159,6 +161,8 @@ class S3Storage:
     async def _s3(self) -> S3Client:
         client = self._client
         if client is None:
+            from aiobotocore.session import get_session
+
             session = get_session()
             client = await self._stack.enter_async_context(
                 session.create_client("s3", **self._client_args)

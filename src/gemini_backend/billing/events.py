@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import stripe
-
 from gemini_backend.core.errors import AppError
 
 SIGNATURE_TOLERANCE_SECONDS = 300
@@ -68,6 +66,8 @@ class SubscriptionFacts:
 def verify(payload: bytes, header: str | None, secret: str, now: datetime) -> StripeEventIn:
     """Check the signature (the SDK's HMAC check) and the timestamp against our clock, in both
     directions: a stale event (replay) and one stamped far in the future are refused."""
+    import stripe  # imported at its first use (billing/gateway.py)
+
     try:
         stripe.WebhookSignature.verify_header(payload, header, secret, tolerance=None)
     except (stripe.SignatureVerificationError, UnicodeDecodeError) as exc:

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import stripe
 import structlog
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -26,6 +25,8 @@ from gemini_backend.users.models import User
 from gemini_backend.users.tier import PRO_STATUSES, tier_of
 
 if TYPE_CHECKING:
+    import stripe
+
     from gemini_backend.auth.principals import Principals
 
 log = structlog.get_logger(__name__)
@@ -95,6 +96,8 @@ class BillingService:
         return self.gateway
 
     async def start_checkout(self, user: User) -> CheckoutStarted:
+        import stripe  # imported at its first use (billing/gateway.py)
+
         if tier_of(user, self.now, self.settings) == "pro":
             raise AlreadyPro()
         gateway = self._require_gateway()
@@ -187,6 +190,8 @@ class BillingService:
         return stored or customer.id
 
     async def portal_url(self, user: User) -> str:
+        import stripe
+
         customer_id = user.subscription.stripe_customer_id if user.subscription else None
         if customer_id is None:
             raise NoSubscription()
@@ -419,6 +424,8 @@ def _with_session_placeholder(url: str) -> str:
 
 
 def _provider_error(exc: stripe.StripeError, action: str) -> AppError:
+    import stripe
+
     log.warning(
         "stripe_error",
         action=action,

@@ -1,26 +1,30 @@
 """Sending a message (docs/architecture.md, "The path of a message", step 1).
 
-In one transaction: the room's ownership is checked and its row locked (every write that adds
-messages to a room or moves its active leaf takes it first, so such writes on one room run one
-after another), the idempotency key is claimed, the quota slot is taken, the user message
-(after the room's active leaf, or the `parent_id` given) and a `queued` reply are inserted, the
-room's counters and active leaf (the new reply) move and the per-minute throttle is hit. The
-job (the reply id) is enqueued only after the commit, so a rolled-back request enqueues
-nothing. Edits and retries are the same steps, with a sibling of the message edited or a
-sibling reply.
+First the per-minute throttle (Redis in production), before any transaction, so that no row
+lock is held across its round trip; its slot is given back when anything later refuses the send
+(the daily limit, a room not found, a replay). Then, in one transaction: the room's ownership is
+checked and its row locked (every write that adds messages to a room or moves its active leaf
+takes it first, so such writes on one room run one after another), the idempotency key is
+claimed, the quota slot is taken, the user message (after the room's active leaf, or the
+`parent_id` given) and a `queued` reply are inserted, and the room's counters and active leaf
+(the new reply) move. The job (the reply id) is enqueued only after the commit, so a
+rolled-back request enqueues nothing. Edits and retries are the same steps, with a sibling of
+the message edited or a sibling reply.
 
 On PostgreSQL a send without an Idempotency-Key or a `parent_id` is ONE statement (a
 data-modifying CTE, chat/repository.py `send_to_owned_room`: the room check and lock, the
-slot, the two inserts and the room's counters) in a transaction of a Core connection of its
-own, with no ORM session. Otherwise, or on SQLite, the steps run in a session of their own
-(prebuilt Core statements; on PostgreSQL the slot, inserts and counters are still one
-statement). The receipt is built from the values written and the ids returned (the rows hold
-nothing else the receipt shows).
+slot, the two inserts and the room's counters) run in autocommit on a Core connection of its
+own, with no ORM session: the room's and the quota's row locks last the statement and its
+commit inside PostgreSQL, with no client round trip (BEGIN, COMMIT) while they are held.
+Otherwise, or on SQLite, the steps run in a session of their own (prebuilt Core statements; on
+PostgreSQL the slot, inserts and counters are still one statement). The receipt is built from
+the values written and the ids returned (the rows hold nothing else the receipt shows).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
@@ -210,14 +214,46 @@ class MessageSender:
             raise InvalidIdempotencyKey()
         now = self.clock.now()
         tier = tier_of(user, now, self.settings)
-        if idempotency_key is None and parent_id is None and not attachment_ids:
-            receipt, quota, reply_id = await self._send_new(user.id, tier, room_id, content, now)
+        async with self._per_minute_slot(user.id):
+            if idempotency_key is None and parent_id is None and not attachment_ids:
+                sent = await self._send_new(user.id, tier, room_id, content, now)
+            else:
+                draft = _Draft(room_id, content, parent_id, idempotency_key, tuple(attachment_ids))
+                sent = await self._send_in_session(user.id, tier, draft, now)
+        receipt, quota, reply_id = sent
+        if reply_id is None:  # a replay spends nothing and announces nothing
+            await self._give_back_slot(user.id)
         else:
-            draft = _Draft(room_id, content, parent_id, idempotency_key, tuple(attachment_ids))
-            receipt, quota, reply_id = await self._send_in_session(user.id, tier, draft, now)
-        if reply_id is not None:  # a replay spends nothing and announces nothing
             await self._announce(user.id, reply_id)
         return receipt, quota
+
+    @asynccontextmanager
+    async def _per_minute_slot(self, user_id: int) -> AsyncIterator[None]:
+        """A slot of the per-minute throttle for the block, given back when the block raises
+        (the daily limit or anything else refused the send after the throttle let it by)."""
+        try:
+            await self.throttle.hit(
+                _per_minute(self.settings.send_per_minute),
+                "send",
+                str(user_id),
+                detail="Too many messages in a minute; slow down.",
+            )
+        except TooManyRequests:
+            QUOTA_REJECTIONS.labels("per_minute").inc()
+            raise
+        try:
+            yield
+        except Exception:
+            await self._give_back_slot(user_id)
+            raise
+
+    async def _give_back_slot(self, user_id: int) -> None:
+        try:
+            await self.throttle.give_back(
+                _per_minute(self.settings.send_per_minute), "send", str(user_id)
+            )
+        except Exception:  # the refusal being answered matters more than one throttle slot
+            structlog.get_logger().warning("throttle_give_back_failed", exc_info=True)
 
     def _check_length(self, content: str) -> None:
         if len(content) > self.settings.max_message_chars:
@@ -228,9 +264,17 @@ class MessageSender:
     async def _send_one_statement(
         self, user_id: int, tier: Tier, room_id: int, content: str, now: datetime
     ) -> tuple[SendReceipt, QuotaState, int | None]:
-        """PostgreSQL, no key, no parent: a Core connection, no ORM session: BEGIN, the
-        statement, COMMIT (a refusal by the daily limit or the throttle rolls it back)."""
-        async with self.database.engine.connect() as conn, conn.begin():
+        """PostgreSQL, no key, no parent: a Core connection in autocommit, no ORM session, the
+        statement alone (it writes nothing when the slot is refused)."""
+        limit = self.quota.limit_for(tier)
+        if limit is not None and limit < 1:  # the upsert would take a first slot of the day
+            self.quota.admit(None, tier, now)
+        # Autocommit: the row locks last only the statement. A token reservation must share
+        # the slot's transaction, so with a budget configured the statement runs in one.
+        engine = (
+            self.database.engine if self.quota.tokens_tracked else self.database.autocommit_engine
+        )
+        async with engine.connect() as conn, conn.begin():
             found, exchange = await repo.send_to_owned_room(
                 conn,
                 self.quota.slot_params(user_id, tier, now),
@@ -314,22 +358,23 @@ class MessageSender:
         if message.role != "user":
             raise NotAUserMessage()
         self._check_length(content)
-        await repo.lock_room(session, room.id)
-        if await repo.replies_in_progress(session, [message.id]):
-            raise ReplyInProgress()
-        now = self.clock.now()
-        tier = tier_of(user, now, self.settings)
-        files, kept = await self.attachments.for_edit(
-            session, tier, room.id, message.id, attachment_ids
-        )
-        exchange, quota = await self._take_slot(
-            session, user.id, tier, now, room.id, content=content, parent_id=message.parent_id
-        )
-        parts = None
-        if files:
-            given = await self.attachments.carry(session, files, kept, exchange.message_id)
-            parts = _user_parts(content, given)
-            await repo.set_parts(session, exchange.message_id, parts or [])
+        async with self._per_minute_slot(user.id):
+            await repo.lock_room(session, room.id)
+            if await repo.replies_in_progress(session, [message.id]):
+                raise ReplyInProgress()
+            now = self.clock.now()
+            tier = tier_of(user, now, self.settings)
+            files, kept = await self.attachments.for_edit(
+                session, tier, room.id, message.id, attachment_ids
+            )
+            exchange, quota = await self._take_slot(
+                session, user.id, tier, now, room.id, content=content, parent_id=message.parent_id
+            )
+            parts = None
+            if files:
+                given = await self.attachments.carry(session, files, kept, exchange.message_id)
+                parts = _user_parts(content, given)
+                await repo.set_parts(session, exchange.message_id, parts or [])
         siblings = await repo.sibling_ids(session, room.id, [message.parent_id])
         receipt = self._send_receipt(
             room.id, content, exchange, now, siblings[message.parent_id], parts
@@ -348,19 +393,21 @@ class MessageSender:
             if found is None or found.chatroom_id != room.id:
                 raise NothingToRetry()
             user_message = found
-        await repo.lock_room(session, room.id)
         now = self.clock.now()
         tier = tier_of(user, now, self.settings)
-        try:
-            # No check first: the unique index of replies in progress decides, in the insert
-            # itself, so of concurrent retries one wins; the others roll back with their slot.
-            exchange, quota = await self._take_slot(
-                session, user.id, tier, now, room.id, reply_to=user_message.id
-            )
-        except IntegrityError as exc:
-            if not violates_unique(exc, LIVE_REPLY_INDEX, "messages.reply_to"):
-                raise
-            raise ReplyInProgress() from exc
+        async with self._per_minute_slot(user.id):
+            await repo.lock_room(session, room.id)
+            try:
+                # No check first: the unique index of replies in progress decides, in the
+                # insert itself, so of concurrent retries one wins; the others roll back with
+                # their slot.
+                exchange, quota = await self._take_slot(
+                    session, user.id, tier, now, room.id, reply_to=user_message.id
+                )
+            except IntegrityError as exc:
+                if not violates_unique(exc, LIVE_REPLY_INDEX, "messages.reply_to"):
+                    raise
+                raise ReplyInProgress() from exc
         self._announce_after_commit(session, user.id, exchange.reply_id)
         shown = await message_out(session, user_message)
         replies = await repo.sibling_ids(session, room.id, [user_message.id])
@@ -446,22 +493,11 @@ class MessageSender:
         now: datetime,
     ) -> tuple[Exchange, QuotaState]:
         """The verdict on a slot just taken (or not), in its transaction (`db`): the daily
-        quota, the monthly token budget (a reservation), then the per-minute throttle. A send
-        refused by the daily limit spends no per-minute slot; one refused by the budget or the
-        throttle rolls the slot and the inserts back with the transaction."""
+        quota, then the monthly token budget (a reservation). A refusal rolls the slot and the
+        inserts back with the transaction (and the per-minute slot is given back)."""
         quota = self.quota.admit(exchange.used if exchange is not None else None, tier, now)
         assert exchange is not None  # admit() refused otherwise
         quota = await self.quota.reserve_tokens(db, quota, user_id, tier, exchange.reply_id, now)
-        try:
-            await self.throttle.hit(
-                _per_minute(self.settings.send_per_minute),
-                "send",
-                str(user_id),
-                detail="Too many messages in a minute; slow down.",
-            )
-        except TooManyRequests:
-            QUOTA_REJECTIONS.labels("per_minute").inc()
-            raise
         return exchange, quota
 
     async def _take_slot(
@@ -477,14 +513,11 @@ class MessageSender:
         reply_to: int | None = None,
     ) -> tuple[Exchange, QuotaState]:
         """One slot of today's quota with the exchange it pays for (in `session`'s
-        transaction, the room locked), then the per-minute throttle.
+        transaction, the room locked; the caller holds a per-minute slot).
 
         `content`: a new user message after `parent_id` and its reply; else (a retry) a reply
-        to `reply_to`. The
-        slot, the inserts and the room's counters are written together (repository
-        `insert_exchange`); nothing is inserted when the slot is refused. A send refused by the
-        daily limit spends no per-minute slot, and one refused by the throttle rolls the quota
-        upsert and the inserts back with its transaction.
+        to `reply_to`. The slot, the inserts and the room's counters are written together
+        (repository `insert_exchange`); nothing is inserted when the slot is refused.
         """
         exchange = await self.sql.insert_exchange(
             session,

@@ -90,7 +90,7 @@ def _total(column: Any) -> Any:
 
 # The finished replies of a user's rooms per quota day (the day in QUOTA_TIMEZONE of the send
 # they answer; copies made by a fork have none and are not counted twice): through the user's
-# rooms (ix_chatrooms_user_activity), then each room's days (ix_messages_usage_day).
+# rooms (ix_chatrooms_user_id), then each room's days (ix_messages_usage_day).
 _day = _messages.c.quota_day
 _TOKENS_PER_DAY = (
     select(

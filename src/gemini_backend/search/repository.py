@@ -116,7 +116,7 @@ def _pg_rank(vector: str) -> str:
     )
 
 
-# The caller's rooms first (ix_chatrooms_user_activity), so the planner may read their messages
+# The caller's rooms first (ix_chatrooms_user_id), so the planner may read their messages
 # (ix_messages_chatroom_id) rather than every user's matches in the GIN index, when fewer.
 # S608: the statements are built from this module's constants; the user's text is bound.
 _PG_SEARCH = text(
