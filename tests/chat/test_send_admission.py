@@ -70,6 +70,22 @@ async def test_a_replay_spends_no_per_minute_slot(client, alice):
     assert codes([first, *replays, *later]) == ["accepted"] * 5 + ["rate_limited"]
 
 
+@pytest.mark.parametrize("settings_overrides", [{"send_per_minute": 2}])
+async def test_a_replay_is_answered_while_the_minute_is_full(client, alice):
+    """A client retrying a send that went through gets its receipt, not a 429."""
+    room = await new_room(client, alice)
+    first = await send(client, alice, room, key="k-1")
+    second = await send(client, alice, room)
+    assert codes([first, second]) == ["accepted", "accepted"]
+    replay = await send(client, alice, room, key="k-1")
+    assert replay.status_code == 202, replay.text
+    assert replay.json()["reply_id"] == first.json()["reply_id"]
+    # The same key for another message, or a new key, is still throttled.
+    other = await send(client, alice, room, content="something else", key="k-1")
+    fresh = await send(client, alice, room, key="k-2")
+    assert codes([other, fresh]) == ["idempotency_key_reused", "rate_limited"]
+
+
 async def _stored(app, room_ids):
     """Per room: (its message count, its active leaf, its messages by id); today's slots."""
     rooms = {}

@@ -709,6 +709,18 @@ async def idempotency_receipt(session: AsyncSession, user_id: int, key: str) -> 
     return receipt
 
 
+async def live_receipt(
+    session: AsyncSession, user_id: int, key: str, now: datetime, window: timedelta
+) -> str | None:
+    """The stored receipt of a key used within `window`, if any (a read: nothing is locked)."""
+    found = await session.execute(
+        _KEY_RECEIPT.where(_keys.c.created_at >= bindparam("cutoff", type_=UTCDateTime())),
+        {"key_user": user_id, "key_text": key, "cutoff": now - window},
+    )
+    receipt: str | None = found.scalar_one_or_none()
+    return receipt
+
+
 async def store_receipt(session: AsyncSession, key_id: int, receipt: str) -> None:
     await session.execute(_STORE_RECEIPT, {"key_id": key_id, "receipt_json": receipt})
 

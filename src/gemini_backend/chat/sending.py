@@ -214,18 +214,38 @@ class MessageSender:
             raise InvalidIdempotencyKey()
         now = self.clock.now()
         tier = tier_of(user, now, self.settings)
-        async with self._per_minute_slot(user.id):
-            if idempotency_key is None and parent_id is None and not attachment_ids:
-                sent = await self._send_new(user.id, tier, room_id, content, now)
-            else:
-                draft = _Draft(room_id, content, parent_id, idempotency_key, tuple(attachment_ids))
-                sent = await self._send_in_session(user.id, tier, draft, now)
+        draft = _Draft(room_id, content, parent_id, idempotency_key, tuple(attachment_ids))
+        try:
+            async with self._per_minute_slot(user.id):
+                if idempotency_key is None and parent_id is None and not attachment_ids:
+                    sent = await self._send_new(user.id, tier, room_id, content, now)
+                else:
+                    sent = await self._send_in_session(user.id, tier, draft, now)
+        except TooManyRequests:
+            # A client retrying a send that went through gets its receipt, full window or not.
+            replayed = await self._stored_replay(user.id, tier, draft, now)
+            if replayed is None:
+                raise
+            return replayed
         receipt, quota, reply_id = sent
         if reply_id is None:  # a replay spends nothing and announces nothing
             await self._give_back_slot(user.id)
         else:
             await self._announce(user.id, reply_id)
         return receipt, quota
+
+    async def _stored_replay(
+        self, user_id: int, tier: Tier, draft: _Draft, now: datetime
+    ) -> tuple[SendReceipt, QuotaState] | None:
+        if draft.key is None:
+            return None
+        async with self.database.sessionmaker() as session:
+            stored = await repo.live_receipt(session, user_id, draft.key, now, IDEMPOTENCY_WINDOW)
+            if stored is None:
+                return None
+            replay = SendReceipt.model_validate_json(stored)
+            _check_replay(replay, draft)
+            return replay, await self.quota.state(session, user_id, tier, now)
 
     @asynccontextmanager
     async def _per_minute_slot(self, user_id: int) -> AsyncIterator[None]:
