@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from gemini_backend.models import metadata
 from tests.attachments import files
@@ -105,13 +105,26 @@ async def scan(app: Any, account: Account) -> list[str]:
     async with app.state.services.database.sessionmaker() as session:
         for table in metadata.sorted_tables:
             for row in (await session.execute(select(table))).all():
-                text = json.dumps([str(v) for v in row], default=str)
+                values = json.dumps([str(v) for v in row], default=str)
                 where = f"{table.name}: {dict(row._mapping)}"
                 if (
                     _names_user(table, row, account.id)
-                    or digits in text
+                    or digits in values
                     or (table.name == "chatrooms" and row._mapping["id"] in rooms)
                     or (table.name == "messages" and row._mapping["id"] in messages)
                 ):
                     problems.append(where)
+        problems += await _search_index_rows(session, rooms, messages)
     return problems
+
+
+async def _search_index_rows(session: Any, rooms: set[int], messages: set[int]) -> list[str]:
+    """SQLite's FTS5 tables hold copies of the text outside the metadata's tables (on
+    PostgreSQL the search vectors are columns of the rows scanned above)."""
+    if session.bind.dialect.name != "sqlite":
+        return []
+    found = []
+    for table, ids in (("message_search", messages), ("chatroom_search", rooms)):
+        rowids = (await session.execute(text(f"SELECT rowid FROM {table}"))).scalars()  # noqa: S608
+        found += [f"{table}: rowid {rowid}" for rowid in rowids if rowid in ids]
+    return found
