@@ -218,13 +218,7 @@ class Attachments:
     ) -> list[Attachment]:
         """The attachments named by a send, in its order: of this room (404), stored and not
         sent yet (422), within the message's limits (422, 413)."""
-        if len(ids) > self.settings.max_attachments_per_message:
-            raise TooManyAttachments(
-                f"A message may have at most {self.settings.max_attachments_per_message} "
-                "attachments."
-            )
-        if len(set(ids)) != len(ids):
-            raise AttachmentAlreadySent("The same attachment is named twice.")
+        self._check_count(ids)
         found = {row.id: row for row in await repo.of_room(session, room_id, ids)}
         rows = []
         for attachment_id in ids:
@@ -234,12 +228,24 @@ class Attachments:
             if row.message_id is not None:
                 raise AttachmentAlreadySent()
             rows.append(row)
+        self._check_size(tier, rows)
+        return rows
+
+    def _check_count(self, ids: Sequence[int]) -> None:
+        if len(ids) > self.settings.max_attachments_per_message:
+            raise TooManyAttachments(
+                f"A message may have at most {self.settings.max_attachments_per_message} "
+                "attachments."
+            )
+        if len(set(ids)) != len(ids):
+            raise AttachmentAlreadySent("The same attachment is named twice.")
+
+    def _check_size(self, tier: Tier, rows: Sequence[Attachment]) -> None:
         limit = self.message_limit(tier)
         if sum(row.size for row in rows) > limit:
             raise AttachmentTooLarge(
                 f"The attachments of one message may have at most {limit} bytes on your plan."
             )
-        return rows
 
     async def link(
         self, session: AsyncSession, rows: Sequence[Attachment], message_id: int
@@ -265,22 +271,12 @@ class Attachments:
         by_id = {row.id: row for row in kept_rows}
         if ids is None:
             return kept_rows, set(by_id)
-        if len(ids) > self.settings.max_attachments_per_message:
-            raise TooManyAttachments(
-                f"A message may have at most {self.settings.max_attachments_per_message} "
-                "attachments."
-            )
-        if len(set(ids)) != len(ids):
-            raise AttachmentAlreadySent("The same attachment is named twice.")
+        self._check_count(ids)
         fresh_ids = [attachment_id for attachment_id in ids if attachment_id not in by_id]
         fresh = await self.check_for_send(session, tier, room_id, fresh_ids) if fresh_ids else []
         by_id.update((row.id, row) for row in fresh)
         rows = [by_id[attachment_id] for attachment_id in ids]
-        limit = self.message_limit(tier)
-        if sum(row.size for row in rows) > limit:
-            raise AttachmentTooLarge(
-                f"The attachments of one message may have at most {limit} bytes on your plan."
-            )
+        self._check_size(tier, rows)
         return rows, set(by_id) - set(fresh_ids)
 
     async def carry(
