@@ -29,6 +29,7 @@ EXAMPLES = int(os.environ.get("GB_FUZZ_EXAMPLES", "200" if os.environ.get("GB_SO
 #   and answers 422 (not an integer id) rather than 405.
 EXCLUDED_CHECKS = ["positive_data_acceptance", "unsupported_method"]
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
+CONFIG = Path(__file__).with_name("schemathesis.toml")
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +71,8 @@ def _fuzz(base: str, tmp_path: Path, *extra: str) -> subprocess.CompletedProcess
     return subprocess.run(
         [
             str(SCHEMATHESIS),
+            "--config-file",
+            str(CONFIG),
             "run",
             f"{base}/openapi.json",
             "--checks",
