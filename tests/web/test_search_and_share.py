@@ -106,6 +106,45 @@ def test_an_answer_to_an_older_query_is_not_shown(page: Page, server: str, page_
     page_log.assert_clean()
 
 
+def chatgpt_conversation(title: str, texts: list[str]) -> dict[str, object]:
+    """ChatGPT's conversations.json entry: a chain of alternating user and assistant nodes."""
+    mapping: dict[str, object] = {}
+    for index, text in enumerate(texts):
+        mapping[f"n{index}"] = {
+            "message": {
+                "author": {"role": "user" if index % 2 == 0 else "assistant"},
+                "content": {"content_type": "text", "parts": [text]},
+                "create_time": 1_760_000_000 + index,
+            },
+            "parent": f"n{index - 1}" if index else None,
+            "children": [f"n{index + 1}"] if index < len(texts) - 1 else [],
+        }
+    return {"title": title, "mapping": mapping, "current_node": f"n{len(texts) - 1}"}
+
+
+def test_more_results_follow_the_cursor(page: Page, server: str, page_log: PageLog):
+    sign_in(page, server)
+    texts = [f"needle {chr(97 + i) * 4}" for i in range(25)]  # imported: no quota, no reply made
+    body = json.dumps([chatgpt_conversation("Haystack", texts)]).encode()
+    page.get_by_role("button", name="Your data").click()
+    dialog = page.get_by_role("dialog", name="Your data")
+    dialog.get_by_label(re.compile("^A file exported here")).set_input_files(
+        {"name": "conversations.json", "mimeType": "application/json", "buffer": body}
+    )
+    expect(dialog.locator("#data-done")).to_have_text("Imported 1 chat from conversations.json.")
+    dialog.get_by_role("button", name="Close").click()
+    search(page, "needle")
+    expect(results(page)).to_have_count(20)
+    expect(page.locator("#search-status")).to_have_text("20 results so far.")
+    page.get_by_role("button", name="More results").click()
+    expect(results(page)).to_have_count(25)
+    expect(page.get_by_role("button", name="More results")).to_be_hidden()
+    expect(results(page).nth(20)).to_be_focused()  # the first of the new page
+    found = results(page).locator(".snippet").all_inner_texts()
+    assert sorted(found) == sorted(texts)  # every message once, no repeat, no gap
+    page_log.assert_clean()
+
+
 def test_a_hostile_message_found_by_search_renders_as_text(
     page: Page, server: str, page_log: PageLog
 ):
