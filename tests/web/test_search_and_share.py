@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
+from pathlib import Path
 
 import httpx
 import pytest
@@ -16,11 +18,17 @@ from playwright.sync_api import Browser, Error, Page, Route, expect
 from tests.conftest import BACKEND
 from tests.web.client import demo_reply, send, sign_in, wait_reply
 from tests.web.conftest import PageLog, open_page
-from tests.web.test_screens import AXE, violations
+from tests.web.test_screens import AXE, DOCS_SHOTS, violations
 
 CHUNK_DELAY_MS = 0  # whole replies at once: these tests are about what comes after them
 GONE_LOG = "Failed to load resource: the server responded with a status of 404"
 HOSTILE = "hostile <img src=x onerror=alert(1)>"
+
+
+@pytest.fixture
+def shot_dir(tmp_path: Path) -> Path:
+    """docs/screenshots/ with GB_WEB_SCREENSHOTS=1 (as test_screens.py), else a temp dir."""
+    return DOCS_SHOTS if os.environ.get("GB_WEB_SCREENSHOTS") == "1" else tmp_path
 
 
 def search(page: Page, query: str) -> None:
@@ -241,7 +249,7 @@ def test_export_downloads_the_tree_and_import_brings_it_back(
 
 @pytest.mark.parametrize("width", [1280, 390])
 def test_search_and_dialogs_are_accessible_and_usable(
-    browser: Browser, server: str, page_log: PageLog, width: int
+    browser: Browser, server: str, page_log: PageLog, width: int, shot_dir: Path
 ):
     page = open_page(
         browser, page_log, viewport={"width": width, "height": 844}, reduced_motion="reduce"
@@ -257,6 +265,8 @@ def test_search_and_dialogs_are_accessible_and_usable(
         expect(results(page).filter(has_text="Reply ·")).to_have_count(1)
         assert violations(page) == []
         assert page.evaluate("document.documentElement.scrollWidth") <= width
+        name = "desktop" if width >= 760 else "phone"
+        page.screenshot(path=str(shot_dir / f"search-{name}.png"))
         # The keyboard alone: Tab from the box reaches a result, Enter opens it.
         page.get_by_role("searchbox", name="Search chats").press("Tab")
         expect(results(page).first).to_be_focused()
@@ -269,6 +279,7 @@ def test_search_and_dialogs_are_accessible_and_usable(
         expect(page.locator("#share-list li")).to_have_count(1)
         assert violations(page) == []
         assert page.evaluate("document.documentElement.scrollWidth") <= width
+        page.screenshot(path=str(shot_dir / f"share-{name}.png"))
         page.keyboard.press("Escape")
         if width < 760:
             page.get_by_role("button", name="Show chats").click()
