@@ -90,7 +90,8 @@ export class Api {
 
   // fetch() with the access token; an expired or missing one is refreshed once and the request
   // sent again. Returns the Response (for streams and headers); errors are ApiErrors.
-  async fetch(method, path, { body, headers = {}, auth = true, signal } = {}) {
+  // `raw` (a Blob) is sent as it is, with the Content-Type given in `headers`.
+  async fetch(method, path, { body, raw, headers = {}, auth = true, signal } = {}) {
     for (let attempt = 0; ; attempt++) {
       const sent = { ...headers };
       if (body !== undefined) sent["Content-Type"] = "application/json";
@@ -103,7 +104,7 @@ export class Api {
         response = await fetch(path, {
           method,
           headers: sent,
-          body: body === undefined ? undefined : JSON.stringify(body),
+          body: raw !== undefined ? raw : body === undefined ? undefined : JSON.stringify(body),
           signal,
           cache: "no-store",
         });

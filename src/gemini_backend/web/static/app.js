@@ -1,9 +1,11 @@
 // The web client: sign-in, rooms, the conversation tree, streamed replies, quota and plan.
 // It uses only the public API (docs/api.md); docs/web-client.md describes it.
+import { AccountData, Sharing } from "./account.js";
 import { Api, ApiError } from "./api.js";
 import { attachmentList, FileCache, PendingFiles } from "./attachments.js";
 import { renderMarkdown } from "./markdown.js";
 import { sourcesBlock, thoughtBlock, viewOf } from "./parts.js";
+import { Search } from "./search.js";
 import { DEFAULT_OPTIONS, RoomSettings } from "./settings.js";
 import { followReply, pause } from "./stream.js";
 
@@ -84,6 +86,8 @@ let pendingNumber = null;
 function showSignin(message) {
   state.user = null;
   stopFollowing();
+  for (const dialog of document.querySelectorAll("dialog[open]")) dialog.close();
+  search.clear();
   $("booting").hidden = true;
   $("app").hidden = true;
   $("signin").hidden = false;
@@ -287,6 +291,7 @@ function followActive() {
 function renderRoom() {
   const room = state.room;
   $("room-title").textContent = room ? room.name : "New chat";
+  $("share").hidden = !room;
   $("rename").hidden = !room;
   $("delete").hidden = !room;
   $("model-name").textContent = settings.label(room || state.draft);
@@ -656,6 +661,36 @@ function startEdit(node, message) {
   }));
 }
 
+// A search result: its room opened, its branch made active if the message is not on the one
+// shown (PUT .../active), and the message scrolled to and marked.
+async function openResult(result) {
+  if (!state.room || state.room.id !== result.chatroom_id) await openRoom(result.chatroom_id);
+  else closeDrawer();
+  if (result.message_id === null) return;
+  if (!nodeOf(result.message_id)) {
+    const room = await api.request("PUT", `/chatroom/${state.room.id}/active`, { leaf_id: result.message_id });
+    showDetail(room);
+  }
+  const node = nodeOf(result.message_id);
+  if (!node) return;
+  for (const old of $("messages").querySelectorAll(".msg.found")) old.classList.remove("found");
+  node.classList.add("found");
+  node.tabIndex = -1;
+  node.scrollIntoView({ block: "center" });
+  node.focus({ preventScroll: true });
+}
+
+function accountDeleted() {
+  sessionStorage.removeItem(STREAM_KEY);
+  api.forget();
+  showSignin("Your account and everything in it were deleted.");
+}
+
+async function showImported(chatrooms) {
+  await loadRooms();
+  if (chatrooms.length) await openRoom(chatrooms[0].id);
+}
+
 async function switchTo(messageId) {
   clearError();
   const room = await api.request("PUT", `/chatroom/${state.room.id}/active`, { leaf_id: messageId });
@@ -799,6 +834,8 @@ function wire() {
   $("limit-upgrade").addEventListener("click", guard(upgrade));
   $("manage-plan").addEventListener("click", guard(managePlan));
   $("sign-out").addEventListener("click", guard(signOut));
+  $("share").addEventListener("click", guard(() => sharing.open()));
+  $("data-menu").addEventListener("click", () => accountData.open());
   $("room-settings").addEventListener("click", openSettings);
   $("attach").addEventListener("click", () => $("file-input").click());
   $("file-input").addEventListener("change", guard(async () => {
@@ -859,6 +896,15 @@ function wireDrop(zone) {
 }
 
 const settings = new RoomSettings(api, { tier: currentTier, save: saveOptions, upgrade: guard(upgrade) });
+const search = new Search(api, { open: guard(openResult) });
+const openRoomId = () => (state.room ? state.room.id : null);
+const sharing = new Sharing(api, { room: openRoomId });
+const accountData = new AccountData(api, {
+  room: openRoomId,
+  imported: showImported,
+  deleted: accountDeleted,
+  user: () => state.user,
+});
 
 async function boot() {
   wire();
