@@ -15,7 +15,6 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Error, Page, Route, expect
 
-from tests.conftest import BACKEND
 from tests.web.client import demo_reply, send, sign_in, wait_reply
 from tests.web.conftest import PageLog, open_page
 from tests.web.test_screens import AXE, DOCS_SHOTS, violations
@@ -320,12 +319,7 @@ def test_deleting_the_account_signs_out_and_ends_the_token(
     page_log.assert_clean()
 
 
-# SQLite gives a deleted account's newest message ids to the next rows, and the in-process
-# reply stream still holds the old reply under that id (docs/privacy.md says ids are never
-# reused; only `users` and `auth_sessions` are AUTOINCREMENT there).
-@pytest.mark.xfail(
-    BACKEND == "embedded", strict=True, reason="SQLite reuses the ids of deleted messages"
-)
+# Ids are never reused (docs/privacy.md): a new reply never plays back a deleted account's.
 def test_the_next_account_never_sees_a_deleted_accounts_reply(page: Page, server: str):
     sign_in(page, server)
     send(page, "private words")
