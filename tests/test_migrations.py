@@ -82,7 +82,7 @@ def _inspect(settings: Settings) -> dict[str, Any]:
             },
         )
         return {
-            # The search index's tables (SQLite's FTS5) are migration 0013's, not the models'.
+            # The search index's tables (SQLite's FTS5) are migration 0015's, not the models'.
             "tables": set(inspect(conn).get_table_names()) - SEARCH_TABLES,
             "revision": context.get_current_revision(),
             "diff": compare_metadata(context, metadata),

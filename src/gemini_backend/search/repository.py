@@ -246,7 +246,7 @@ _SQLITE_SNIPPETS = {
 
 
 class SqliteSearch:
-    """FTS5 over the tables the triggers of migration 0013 keep, ranked by bm25()."""
+    """FTS5 over the tables the triggers of migration 0015 keep, ranked by bm25()."""
 
     async def search(
         self, session: AsyncSession, *, user_id: int, query: str, after: Keyset, limit: int

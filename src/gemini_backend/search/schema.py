@@ -1,4 +1,4 @@
-"""The search index's objects, which migration 0013 creates outside the ORM models: a generated
+"""The search index's objects, which migration 0015 creates outside the ORM models: a generated
 column and a GIN index per table on PostgreSQL, FTS5 tables (and their shadow tables) and
 triggers on SQLite. Alembic's comparison with the models leaves them out (`is_search_object`)."""
 
