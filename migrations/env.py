@@ -31,7 +31,7 @@ def _configure(connection: Connection) -> None:
 
 
 def _include_name(name: str | None, type_: str, _parents: dict[str, str | None]) -> bool:
-    # The search index is migration 0013's, not the models' (search/schema.py).
+    # The search index is migration 0015's, not the models' (search/schema.py).
     return not is_search_object(name, type_)
 
 
