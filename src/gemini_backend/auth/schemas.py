@@ -23,6 +23,12 @@ OtpCodeField = Annotated[
     StringConstraints(strip_whitespace=True, pattern=r"^\d{6}$"),
     Field(validation_alias=AliasChoices("otp", "code", "otp_code"), examples=["123456"]),
 ]
+# Where a password may stand instead: a fresh sign-in code, or None when not given.
+OptionalOtpCode = Annotated[
+    str | None,
+    StringConstraints(strip_whitespace=True, pattern=r"^\d{6}$"),
+    Field(validation_alias=AliasChoices("otp", "code", "otp_code")),
+]
 NewPassword = Annotated[
     str,
     Field(
@@ -175,10 +181,8 @@ class ChangePasswordIn(_In):
         ),
     ] = None
     otp: Annotated[
-        str | None,
-        StringConstraints(strip_whitespace=True, pattern=r"^\d{6}$"),
+        OptionalOtpCode,
         Field(
-            validation_alias=AliasChoices("otp", "code", "otp_code"),
             description=(
                 "A fresh sign-in code (`POST /auth/send-otp`): required instead of "
                 "`current_password` when the account has no password yet."

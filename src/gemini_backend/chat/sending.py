@@ -188,6 +188,11 @@ class MessageSender:
         self._send_new = (
             self._send_one_statement if statements.one_statement_send else self._send_default
         )
+        # Autocommit: the row locks last only the statement. A token reservation must share
+        # the slot's transaction, so with a budget configured the statement runs in one.
+        self._one_statement_engine = (
+            database.engine if quota.tokens_tracked else database.autocommit_engine
+        )
         self.settings = settings
         self.clock = clock
         self.quota = quota
@@ -289,12 +294,7 @@ class MessageSender:
         limit = self.quota.limit_for(tier)
         if limit is not None and limit < 1:  # the upsert would take a first slot of the day
             self.quota.admit(None, tier, now)
-        # Autocommit: the row locks last only the statement. A token reservation must share
-        # the slot's transaction, so with a budget configured the statement runs in one.
-        engine = (
-            self.database.engine if self.quota.tokens_tracked else self.database.autocommit_engine
-        )
-        async with engine.connect() as conn, conn.begin():
+        async with self._one_statement_engine.connect() as conn, conn.begin():
             found, exchange = await repo.send_to_owned_room(
                 conn,
                 self.quota.slot_params(user_id, tier, now),

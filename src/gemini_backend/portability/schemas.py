@@ -5,6 +5,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StringConstraints
 
+from gemini_backend.auth.schemas import OptionalOtpCode
 from gemini_backend.chat.schemas import CHATROOM_EXAMPLE, ChatroomOut
 from gemini_backend.core.db import MAX_ID
 
@@ -40,11 +41,9 @@ class DeleteAccountIn(BaseModel):
         ),
     ] = None
     otp: Annotated[
-        str | None,
-        StringConstraints(strip_whitespace=True, pattern=r"^\d{6}$"),
+        OptionalOtpCode,
         Field(
-            validation_alias=AliasChoices("otp", "code", "otp_code"),
-            description="Instead of the password: a fresh sign-in code from POST /auth/send-otp.",
+            description="Instead of the password: a fresh sign-in code from POST /auth/send-otp."
         ),
     ] = None
 
