@@ -221,8 +221,9 @@ def test_export_downloads_the_tree_and_import_brings_it_back(
     with page.expect_download() as downloaded:
         dialog.get_by_role("button", name="This chat (JSON)").click()
     download = downloaded.value
-    assert download.suggested_filename == f"chatroom-{page.url.rsplit('/', 1)[1]}.json"
     exported = json.loads(download.path().read_text(encoding="utf-8"))
+    # The file is named after its room, the room whose messages the page shows (ids below).
+    assert download.suggested_filename == f"chatroom-{exported['chatroom']['id']}.json"
     assert exported["format"] == "gemini-backend/chatroom"
     assert [m["id"] for m in exported["messages"]] == ids
     assert [m["parent_id"] for m in exported["messages"]] == [None, ids[0]]
