@@ -53,6 +53,31 @@ def pytest_report_header() -> str:
     return f"gemini-backend test backend: {BACKEND}"
 
 
+# A test that reaches neither fixture nor name that tells the modes apart passes or fails the
+# same in both: `make test-fast` (GB_TEST_MODE_FREE_ONCE=1) runs it in the embedded run only.
+MODE_FIXTURES = frozenset({"storage", "database_url", "make_settings", "app", "client"})
+MODE_NAMES = ("BACKEND", "TEST_DATABASE_URL", "TEST_REDIS_URL")
+
+
+def is_mode_free(item: pytest.Item) -> bool:
+    if MODE_FIXTURES & set(getattr(item, "fixturenames", ())):
+        return False
+    module = getattr(item, "module", None)
+    if module is None or any(name in vars(module) for name in MODE_NAMES):
+        return False
+    return "GB_TEST_BACKEND" not in Path(module.__file__).read_text()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if BACKEND != "production" or os.environ.get("GB_TEST_MODE_FREE_ONCE") != "1":
+        return
+    once = [item for item in items if is_mode_free(item)]
+    if once:
+        config.hook.pytest_deselected(items=once)
+        kept = set(map(id, items)) - set(map(id, once))
+        items[:] = [item for item in items if id(item) in kept]
+
+
 @dataclass
 class Storage:
     """Where the tests of this run keep their data."""

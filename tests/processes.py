@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import resource
 import signal
 import socket
@@ -24,11 +25,29 @@ START_TIMEOUT = 60.0  # a loaded 2-core machine took over 30 s to import and sta
 STOP_TIMEOUT = 15.0
 
 
+def _below_ephemeral_ports() -> range:
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return range(max(1024, low - 12000), low)
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
+    """A free port below the kernel's ephemeral range: a port the kernel hands out (bind to 0)
+    can become the source port of any outgoing connection before the server binds it, and
+    both test modes run at once making thousands of them."""
+    ports = _below_ephemeral_ports()
+    rng = random.Random(f"{os.getpid()}-{time.monotonic_ns()}")
+    for _ in range(200):
+        port = rng.choice(ports)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no free port in {ports}")
 
 
 def clean_env(**values: str) -> dict[str, str]:

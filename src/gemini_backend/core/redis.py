@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import redis
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.driver_info import DriverInfo
 
 from gemini_backend.config import Settings
+
+_DRIVER = DriverInfo(name="redis-py", lib_version=redis.__version__)
 
 
 def create_redis(settings: Settings) -> Redis | None:
@@ -20,6 +24,9 @@ def create_redis(settings: Settings) -> Redis | None:
         socket_connect_timeout=min(5.0, settings.redis_socket_timeout_seconds),
         socket_timeout=settings.redis_socket_timeout_seconds,
         health_check_interval=30,
+        # Named once: by default every new connection reads redis-py's version from its
+        # installed metadata (a scan of sys.path, about 0.4 ms).
+        driver_info=_DRIVER,
     )
     return Redis.from_pool(pool)  # closing the client closes the pool
 
