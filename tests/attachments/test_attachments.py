@@ -22,17 +22,6 @@ def settings_overrides() -> dict[str, Any]:
     return {"attachment_max_bytes": LIMIT, "message_attachments_max_bytes": 2 * LIMIT}
 
 
-@pytest.fixture
-async def alice(client):
-    return bearer(await sign_in(client))
-
-
-@pytest.fixture
-async def room(client, alice):
-    response = await client.post("/chatroom", json={"name": "files"}, headers=alice)
-    return response.json()["id"]
-
-
 async def upload(client, auth, room_id, name: str, data: bytes, ctype="application/octet-stream"):
     return await client.post(
         f"/chatroom/{room_id}/attachments", files={"file": (name, data, ctype)}, headers=auth

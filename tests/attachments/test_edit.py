@@ -12,29 +12,15 @@ from sqlalchemy import select
 from gemini_backend.attachments.models import Attachment
 from gemini_backend.attachments.storage import StoredObjectMissing
 from tests.attachments import files
-from tests.attachments.test_send import reply_of, send, upload, usage_count
+from tests.attachments.test_send import (  # noqa: F401 (settings_overrides: a fixture)
+    LIMIT,
+    reply_of,
+    send,
+    settings_overrides,
+    upload,
+    usage_count,
+)
 from tests.helpers import bearer, sign_in
-
-LIMIT = 64 * 1024
-
-
-@pytest.fixture
-def settings_overrides() -> dict[str, Any]:
-    return {
-        "attachment_max_bytes": LIMIT,
-        "message_attachments_max_bytes": LIMIT // 2,
-        "max_attachments_per_message": 3,
-    }
-
-
-@pytest.fixture
-async def alice(client):
-    return bearer(await sign_in(client))
-
-
-@pytest.fixture
-async def room(client, alice):
-    return (await client.post("/chatroom", json={"name": "edits"}, headers=alice)).json()["id"]
 
 
 async def edit(client, auth, room_id, message_id, **body):

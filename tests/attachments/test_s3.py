@@ -21,7 +21,6 @@ from sqlalchemy import func, select
 from gemini_backend.attachments.models import Attachment
 from gemini_backend.attachments.storage import S3_PART_BYTES
 from tests.attachments import files
-from tests.helpers import bearer, sign_in
 
 ACCESS = {"aws_access_key_id": "test-key", "aws_secret_access_key": "test-secret"}
 
@@ -80,16 +79,6 @@ def settings_overrides(s3_server: S3Server, bucket: str) -> dict[str, Any]:
         "s3_secret_access_key": ACCESS["aws_secret_access_key"],
         "attachment_max_bytes": 16 * 1024 * 1024,
     }
-
-
-@pytest.fixture
-async def alice(client):
-    return bearer(await sign_in(client))
-
-
-@pytest.fixture
-async def room(client, alice):
-    return (await client.post("/chatroom", json={"name": "s3"}, headers=alice)).json()["id"]
 
 
 def objects(s3_server: S3Server, bucket: str) -> list[str]:

@@ -24,16 +24,6 @@ def settings_overrides() -> dict[str, Any]:
     }
 
 
-@pytest.fixture
-async def alice(client):
-    return bearer(await sign_in(client))
-
-
-@pytest.fixture
-async def room(client, alice):
-    return (await client.post("/chatroom", json={"name": "files"}, headers=alice)).json()["id"]
-
-
 async def upload(client, auth, room_id, name, data) -> dict[str, Any]:
     response = await client.post(
         f"/chatroom/{room_id}/attachments", files={"file": (name, data)}, headers=auth
