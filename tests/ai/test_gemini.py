@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -48,12 +48,8 @@ MODEL = "gemini-2.5-flash"
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeGemini]:
-    server = FakeGemini().start()
-    try:
-        yield server
-    finally:
-        server.stop()
+def fake(gemini_server: FakeGemini) -> FakeGemini:
+    return gemini_server
 
 
 @pytest.fixture

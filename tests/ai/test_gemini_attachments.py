@@ -7,7 +7,6 @@ and a PDF uploaded, sent with a message, seen by the fake in the right parts."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -29,12 +28,8 @@ MODEL = "gemini-2.5-flash"
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeGemini]:
-    server = FakeGemini().start()
-    try:
-        yield server
-    finally:
-        server.stop()
+def fake(gemini_server: FakeGemini) -> FakeGemini:
+    return gemini_server
 
 
 def attachment(id_: int, name: str, media_type: str, data: bytes) -> Attachment:

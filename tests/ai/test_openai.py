@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -42,10 +42,8 @@ MAX_ATTEMPTS = 3
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeOpenAI]:
-    server = FakeOpenAI().start()
-    yield server
-    server.stop()
+def fake(openai_server: FakeOpenAI) -> FakeOpenAI:
+    return openai_server
 
 
 @pytest.fixture

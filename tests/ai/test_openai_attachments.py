@@ -5,7 +5,6 @@ an image as an `image_url` data URL, a text file as a named text part, a PDF as 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,10 +17,8 @@ MODEL = "gpt-4o-mini"
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeOpenAI]:
-    server = FakeOpenAI().start()
-    yield server
-    server.stop()
+def fake(openai_server: FakeOpenAI) -> FakeOpenAI:
+    return openai_server
 
 
 @pytest.fixture

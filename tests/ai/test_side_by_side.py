@@ -5,7 +5,6 @@ servers on loopback), and the reply records the model that answered."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,21 +18,8 @@ OPENAI_MODEL = "llama-3.1-8b"
 
 
 @pytest.fixture
-def gemini() -> Iterator[FakeGemini]:
-    server = FakeGemini().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def openai_server() -> Iterator[FakeOpenAI]:
-    server = FakeOpenAI().start()
-    try:
-        yield server
-    finally:
-        server.stop()
+def gemini(gemini_server: FakeGemini) -> FakeGemini:
+    return gemini_server
 
 
 @pytest.fixture

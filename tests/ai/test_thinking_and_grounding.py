@@ -7,7 +7,7 @@ Last-Event-ID, and replayed from the database after the stream expired."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import pytest
@@ -38,12 +38,8 @@ STATEMENT = "about 22 °C."
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeGemini]:
-    server = FakeGemini().start()
-    try:
-        yield server
-    finally:
-        server.stop()
+def fake(gemini_server: FakeGemini) -> FakeGemini:
+    return gemini_server
 
 
 @pytest.fixture
@@ -150,12 +146,8 @@ async def test_no_grounding_metadata_means_no_citations(fake):
 
 # --- an OpenAI-compatible server -----------------------------------------------------------------
 @pytest.fixture
-def openai_fake() -> Iterator[fake_openai.FakeOpenAI]:
-    server = fake_openai.FakeOpenAI().start()
-    try:
-        yield server
-    finally:
-        server.stop()
+def openai_fake(openai_server: fake_openai.FakeOpenAI) -> fake_openai.FakeOpenAI:
+    return openai_server
 
 
 async def collect_openai(
