@@ -4,6 +4,7 @@ and the purge of uploads that never finished."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from typing import Any
 
@@ -219,6 +220,84 @@ async def test_deleting_the_room_deletes_the_bytes(client, app, alice, room):
     assert deleted.status_code == 204
     assert stored_files(app) == []
     assert await rows(app) == 0
+
+
+async def test_an_unsent_upload_can_be_deleted_and_is_gone(client, app, alice, room):
+    kept = (await upload(client, alice, room, "kept.png", files.png())).json()
+    dropped = (await upload(client, alice, room, "dropped.pdf", files.pdf())).json()
+    assert len(stored_files(app)) == 2
+    url = f"/chatroom/{room}/attachments/{dropped['id']}"
+    deleted = await client.delete(url, headers=alice)
+    assert (deleted.status_code, deleted.content) == (204, b"")
+    assert len(stored_files(app)) == 1
+    assert await rows(app) == 1
+    for again in (await client.get(url, headers=alice), await client.delete(url, headers=alice)):
+        assert (again.status_code, again.json()["code"]) == (404, "attachment_not_found")
+    sent = await client.post(
+        f"/chatroom/{room}/message",
+        json={"content": "just one", "attachment_ids": [dropped["id"]]},
+        headers=alice,
+    )
+    assert (sent.status_code, sent.json()["code"]) == (404, "attachment_not_found")
+    got = await client.get(f"/chatroom/{room}/attachments/{kept['id']}", headers=alice)
+    assert got.status_code == 200
+
+
+async def test_a_sent_attachment_is_409_to_delete_and_stays(client, app, alice, room):
+    up = (await upload(client, alice, room, "photo.png", files.png())).json()
+    sent = await client.post(
+        f"/chatroom/{room}/message",
+        json={"content": "look", "attachment_ids": [up["id"]]},
+        headers=alice,
+    )
+    assert sent.status_code == 202, sent.text
+    url = f"/chatroom/{room}/attachments/{up['id']}"
+    refused = await client.delete(url, headers=alice)
+    assert (refused.status_code, refused.json()["code"]) == (409, "attachment_in_use")
+    assert (await client.get(url, headers=alice)).status_code == 200
+    assert len(stored_files(app)) == 1
+
+
+async def test_a_delete_racing_a_send_of_the_same_file_lets_one_of_them_win(
+    client, app, alice, room
+):
+    for round_ in range(4):  # within the Basic day's five messages
+        up = (await upload(client, alice, room, f"r{round_}.png", files.png())).json()
+        url = f"/chatroom/{room}/attachments/{up['id']}"
+        sent, deleted = await asyncio.gather(
+            client.post(
+                f"/chatroom/{room}/message",
+                json={"content": f"round {round_}", "attachment_ids": [up["id"]]},
+                headers=alice,
+            ),
+            client.delete(url, headers=alice),
+        )
+        got = await client.get(url, headers=alice)
+        if sent.status_code == 202:
+            assert deleted.status_code == 409, deleted.text
+            assert got.status_code == 200
+            assert sent.json()["user_message"]["parts"][-1]["attachment_id"] == up["id"]
+        else:
+            assert deleted.status_code == 204, (sent.text, deleted.text)
+            assert sent.json()["code"] in {"attachment_not_found", "attachment_already_sent"}
+            assert got.status_code == 404
+    messages = (await client.get(f"/chatroom/{room}/messages", headers=alice)).json()
+    accepted = [m for m in messages["messages"] if m["role"] == "user"]
+    used = (await client.get("/user/usage", headers=alice)).json()["used_today"]
+    assert used == len(accepted)  # a refused send took no slot
+
+
+async def test_only_the_owner_deletes_an_upload_and_only_in_its_room(client, app, alice, room):
+    up = (await upload(client, alice, room, "photo.png", files.png())).json()
+    bob = bearer(await sign_in(client))
+    other = (await client.post("/chatroom", json={"name": "b"}, headers=alice)).json()["id"]
+    for auth, room_id in ((bob, room), (alice, other)):
+        refused = await client.delete(f"/chatroom/{room_id}/attachments/{up['id']}", headers=auth)
+        assert (refused.status_code, refused.json()["code"]) == (404, "attachment_not_found")
+    bad = await client.delete(f"/chatroom/{room}/attachments/0", headers=alice)
+    assert bad.status_code == 422
+    assert len(stored_files(app)) == 1
+    assert await rows(app) == 1
 
 
 async def test_the_purge_deletes_uploads_left_pending(client, app, clock, alice, room):

@@ -1,5 +1,6 @@
 """Attachments in the web client: files dropped on the conversation, chips removable before
-sending, the server's refusals (415, 413) as readable messages, a message of files alone, and
+sending (the upload deleted from the server too, also when the user leaves the room), the
+server's refusals (415, 413) as readable messages, a message of files alone, and
 downloads fetched with the token."""
 
 from __future__ import annotations
@@ -7,7 +8,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Page, Response, expect
 
 from tests.web.client import (
     attach_with_button,
@@ -41,7 +42,9 @@ def test_drop_remove_refusals_and_a_message_of_files(
     # A new chat's room was created for the files.
     expect(page.locator("#rooms .room")).to_have_count(1)
 
-    page.get_by_role("button", name="Remove notes.txt").click()
+    with page.expect_response(is_attachment_delete) as removed:
+        page.get_by_role("button", name="Remove notes.txt").click()
+    assert removed.value.status == 204
     expect(chips(page)).to_have_count(1)
     expect(chips(page).first).to_contain_text("photo.png")
 
@@ -82,4 +85,17 @@ def test_drop_remove_refusals_and_a_message_of_files(
     thumbnail = page.locator(".msg.user").first.get_by_role("img", name="photo.png")
     expect(thumbnail).to_have_attribute("src", re.compile(r"^blob:"))
     assert thumbnail.evaluate("img => img.complete && img.naturalWidth") == 32
+
+    # A file attached but not sent goes from the server when the user starts a new chat.
+    attach_with_button(page, {"name": "draft.txt", "mimeType": "text/plain", "buffer": NOTES})
+    expect(chips(page)).to_have_count(1)
+    expect(chips(page).first).to_contain_text("B")
+    with page.expect_response(is_attachment_delete) as discarded:
+        page.locator("#new-chat").click()
+    assert discarded.value.status == 204
+    expect(chips(page)).to_have_count(0)
     page_log.assert_clean(REFUSED_LOG)
+
+
+def is_attachment_delete(response: Response) -> bool:
+    return response.request.method == "DELETE" and "/attachments/" in response.url

@@ -5,6 +5,7 @@ from __future__ import annotations
 from gemini_backend.core.errors import (
     AppError,
     BadRequest,
+    Conflict,
     NotFound,
     UnsupportedMediaType,
     ValidationFailed,
@@ -55,6 +56,14 @@ class MalformedUpload(BadRequest):
 class AttachmentAlreadySent(ValidationFailed):
     code = "attachment_already_sent"
     detail = "That attachment was already sent with another message; upload it again."
+
+
+class AttachmentInUse(Conflict):
+    code = "attachment_in_use"
+    detail = (
+        "That attachment was sent with a message: it stays with the message, and goes when its "
+        "chatroom or your account is deleted."
+    )
 
 
 class TooManyAttachments(ValidationFailed):

@@ -58,6 +58,16 @@ async def owned_stored(
     return found.scalar_one_or_none()
 
 
+async def delete_unsent(session: AsyncSession, row: Attachment) -> bool:
+    """Delete the stored attachment if no message has it yet (a send may be linking it)."""
+    done = await session.execute(
+        delete(Attachment).where(
+            Attachment.id == row.id, Attachment.message_id.is_(None), Attachment.state == STORED
+        )
+    )
+    return int(done.rowcount) == 1  # type: ignore[attr-defined]
+
+
 async def of_room(session: AsyncSession, room_id: int, ids: Sequence[int]) -> list[Attachment]:
     found = await session.execute(
         select(Attachment).where(Attachment.chatroom_id == room_id, Attachment.id.in_(ids))

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Annotated
 from urllib.parse import quote
 
-from fastapi import APIRouter, Path, Request, status
+from fastapi import APIRouter, Path, Request, Response, status
 from fastapi.responses import StreamingResponse
 
 from gemini_backend.attachments.errors import (
+    AttachmentInUse,
     AttachmentNotFound,
     AttachmentTooLarge,
     EmptyAttachment,
@@ -148,6 +149,30 @@ async def download_attachment(
             "Cache-Control": "private, no-store",
         },
     )
+
+
+@router.delete(
+    "/{chatroom_id}/attachments/{attachment_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Delete an attachment not sent yet",
+    description=(
+        "An upload no message has yet (the user removed it before sending): the file and its "
+        "bytes go. One sent with a message is 409: it goes with its chatroom or the account."
+    ),
+    responses={
+        **error_doc_for(("No such chatroom or attachment, or not yours", AttachmentNotFound)),
+        **error_doc_for(("The attachment was sent with a message", AttachmentInUse)),
+    },
+)
+async def delete_attachment(
+    request: Request,
+    user: CurrentUser,
+    chatroom_id: RoomId,
+    attachment_id: AttachmentId,
+    session: DbSession,
+) -> Response:
+    await _attachments(request).delete_unsent(session, user.id, chatroom_id, attachment_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 def content_disposition(filename: str) -> str:

@@ -21,6 +21,7 @@ from gemini_backend.attachments import repository as repo
 from gemini_backend.attachments.errors import (
     AttachmentAlreadySent,
     AttachmentGone,
+    AttachmentInUse,
     AttachmentNotFound,
     AttachmentTooLarge,
     EmptyAttachment,
@@ -324,6 +325,18 @@ class Attachments:
         )
 
     # --- deletion -------------------------------------------------------------------------------
+    async def delete_unsent(
+        self, session: AsyncSession, user_id: int, room_id: int, attachment_id: int
+    ) -> None:
+        """An upload the user changed their mind about (not sent with a message yet): its row
+        now, its bytes once this transaction commits. One a message has is 409."""
+        row = await repo.owned_stored(session, user_id, room_id, attachment_id)
+        if row is None:
+            raise AttachmentNotFound()
+        if row.message_id is not None or not await repo.delete_unsent(session, row):
+            raise AttachmentInUse()
+        await self.delete_later(session, [row.storage_key])
+
     async def delete_with_room(self, session: AsyncSession, room_id: int) -> None:
         """The room is being deleted in this transaction (its rows go by cascade): once that
         commits, the bytes go too."""

@@ -253,7 +253,7 @@ function newChat() {
 
 // The open room's pending files and fetched downloads belong to it alone.
 function leaveRoom() {
-  pending.clear();
+  pending.discard();
   files.release();
 }
 

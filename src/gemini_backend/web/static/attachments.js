@@ -44,7 +44,7 @@ export class PendingFiles {
   }
 
   async #upload(roomId, file) {
-    const item = { file, state: "uploading", progress: 0, attachment: null };
+    const item = { file, roomId, state: "uploading", progress: 0, attachment: null };
     this.items.push(item);
     this.render();
     try {
@@ -59,7 +59,8 @@ export class PendingFiles {
       if (this.roomId === roomId) this.onError(file, error);
       return;
     }
-    this.render();
+    if (item.removed) this.#deleteOnServer(item); // taken back while it was uploading
+    else this.render();
   }
 
   #drop(item) {
@@ -67,12 +68,32 @@ export class PendingFiles {
     this.render();
   }
 
-  // After a send, or when another room opens: the chips go (unsent files stay on the server
-  // until the room is deleted; the API has no route to delete one).
+  // The user took the file back: the upload goes from the server too (one still uploading, once
+  // it has arrived).
+  #remove(item) {
+    item.removed = true;
+    if (item.state === "done") this.#deleteOnServer(item);
+    this.#drop(item);
+  }
+
+  #deleteOnServer(item) {
+    // Best effort: a file left behind still goes with its room.
+    this.api
+      .request("DELETE", `/chatroom/${item.roomId}/attachments/${item.attachment.id}`)
+      .catch(() => {});
+  }
+
+  // After a send: the chips go, their files now the message's.
   clear(roomId = null) {
     this.items = [];
     this.roomId = roomId;
     this.render();
+  }
+
+  // When another room or a new chat opens: the files not sent are removed, from the server too.
+  discard() {
+    for (const item of this.items) this.#remove(item);
+    this.clear();
   }
 
   render() {
@@ -107,7 +128,7 @@ export class PendingFiles {
     remove.className = "icon";
     remove.textContent = "×";
     remove.setAttribute("aria-label", `Remove ${item.file.name}`);
-    remove.addEventListener("click", () => this.#drop(item));
+    remove.addEventListener("click", () => this.#remove(item));
     chip.append(remove);
     item.node = chip;
     return chip;
