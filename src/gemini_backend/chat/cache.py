@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -282,6 +282,17 @@ class ChatroomCache(NoticeFed):
             await self._publish(user_id)
         except _UNAVAILABLE as exc:
             log.warning("cache_invalidation_failed", user_id=user_id, error=type(exc).__name__)
+
+    async def rooms_changed(self, user_ids: Collection[int]) -> None:
+        """`room_changed` for each of `user_ids`, their notices in one round trip."""
+        if not user_ids:
+            return
+        for user_id in user_ids:
+            self.forget(user_id)
+        try:
+            await self._publish_many(user_ids)
+        except _UNAVAILABLE as exc:
+            log.warning("cache_invalidation_failed", users=len(user_ids), error=type(exc).__name__)
 
     def room_changed_notice(self, user_id: int) -> tuple[str, str] | None:
         """`room_changed`, with the notice to other processes left to the caller: a Pub/Sub

@@ -42,6 +42,7 @@ from gemini_backend.chat.repository import ReplyRoom
 from gemini_backend.chat.schemas import MessageOut
 from gemini_backend.chat.states import ReplyStatus, cancel_key
 from gemini_backend.config import Settings
+from gemini_backend.core.batching import GroupCommit
 from gemini_backend.core.cache import Cache
 from gemini_backend.core.clock import Clock
 from gemini_backend.core.metrics import (
@@ -58,6 +59,13 @@ from gemini_backend.users.tier import tier_for
 log = structlog.get_logger(__name__)
 
 CANCEL_POLL_SECONDS = 0.25
+# The most claims (and finishes) one statement writes: a worker's replies in flight that
+# reached the same step while the previous statement of that step was running.
+BATCH_MAX = 64
+
+# Redis commands added to a reply's final append, in its round trip (the job's
+# acknowledgement: core/queue.py); they get the pipeline.
+FinalCommands = Callable[[Any], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,9 +270,18 @@ class ReplyGenerator:
         self.chatrooms = chatrooms
         # How often a generating reply looks for a cancel request (a cache read).
         self.cancel_poll_seconds = CANCEL_POLL_SECONDS
+        # Claims and one-statement finishes of the replies in flight, written together when
+        # they meet (a lone one at once): one round trip for many replies under load.
+        self.claims: GroupCommit[int, int, tuple[repo.ClaimedReply, datetime] | None] = GroupCommit(
+            self._claim_batch, missing=None, max_batch=BATCH_MAX
+        )
+        self.finishes: GroupCommit[tuple[int, int], dict[str, Any], Any] = GroupCommit(
+            self._finish_batch, missing=None, max_batch=BATCH_MAX
+        )
 
     # --- the job --------------------------------------------------------------------------------
-    async def run(self, reply_id: int) -> None:
+    async def run(self, reply_id: int, final_commands: FinalCommands | None = None) -> None:
+        """`final_commands`: added to the final event's round trip (when there is one)."""
         claimed = await self._claim(reply_id)
         if claimed is None:
             log.info("reply_claim_skipped", reply_id=reply_id)
@@ -283,7 +300,7 @@ class ReplyGenerator:
         outcome = await self._generate(claim, conversation, serving)
         if titling is not None:
             await titling
-        await self._finish(claim, outcome, serving.provider.model)
+        await self._finish(claim, outcome, serving.provider.model, final_commands)
 
     async def _title(self, room_id: int, user_id: int, first_message: str) -> None:
         try:
@@ -306,14 +323,10 @@ class ReplyGenerator:
         this worker dies before it finishes, the reply stays `generating` without heartbeats and
         the sweeper queues it again after REPLY_STALE_SECONDS. On PostgreSQL the reads are part
         of that statement."""
-        now = self.clock.now()
-        async with self.autocommit_sessionmaker() as session:
-            claimed = await self.sql.claim_reply(
-                session, reply_id=reply_id, now=now, model=self.provider.model
-            )
-            await session.commit()
-        if claimed is None:
+        taken = await self.claims.submit(reply_id, reply_id)
+        if taken is None:
             return None
+        claimed, now = taken
         room, created_at = claimed.room, claimed.created_at
         claim = Claim(
             reply_id,
@@ -322,8 +335,6 @@ class ReplyGenerator:
             claimed.user_message_id,
             room.user_id if room else None,
         )
-        if claim.user_id is not None:
-            await self.chatrooms.room_changed(claim.user_id)  # the reply is `generating` now
         if claim.attempt == 1:
             JOB_LAG.observe(max(0.0, (now - created_at).total_seconds()))
         system_prompt = room.system_prompt if room else None
@@ -333,6 +344,32 @@ class ReplyGenerator:
             system_prompt, claimed.turns, files, serving.context_tokens
         )
         return claim, conversation, room, serving
+
+    async def _claim_batch(
+        self, reply_ids: Sequence[int]
+    ) -> dict[int, tuple[repo.ClaimedReply, datetime] | None]:
+        """The claims that met (GroupCommit): one statement, then one round trip of notices to
+        the rooms' owners' caches (the replies are `generating` now)."""
+        now = self.clock.now()
+        async with self.autocommit_sessionmaker() as session:
+            claimed = await self.sql.claim_replies(
+                session, reply_ids=reply_ids, now=now, model=self.provider.model
+            )
+            await session.commit()
+        await self.chatrooms.rooms_changed(
+            {c.room.user_id for c in claimed.values() if c.room is not None}
+        )
+        taken: dict[int, tuple[repo.ClaimedReply, datetime] | None] = {
+            reply_id: (found, now) for reply_id, found in claimed.items()
+        }
+        return taken
+
+    async def _finish_batch(self, finishes: Sequence[dict[str, Any]]) -> dict[tuple[int, int], Any]:
+        """The one-statement finishes that met (GroupCommit)."""
+        async with self.autocommit_sessionmaker() as session:
+            rows = await self.sql.finish_replies(session, finishes, self.clock.now())
+            await session.commit()
+        return rows
 
     def _serving(self, room: ReplyRoom | None, now: datetime) -> Serving:
         """The room's model and options as its owner's plan allows them now."""
@@ -475,15 +512,19 @@ class ReplyGenerator:
             )
             await session.commit()
 
-    async def _finish(self, claim: Claim, outcome: Outcome, model: str) -> None:
-        now = self.clock.now()
+    async def _finish(
+        self,
+        claim: Claim,
+        outcome: Outcome,
+        model: str,
+        final_commands: FinalCommands | None = None,
+    ) -> None:
         usage = outcome.usage or Usage()
         # A failed or blocked reply gives its quota slot back in the same transaction, and with
         # a token budget every reply settles its reservation in it; any other finish is one
-        # statement.
+        # statement, written with the other replies' that meet it.
         refund = outcome.status in {ReplyStatus.FAILED, ReplyStatus.BLOCKED}
         together = refund or self.quota.tokens_tracked
-        factory = self.sessionmaker if together else self.autocommit_sessionmaker
         params = {
             "reply_id": claim.reply_id,
             "attempt": claim.attempt,
@@ -497,21 +538,17 @@ class ReplyGenerator:
             "model": model,
             "cached": usage.cached_tokens,
             "parts": outcome.parts(),
-            "now": now,
         }
-        async with factory() as session:
-            reply = await repo.finish_reply(session, params)
-            if reply is None:
-                # Another attempt took over (this one was swept as stale): it owns the outcome.
-                log.warning("reply_finish_superseded", reply_id=claim.reply_id)
-                return
-            # (A reply exists only while its room does: the claim read the room's owner.)
-            if refund and reply.quota_day is not None and claim.user_id is not None:
-                await self.quota.release_daily_slot(session, claim.user_id, reply.quota_day)
-            await self.quota.settle_tokens(session, claim.reply_id, usage.total)
-            await session.commit()
-            siblings = repo.parse_sibling_list(reply.sibling_list, reply.id)
-            final = MessageOut.from_row(reply, siblings).model_dump_json()
+        if together:
+            reply = await self._finish_together(claim, params, refund, usage.total)
+        else:
+            reply = await self.finishes.submit((claim.reply_id, claim.attempt), params)
+        if reply is None:
+            # Another attempt took over (this one was swept as stale): it owns the outcome.
+            log.warning("reply_finish_superseded", reply_id=claim.reply_id)
+            return
+        siblings = repo.parse_sibling_list(reply.sibling_list, reply.id)
+        final = MessageOut.from_row(reply, siblings).model_dump_json()
         # Before the final event, in its round trip: a client that saw `done` and reads the room
         # sees it finished.
         notice = None
@@ -524,9 +561,26 @@ class ReplyGenerator:
             final,
             expire_seconds=self.settings.reply_stream_ttl_seconds,
             notices=(notice,) if notice is not None else (),
+            also=final_commands,
         )
         REPLIES.labels(outcome.status, outcome.error or "").inc()
         log.info("reply_finished", status=outcome.status, error=outcome.error)
+
+    async def _finish_together(
+        self, claim: Claim, params: dict[str, Any], refund: bool, tokens: int
+    ) -> Any:
+        """The finish in one transaction with the quota slot's refund and the token budget's
+        settlement: the reply's row, or None (taken over)."""
+        async with self.sessionmaker() as session:
+            reply = await repo.finish_reply(session, {**params, "now": self.clock.now()})
+            if reply is None:
+                return None
+            # (A reply exists only while its room does: the claim read the room's owner.)
+            if refund and reply.quota_day is not None and claim.user_id is not None:
+                await self.quota.release_daily_slot(session, claim.user_id, reply.quota_day)
+            await self.quota.settle_tokens(session, claim.reply_id, tokens)
+            await session.commit()
+            return reply
 
     # --- stuck replies (the sweeper loop is worker/runtime.py's) ----------------------------
     async def sweep(

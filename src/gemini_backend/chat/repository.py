@@ -806,10 +806,12 @@ _TURNS = (
     .where(_CONTEXT.c.status == ReplyStatus.COMPLETED)
     .order_by(_CONTEXT.c.id.desc())
 )
-# PostgreSQL: the claim, the room and the conversation in ONE statement (one round trip
-# instead of three). The conversation comes back as three arrays, newest first. The reads see
-# the rows as they were before the claim, which changes only the reply itself (never part of
-# its own conversation). The states and the limit are _CLAIM's and _CONTEXT's.
+# PostgreSQL: the claims of many replies (a worker's group commit, core/batching.py), each
+# with its room and conversation, in ONE statement (one round trip instead of three per reply).
+# A conversation comes back as three arrays, newest first. The reads see the rows as they were
+# before the claim, which changes only the replies themselves (never part of a conversation:
+# a reply is never an ancestor of another reply being claimed, which answers a user message).
+# The states and the limit are _CLAIM's and _CONTEXT's.
 _CLAIM_POSTGRESQL = text(
     """
     WITH RECURSIVE claimed AS (
@@ -819,20 +821,22 @@ _CLAIM_POSTGRESQL = text(
                 (SELECT r.model FROM chatrooms AS r WHERE r.id = messages.chatroom_id),
                 :model_name
             )
-        WHERE id = :reply_id AND status = :queued AND role = 'assistant'
-        RETURNING attempts, chatroom_id, reply_to, created_at, parent_id
+        WHERE id = ANY(:reply_ids) AND status = :queued AND role = 'assistant'
+        RETURNING id, attempts, chatroom_id, reply_to, created_at, parent_id
     ), context AS (
-        SELECT m.id, m.parent_id, 1 AS depth, m.role, m.content, m.status
+        SELECT claimed.id AS reply_id, m.id, m.parent_id, 1 AS depth, m.role, m.content,
+               m.status
         FROM messages AS m JOIN claimed ON m.id = claimed.parent_id
         WHERE m.chatroom_id = claimed.chatroom_id
         UNION ALL
-        SELECT m.id, m.parent_id, context.depth + 1, m.role, m.content, m.status
+        SELECT context.reply_id, m.id, m.parent_id, context.depth + 1, m.role, m.content,
+               m.status
         FROM messages AS m JOIN context ON m.id = context.parent_id
         WHERE context.depth < :max_turns
     )
-    SELECT claimed.attempts, claimed.chatroom_id, claimed.reply_to, claimed.created_at,
-           claimed.parent_id, room.id, room.user_id, room.system_prompt, room.auto_title,
-           room.model, room.temperature, room.thinking, room.grounding,
+    SELECT claimed.id, claimed.attempts, claimed.chatroom_id, claimed.reply_to,
+           claimed.created_at, claimed.parent_id, room.id, room.user_id, room.system_prompt,
+           room.auto_title, room.model, room.temperature, room.thinking, room.grounding,
            plan.status, plan.current_period_end,
            turns.ids, turns.roles, turns.contents,
            (SELECT json_agg(json_build_object(
@@ -841,16 +845,19 @@ _CLAIM_POSTGRESQL = text(
                        'storage_key', a.storage_key) ORDER BY a.id)
             FROM attachments AS a
             WHERE a.state = 'stored'
-              AND a.message_id IN (SELECT id FROM context WHERE status = :completed)
+              AND a.message_id IN (
+                  SELECT c.id FROM context AS c
+                  WHERE c.reply_id = claimed.id AND c.status = :completed
+              )
            ) AS attachments
     FROM claimed
     LEFT JOIN chatrooms AS room ON room.id = claimed.chatroom_id
     LEFT JOIN subscriptions AS plan ON plan.user_id = room.user_id
-    CROSS JOIN (
-        SELECT array_agg(id ORDER BY id DESC) AS ids,
-               array_agg(role ORDER BY id DESC) AS roles,
-               array_agg(content ORDER BY id DESC) AS contents
-        FROM context WHERE status = :completed
+    CROSS JOIN LATERAL (
+        SELECT array_agg(c.id ORDER BY c.id DESC) AS ids,
+               array_agg(c.role ORDER BY c.id DESC) AS roles,
+               array_agg(c.content ORDER BY c.id DESC) AS contents
+        FROM context AS c WHERE c.reply_id = claimed.id AND c.status = :completed
     ) AS turns
     """
 ).bindparams(
@@ -882,6 +889,63 @@ _FINISH = _THIS_ATTEMPT.values(
     completed_at=bindparam("now", type_=UTCDateTime()),
     updated_at=bindparam("now", type_=UTCDateTime()),
 ).returning(*_messages.c, SIBLINGS_OF_ROW.label("sibling_list"))
+# PostgreSQL: the finishes of many replies (a worker's group commit) in ONE statement, each
+# row as _FINISH writes it: one array per column, unnested in lockstep. The names are not
+# columns' (the arrays' elements are the `f_` columns of `finished`).
+_FINISHED = (
+    func.unnest(
+        sql_cast(bindparam("f_ids"), postgresql.ARRAY(BigIntId)),
+        sql_cast(bindparam("f_attempts"), postgresql.ARRAY(Integer)),
+        sql_cast(bindparam("f_statuses"), postgresql.ARRAY(Text)),
+        sql_cast(bindparam("f_texts"), postgresql.ARRAY(Text)),
+        sql_cast(bindparam("f_errors"), postgresql.ARRAY(Text)),
+        sql_cast(bindparam("f_reasons"), postgresql.ARRAY(Text)),
+        sql_cast(bindparam("f_prompts"), postgresql.ARRAY(Integer)),
+        sql_cast(bindparam("f_outputs"), postgresql.ARRAY(Integer)),
+        sql_cast(bindparam("f_thinkings"), postgresql.ARRAY(Integer)),
+        sql_cast(bindparam("f_models"), postgresql.ARRAY(Text)),
+        sql_cast(bindparam("f_cacheds"), postgresql.ARRAY(Integer)),
+        sql_cast(bindparam("f_parts"), postgresql.ARRAY(Text)),  # JSON text, or NULL
+    )
+    .table_valued(
+        "f_id",
+        "f_attempt",
+        "f_status",
+        "f_text",
+        "f_error",
+        "f_reason",
+        "f_prompt",
+        "f_output",
+        "f_thinking",
+        "f_model",
+        "f_cached",
+        "f_parts",
+    )
+    .render_derived(name="finished")
+)
+_FINISH_MANY = (
+    update(_messages)
+    .where(
+        _messages.c.id == _FINISHED.c.f_id,
+        _messages.c.status == ReplyStatus.GENERATING,
+        _messages.c.attempts == _FINISHED.c.f_attempt,
+    )
+    .values(
+        status=_FINISHED.c.f_status,
+        content=_FINISHED.c.f_text,
+        error=_FINISHED.c.f_error,
+        finish_reason=_FINISHED.c.f_reason,
+        prompt_tokens=_FINISHED.c.f_prompt,
+        output_tokens=_FINISHED.c.f_output,
+        thinking_tokens=_FINISHED.c.f_thinking,
+        model=_FINISHED.c.f_model,
+        cached_tokens=_FINISHED.c.f_cached,
+        parts=sql_cast(_FINISHED.c.f_parts, JSON),
+        completed_at=bindparam("now", type_=UTCDateTime()),
+        updated_at=bindparam("now", type_=UTCDateTime()),
+    )
+    .returning(*_messages.c, SIBLINGS_OF_ROW.label("sibling_list"))
+)
 _TITLE = (
     update(_rooms)
     .where(_rooms.c.id == bindparam("room_id"), _rooms.c.auto_title.is_(True))
@@ -930,19 +994,19 @@ class ClaimedReply:
     attachments: list[dict[str, Any]] = field(default_factory=list)
 
 
-async def _claim_reply_postgresql(
-    session: AsyncSession, *, reply_id: int, now: datetime, model: str
-) -> ClaimedReply | None:
-    """ChatStatements.claim_reply on PostgreSQL: the claim and the reads in one statement."""
-    params = {"reply_id": reply_id, "now": now, "model_name": model}
-    row = (await session.execute(_CLAIM_POSTGRESQL, params)).one_or_none()
-    if row is None:
-        return None
-    room = ReplyRoom(*row[5:15]) if row[5] is not None else None
-    turns = list(zip(row[15] or (), row[16] or (), row[17] or (), strict=True))
-    found = row[18]
-    attachments = (json.loads(found) if isinstance(found, str) else found) or []
-    return ClaimedReply(row[0], row[1], row[2], row[3], room, turns, attachments)
+async def _claim_replies_postgresql(
+    session: AsyncSession, *, reply_ids: Sequence[int], now: datetime, model: str
+) -> dict[int, ClaimedReply]:
+    """ChatStatements.claim_replies on PostgreSQL: the claims and the reads in one statement."""
+    params = {"reply_ids": list(reply_ids), "now": now, "model_name": model}
+    claimed: dict[int, ClaimedReply] = {}
+    for row in await session.execute(_CLAIM_POSTGRESQL, params):
+        room = ReplyRoom(*row[6:16]) if row[6] is not None else None
+        turns = list(zip(row[16] or (), row[17] or (), row[18] or (), strict=True))
+        found = row[19]
+        attachments = (json.loads(found) if isinstance(found, str) else found) or []
+        claimed[row[0]] = ClaimedReply(row[1], row[2], row[3], row[4], room, turns, attachments)
+    return claimed
 
 
 async def _claim_reply_sqlite(
@@ -965,6 +1029,18 @@ async def _claim_reply_sqlite(
     return ClaimedReply(attempts, room_id, user_message_id, created_at, room, turns, attachments)
 
 
+async def _claim_replies_sqlite(
+    session: AsyncSession, *, reply_ids: Sequence[int], now: datetime, model: str
+) -> dict[int, ClaimedReply]:
+    """ChatStatements.claim_replies on SQLite (one writer): each claimed on its own."""
+    claimed: dict[int, ClaimedReply] = {}
+    for reply_id in reply_ids:
+        found = await _claim_reply_sqlite(session, reply_id=reply_id, now=now, model=model)
+        if found is not None:
+            claimed[reply_id] = found
+    return claimed
+
+
 async def heartbeat_reply(
     session: AsyncSession, *, reply_id: int, attempt: int, now: datetime
 ) -> None:
@@ -976,6 +1052,42 @@ async def finish_reply(session: AsyncSession, params: dict[str, Any]) -> Row[Any
     attempt took over). `params`: reply_id, attempt, new_status, text, error_code, reason,
     prompt, output, thinking, model (the one that answered), cached, parts, now."""
     return (await session.execute(_FINISH, params)).one_or_none()
+
+
+async def _finish_replies_postgresql(
+    session: AsyncSession, finishes: Sequence[dict[str, Any]], now: datetime
+) -> dict[tuple[int, int], Row[Any]]:
+    """ChatStatements.finish_replies on PostgreSQL: one statement for them all."""
+    params = {
+        "f_ids": [f["reply_id"] for f in finishes],
+        "f_attempts": [f["attempt"] for f in finishes],
+        "f_statuses": [str(f["new_status"]) for f in finishes],
+        "f_texts": [f["text"] for f in finishes],
+        "f_errors": [f["error_code"] for f in finishes],
+        "f_reasons": [f["reason"] for f in finishes],
+        "f_prompts": [f["prompt"] for f in finishes],
+        "f_outputs": [f["output"] for f in finishes],
+        "f_thinkings": [f["thinking"] for f in finishes],
+        "f_models": [f["model"] for f in finishes],
+        "f_cacheds": [f["cached"] for f in finishes],
+        "f_parts": [None if f["parts"] is None else json.dumps(f["parts"]) for f in finishes],
+        "now": now,
+    }
+    rows = await session.execute(_FINISH_MANY, params)
+    return {(row.id, row.attempts): row for row in rows}
+
+
+async def _finish_replies_sqlite(
+    session: AsyncSession, finishes: Sequence[dict[str, Any]], now: datetime
+) -> dict[tuple[int, int], Row[Any]]:
+    """ChatStatements.finish_replies on SQLite (one writer: nothing to gain from one
+    statement): each its own _FINISH."""
+    done: dict[tuple[int, int], Row[Any]] = {}
+    for finish in finishes:
+        row = await finish_reply(session, {**finish, "now": now})
+        if row is not None:
+            done[(row.id, row.attempts)] = row
+    return done
 
 
 async def set_auto_title(session: AsyncSession, room_id: int, title: str) -> bool:
@@ -1037,12 +1149,21 @@ class InsertExchange(Protocol):
         refusal."""
 
 
-class ClaimReply(Protocol):
+class ClaimReplies(Protocol):
     async def __call__(
-        self, session: AsyncSession, *, reply_id: int, now: datetime, model: str
-    ) -> ClaimedReply | None:
-        """Take a queued reply (None: nothing to take) and read its room and conversation, in
-        an autocommit session: the claim is committed on its own before the reads."""
+        self, session: AsyncSession, *, reply_ids: Sequence[int], now: datetime, model: str
+    ) -> dict[int, ClaimedReply]:
+        """Take the queued replies among `reply_ids` (those not queued are left out) and read
+        each one's room and conversation, in an autocommit session: the claims are committed
+        before the reads (on PostgreSQL, in the same statement)."""
+
+
+class FinishReplies(Protocol):
+    async def __call__(
+        self, session: AsyncSession, finishes: Sequence[dict[str, Any]], now: datetime
+    ) -> dict[tuple[int, int], Row[Any]]:
+        """finish_reply for each of `finishes` (its params without `now`), in an autocommit
+        session: the rows written, by (reply id, attempt); an attempt taken over is left out."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -1051,7 +1172,8 @@ class ChatStatements:
     code never asks which database it runs on."""
 
     insert_exchange: InsertExchange
-    claim_reply: ClaimReply
+    claim_replies: ClaimReplies
+    finish_replies: FinishReplies
     claim_key: Any  # the idempotency key's INSERT ... ON CONFLICT DO NOTHING RETURNING id
     # PostgreSQL: a send without a key is ONE statement on a Core connection
     # (`send_to_owned_room`); SQLite runs it in a session like any other send.
@@ -1060,13 +1182,15 @@ class ChatStatements:
 
 POSTGRESQL = ChatStatements(
     insert_exchange=_insert_exchange_postgresql,
-    claim_reply=_claim_reply_postgresql,
+    claim_replies=_claim_replies_postgresql,
+    finish_replies=_finish_replies_postgresql,
     claim_key=_claim_key(postgresql.insert),
     one_statement_send=True,
 )
 SQLITE = ChatStatements(
     insert_exchange=_insert_exchange_sqlite,
-    claim_reply=_claim_reply_sqlite,
+    claim_replies=_claim_replies_sqlite,
+    finish_replies=_finish_replies_sqlite,
     claim_key=_claim_key(sqlite.insert),
     one_statement_send=False,
 )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Iterable
 from typing import Protocol
 
 import structlog
@@ -64,6 +65,13 @@ class InvalidationFeed:
 
     async def publish(self, user_id: int) -> None:
         await self._redis.publish(*self.notice(user_id))
+
+    async def publish_many(self, user_ids: Iterable[int]) -> None:
+        """`publish` for each, in one round trip."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for user_id in user_ids:
+                pipe.publish(*self.notice(user_id))
+            await pipe.execute()
 
     async def wait_subscribed(self, more_than: int = 0) -> None:
         """Until the channel is subscribed for the (more_than + 1)th time (readiness, tests)."""
@@ -155,6 +163,10 @@ class NoticeFed:
     async def _publish(self, user_id: int) -> None:
         if self._feed is not None:
             await self._feed.publish(user_id)
+
+    async def _publish_many(self, user_ids: Iterable[int]) -> None:
+        if self._feed is not None:
+            await self._feed.publish_many(user_ids)
 
     def _notice(self, user_id: int) -> tuple[str, str] | None:
         """The notice `_publish` sends, for a caller to send with its own Redis commands."""

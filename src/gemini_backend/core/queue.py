@@ -76,17 +76,7 @@ class ResilientRedisStreamBroker(RedisStreamBroker):
         )
 
     def _ack_generator(self, id: str, queue_name: str) -> Callable[[], Awaitable[None]]:
-        async def _ack() -> None:
-            # Acknowledged and deleted in one round trip: the stream holds only the jobs not
-            # yet done. The stock broker only acknowledges, and with no length limit (a limit
-            # would drop jobs not yet read under a backlog) the stream grew by every job ever
-            # queued, for as long as Redis kept it.
-            async with self._redis().pipeline(transaction=False) as pipe:
-                pipe.xack(queue_name, self.consumer_group_name, id)
-                pipe.xdel(queue_name, id)
-                await pipe.execute()
-
-        return _ack
+        return JobAck(self, queue_name, id)
 
     async def _read_jobs(self) -> AsyncGenerator[AckableMessage, None]:
         """The stock listener's reads, with its reclaim of jobs left unacknowledged by a dead
@@ -173,6 +163,48 @@ class ResilientRedisStreamBroker(RedisStreamBroker):
                 except (RedisConnectionError, RedisTimeoutError, OSError):
                     continue
                 log.info("queue_reconnected")
+
+
+class JobAck:
+    """A job's acknowledgement: acknowledged and deleted in one round trip, so the stream holds
+    only the jobs not yet done (the stock broker only acknowledges, and with no length limit,
+    which would drop jobs not yet read under a backlog, the stream grew by every job ever
+    queued). The job may send it first in a round trip of its own (`into`): the receiver's
+    call afterwards then costs nothing."""
+
+    __slots__ = ("_broker", "_id", "_queue_name", "_sent")
+
+    def __init__(self, broker: ResilientRedisStreamBroker, queue_name: Any, id: Any) -> None:
+        self._broker = broker
+        self._queue_name = queue_name
+        self._id = id
+        self._sent = False
+
+    def into(self, pipe: Pipeline) -> None:
+        """Add the acknowledgement to `pipe`; call `sent` once it executed."""
+        pipe.xack(self._queue_name, self._broker.consumer_group_name, self._id)
+        pipe.xdel(self._queue_name, self._id)
+
+    def sent(self) -> None:
+        self._sent = True
+
+    async def __call__(self) -> None:
+        if self._sent:
+            return
+        async with self._broker._redis().pipeline(transaction=False) as pipe:
+            self.into(pipe)
+            await pipe.execute()
+        self._sent = True
+
+
+def job_ack(context: Any) -> JobAck | None:
+    """The acknowledgement of the job a taskiq `Context` belongs to, when it is a JobAck (None
+    otherwise: the receiver acknowledges it as usual). taskiq keeps the message's
+    acknowledgement in its private AckController; read defensively, so that a taskiq that
+    moved it costs the round trip saved, never a job left unacknowledged."""
+    controller = getattr(context, "_ack_controller", None)
+    ack = getattr(controller, "_ack", None)
+    return ack if isinstance(ack, JobAck) else None
 
 
 async def _cancellable(

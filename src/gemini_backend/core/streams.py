@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -39,10 +39,12 @@ class ReplyStream(Protocol):
         *,
         expire_seconds: int | None = None,
         notices: Sequence[tuple[str, str]] = (),
+        also: Callable[[Any], None] | None = None,
     ) -> str:
         """Add an event; `expire_seconds` (with the final event) also sets the stream's expiry,
         and `notices`, Pub/Sub (channel, message) pairs, are published before the event, all in
-        the same round trip (an in-process stream has no other process to tell)."""
+        the same round trip (an in-process stream has no other process to tell); `also` adds
+        its own commands to that round trip's pipeline, after the event (Redis only)."""
         ...
 
     async def read(self, reply_id: int, after: str | None, block_ms: int) -> list[StreamEvent]:
@@ -89,6 +91,7 @@ class MemoryReplyStream:
         *,
         expire_seconds: int | None = None,
         notices: Sequence[tuple[str, str]] = (),
+        also: Callable[[Any], None] | None = None,
     ) -> str:
         buffer = self._buffer(reply_id, create=True)
         assert buffer is not None
@@ -168,6 +171,7 @@ class RedisReplyStream:
         *,
         expire_seconds: int | None = None,
         notices: Sequence[tuple[str, str]] = (),
+        also: Callable[[Any], None] | None = None,
     ) -> str:
         key = self._key(reply_id)
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -177,6 +181,8 @@ class RedisReplyStream:
             if expire_seconds is not None:
                 pipe.expire(key, expire_seconds)
             pipe.publish(self._channel(reply_id), b"1")
+            if also is not None:
+                also(pipe)
             results = await pipe.execute()
         return as_text(results[len(notices)])
 

@@ -17,12 +17,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from taskiq import AsyncBroker, InMemoryBroker
+from taskiq import AsyncBroker, Context, InMemoryBroker, TaskiqDepends
 from taskiq.decor import AsyncTaskiqDecoratedTask
 
 from gemini_backend.chat.generation import ReplyGenerator
 from gemini_backend.config import Settings
-from gemini_backend.core.queue import GENERATE_REPLY, ResilientRedisStreamBroker
+from gemini_backend.core.queue import GENERATE_REPLY, ResilientRedisStreamBroker, job_ack
 from gemini_backend.core.tasks import cancel_and_wait
 from gemini_backend.worker.housekeeping import Housekeeping
 
@@ -53,8 +53,24 @@ class ReplyPipeline:
         self._sweeper: asyncio.Task[None] | None = None
         self._stop_sweeping = asyncio.Event()
 
-        async def generate_reply(reply_id: int) -> None:
-            await generator.run(reply_id)
+        async def generate_reply(reply_id: int, context: Context = TaskiqDepends()) -> None:
+            # The job's acknowledgement goes with the reply's final event, in its round trip;
+            # the receiver's own acknowledgement after the job is then a no-op. A reply that
+            # ends without a final event (nothing to claim, taken over) is acknowledged by the
+            # receiver as before. Either way after the reply's outcome is committed.
+            ack = job_ack(context)
+            if ack is None:
+                await generator.run(reply_id)
+                return
+
+            def final_commands(pipe: Any) -> None:
+                ack.into(pipe)
+                sent.append(True)
+
+            sent: list[bool] = []
+            await generator.run(reply_id, final_commands)
+            if sent:
+                ack.sent()  # the final append executed (it raises otherwise)
 
         self._task: AsyncTaskiqDecoratedTask[[int], Any] = broker.register_task(
             generate_reply,
