@@ -36,7 +36,7 @@ import asyncpg
 import httpx
 import redis
 
-from bench import lean, report
+from bench import lean, report, slo
 from bench.api import Api, User, bounded, number
 from bench.load import LoadGenerator, LoadResult, Req, ensure_wrk, percentile
 from bench.procs import (
@@ -59,7 +59,7 @@ from bench.streams import close_streams, open_streams
 
 HERE = Path(__file__).resolve().parent
 PYSPY_VENV = Path("/tmp/pyspy")  # py-spy lives outside the project venv
-PHASES = ("bare", "pgbench", "production", "streams", "sweep", "pipeline", "embedded")
+PHASES = ("bare", "pgbench", "production", "streams", "sweep", "pipeline", "slo", "embedded")
 USER_BASE = 9_000_000_000  # +919000000000...: the users of the run
 OTP_BASE = 8_000_000_000  # +918000000000...: fresh numbers for the verify-otp pool
 EXTRA_BASE = 7_000_000_000
@@ -977,6 +977,11 @@ def phase_pipeline(run: Run, stack: Stack, users: list[User], api_workers: int) 
         proc.stop()
 
 
+def phase_slo(run: Run, stack: Stack, users: list[User], api_workers: int) -> None:
+    """Time to first token as an open-loop SLO (bench/slo.py): the capacity at p95 < 50 ms."""
+    run.results["ttft_slo"] = slo.run_on(run, stack, users, api_workers)
+
+
 def ttft_level(
     run: Run,
     base_url: str,
@@ -1161,6 +1166,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--ttft-think", type=floats, default=[1.0, 3.0], help="the pause: low,high seconds"
     )
     p.add_argument("--ttft-samples", type=int, default=500, help="messages per TTFT level (about)")
+    slo.add_arguments(p, prefix="slo-")
     p.add_argument("--sweep", type=ints, default=[1, 2, 4])
     p.add_argument("--pgbench-seconds", type=int, default=20)
     p.add_argument("--pgbench-clients", type=int, default=4)
@@ -1238,6 +1244,7 @@ def main(argv: list[str] | None = None) -> int:
             stack.stop_workers()
             chosen = phase("sweep", lambda: phase_sweep(run, stack, users)) or 1
             phase("pipeline", lambda: phase_pipeline(run, stack, users, chosen))
+            phase("slo", lambda: phase_slo(run, stack, users, chosen))
         stack.stop_workers()
         run.cleanup.stop_all()
         phase("embedded", lambda: phase_embedded(run))
