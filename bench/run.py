@@ -296,7 +296,9 @@ class Stack:
         if migrate.returncode != 0:
             raise RuntimeError(f"migrate failed:\n{migrate.stdout}\n{migrate.stderr}")
 
-    def api(self, *, workers: int = 1, name: str = "api", **extra: str) -> tuple[Proc, str]:
+    def api(
+        self, *, workers: int = 1, name: str = "api", ready_timeout: float = 60.0, **extra: str
+    ) -> tuple[Proc, str]:
         port = free_port()
         self.counter += 1
         proc = self.run.proc(
@@ -305,7 +307,7 @@ class Stack:
             self.env(**extra),
         )
         base_url = f"http://127.0.0.1:{port}"
-        proc.wait_http(f"{base_url}/health")
+        proc.wait_http(f"{base_url}/health", ready_timeout)
         if workers > 1:  # every process of the group is up, not just the first
             deadline = time.monotonic() + 30
             while len(proc.children()) < workers and time.monotonic() < deadline:

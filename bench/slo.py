@@ -263,14 +263,19 @@ class ProcessCpu:
         }
         self.began = time.perf_counter()
         self.start = self._now()
+        self.start_waits = self._waits()
         self.machine_start = _machine()
 
     def _now(self) -> dict[str, dict[int, float]]:
         return {g: {p: sum(cpu_times([p])) for p in pids()} for g, pids in self.groups.items()}
 
+    def _waits(self) -> dict[str, dict[int, float]]:
+        return {g: {p: run_queue_wait(p) for p in pids()} for g, pids in self.groups.items()}
+
     def stop(self, messages: int) -> dict[str, Any]:
         wall = time.perf_counter() - self.began
         end = self._now()
+        end_waits = self._waits()
         total_a, idle_a = self.machine_start
         total_b, idle_b = _machine()
         out: dict[str, Any] = {"wall_seconds": round(wall, 2)}
@@ -283,12 +288,35 @@ class ProcessCpu:
             per_message[group] = round(seconds * 1000 / messages, 3) if messages else None
             cores[group] = round(seconds / wall, 3)
             busiest[group] = round(max(spent.values(), default=0.0) / wall, 3)
+        # Time the part's threads were ready to run but waited for a CPU (schedstat): on a
+        # machine shared with other work, most of a message's latency at low rates.
+        waited: dict[str, float | None] = {}
+        for group, pids in end_waits.items():
+            seconds = sum(v - self.start_waits[group].get(p, 0.0) for p, v in pids.items())
+            waited[group] = round(seconds * 1000 / messages, 3) if messages else None
+        out["run_queue_wait_ms_per_message"] = waited
         out["cpu_ms_per_message"] = per_message
         out["cores_used"] = cores  # CPU seconds per second of the whole part
         out["busiest_process_cores"] = busiest  # the part's busiest single process
         spent_all = total_b - total_a
         out["machine_busy"] = round(1 - (idle_b - idle_a) / spent_all, 3) if spent_all else None
         return out
+
+
+def run_queue_wait(pid: int) -> float:
+    """Seconds the threads of a process have waited on a run queue (/proc/<pid>/task/*/schedstat:
+    time on a CPU, time waiting for one, timeslices)."""
+    total = 0
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return 0.0
+    for task in tasks:
+        try:
+            total += int((task / "schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / 1e9
 
 
 def _machine() -> tuple[int, int]:
@@ -359,7 +387,8 @@ def describe(entry: dict[str, Any]) -> str:
         f"rate {entry['rate']:g}/s: TTFT p50 {entry['p50']} p95 {entry['p95']} p99 {entry['p99']}"
         f" ms, {entry['ok']} ok {entry['failed']} failed {entry['failure_reasons'] or ''}; p95 "
         f"parts lag {parts['lag']} send {parts['send']} open {parts['open']} first "
-        f"{parts['first']}; cores {entry['cores_used']}; busiest "
+        f"{parts['first']}; cores {entry['cores_used']}; waited for a CPU ms/msg "
+        f"{entry['run_queue_wait_ms_per_message']}; busiest "
         f"{entry['busiest_process_cores']}; load {entry['load_1min']}"
         f" -> {'met' if entry['met'] else 'MISSED'}"
     )
@@ -495,7 +524,8 @@ def run_on(run: Any, stack: Any, users: list[User], api_procs: int) -> dict[str,
     extra = {"DEMO_CHUNK_DELAY_MS": str(args.chunk_delay_ms)}
     stack.stop_workers()
     stack.start_workers(args.slo_worker_procs, **extra)
-    proc, base_url = stack.api(workers=api_procs, name="api-slo", **extra)
+    # Start-up on a loaded machine has taken over a minute (issue 22's cold start).
+    proc, base_url = stack.api(workers=api_procs, name="api-slo", ready_timeout=240, **extra)
     try:
         found = search_capacity(
             log,
@@ -551,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.src:
             stack.base_env["PYTHONPATH"] = args.src
         stack.create()
-        setup_proc, base_url = stack.api(name="api-setup")
+        setup_proc, base_url = stack.api(name="api-setup", ready_timeout=240)
         users = asyncio.run(setup_users(base_url, args, args.users, 0))
         setup_proc.stop()
         found = run_on(run, stack, users, args.api_procs)
@@ -582,8 +612,9 @@ def table_lines(found: dict[str, Any]) -> list[str]:
     lines = [
         "| msgs/s | TTFT p50 ms | p95 ms | p99 ms | failed | p95 parts ms: lag / send / open / "
         "first delta | CPU ms per message: API / workers / PostgreSQL / Redis / client | "
+        "waited for a CPU, ms per message: API / workers / PostgreSQL | "
         "busiest process, share of a core: API / worker | machine busy | load 1 min | SLO |",
-        "| ---: | ---: | ---: | ---: | ---: | --- | --- | --- | ---: | --- | --- |",
+        "| ---: | ---: | ---: | ---: | ---: | --- | --- | --- | --- | ---: | --- | --- |",
     ]
 
     def f(v: Any) -> str:
@@ -593,11 +624,14 @@ def table_lines(found: dict[str, Any]) -> list[str]:
         parts = s["parts_p95_ms"]
         cpu = s["cpu_ms_per_message"]
         busiest = s["busiest_process_cores"]
+        waits = s.get("run_queue_wait_ms_per_message") or {}
         lines.append(
             f"| {s['rate']:g} | {f(s['p50'])} | {f(s['p95'])} | {f(s['p99'])} | {s['failed']} | "
             + " / ".join(f(parts[k]) for k in ("lag", "send", "open", "first"))
             + " | "
             + " / ".join(f(cpu[k]) for k in ("api", "workers", "postgres", "redis", "client"))
+            + " | "
+            + " / ".join(f(waits.get(k)) for k in ("api", "workers", "postgres"))
             + f" | {busiest['api']:.0%} / {busiest['workers']:.0%} | "
             f"{(s['machine_busy'] or 0):.0%} | {s['load_1min'][0]:.1f}-{s['load_1min'][1]:.1f} | "
             f"{'met' if s['met'] else 'missed'} |"
