@@ -17,7 +17,7 @@ help:
 	@echo "make postman run the Postman collection with newman against a fresh throwaway server"
 	@echo "make soak    the long reliability runs (GB_SOAK=1), both modes"
 	@echo "make vendor-web  fetch the web client's pinned browser code (npm), record it in VERSIONS"
-	@echo "make bench   benchmarks (one run, < 15 min): throughput, latency, SSE streams, replies; see bench/README.md"
+	@echo "make bench   benchmarks (one run, < 20 min): throughput, latency, SSE streams, replies, the TTFT SLO; see bench/README.md"
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'

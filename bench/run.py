@@ -36,7 +36,7 @@ import asyncpg
 import httpx
 import redis
 
-from bench import lean, report
+from bench import lean, report, slo
 from bench.api import Api, User, bounded, number
 from bench.load import LoadGenerator, LoadResult, Req, ensure_wrk, percentile
 from bench.procs import (
@@ -59,7 +59,7 @@ from bench.streams import close_streams, open_streams
 
 HERE = Path(__file__).resolve().parent
 PYSPY_VENV = Path("/tmp/pyspy")  # py-spy lives outside the project venv
-PHASES = ("bare", "pgbench", "production", "streams", "sweep", "pipeline", "embedded")
+PHASES = ("bare", "pgbench", "production", "streams", "sweep", "pipeline", "slo", "embedded")
 USER_BASE = 9_000_000_000  # +919000000000...: the users of the run
 OTP_BASE = 8_000_000_000  # +918000000000...: fresh numbers for the verify-otp pool
 EXTRA_BASE = 7_000_000_000
@@ -296,7 +296,9 @@ class Stack:
         if migrate.returncode != 0:
             raise RuntimeError(f"migrate failed:\n{migrate.stdout}\n{migrate.stderr}")
 
-    def api(self, *, workers: int = 1, name: str = "api", **extra: str) -> tuple[Proc, str]:
+    def api(
+        self, *, workers: int = 1, name: str = "api", ready_timeout: float = 60.0, **extra: str
+    ) -> tuple[Proc, str]:
         port = free_port()
         self.counter += 1
         proc = self.run.proc(
@@ -305,7 +307,7 @@ class Stack:
             self.env(**extra),
         )
         base_url = f"http://127.0.0.1:{port}"
-        proc.wait_http(f"{base_url}/health")
+        proc.wait_http(f"{base_url}/health", ready_timeout)
         if workers > 1:  # every process of the group is up, not just the first
             deadline = time.monotonic() + 30
             while len(proc.children()) < workers and time.monotonic() < deadline:
@@ -977,6 +979,11 @@ def phase_pipeline(run: Run, stack: Stack, users: list[User], api_workers: int) 
         proc.stop()
 
 
+def phase_slo(run: Run, stack: Stack, users: list[User], api_workers: int) -> None:
+    """Time to first token as an open-loop SLO (bench/slo.py): the capacity at p95 < 50 ms."""
+    run.results["ttft_slo"] = slo.run_on(run, stack, users, api_workers)
+
+
 def ttft_level(
     run: Run,
     base_url: str,
@@ -1161,6 +1168,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--ttft-think", type=floats, default=[1.0, 3.0], help="the pause: low,high seconds"
     )
     p.add_argument("--ttft-samples", type=int, default=500, help="messages per TTFT level (about)")
+    slo.add_arguments(p, prefix="slo-")
     p.add_argument("--sweep", type=ints, default=[1, 2, 4])
     p.add_argument("--pgbench-seconds", type=int, default=20)
     p.add_argument("--pgbench-clients", type=int, default=4)
@@ -1238,6 +1246,7 @@ def main(argv: list[str] | None = None) -> int:
             stack.stop_workers()
             chosen = phase("sweep", lambda: phase_sweep(run, stack, users)) or 1
             phase("pipeline", lambda: phase_pipeline(run, stack, users, chosen))
+            phase("slo", lambda: phase_slo(run, stack, users, chosen))
         stack.stop_workers()
         run.cleanup.stop_all()
         phase("embedded", lambda: phase_embedded(run))
