@@ -309,7 +309,11 @@ class ReplyGenerator:
         now = self.clock.now()
         async with self.autocommit_sessionmaker() as session:
             claimed = await self.sql.claim_reply(
-                session, reply_id=reply_id, now=now, model=self.provider.model
+                session,
+                reply_id=reply_id,
+                now=now,
+                model=self.provider.model,
+                context_tokens=self.settings.context_max_tokens,
             )
             await session.commit()
         if claimed is None:

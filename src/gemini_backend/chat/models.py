@@ -114,8 +114,15 @@ class Message(Base):
             postgresql_where=_HAS_QUOTA_DAY,
             sqlite_where=_HAS_QUOTA_DAY,
         ),
-        # The sweeper's scan for replies stuck in queued/generating.
-        Index("ix_messages_status_updated", "status", "updated_at"),
+        # The replies in progress by id: the claim, heartbeat and finish of one reply, and the
+        # sweeper's scan (migration 0016). Its predicate is theirs, so PostgreSQL does not
+        # read the whole of uq_messages_live_reply to find one row of a backlog instead.
+        Index(
+            "ix_messages_in_progress",
+            "id",
+            postgresql_where=_IN_PROGRESS,
+            sqlite_where=_IN_PROGRESS,
+        ),
         # At most one reply in progress per user message: of concurrent retries, the database
         # lets one insert through (sending.py turns the others into 409 reply_in_progress).
         Index(
