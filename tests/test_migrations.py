@@ -626,5 +626,13 @@ def test_0016_finds_a_reply_of_a_backlog_by_id(fresh_settings):
             await engine.dispose()
 
     names = asyncio.run(indexes())
-    assert "ix_messages_in_progress" in names
+    assert {"ix_messages_in_progress", "ix_messages_reply_to"} <= names
     assert "ix_messages_status_updated" not in names
+    # The lookup of a deleted message's replies (its foreign key's ON DELETE SET NULL).
+    answers = "UPDATE messages SET reply_to = NULL WHERE reply_to = 1999"
+    plan = _plan(fresh_settings, [], [], answers)
+    if isinstance(plan, str):
+        assert "ix_messages_reply_to" in plan, plan
+    else:
+        scans = {n.get("Index Name") for n in _nodes(plan["Plan"])}
+        assert "ix_messages_reply_to" in scans, plan

@@ -26,6 +26,7 @@ DEFAULT_ROOM_NAME = "New chat"
 # The states of a reply still to finish (chat.states.ACTIVE_STATES), as SQL.
 _IN_PROGRESS = text(f"status IN ('{ReplyStatus.QUEUED}', '{ReplyStatus.GENERATING}')")
 _HAS_QUOTA_DAY = text("quota_day IS NOT NULL")
+_ANSWERS = text("reply_to IS NOT NULL")
 LIVE_REPLY_INDEX = "uq_messages_live_reply"
 
 
@@ -123,6 +124,9 @@ class Message(Base):
             postgresql_where=_IN_PROGRESS,
             sqlite_where=_IN_PROGRESS,
         ),
+        # The replies to a message: its foreign key's ON DELETE SET NULL finds them when a room
+        # or an account is deleted (without it, a scan of the table per deleted message).
+        Index("ix_messages_reply_to", "reply_to", postgresql_where=_ANSWERS, sqlite_where=_ANSWERS),
         # At most one reply in progress per user message: of concurrent retries, the database
         # lets one insert through (sending.py turns the others into 409 reply_in_progress).
         Index(
