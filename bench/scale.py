@@ -381,8 +381,11 @@ def summarise(plan: dict[str, Any]) -> dict[str, Any]:
     # A CTE's or a subplan's buffers are in its own node; the top node sums its children.
     seq = sorted({n.get("Relation Name", "?") for n in nodes if n["Node Type"] == "Seq Scan"})
     indexes = sorted({n["Index Name"] for n in nodes if "Index Name" in n})
+    triggers = plan.get("Triggers", ())
     return {
         "ms": round(plan.get("Execution Time", 0.0), 3),
+        # The foreign keys' actions (a delete's cascades): their time is not in the nodes'.
+        "trigger_ms": round(sum(t.get("Time", 0.0) for t in triggers), 3),
         "buffers": buffers,
         "seq_scans": seq,
         "indexes": indexes,
@@ -463,12 +466,14 @@ def measure_side(
     asyncio.run(_warm(base_url, users[1]))
     stack.wait_replies_idle(120)
     found_drains = asyncio.run(drains(pg, url, base_url, users[0], worker.pid, args))
+    small = asyncio.run(_one_exchange(base_url, users[0]))  # the room deleted under EXPLAIN
+    stack.wait_replies_idle(120)
     stack.stop_workers()
     api_proc.stop()
     deep = found_drains[str(max(args.queued))]["deep_room"]
     filled_room = filled["rooms"] // 2 + 1
     scenarios = {
-        "deep room": {"user_id": users[0].user_id, "room_id": deep},
+        "deep room": {"user_id": users[0].user_id, "room_id": deep, "delete_room_id": small},
         "filled room": {
             "user_id": asyncio.run(_room_owner(url, filled_room)),
             "room_id": filled_room,
@@ -481,10 +486,20 @@ def measure_side(
             flag = f"  !! Seq Scan on {', '.join(s['seq_scans'])}" if s["seq_scans"] else ""
             log(
                 f"    {name:12s} {statement['label']:28s} {s['ms']:9.3f} ms "
-                f"{s['buffers']:7} buffers{flag}"
+                f"{s['buffers']:7} buffers, triggers {s.get('trigger_ms', 0)} ms{flag}"
             )
-    # The deep rooms go, so that the next side (and size) starts from the filled table.
-    asyncio.run(_execute(url, f"DELETE FROM chatrooms WHERE user_id = {users[0].user_id:d}"))
+    # The deep rooms go, so that the next side (and size) starts from the filled table; with
+    # the foreign keys' triggers off (every row that references them is in them), since the
+    # old code's cascade scanned the whole table per message (0016's ix_messages_reply_to).
+    owner = f"(SELECT id FROM chatrooms WHERE user_id = {users[0].user_id:d})"
+    asyncio.run(
+        _execute(
+            url,
+            "SET session_replication_role = replica; "
+            f"DELETE FROM messages WHERE chatroom_id IN {owner}; "
+            f"DELETE FROM chatrooms WHERE user_id = {users[0].user_id:d}",
+        )
+    )
     return {"drains": found_drains, "plans": plans, "explained": scenarios}
 
 
@@ -514,6 +529,13 @@ def measure_size(run: Run, pg: PgInstance, rows: int) -> dict[str, Any]:
         side.update(revision=revision, migrate_s=migrated, src=src or "this tree")
         found["sides"][name] = side
     return found
+
+
+async def _one_exchange(base_url: str, user: User) -> int:
+    async with Api(base_url, 2) as api:
+        room = await api.create_room(user.token, "one exchange")
+        await api.send(user.token, room, "A room of one exchange.")
+        return room
 
 
 async def _warm(base_url: str, user: User) -> None:
@@ -607,7 +629,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "migrated by the tree measured (a before/after of a migration)",
     )
     p.add_argument("--label", default="new", help="the name of the side measured")
-    p.add_argument("--name", default=None, help="the results' file name (default: the label)")
+    p.add_argument(
+        "--name", default=None, help="after scale-<date>- in the results' names (default: label)"
+    )
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/12")
     p.add_argument("--output-dir", default=str(HERE / "results"))
     return p.parse_args(argv)
@@ -657,7 +681,8 @@ def main(argv: list[str] | None = None) -> int:
         "notes": run.results["notes"],
     }
     out_dir = Path(args.output_dir)
-    stem = f"scale-{started.date().isoformat()}-{args.name or args.label}"
+    name = args.label if args.name is None else args.name
+    stem = f"scale-{started.date().isoformat()}" + (f"-{name}" if name else "")
     (out_dir / f"{stem}.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     (out_dir / f"{stem}-plans.json").write_text(json.dumps(plans, indent=1, default=str) + "\n")
     print("\n".join(table(results)))

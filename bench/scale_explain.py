@@ -76,7 +76,9 @@ def hook(engine: Any, capture: Capture) -> None:
         )
 
 
-async def scenario(engine: Any, capture: Capture, user_id: int, room_id: int) -> None:
+async def scenario(
+    engine: Any, capture: Capture, user_id: int, room_id: int, delete_room_id: int | None
+) -> None:
     now = dt.datetime.now(dt.UTC)
     slot = {"slot_user": user_id, "slot_day": now.date(), "slot_limit": 1_000_000_000}
     async with engine.connect() as conn:
@@ -145,6 +147,10 @@ async def scenario(engine: Any, capture: Capture, user_id: int, room_id: int) ->
             await capture.explain(
                 "room's sibling lists", lambda: repo.sibling_ids(session, room_id, parents)
             )
+            if delete_room_id is not None:  # a room of one exchange: its cascade's cost
+                await capture.explain(
+                    "room delete (2 messages)", lambda: repo.delete_room(session, delete_room_id)
+                )
         finally:
             await session.close()
             await trans.rollback()
@@ -158,7 +164,9 @@ async def main_async(url: str, scenarios: dict[str, Any]) -> dict[str, Any]:
     try:
         for name, spec in scenarios.items():
             capture.found = []
-            await scenario(engine, capture, spec["user_id"], spec["room_id"])
+            await scenario(
+                engine, capture, spec["user_id"], spec["room_id"], spec.get("delete_room_id")
+            )
             results[name] = capture.found
     finally:
         await engine.dispose()
