@@ -18,6 +18,7 @@ help:
 	@echo "make soak    the long reliability runs (GB_SOAK=1), both modes"
 	@echo "make vendor-web  fetch the web client's pinned browser code (npm), record it in VERSIONS"
 	@echo "make bench   benchmarks (one run, < 20 min): throughput, latency, SSE streams, replies, the TTFT SLO; see bench/README.md"
+	@echo "make bench-storm | bench-coldstart | bench-scale  a send storm's bloat; cold start; CPU per message at 10k/10M rows, 10/10,000 queued (~40 min)"
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
@@ -92,13 +93,18 @@ postman: $(VENV)/.run-deps $(NEWMAN_STAMP)
 bench: $(VENV)/.run-deps
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
-# A send storm and the HOT updates and dead rows it leaves; a process's time to its first /health.
-.PHONY: bench-storm bench-coldstart
+# A send storm and the HOT updates and dead rows it leaves; a process's time to its first /health;
+# PostgreSQL and worker CPU per message at 10k and 10M rows and 10 and 10,000 queued replies,
+# with the hot statements' plans (its own throwaway PostgreSQL instance).
+.PHONY: bench-storm bench-coldstart bench-scale
 bench-storm: $(VENV)/.run-deps
 	$(BIN)/python -m bench.storm $(BENCH_ARGS)
 
 bench-coldstart: $(VENV)/.run-deps
 	$(BIN)/python -m bench.coldstart $(BENCH_ARGS)
+
+bench-scale: $(VENV)/.run-deps
+	$(BIN)/python -m bench.scale $(BENCH_ARGS)
 
 # The web client's third-party browser code (marked, DOMPurify; axe-core for its tests), pinned
 # in scripts/vendor_web.py: `vendor-web` fetches it with npm and writes the files and VERSIONS,

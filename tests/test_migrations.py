@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import uuid
 from collections.abc import Iterator
@@ -516,3 +517,122 @@ def test_the_search_triggers_are_there_at_head(fresh_settings):
             await engine.dispose()
 
     assert asyncio.run(triggers()) >= SQLITE_TRIGGERS
+
+
+def _plan(
+    settings: Settings,
+    before: list[tuple[Any, Any]],
+    rows: list[tuple[Any, Any]],
+    query: str,
+) -> Any:
+    """Write `before`, VACUUM ANALYZE (statistics of that state, as autovacuum leaves them),
+    write `rows`, then the plan of `query` (PostgreSQL: EXPLAIN ANALYZE as JSON; SQLite: EXPLAIN
+    QUERY PLAN's details joined)."""
+
+    async def write(engine: Any, statements: list[tuple[Any, Any]]) -> None:
+        async with engine.begin() as conn:
+            for statement, values in statements:
+                await conn.execute(statement, values)
+
+    async def run() -> Any:
+        engine = create_engine(settings)
+        try:
+            await write(engine, before)
+            async with engine.connect() as conn:
+                conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                await conn.execute(
+                    text("VACUUM ANALYZE" if engine.dialect.name != "sqlite" else "ANALYZE")
+                )
+            await write(engine, rows)
+            async with engine.begin() as conn:
+                if engine.dialect.name == "sqlite":
+                    found = await conn.execute(text(f"EXPLAIN QUERY PLAN {query}"))
+                    return " | ".join(str(row[-1]) for row in found)
+                found = await conn.execute(text(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {query}"))
+                plan = found.scalar_one()
+                return (json.loads(plan) if isinstance(plan, str) else plan)[0]
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+def _nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
+    return [node, *(n for child in node.get("Plans", ()) for n in _nodes(child))]
+
+
+def test_0016_finds_a_reply_of_a_backlog_by_id(fresh_settings):
+    """After 0016 the claim, heartbeat and finish find their reply by id however many replies
+    are queued: before it PostgreSQL read the whole of the live-reply index for each of them
+    (its statistics, taken when the table was empty, said it was empty; issue 22), 5,000
+    buffers with 10,000 queued. The whole-table status index is gone."""
+    upgrade_to_head(fresh_settings)
+    at = bindparam("at", type_=UTCDateTime())
+    backlog = 3000
+    message = text(
+        "INSERT INTO messages (id, chatroom_id, role, content, status, attempts, reply_to, "
+        "parent_id, created_at, updated_at) "
+        "VALUES (:id, 1, :role, :content, :status, 0, :answers, :answers, :at, :at)"
+    ).bindparams(at)
+    before: list[tuple[Any, Any]] = [
+        (
+            text(
+                "INSERT INTO users (id, mobile_number, created_at, updated_at) "
+                "VALUES (1, '+919876500000', :at, :at)"
+            ).bindparams(at),
+            {"at": MIGRATED_AT},
+        ),
+        (
+            text(
+                "INSERT INTO chatrooms (id, user_id, name, auto_title, message_count, "
+                "activity_at, created_at, updated_at) VALUES (1, 1, 'r', false, 0, :at, :at, :at)"
+            ).bindparams(at),
+            {"at": MIGRATED_AT},
+        ),
+        (
+            message,
+            [
+                {"id": i, "role": "user", "content": "question", "status": "completed"}
+                | {"answers": None, "at": MIGRATED_AT}
+                for i in range(1, 2 * backlog, 2)
+            ],
+        ),
+    ]
+    # A reply queued for each of those messages, after the statistics were taken.
+    queued = [
+        {"id": i, "role": "assistant", "content": "", "status": "queued", "answers": i - 1}
+        | {"at": MIGRATED_AT}
+        for i in range(2, 2 * backlog + 1, 2)
+    ]
+    claim = "UPDATE messages SET status = 'generating' WHERE id = 2000 AND status = 'queued' "
+    claim += "AND role = 'assistant'"
+    plan = _plan(fresh_settings, before, [(message, queued)], claim)
+    if isinstance(plan, str):  # SQLite: the rowid, always
+        assert "INTEGER PRIMARY KEY" in plan, plan
+    else:
+        scans = [n for n in _nodes(plan["Plan"]) if "Index Name" in n]
+        assert scans, plan
+        assert all("id = " in n.get("Index Cond", "") for n in scans), plan
+        assert "uq_messages_live_reply" not in {n["Index Name"] for n in scans}, plan
+        assert plan["Plan"]["Shared Hit Blocks"] + plan["Plan"].get("Shared Read Blocks", 0) < 60
+
+    async def indexes() -> set[str]:
+        engine = create_engine(fresh_settings)
+        try:
+            async with engine.connect() as conn:
+                found = await conn.run_sync(lambda c: inspect(c).get_indexes("messages"))
+                return {index["name"] for index in found}
+        finally:
+            await engine.dispose()
+
+    names = asyncio.run(indexes())
+    assert {"ix_messages_in_progress", "ix_messages_reply_to"} <= names
+    assert "ix_messages_status_updated" not in names
+    # The lookup of a deleted message's replies (its foreign key's ON DELETE SET NULL).
+    answers = "UPDATE messages SET reply_to = NULL WHERE reply_to = 1999"
+    plan = _plan(fresh_settings, [], [], answers)
+    if isinstance(plan, str):
+        assert "ix_messages_reply_to" in plan, plan
+    else:
+        scans = {n.get("Index Name") for n in _nodes(plan["Plan"])}
+        assert "ix_messages_reply_to" in scans, plan

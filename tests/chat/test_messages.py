@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import func, select
 from taskiq import InMemoryBroker
 
-from gemini_backend.ai.base import Finished, ProviderError
+from gemini_backend.ai.base import Finished, ProviderError, estimate_tokens
 from gemini_backend.chat import replies
 from gemini_backend.chat.models import Message
 from gemini_backend.main import create_app
@@ -101,6 +101,39 @@ async def test_context_counts_earlier_completed_messages(client, alice, room):
     assert [m["content"][:4] for m in detail["messages"]] == ["one", "Demo", "two", "Demo"]
     assert detail["message_count"] == 4
     assert detail["last_message_at"] is not None
+
+
+@pytest.mark.parametrize(
+    "settings_overrides", [{"context_max_tokens": 256, "basic_daily_limit": 100}]
+)
+async def test_context_keeps_the_newest_messages_within_the_token_budget(client, alice, room):
+    """The claim's read stops once the branch's text has spent CONTEXT_MAX_TOKENS (issue 22):
+    what a reply sees is still the newest completed messages that fit, none cut early."""
+    receipts = []
+    # Texts of 60 to 130 tokens, so that the budget ends inside the room's history.
+    for length in (520, 240, 300, 400, 280, 360, 250):
+        receipt = (await send(client, alice, room, "x" * (length - 1) + "?")).json()
+        await finished_reply(client, alice, receipt)
+        receipts.append(receipt)
+    page = (await client.get(f"/chatroom/{room}/messages?limit=100", headers=alice)).json()
+    by_id = {m["id"]: m for m in page["messages"]}
+    last = receipts[-1]
+    # What generation.py keeps: the newest first, within 256 less the (empty) system prompt.
+    budget = 256 - estimate_tokens("")
+    kept: list[int] = []
+    earlier = sorted(i for i in by_id if i < last["message_id"])
+    for message_id in reversed(earlier):
+        cost = estimate_tokens(by_id[message_id]["content"])
+        if cost > budget - estimate_tokens(by_id[last["message_id"]]["content"]) - sum(
+            estimate_tokens(by_id[k]["content"]) for k in kept
+        ):
+            break
+        kept.append(message_id)
+    assert 0 < len(kept) < len(earlier)  # the budget ends inside the history
+    ids = sorted(kept)
+    final = by_id[last["reply_id"]]
+    noun = "message" if len(ids) == 1 else "messages"
+    assert final["content"].startswith(f"Demo reply (context: {len(ids)} earlier {noun} {ids})")
 
 
 # A model that takes its time between chunks (as real ones do): every chunk is its own event.

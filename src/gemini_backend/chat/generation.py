@@ -353,7 +353,11 @@ class ReplyGenerator:
         now = self.clock.now()
         async with self.autocommit_sessionmaker() as session:
             claimed = await self.sql.claim_replies(
-                session, reply_ids=reply_ids, now=now, model=self.provider.model
+                session,
+                reply_ids=reply_ids,
+                now=now,
+                model=self.provider.model,
+                context_tokens=self.settings.context_max_tokens,
             )
             await session.commit()
         await self.chatrooms.rooms_changed(

@@ -26,6 +26,7 @@ DEFAULT_ROOM_NAME = "New chat"
 # The states of a reply still to finish (chat.states.ACTIVE_STATES), as SQL.
 _IN_PROGRESS = text(f"status IN ('{ReplyStatus.QUEUED}', '{ReplyStatus.GENERATING}')")
 _HAS_QUOTA_DAY = text("quota_day IS NOT NULL")
+_ANSWERS = text("reply_to IS NOT NULL")
 LIVE_REPLY_INDEX = "uq_messages_live_reply"
 
 
@@ -114,8 +115,18 @@ class Message(Base):
             postgresql_where=_HAS_QUOTA_DAY,
             sqlite_where=_HAS_QUOTA_DAY,
         ),
-        # The sweeper's scan for replies stuck in queued/generating.
-        Index("ix_messages_status_updated", "status", "updated_at"),
+        # The replies in progress by id: the claim, heartbeat and finish of one reply, and the
+        # sweeper's scan (migration 0016). Its predicate is theirs, so PostgreSQL does not
+        # read the whole of uq_messages_live_reply to find one row of a backlog instead.
+        Index(
+            "ix_messages_in_progress",
+            "id",
+            postgresql_where=_IN_PROGRESS,
+            sqlite_where=_IN_PROGRESS,
+        ),
+        # The replies to a message: its foreign key's ON DELETE SET NULL finds them when a room
+        # or an account is deleted (without it, a scan of the table per deleted message).
+        Index("ix_messages_reply_to", "reply_to", postgresql_where=_ANSWERS, sqlite_where=_ANSWERS),
         # At most one reply in progress per user message: of concurrent retries, the database
         # lets one insert through (sending.py turns the others into 409 reply_in_progress).
         Index(

@@ -25,6 +25,7 @@ from sqlalchemy import (
     Text,
     and_,
     bindparam,
+    case,
     delete,
     func,
     insert,
@@ -784,11 +785,28 @@ _ROOM = (
     .select_from(_rooms.outerjoin(_plans, _plans.c.user_id == _rooms.c.user_id))
     .where(_rooms.c.id == bindparam("room_id"))
 )
+
+
+def _text_tokens(content: Any) -> Any:
+    """ai.base.estimate_tokens in SQL: max(1, (characters + 3) // 4), of a completed message
+    (the others are not part of a conversation)."""
+    length = func.length(content)
+    tokens = case((length > 0, (length + 3) // 4), else_=1)
+    return case((_messages.c.status == ReplyStatus.COMPLETED, tokens), else_=0)
+
+
 # A reply's conversation: the branch from the message it answers up to the root (at most
-# MAX_TURNS messages), the completed ones, newest first: never another branch's message.
-_context_up = _up.add_columns(_messages.c.role, _messages.c.content, _messages.c.status).cte(
-    "context", recursive=True
-)
+# MAX_TURNS messages), the completed ones, newest first: never another branch's message. The
+# walk stops past the message whose text alone spends `context_tokens` (the most a context may
+# hold): generation.py keeps the newest turns within the budget, so it never reads further,
+# and a reply deep in a long room reads its budget's worth of rows, not MAX_TURNS.
+_context_tokens = bindparam("context_tokens", type_=Integer())
+_context_up = _up.add_columns(
+    _messages.c.role,
+    _messages.c.content,
+    _messages.c.status,
+    _text_tokens(_messages.c.content).label("spent"),
+).cte("context", recursive=True)
 _CONTEXT = _context_up.union_all(
     select(
         _messages.c.id,
@@ -797,9 +815,10 @@ _CONTEXT = _context_up.union_all(
         _messages.c.role,
         _messages.c.content,
         _messages.c.status,
+        _context_up.c.spent + _text_tokens(_messages.c.content),
     )
     .join(_context_up, _messages.c.id == _context_up.c.parent_id)
-    .where(_context_up.c.depth < MAX_TURNS)
+    .where(_context_up.c.depth < MAX_TURNS, _context_up.c.spent <= _context_tokens)
 )
 _TURNS = (
     select(_CONTEXT.c.id, _CONTEXT.c.role, _CONTEXT.c.content)
@@ -811,7 +830,7 @@ _TURNS = (
 # A conversation comes back as three arrays, newest first. The reads see the rows as they were
 # before the claim, which changes only the replies themselves (never part of a conversation:
 # a reply is never an ancestor of another reply being claimed, which answers a user message).
-# The states and the limit are _CLAIM's and _CONTEXT's.
+# The states, the limits and the token estimate are _CLAIM's and _CONTEXT's.
 _CLAIM_POSTGRESQL = text(
     """
     WITH RECURSIVE claimed AS (
@@ -825,14 +844,18 @@ _CLAIM_POSTGRESQL = text(
         RETURNING id, attempts, chatroom_id, reply_to, created_at, parent_id
     ), context AS (
         SELECT claimed.id AS reply_id, m.id, m.parent_id, 1 AS depth, m.role, m.content,
-               m.status
+               m.status,
+               CASE WHEN m.status = :completed
+                    THEN GREATEST(1, (length(m.content) + 3) / 4) ELSE 0 END AS spent
         FROM messages AS m JOIN claimed ON m.id = claimed.parent_id
         WHERE m.chatroom_id = claimed.chatroom_id
         UNION ALL
         SELECT context.reply_id, m.id, m.parent_id, context.depth + 1, m.role, m.content,
-               m.status
+               m.status,
+               context.spent + CASE WHEN m.status = :completed
+                                    THEN GREATEST(1, (length(m.content) + 3) / 4) ELSE 0 END
         FROM messages AS m JOIN context ON m.id = context.parent_id
-        WHERE context.depth < :max_turns
+        WHERE context.depth < :max_turns AND context.spent <= :context_tokens
     )
     SELECT claimed.id, claimed.attempts, claimed.chatroom_id, claimed.reply_to,
            claimed.created_at, claimed.parent_id, room.id, room.user_id, room.system_prompt,
@@ -862,6 +885,7 @@ _CLAIM_POSTGRESQL = text(
     """
 ).bindparams(
     bindparam("now", type_=UTCDateTime()),
+    bindparam("context_tokens", type_=Integer()),
     queued=str(ReplyStatus.QUEUED),
     generating=str(ReplyStatus.GENERATING),
     completed=str(ReplyStatus.COMPLETED),
@@ -995,10 +1019,20 @@ class ClaimedReply:
 
 
 async def _claim_replies_postgresql(
-    session: AsyncSession, *, reply_ids: Sequence[int], now: datetime, model: str
+    session: AsyncSession,
+    *,
+    reply_ids: Sequence[int],
+    now: datetime,
+    model: str,
+    context_tokens: int,
 ) -> dict[int, ClaimedReply]:
     """ChatStatements.claim_replies on PostgreSQL: the claims and the reads in one statement."""
-    params = {"reply_ids": list(reply_ids), "now": now, "model_name": model}
+    params = {
+        "reply_ids": list(reply_ids),
+        "now": now,
+        "model_name": model,
+        "context_tokens": context_tokens,
+    }
     claimed: dict[int, ClaimedReply] = {}
     for row in await session.execute(_CLAIM_POSTGRESQL, params):
         room = ReplyRoom(*row[6:16]) if row[6] is not None else None
@@ -1010,7 +1044,7 @@ async def _claim_replies_postgresql(
 
 
 async def _claim_reply_sqlite(
-    session: AsyncSession, *, reply_id: int, now: datetime, model: str
+    session: AsyncSession, *, reply_id: int, now: datetime, model: str, context_tokens: int
 ) -> ClaimedReply | None:
     """ChatStatements.claim_reply on SQLite: the claim committed on its own, then the reads."""
     params = {"reply_id": reply_id, "now": now, "model_name": model}
@@ -1020,7 +1054,7 @@ async def _claim_reply_sqlite(
         return None
     attempts, room_id, user_message_id, created_at, parent_id = claimed
     found = (await session.execute(_ROOM, {"room_id": room_id})).one_or_none()
-    reads = {"room_id": room_id, "start_id": parent_id}
+    reads = {"room_id": room_id, "start_id": parent_id, "context_tokens": context_tokens}
     turns = [(id_, role, content) for id_, role, content in await session.execute(_TURNS, reads)]
     room = ReplyRoom(*cast(tuple[Any, ...], found)) if found is not None else None
     attachments = [
@@ -1030,12 +1064,19 @@ async def _claim_reply_sqlite(
 
 
 async def _claim_replies_sqlite(
-    session: AsyncSession, *, reply_ids: Sequence[int], now: datetime, model: str
+    session: AsyncSession,
+    *,
+    reply_ids: Sequence[int],
+    now: datetime,
+    model: str,
+    context_tokens: int,
 ) -> dict[int, ClaimedReply]:
     """ChatStatements.claim_replies on SQLite (one writer): each claimed on its own."""
     claimed: dict[int, ClaimedReply] = {}
     for reply_id in reply_ids:
-        found = await _claim_reply_sqlite(session, reply_id=reply_id, now=now, model=model)
+        found = await _claim_reply_sqlite(
+            session, reply_id=reply_id, now=now, model=model, context_tokens=context_tokens
+        )
         if found is not None:
             claimed[reply_id] = found
     return claimed
@@ -1151,11 +1192,18 @@ class InsertExchange(Protocol):
 
 class ClaimReplies(Protocol):
     async def __call__(
-        self, session: AsyncSession, *, reply_ids: Sequence[int], now: datetime, model: str
+        self,
+        session: AsyncSession,
+        *,
+        reply_ids: Sequence[int],
+        now: datetime,
+        model: str,
+        context_tokens: int,
     ) -> dict[int, ClaimedReply]:
         """Take the queued replies among `reply_ids` (those not queued are left out) and read
         each one's room and conversation, in an autocommit session: the claims are committed
-        before the reads (on PostgreSQL, in the same statement)."""
+        before the reads (on PostgreSQL, in the same statement). A conversation ends past the
+        message whose text alone spends `context_tokens`."""
 
 
 class FinishReplies(Protocol):
