@@ -7,7 +7,6 @@ import asyncio
 
 import pytest
 from sqlalchemy import event, func, select
-from taskiq import InMemoryBroker
 
 from gemini_backend.auth.models import AuthGuard, OtpCode, RefreshToken
 from gemini_backend.chat.models import IdempotencyKey
@@ -138,7 +137,6 @@ async def test_the_sweeper_runs_the_purge(app):
     recording = RecordingHousekeeping()
     pipeline = InProcessReplyPipeline(
         app.state.services.settings,
-        InMemoryBroker(),
         app.state.services.pipeline.generator,
         recording,
     )

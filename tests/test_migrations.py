@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -23,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from gemini_backend.config import Settings
 from gemini_backend.core.db import UTCDateTime, create_engine
-from gemini_backend.migrate import alembic_config, upgrade_to_head
+from gemini_backend.migrate import alembic_config, head_revisions, is_at_head, upgrade_to_head
 from gemini_backend.models import metadata
 from gemini_backend.search.repository import FIRST, PostgresqlSearch, SqliteSearch
 from gemini_backend.search.schema import SEARCH_TABLES, SQLITE_TRIGGERS, is_search_object
@@ -169,6 +171,42 @@ async def test_upgrade_from_a_running_event_loop_via_a_thread(fresh_settings):
 def test_single_head():
     settings = _settings("sqlite+aiosqlite:///unused.db", Path("unused"))
     assert len(ScriptDirectory.from_config(alembic_config(settings)).get_heads()) == 1
+
+
+def test_the_heads_read_from_the_files_are_alembics():
+    settings = _settings("sqlite+aiosqlite:///unused.db", Path("unused"))
+    heads = ScriptDirectory.from_config(alembic_config(settings)).get_heads()
+    assert head_revisions() == frozenset(heads)
+
+
+def test_a_database_behind_the_head_is_upgraded(fresh_settings):
+    assert upgrade_to_head(fresh_settings) is True  # a new database
+    assert is_at_head(fresh_settings)
+    command.downgrade(alembic_config(fresh_settings), "-1")
+    assert not is_at_head(fresh_settings)
+
+    assert upgrade_to_head(fresh_settings) is True
+    state = _inspect(fresh_settings)
+    assert state["revision"] == _head(fresh_settings)
+    assert state["diff"] == []
+
+
+def test_a_database_at_the_head_is_left_without_loading_alembic(fresh_settings):
+    upgrade_to_head(fresh_settings)
+    # A process of its own: this one has Alembic loaded already.
+    script = (
+        "import sys\n"
+        "from gemini_backend.config import Settings\n"
+        "from gemini_backend.migrate import upgrade_to_head\n"
+        f"ran = upgrade_to_head(Settings(_env_file=None, environment='test', "
+        f"jwt_secret={JWT_SECRET!r}, database_url={fresh_settings.database_url!r}, "
+        f"data_dir={str(fresh_settings.data_dir)!r}))\n"
+        "print(ran, sorted({m.split('.')[0] for m in sys.modules} & {'alembic', 'mako'}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.split() == ["False", "[]"], done.stderr
 
 
 def test_0007_ends_all_but_the_newest_reply_in_progress_of_a_message(fresh_settings):

@@ -1,4 +1,5 @@
-"""The job queue's listener (production: Redis Streams) stops when it is told to."""
+"""The job queue on Redis Streams: the listener stops when it is told to, reclaims and
+deletes jobs; the API's enqueue writes what taskiq's workers read."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from redis.commands.core import StreamCommands
 from taskiq import BrokerMessage
 
 from gemini_backend.config import Settings
+from gemini_backend.core.jobs import GENERATE_REPLY, RedisJobQueue
 from gemini_backend.core.queue import create_broker
+from gemini_backend.core.redis import create_redis
 from tests.conftest import BACKEND
 
 pytestmark = pytest.mark.skipif(BACKEND != "production", reason="the Redis Streams broker")
@@ -126,3 +129,39 @@ async def test_the_stream_keeps_only_jobs_not_yet_done(
         assert pending["pending"] == 1
     finally:
         await broker.shutdown()
+
+
+async def test_a_job_the_api_enqueues_is_the_message_taskiq_would_send(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """The API writes jobs without taskiq (core/jobs.py); the workers' broker reads them, and
+    taskiq's receiver parses them, as the messages taskiq's own kick would have written."""
+    settings = make_settings(redis_key_prefix=f"gbtest:{uuid.uuid4().hex[:12]}")
+    broker: Any = create_broker(settings)
+
+    async def generate_reply(reply_id: int) -> None:
+        pass
+
+    task = broker.register_task(generate_reply, task_name=GENERATE_REPLY)
+    redis = create_redis(settings)
+    assert redis is not None
+    jobs = RedisJobQueue(redis, settings)
+    await jobs.declare_group()
+    await broker.startup()
+    try:
+        await jobs.enqueue(42)
+        reads = broker.listen()
+        job = await asyncio.wait_for(anext(reads), 10)
+        await job.ack()
+        await reads.aclose()
+        ours = broker.formatter.loads(job.data)
+        theirs = broker.formatter.loads(
+            broker.formatter.dumps(task.kicker()._prepare_message(42)).message
+        )
+        assert ours.model_dump(exclude={"task_id"}) == theirs.model_dump(exclude={"task_id"})
+        assert (ours.task_name, ours.args) == (GENERATE_REPLY, [42])
+        assert len(ours.task_id) == len(theirs.task_id) == 32
+        assert await redis.xlen(jobs.stream) == 0  # acknowledged and deleted, as the broker's
+    finally:
+        await broker.shutdown()
+        await redis.aclose()

@@ -8,7 +8,7 @@ This is the one place that chooses between the embedded and the production imple
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, cast
+from typing import Annotated
 
 import structlog
 from fastapi import Depends
@@ -17,7 +17,6 @@ from redis.asyncio import Redis
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import HTTPConnection
-from taskiq import InMemoryBroker
 
 from gemini_backend.ai.base import Provider
 from gemini_backend.ai.registry import ProviderRegistry
@@ -38,7 +37,7 @@ from gemini_backend.config import Settings
 from gemini_backend.core.cache import Cache, MemoryCache, RedisCache
 from gemini_backend.core.clock import Clock
 from gemini_backend.core.db import Database
-from gemini_backend.core.queue import ResilientRedisStreamBroker, create_broker
+from gemini_backend.core.jobs import RedisJobQueue
 from gemini_backend.core.redis import create_redis
 from gemini_backend.core.security import PasswordHasher, TokenCodec
 from gemini_backend.core.streams import MemoryReplyStream, RedisReplyStream, ReplyStream
@@ -125,14 +124,13 @@ class Services:
             attachments=attachments,
         )
         housekeeping = Housekeeping(settings, clock, database.sessionmaker, attachments)
-        broker = create_broker(settings)
-        pipeline: ReplyPipeline = (
-            StreamReplyPipeline(settings, broker, generator, housekeeping)
-            if isinstance(broker, ResilientRedisStreamBroker)
-            else InProcessReplyPipeline(
-                settings, cast(InMemoryBroker, broker), generator, housekeeping
-            )
-        )
+        pipeline: ReplyPipeline
+        if settings.is_production_mode:
+            assert redis is not None
+            jobs = RedisJobQueue(redis, settings)
+            pipeline = StreamReplyPipeline(settings, jobs, generator, housekeeping)
+        else:
+            pipeline = InProcessReplyPipeline(settings, generator, housekeeping)
         return cls(
             settings=settings,
             clock=clock,

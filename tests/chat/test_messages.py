@@ -10,7 +10,6 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 from sqlalchemy import func, select
-from taskiq import InMemoryBroker
 
 from gemini_backend.ai.base import Finished, ProviderError, estimate_tokens
 from gemini_backend.chat import replies
@@ -435,9 +434,7 @@ async def test_stopping_the_sweeper_lets_a_sweep_in_progress_finish(app):
     # during that connection's close left a task that never ended (the test run's event loop
     # then hung at its close): the sweeper is asked to stop between sweeps instead.
     settings = app.state.services.settings
-    pipeline = InProcessReplyPipeline(
-        settings, InMemoryBroker(), app.state.services.pipeline.generator
-    )
+    pipeline = InProcessReplyPipeline(settings, app.state.services.pipeline.generator)
     in_sweep, release = asyncio.Event(), asyncio.Event()
     finished: list[bool] = []
 
@@ -480,12 +477,12 @@ async def test_sweeper_leaves_replies_whose_jobs_wait_behind_a_backlog(
             )  # all stale now
             pipeline = application.state.services.pipeline
             assert await pipeline.sweep_once() == [lost]
-            jobs = pipeline.broker.queue_name
-            assert await pipeline.broker._redis().xlen(jobs) == len(waiting) + 1
+            jobs = pipeline.jobs
+            assert await jobs.redis.xlen(jobs.stream) == len(waiting) + 1
             # Once no job waits (the stream lost them: a Redis without persistence restarted),
             # every stale queued reply is queued again.
-            await pipeline.broker._redis().delete(jobs)
-            await pipeline.broker.startup()  # the group, as a worker declares it on reconnect
+            await jobs.redis.delete(jobs.stream)
+            await jobs.declare_group()  # as a worker declares it on reconnect
             clock.advance(application.state.services.settings.reply_stale_seconds + 5)
             assert sorted(await pipeline.sweep_once()) == sorted([lost, *waiting])
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from functools import cache
 
-from zxcvbn.frequency_lists import FREQUENCY_LISTS
-
 from gemini_backend.core.errors import ValidationFailed
 
 MIN_PASSWORD_LENGTH = 8
@@ -20,6 +18,9 @@ class CommonPassword(ValidationFailed):
 
 @cache
 def _common_passwords() -> frozenset[str]:
+    # Loaded at the first password set, not at start (its lists are a cold start's 0.1 s).
+    from zxcvbn.frequency_lists import FREQUENCY_LISTS
+
     return frozenset(p.lower() for p in FREQUENCY_LISTS["passwords"])
 
 

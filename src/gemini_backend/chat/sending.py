@@ -60,8 +60,8 @@ from gemini_backend.core.cache import Cache
 from gemini_backend.core.clock import Clock
 from gemini_backend.core.db import Database, after_commit, run_after_commit
 from gemini_backend.core.errors import BadRequest, Conflict, TooManyRequests, ValidationFailed
+from gemini_backend.core.jobs import kicks_into
 from gemini_backend.core.metrics import QUOTA_REJECTIONS
-from gemini_backend.core.queue import kicks_into
 from gemini_backend.core.sql import violates_unique
 from gemini_backend.core.streams import ReplyStream
 from gemini_backend.core.throttle import Throttle

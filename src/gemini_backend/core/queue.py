@@ -1,49 +1,33 @@
-"""The job queue: taskiq with an in-process broker (embedded) or Redis Streams (production).
+"""The job queue's reading side in `gemini-backend worker`: taskiq-redis' Redis Streams broker.
 
-Jobs carry only a reply id. Redis Streams give at-least-once delivery: a job is acknowledged
-after it ran, and one left unacknowledged by a killed worker is claimed again by another. Any
-duplicate delivery is harmless because the worker's claim is a conditional UPDATE.
+Only worker processes import this module (and taskiq with it); the API enqueues with
+core/jobs.py, which writes the entries this broker reads, and embedded mode runs its jobs as
+tasks of its own (worker/runtime.py). Jobs carry only a reply id. Redis Streams give
+at-least-once delivery: a job is acknowledged after it ran, and one left unacknowledged by a
+killed worker is claimed again by another. Any duplicate delivery is harmless because the
+worker's claim is a conditional UPDATE.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
-from contextvars import ContextVar
-from datetime import UTC, datetime
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 import structlog
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from taskiq import AckableMessage, AsyncBroker, BrokerMessage, InMemoryBroker
+from taskiq import AckableMessage, BrokerMessage, Context, TaskiqDepends
 from taskiq_redis import RedisStreamBroker
 
 from gemini_backend.config import Settings
-from gemini_backend.core.redis import as_text
+from gemini_backend.core.jobs import GENERATE_REPLY, stream_names
 from gemini_backend.core.tasks import cancel_and_wait
 
-GENERATE_REPLY = "generate_reply"
 log = structlog.get_logger(__name__)
-
-
-_KICKS_INTO: ContextVar[Pipeline | None] = ContextVar("kicks_into", default=None)
-
-
-@contextlib.contextmanager
-def kicks_into(pipe: Pipeline) -> Iterator[None]:
-    """Jobs enqueued meanwhile (by this task) on the Redis Streams broker are added to `pipe`
-    instead of sent: they go out when the caller executes it, with its other commands, in one
-    round trip. A send's job thus travels in its cache invalidation's transaction."""
-    token = _KICKS_INTO.set(pipe)
-    try:
-        yield
-    finally:
-        _KICKS_INTO.reset(token)
 
 
 class ResilientRedisStreamBroker(RedisStreamBroker):
@@ -67,10 +51,6 @@ class ResilientRedisStreamBroker(RedisStreamBroker):
     async def kick(self, message: BrokerMessage) -> None:
         queue_name = message.labels.get("queue_name") or self.queue_name
         fields: Any = {b"data": message.message}
-        into = _KICKS_INTO.get()
-        if into is not None:  # sent by the caller, with its own commands
-            into.xadd(queue_name, fields, maxlen=self.maxlen, approximate=self.approximate)
-            return
         await self._redis().xadd(
             queue_name, fields, maxlen=self.maxlen, approximate=self.approximate
         )
@@ -118,32 +98,6 @@ class ResilientRedisStreamBroker(RedisStreamBroker):
         return AckableMessage(
             data=fields[b"data"], ack=self._ack_generator(id=entry_id, queue_name=queue_name)
         )
-
-    async def waiting_since(self) -> datetime | None:
-        """When the oldest job that no worker has read yet was queued, by the stream entry's
-        id (Redis' clock); None when none is waiting, or when Redis cannot tell (no stream,
-        no group, an outage). Jobs queued after it are waiting in the stream too."""
-        redis = self._redis()
-        try:
-            groups: Any = await redis.xinfo_groups(self.queue_name)
-            last = next(
-                (
-                    group["last-delivered-id"]
-                    for group in groups
-                    if as_text(group["name"]) == self.consumer_group_name
-                ),
-                None,
-            )
-            if last is None:
-                return None
-            waiting: Any = await redis.xrange(self.queue_name, min=f"({as_text(last)}", count=1)
-        except (RedisError, OSError) as exc:
-            log.warning("queue_position_unknown", error=type(exc).__name__)
-            return None
-        if not waiting:
-            return None
-        queued_ms = int(as_text(waiting[0][0]).split("-", 1)[0])
-        return datetime.fromtimestamp(queued_ms / 1000, UTC)
 
     async def listen(self) -> AsyncGenerator[AckableMessage, None]:
         delay = 0.5
@@ -207,6 +161,35 @@ def job_ack(context: Any) -> JobAck | None:
     return ack if isinstance(ack, JobAck) else None
 
 
+FinalCommands = Callable[[Any], None]  # adds commands to the final event's Redis pipeline
+RunReply = Callable[[int, FinalCommands | None], Awaitable[None]]
+
+
+def register_reply_job(broker: ResilientRedisStreamBroker, run: RunReply) -> None:
+    """The reply job, as the workers receive it: `run(reply_id, final_commands)`."""
+
+    async def generate_reply(reply_id: int, context: Context = TaskiqDepends()) -> None:
+        # The job's acknowledgement goes with the reply's final event, in its round trip; the
+        # receiver's own acknowledgement after the job is then a no-op. A reply that ends
+        # without a final event (nothing to claim, taken over) is acknowledged by the receiver
+        # as before. Either way after the reply's outcome is committed.
+        ack = job_ack(context)
+        if ack is None:
+            await run(reply_id, None)
+            return
+        sent: list[bool] = []
+
+        def final_commands(pipe: Any) -> None:
+            ack.into(pipe)
+            sent.append(True)
+
+        await run(reply_id, final_commands)
+        if sent:
+            ack.sent()  # the final append executed (it raises otherwise)
+
+    broker.register_task(generate_reply, task_name=GENERATE_REPLY)
+
+
 async def _cancellable(
     messages: AsyncGenerator[AckableMessage, None],
 ) -> AsyncGenerator[AckableMessage, None]:
@@ -236,21 +219,21 @@ async def _cancellable(
         await messages.aclose()
 
 
-def create_broker(settings: Settings) -> AsyncBroker:
-    if settings.is_production_mode:
-        assert settings.redis_url is not None
-        return ResilientRedisStreamBroker(
-            url=settings.redis_url,
-            queue_name=f"{settings.redis_key_prefix}:jobs",
-            consumer_group_name=f"{settings.redis_key_prefix}:workers",
-            # A group created after jobs were queued must still see them.
-            consumer_id="0",
-            # Jobs of a killed worker are claimed again after this long unacknowledged.
-            idle_timeout=settings.reply_stale_seconds * 2 * 1000,
-            unacknowledged_lock_timeout=max(5.0, settings.reply_stale_seconds / 2),
-            xread_block=1000,
-            # Passed to redis-py: a silent Redis fails an enqueue instead of hanging it.
-            socket_timeout=settings.redis_socket_timeout_seconds,
-            socket_connect_timeout=min(5.0, settings.redis_socket_timeout_seconds),
-        )
-    return InMemoryBroker(max_async_tasks=1000, propagate_exceptions=False)
+def create_broker(settings: Settings) -> ResilientRedisStreamBroker:
+    """The workers' broker (production mode), on the stream core/jobs.py writes to."""
+    assert settings.redis_url is not None
+    queue_name, group = stream_names(settings)
+    return ResilientRedisStreamBroker(
+        url=settings.redis_url,
+        queue_name=queue_name,
+        consumer_group_name=group,
+        # A group created after jobs were queued must still see them.
+        consumer_id="0",
+        # Jobs of a killed worker are claimed again after this long unacknowledged.
+        idle_timeout=settings.reply_stale_seconds * 2 * 1000,
+        unacknowledged_lock_timeout=max(5.0, settings.reply_stale_seconds / 2),
+        xread_block=1000,
+        # Passed to redis-py: a silent Redis fails an enqueue instead of hanging it.
+        socket_timeout=settings.redis_socket_timeout_seconds,
+        socket_connect_timeout=min(5.0, settings.redis_socket_timeout_seconds),
+    )

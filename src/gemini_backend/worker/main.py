@@ -18,6 +18,7 @@ from gemini_backend.config import Settings
 from gemini_backend.core.clock import Clock, SystemClock
 from gemini_backend.core.heap import settle_heap
 from gemini_backend.services import Services
+from gemini_backend.worker.runtime import StreamReplyPipeline
 
 log = structlog.get_logger(__name__)
 
@@ -38,7 +39,10 @@ async def run_worker(
     services = Services.build(settings, clock or SystemClock())
     if on_started is not None:
         on_started(services)
-    broker = services.pipeline.broker
+    pipeline = services.pipeline
+    if not isinstance(pipeline, StreamReplyPipeline):
+        raise RuntimeError("the queue worker is for production mode (Redis Streams)")
+    broker = pipeline.receiving_broker()
     broker.is_worker_process = True
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()

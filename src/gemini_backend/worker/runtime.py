@@ -1,9 +1,11 @@
 """Wiring of the reply pipeline for one process: the broker, the registered job, the sweeper.
 
-Embedded mode: the API process runs jobs itself (taskiq's in-process broker) and its sweeper.
-Production mode: the API process only enqueues; `gemini-backend worker` processes receive jobs
-from Redis Streams and run the sweeper (several sweepers are safe: each stale reply is
-re-queued by one conditional UPDATE).
+Embedded mode: the API process runs jobs itself (each an asyncio task of its own) and its
+sweeper. Production mode: the API process only enqueues (core/jobs.py, an `XADD`);
+`gemini-backend worker` processes receive jobs from Redis Streams through taskiq-redis' broker
+(core/queue.py) and run the sweeper (several sweepers are safe: each stale reply is re-queued by
+one conditional UPDATE). Neither API process imports taskiq: its package alone took about a
+second of a cold start on a loaded machine (bench/README.md).
 
 The two are two classes, ReplyPipeline and StreamReplyPipeline; services.py picks one.
 """
@@ -14,17 +16,18 @@ import asyncio
 import contextlib
 import time
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING
 
 import structlog
-from taskiq import AsyncBroker, Context, InMemoryBroker, TaskiqDepends
-from taskiq.decor import AsyncTaskiqDecoratedTask
 
 from gemini_backend.chat.generation import ReplyGenerator
 from gemini_backend.config import Settings
-from gemini_backend.core.queue import GENERATE_REPLY, ResilientRedisStreamBroker, job_ack
+from gemini_backend.core.jobs import RedisJobQueue
 from gemini_backend.core.tasks import cancel_and_wait
 from gemini_backend.worker.housekeeping import Housekeeping
+
+if TYPE_CHECKING:
+    from gemini_backend.core.queue import ResilientRedisStreamBroker
 
 log = structlog.get_logger(__name__)
 
@@ -34,54 +37,34 @@ ENQUEUE_MARGIN = timedelta(seconds=1)
 
 
 class ReplyPipeline:
-    """What both modes share; InProcessReplyPipeline and StreamReplyPipeline differ in the
-    broker and in what it takes to stop and to sweep."""
+    """What both modes share; InProcessReplyPipeline and StreamReplyPipeline differ in how a
+    job is queued and run, and in what it takes to stop and to sweep."""
 
     queues_on_redis = False  # whether `core.queue.kicks_into` applies to its jobs
 
     def __init__(
         self,
         settings: Settings,
-        broker: AsyncBroker,
         generator: ReplyGenerator,
         housekeeping: Housekeeping | None = None,
     ) -> None:
         self.settings = settings
-        self.broker = broker
         self.generator = generator
         self.housekeeping = housekeeping  # purged every PURGE_INTERVAL_SECONDS by the sweeper
         self._sweeper: asyncio.Task[None] | None = None
         self._stop_sweeping = asyncio.Event()
 
-        async def generate_reply(reply_id: int, context: Context = TaskiqDepends()) -> None:
-            # The job's acknowledgement goes with the reply's final event, in its round trip;
-            # the receiver's own acknowledgement after the job is then a no-op. A reply that
-            # ends without a final event (nothing to claim, taken over) is acknowledged by the
-            # receiver as before. Either way after the reply's outcome is committed.
-            ack = job_ack(context)
-            if ack is None:
-                await generator.run(reply_id)
-                return
-
-            def final_commands(pipe: Any) -> None:
-                ack.into(pipe)
-                sent.append(True)
-
-            sent: list[bool] = []
-            await generator.run(reply_id, final_commands)
-            if sent:
-                ack.sent()  # the final append executed (it raises otherwise)
-
-        self._task: AsyncTaskiqDecoratedTask[[int], Any] = broker.register_task(
-            generate_reply,
-            task_name=GENERATE_REPLY,
-        )
-
     async def enqueue(self, reply_id: int) -> None:
-        await self._task.kiq(reply_id)
+        raise NotImplementedError
+
+    async def _start_queue(self) -> None:
+        """Before the sweeper starts."""
+
+    async def _stop_queue(self) -> None:
+        """Last, after the replies in progress had their grace."""
 
     async def start(self, *, run_sweeper: bool) -> None:
-        await self.broker.startup()
+        await self._start_queue()
         if run_sweeper:
             self._stop_sweeping.clear()
             self._sweeper = asyncio.create_task(self._sweep_forever(), name="reply-sweeper")
@@ -96,7 +79,7 @@ class ReplyPipeline:
             await asyncio.wait({self._sweeper}, timeout=grace_seconds)
             await cancel_and_wait(self._sweeper, give_up_after=grace_seconds)  # only if stuck
         await self._finish_running(grace_seconds)
-        await self.broker.shutdown()
+        await self._stop_queue()
 
     async def _finish_running(self, grace_seconds: float) -> None:
         """Before the broker shuts down."""
@@ -130,41 +113,79 @@ class ReplyPipeline:
 
 
 class InProcessReplyPipeline(ReplyPipeline):
-    """Embedded mode: taskiq's in-process broker; this process runs the jobs it enqueues."""
+    """Embedded mode: this process runs the jobs it enqueues, each as a task of its own."""
 
     def __init__(
         self,
         settings: Settings,
-        broker: InMemoryBroker,
         generator: ReplyGenerator,
         housekeeping: Housekeeping | None = None,
     ) -> None:
-        super().__init__(settings, broker, generator, housekeeping)
-        self._in_process = broker
+        super().__init__(settings, generator, housekeeping)
+        self._running: set[asyncio.Task[None]] = set()
+
+    async def enqueue(self, reply_id: int) -> None:
+        task = asyncio.create_task(self._generate(reply_id), name=f"reply-{reply_id}")
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def _generate(self, reply_id: int) -> None:
+        try:
+            await self.generator.run(reply_id)
+        except Exception:
+            # As a queue worker would: logged, and the reply is the sweeper's.
+            log.exception("reply_job_failed", reply_id=reply_id)
 
     async def _finish_running(self, grace_seconds: float) -> None:
         # Let replies in progress finish; the rest are swept at next start.
-        try:
-            await asyncio.wait_for(self._in_process.wait_all(), grace_seconds)
-        except TimeoutError:
-            log.warning("replies_unfinished_at_shutdown")
+        if not self._running:
+            return
+        _, unfinished = await asyncio.wait(set(self._running), timeout=grace_seconds)
+        if unfinished:
+            log.warning("replies_unfinished_at_shutdown", replies=len(unfinished))
 
 
 class StreamReplyPipeline(ReplyPipeline):
-    """Production mode: jobs go to Redis Streams, received by `gemini-backend worker` (whose
-    receiver lets running replies finish)."""
+    """Production mode: jobs go to Redis Streams (core/jobs.py), received by
+    `gemini-backend worker` through `receiving_broker` (whose receiver lets running replies
+    finish)."""
 
     queues_on_redis = True
 
     def __init__(
         self,
         settings: Settings,
-        broker: ResilientRedisStreamBroker,
+        jobs: RedisJobQueue,
         generator: ReplyGenerator,
         housekeeping: Housekeeping | None = None,
     ) -> None:
-        super().__init__(settings, broker, generator, housekeeping)
-        self._stream = broker
+        super().__init__(settings, generator, housekeeping)
+        self.jobs = jobs
+        self.broker: ResilientRedisStreamBroker | None = None  # a worker's, once it receives
+
+    def receiving_broker(self) -> ResilientRedisStreamBroker:
+        """The worker's broker, with the reply job registered (taskiq is imported here: only
+        worker processes receive)."""
+        from gemini_backend.core.queue import create_broker, register_reply_job
+
+        broker = create_broker(self.settings)
+        generator = self.generator
+
+        register_reply_job(broker, generator.run)
+        self.broker = broker
+        return broker
+
+    async def enqueue(self, reply_id: int) -> None:
+        await self.jobs.enqueue(reply_id)
+
+    async def _start_queue(self) -> None:
+        await self.jobs.declare_group()
+        if self.broker is not None:
+            await self.broker.startup()
+
+    async def _stop_queue(self) -> None:
+        if self.broker is not None:
+            await self.broker.shutdown()
 
     async def _queued_before(self) -> datetime | None:
         # A queued reply whose job still waits in the stream is not stuck, only behind a
@@ -172,5 +193,5 @@ class StreamReplyPipeline(ReplyPipeline):
         # than REPLY_STALE_SECONDS the sweeper would double the queue it is behind. Only
         # replies queued before the oldest waiting job (with a margin for the time between a
         # send's commit and its enqueue) can have lost theirs.
-        waiting_since = await self._stream.waiting_since()
+        waiting_since = await self.jobs.waiting_since()
         return None if waiting_since is None else waiting_since - ENQUEUE_MARGIN
