@@ -14,8 +14,8 @@ the lowest that missed it) and each step reports TTFT p50/p95/p99, where the tim
 lag, the send, the stream's opening, the wait for the first delta), the CPU of every process
 per message and as a share of one core (a single-threaded process at 100% is saturated), and
 the 1-minute load average. The capacity is the highest rate whose p95 stayed under the SLO with
-no failed message. A message still without its first token --timeout seconds after its
-scheduled time counts as failed and as an infinite TTFT in the percentiles.
+no failed message. A message whose stream has not ended --timeout seconds after it started
+counts as failed and as an infinite TTFT in the percentiles.
 """
 
 from __future__ import annotations
