@@ -52,7 +52,7 @@ from gemini_backend.core.metrics import (
     REPLIES,
     TIME_TO_FIRST_TOKEN,
 )
-from gemini_backend.core.streams import ReplyStream
+from gemini_backend.core.streams import FinalCommands, ReplyStream
 from gemini_backend.quota.service import Quota
 from gemini_backend.users.tier import tier_for
 
@@ -62,10 +62,6 @@ CANCEL_POLL_SECONDS = 0.25
 # The most claims (and finishes) one statement writes: a worker's replies in flight that
 # reached the same step while the previous statement of that step was running.
 BATCH_MAX = 64
-
-# Redis commands added to a reply's final append, in its round trip (the job's
-# acknowledgement: core/queue.py); they get the pipeline.
-FinalCommands = Callable[[Any], None]
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ from taskiq_redis import RedisStreamBroker
 
 from gemini_backend.config import Settings
 from gemini_backend.core.jobs import GENERATE_REPLY, stream_names
+from gemini_backend.core.streams import FinalCommands
 from gemini_backend.core.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
@@ -161,7 +162,6 @@ def job_ack(context: Any) -> JobAck | None:
     return ack if isinstance(ack, JobAck) else None
 
 
-FinalCommands = Callable[[Any], None]  # adds commands to the final event's Redis pipeline
 RunReply = Callable[[int, FinalCommands | None], Awaitable[None]]
 
 

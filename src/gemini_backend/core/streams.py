@@ -30,6 +30,10 @@ class StreamEvent:
     data: str  # JSON
 
 
+# Redis commands a caller adds to the round trip of an event's append (its pipeline).
+FinalCommands = Callable[[Any], None]
+
+
 class ReplyStream(Protocol):
     async def append(
         self,
@@ -39,7 +43,7 @@ class ReplyStream(Protocol):
         *,
         expire_seconds: int | None = None,
         notices: Sequence[tuple[str, str]] = (),
-        also: Callable[[Any], None] | None = None,
+        also: FinalCommands | None = None,
     ) -> str:
         """Add an event; `expire_seconds` (with the final event) also sets the stream's expiry,
         and `notices`, Pub/Sub (channel, message) pairs, are published before the event, all in
@@ -91,7 +95,7 @@ class MemoryReplyStream:
         *,
         expire_seconds: int | None = None,
         notices: Sequence[tuple[str, str]] = (),
-        also: Callable[[Any], None] | None = None,
+        also: FinalCommands | None = None,
     ) -> str:
         buffer = self._buffer(reply_id, create=True)
         assert buffer is not None
@@ -171,7 +175,7 @@ class RedisReplyStream:
         *,
         expire_seconds: int | None = None,
         notices: Sequence[tuple[str, str]] = (),
-        also: Callable[[Any], None] | None = None,
+        also: FinalCommands | None = None,
     ) -> str:
         key = self._key(reply_id)
         async with self._redis.pipeline(transaction=False) as pipe:
