@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
+
+from gemini_backend.core.notices import NoticeFed
 
 _numbers = itertools.count(1000)
 
@@ -99,3 +103,24 @@ async def insert_queued_reply(app: Any, room_id: int, reply_to: int | None) -> i
         room.active_leaf_id = queued.id
         await session.commit()
         return int(queued.id)
+
+
+async def until_noticed(
+    cache: NoticeFed, check: Callable[[], Awaitable[bool]], seconds: float = 10.0
+) -> None:
+    """Repeat `check` (a request) after each change notice `cache` hears, until it holds.
+
+    A notice heard between reading the count and the check makes the wait return at once, so
+    none is missed; `seconds` only bounds a failure."""
+
+    async def checked() -> None:
+        while True:
+            heard = cache.notices_heard
+            if await check():
+                return
+            await cache.wait_heard(heard)
+
+    try:
+        await asyncio.wait_for(checked(), seconds)
+    except TimeoutError:
+        raise AssertionError(f"the change never reached the cache within {seconds} s") from None

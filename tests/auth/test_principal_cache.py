@@ -6,7 +6,7 @@ Redis, each with its own cache and its own subscription to the change notices.""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -18,7 +18,7 @@ from gemini_backend.config import Settings
 from gemini_backend.main import create_app
 from tests.billing.stripe_events import Customer, post_event
 from tests.conftest import BACKEND
-from tests.helpers import bearer, sign_in
+from tests.helpers import bearer, sign_in, until_noticed
 
 PRODUCTION_ONLY = pytest.mark.skipif(
     BACKEND != "production",
@@ -59,15 +59,6 @@ def counting_statements(application: Any) -> Any:
         yield seen
     finally:
         event.remove(engine, "before_cursor_execute", record)
-
-
-async def until(check: Callable[[], Any], attempts: int = 2000) -> None:
-    """Repeat a request until `check` holds: each attempt is a full request, which lets the
-    other app's notice listener run; the cache's 300 s lifetime rules out any other cause."""
-    for _ in range(attempts):
-        if await check():
-            return
-    raise AssertionError("the change never reached the other API process")
 
 
 async def test_a_signed_in_request_reads_nothing_once_the_user_is_cached(app, client):
@@ -121,14 +112,14 @@ async def test_logout_and_plan_change_reach_the_other_api_process(make_settings,
         async def b_sees_pro() -> bool:
             return (await b.get("/user/me", headers=auth)).json()["tier"] == "pro"
 
-        await until(b_sees_pro)
+        await until_noticed(app_b.state.services.principals, b_sees_pro)
 
         assert (await a.post("/auth/logout", headers=auth)).status_code == 204
 
         async def b_refuses() -> bool:
             return (await b.get("/user/me", headers=auth)).status_code == 401
 
-        await until(b_refuses)
+        await until_noticed(app_b.state.services.principals, b_refuses)
 
 
 @PRODUCTION_ONLY

@@ -7,7 +7,6 @@ within a test."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -19,7 +18,7 @@ from tests.auth.test_principal_cache import (
     counting_statements,
 )
 from tests.chat.test_reply_control import GatedProvider, send, use_provider
-from tests.helpers import bearer, insert_queued_reply, read_sse, sign_in
+from tests.helpers import bearer, insert_queued_reply, read_sse, sign_in, until_noticed
 
 
 @pytest.fixture
@@ -37,17 +36,6 @@ async def alice(app, client):
 @pytest.fixture
 async def room(client, alice):
     return (await client.post("/chatroom", json={"name": "r"}, headers=alice)).json()["id"]
-
-
-async def until(check: Callable[[], Awaitable[bool]], attempts: int = 2000) -> None:
-    """Repeat a request until `check` holds. Called once the notice is on its way (the change
-    was published before the event the test waited for); a request served from memory never
-    gives the event loop a turn, so each attempt yields one for the notice listener."""
-    for _ in range(attempts):
-        if await check():
-            return
-        await asyncio.sleep(0)  # a turn of the event loop, not a wait for time to pass
-    raise AssertionError("the change never reached the cached room")
 
 
 def statuses(detail: dict[str, Any]) -> list[tuple[str, str]]:
@@ -81,7 +69,7 @@ async def test_a_room_is_served_from_memory_until_it_changes(app, client, alice,
         detail = (await client.get(url, headers=alice)).json()
         return statuses(detail)[-1] == ("assistant", "generating")
 
-    await until(generating)
+    await until_noticed(app.state.services.chatroom_cache, generating)
 
     # ...and finishes it: a client that saw `done` and reads the room at once sees it done.
     provider.gate.set()
@@ -95,7 +83,7 @@ async def test_a_room_is_served_from_memory_until_it_changes(app, client, alice,
         detail = (await client.get(url, headers=alice)).json()
         return statuses(detail)[-1] == ("assistant", "completed")
 
-    await until(completed)
+    await until_noticed(app.state.services.chatroom_cache, completed)
     final = (await client.get(url, headers=alice)).json()
     assert final["messages"][-1]["content"] == "partial more words here"
     with counting_statements(app) as statements:
@@ -143,7 +131,7 @@ async def test_a_cancelled_queued_reply_shows_in_the_cached_room(app, client, al
     async def cached_with_queued() -> bool:
         return ("assistant", "queued") in statuses((await client.get(url, headers=alice)).json())
 
-    await until(cached_with_queued)
+    await until_noticed(app.state.services.chatroom_cache, cached_with_queued)
     cancel = await client.post(f"{url}/messages/{queued_id}/cancel", headers=alice)
     assert cancel.json()["status"] == "cancelled"
     detail = (await client.get(url, headers=alice)).json()
@@ -177,7 +165,7 @@ async def test_changes_made_by_other_processes_reach_the_room_cached_in_this_one
             async def check() -> bool:
                 return statuses((await b.get(url, headers=alice)).json()) == expected
 
-            await until(check)
+            await until_noticed(app_b.state.services.chatroom_cache, check)
             with counting_statements(app_b) as statements:  # and serves it from memory
                 assert statuses((await b.get(url, headers=alice)).json()) == expected
             assert statements == []
@@ -227,7 +215,7 @@ async def test_every_tree_write_reaches_the_cached_room_and_list(app, client, al
     async def edit_done() -> bool:
         return statuses(await shown())[-1] == ("assistant", "completed")
 
-    await until(edit_done)
+    await until_noticed(app.state.services.chatroom_cache, edit_done)
     await cached_again()
 
     switched = await client.put(
@@ -247,7 +235,7 @@ async def test_every_tree_write_reaches_the_cached_room_and_list(app, client, al
     async def retry_done() -> bool:
         return statuses(await shown())[-1] == ("assistant", "completed")
 
-    await until(retry_done)
+    await until_noticed(app.state.services.chatroom_cache, retry_done)
     await cached_again()
 
     listed = (await client.get("/chatroom", headers=alice)).json()["chatrooms"]

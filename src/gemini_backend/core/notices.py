@@ -53,6 +53,7 @@ class InvalidationFeed:
         self._name = name
         self._task: asyncio.Task[None] | None = None
         self.subscriptions = 0
+        self.heard = 0
         self.changed = asyncio.Condition()
 
     def start(self) -> None:
@@ -78,6 +79,11 @@ class InvalidationFeed:
         async with self.changed:
             await self.changed.wait_for(lambda: self.subscriptions > more_than)
 
+    async def wait_heard(self, more_than: int) -> None:
+        """Until more than `more_than` notices have been applied (tests)."""
+        async with self.changed:
+            await self.changed.wait_for(lambda: self.heard > more_than)
+
     async def _run(self) -> None:
         pause = 0.05
         while True:
@@ -99,12 +105,12 @@ class InvalidationFeed:
 
     async def _listen(self, pubsub: object) -> None:
         loop = asyncio.get_running_loop()
-        heard = pinged = loop.time()
+        last_message = pinged = loop.time()
         while True:
             message = await pubsub.get_message(timeout=self.PING_SECONDS)  # type: ignore[attr-defined]
             now = loop.time()
             if message is not None:
-                heard = now
+                last_message = now
                 kind = message["type"]
                 if kind == "subscribe":
                     # From here on no change can be missed: start from an empty cache.
@@ -117,7 +123,10 @@ class InvalidationFeed:
                         self._target.forget(int(message["data"]))
                     except ValueError:
                         self._target.set_usable(True)  # unreadable notice: drop everything
-            if now - heard > self.SILENCE_SECONDS:
+                    async with self.changed:
+                        self.heard += 1
+                        self.changed.notify_all()
+            if now - last_message > self.SILENCE_SECONDS:
                 raise TimeoutError(f"no answer on the {self._channel} subscription")
             if now - pinged >= self.PING_SECONDS:
                 pinged = now
@@ -159,6 +168,19 @@ class NoticeFed:
         """Until the notices are subscribed for the (more_than + 1)th time (readiness, tests)."""
         if self._feed is not None:
             await self._feed.wait_subscribed(more_than)
+
+    @property
+    def notices_heard(self) -> int:
+        """How many change notices this process has applied (production; 0 embedded)."""
+        return self._feed.heard if self._feed is not None else 0
+
+    async def wait_heard(self, more_than: int) -> None:
+        """Until a notice beyond the first `more_than` is applied; embedded, one loop turn
+        (changes are applied in this process as they commit)."""
+        if self._feed is not None:
+            await self._feed.wait_heard(more_than)
+        else:
+            await asyncio.sleep(0)
 
     async def _publish(self, user_id: int) -> None:
         if self._feed is not None:
