@@ -76,6 +76,20 @@ def hook(engine: Any, capture: Capture) -> None:
         )
 
 
+def _claim(session: AsyncSession, reply_id: int, now: dt.datetime) -> Callable[[], Any]:
+    """The claim with its context read, as the measured tree spells it: batched
+    (`claim_replies`, a batch of one here) or, in older trees, `claim_reply`."""
+    statements = repo.POSTGRESQL
+    budget = Settings.model_fields["context_max_tokens"].default
+    if hasattr(statements, "claim_replies"):
+        batch = {"reply_ids": [reply_id], "now": now, "model": "demo", "context_tokens": budget}
+        return lambda: statements.claim_replies(session, **batch)
+    claim: dict[str, Any] = {"reply_id": reply_id, "now": now, "model": "demo"}
+    if "context_tokens" in inspect.signature(statements.claim_reply).parameters:
+        claim["context_tokens"] = budget
+    return lambda: statements.claim_reply(session, **claim)
+
+
 async def scenario(
     engine: Any, capture: Capture, user_id: int, room_id: int, delete_room_id: int | None
 ) -> None:
@@ -102,12 +116,7 @@ async def scenario(
             assert found, "the room is not the user's"
             assert exchange is not None
             reply_id = exchange.reply_id
-            claim: dict[str, Any] = {"reply_id": reply_id, "now": now, "model": "demo"}
-            if "context_tokens" in inspect.signature(repo.POSTGRESQL.claim_reply).parameters:
-                claim["context_tokens"] = Settings.model_fields["context_max_tokens"].default
-            await capture.explain(
-                "claim + context read", lambda: repo.POSTGRESQL.claim_reply(session, **claim)
-            )
+            await capture.explain("claim + context read", _claim(session, reply_id, now))
             await capture.explain(
                 "heartbeat",
                 lambda: repo.heartbeat_reply(session, reply_id=reply_id, attempt=1, now=now),

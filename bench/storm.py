@@ -8,6 +8,10 @@ database's table statistics are reset just before the storm; once every reply ha
 no new index entries), live and dead rows, and the table's size. `--src` runs another tree's
 `src` (e.g. a `git worktree` of an older revision) for a before/after at the same time.
 
+PostgreSQL is a throwaway instance of its own (bench.scale's), with autovacuum on as in
+production: the machine's shared instance has it off (CI), and dead rows only mean something
+with the vacuum that would clear them running (`--shared-postgres` uses --pg-url instead).
+
 Prints a table and writes bench/results/storm-<date>-<label>.json. Everything it creates is
 removed at the end, also on Ctrl-C.
 """
@@ -27,9 +31,17 @@ from typing import Any
 
 from bench.load import LoadGenerator, Req, ensure_wrk
 from bench.run import Run, Stack, log, setup_users
+from bench.scale import PgInstance
 
 HERE = Path(__file__).resolve().parent
 TABLES = ("chatrooms", "daily_usage", "messages")
+# PostgreSQL's defaults (autovacuum on, a minute's nap) on Debian's shared_buffers.
+PG_SETTINGS = {
+    "shared_buffers": "128MB",
+    "max_connections": "200",
+    "autovacuum": "on",
+    "listen_addresses": "127.0.0.1",
+}
 SEND_BODY = json.dumps({"content": "Storm message: answer in one line."})
 
 STATS = """SELECT relname, n_tup_ins, n_tup_upd, n_tup_hot_upd, n_live_tup, n_dead_tup,
@@ -59,6 +71,10 @@ def table_stats(stack: Stack) -> dict[str, dict[str, Any]]:
 
 def storm(run: Run, src: str | None) -> dict[str, Any]:
     args = run.args
+    if not args.shared_postgres:
+        instance = PgInstance(run, PG_SETTINGS)
+        instance.start()
+        args.pg_url = instance.url()
     extra = {"PYTHONPATH": src} if src else {}
     stack = Stack(run, "production")
     stack.base_env.update(extra)
@@ -108,6 +124,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--src", default=None, help="a tree's src directory to run instead")
     p.add_argument("--label", default="storm")
     p.add_argument("--drain-timeout", type=float, default=300.0)
+    p.add_argument("--shared-postgres", action="store_true", help="use --pg-url's server")
     p.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/14")
     p.add_argument("--output-dir", default=str(HERE / "results"))
@@ -136,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         started=started.isoformat(timespec="seconds"),
         command=" ".join(["python -m bench.storm", *sys.argv[1:]]),
         src=args.src or "this tree",
+        postgres="shared (--pg-url)" if args.shared_postgres else f"own instance {PG_SETTINGS}",
         load_average_at_end=[round(x, 2) for x in os.getloadavg()],
         notes=run.results["notes"],
     )
