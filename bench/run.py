@@ -250,7 +250,8 @@ class Stack:
         self.run = run
         self.mode = mode
         self.tag = secrets.token_hex(4)
-        self.data_dir = run.work / f"data-{mode}"
+        # A run can deploy a mode more than once (bench.scale: one stack per table size).
+        self.data_dir = run.work / f"data-{mode}-{self.tag}"
         self.data_dir.mkdir()
         base = {
             **LIFTED,
@@ -1179,7 +1180,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--skip", type=lambda s: [x for x in s.split(",") if x], default=[])
     p.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/14")
-    p.add_argument("--output-dir", default=str(HERE / "results"))
+    p.add_argument(
+        "--output-dir",
+        default=str(HERE / "results"),
+        help="where the results go (elsewhere, bench/README.md is left as it is)",
+    )
     p.add_argument("--no-readme", action="store_true", help="do not update bench/README.md")
     p.add_argument(
         "--render", metavar="JSON", help="only rewrite the README table from a results file"
@@ -1268,7 +1273,10 @@ def main(argv: list[str] | None = None) -> int:
     out = run.results_dir / f"{day}.json"
     out.write_text(json.dumps(run.results, indent=2, default=str) + "\n")
     log(f"results: {out}")
-    if not args.no_readme:
+    # The README's table describes the committed results: a run written elsewhere leaves it.
+    if args.no_readme or run.results_dir.resolve() != (HERE / "results").resolve():
+        log("bench/README.md left as it is")
+    else:
         report.update_readme(HERE / "README.md", run.results)
         log("bench/README.md table updated")
     for line in report.summary_lines(run.results):

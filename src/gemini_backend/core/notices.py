@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 import structlog
@@ -76,13 +76,15 @@ class InvalidationFeed:
 
     async def wait_subscribed(self, more_than: int = 0) -> None:
         """Until the channel is subscribed for the (more_than + 1)th time (readiness, tests)."""
-        async with self.changed:
-            await self.changed.wait_for(lambda: self.subscriptions > more_than)
+        await self._wait(lambda: self.subscriptions > more_than)
 
     async def wait_heard(self, more_than: int) -> None:
         """Until more than `more_than` notices have been applied (tests)."""
+        await self._wait(lambda: self.heard > more_than)
+
+    async def _wait(self, done: Callable[[], bool]) -> None:
         async with self.changed:
-            await self.changed.wait_for(lambda: self.heard > more_than)
+            await self.changed.wait_for(done)
 
     async def _run(self) -> None:
         pause = 0.05
