@@ -51,7 +51,7 @@ test: $(VENV)/.dev-deps
 
 # The local loop: everything but the tests marked `slow` (tests/README.md), both modes.
 test-fast: $(VENV)/.dev-deps
-	GB_TEST_MODE_FREE_ONCE=1 $(BIN)/python scripts/run_tests.py -m "not slow" $(PYTEST_ARGS)
+	GB_TEST_MODE_FREE_ONCE=1 GB_TEST_PROCESSES=2 $(BIN)/python scripts/run_tests.py -m "not slow" $(PYTEST_ARGS)
 
 # The long versions of the reliability suite and the shuffled webhook orders (tests/README.md):
 # 100 quota-race trials, 100 shuffles per scenario, 2,000 SSE streams, 1,000-connection floods,

@@ -61,7 +61,16 @@ async def _missing_services() -> list[str]:
 def _pytest(backend: str, args: list[str]) -> int:
     _banner(f"test suite, {backend} mode")
     env = dict(os.environ, GB_TEST_BACKEND=backend)
-    return subprocess.call([sys.executable, "-m", "pytest", *args], env=env)  # noqa: S603
+    command = [sys.executable, "-m", "pytest", *_mode_args(args)]
+    return subprocess.call(command, env=env)  # noqa: S603
+
+
+def _mode_args(args: list[str]) -> list[str]:
+    """GB_TEST_PROCESSES=N (`make test-fast`: 2) runs each mode in N pytest-xdist processes:
+    much of a test's time is spent waiting (on PostgreSQL, Redis, SQLite's thread, a loopback
+    server), and each process has a database of its own (tests/conftest.py)."""
+    processes = int(os.environ.get("GB_TEST_PROCESSES", "1"))
+    return ["-n", str(processes), *args] if processes > 1 else args
 
 
 def _both_at_once(args: list[str]) -> dict[str, int]:
@@ -80,7 +89,7 @@ def _both_at_once(args: list[str]) -> dict[str, int]:
             f"--basetemp={logs / backend}",
             "-o",
             f"cache_dir=.pytest_cache/{backend}",
-            *args,
+            *_mode_args(args),
         ]
         with log.open("wb") as out:
             process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)  # noqa: S603

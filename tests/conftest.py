@@ -145,6 +145,9 @@ def _settings(**overrides: Any) -> Settings:
         "log_level": "INFO",
         "log_format": "console",
         "demo_chunk_delay_ms": 0,
+        # Retries after 50 ms, 100 ms, ... (0.5 s, 1 s, ... by default): what they do is tested,
+        # not how long they wait.
+        "ai_retry_delay_seconds": 0.05,
         # Every test client shares one address; the per-address limit has tests of its own.
         "auth_attempts_per_ip_per_minute": 1_000_000,
     }
@@ -213,15 +216,30 @@ async def app(
         # Production mode: replies are produced by a queue worker, here one in this event loop
         # (the same code as `gemini-backend worker`, against the same Redis Streams).
         stop = asyncio.Event()
+        started = asyncio.Event()
+
+        def on_started(services: Any) -> None:
+            application.state.worker = services
+            started.set()
+
         worker = asyncio.create_task(
             run_worker(
                 settings,
                 clock=clock,
                 stop=stop,
                 shutdown_grace_seconds=3,
-                on_started=lambda services: setattr(application.state, "worker", services),
+                on_started=on_started,
             )
         )
+        # Started (its first sweep done) before the test runs, as a deployed worker would be.
+        await asyncio.wait(
+            [worker, asyncio.ensure_future(started.wait())],
+            timeout=30,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        if worker.done():
+            worker.result()  # raises why it stopped
+        assert started.is_set(), "the worker did not start within 30 s"
         try:
             yield application
         finally:

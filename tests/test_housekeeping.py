@@ -135,11 +135,11 @@ class RecordingHousekeeping:
 async def test_the_sweeper_runs_the_purge(app):
     assert app.state.services.pipeline.housekeeping is not None  # wired by Services.build
     recording = RecordingHousekeeping()
-    pipeline = InProcessReplyPipeline(
-        app.state.services.settings,
-        app.state.services.pipeline.generator,
-        recording,
+    # Sweeps 1 s apart (the shortest interval), the first purge 1 s after the start.
+    settings = app.state.services.settings.model_copy(
+        update={"reply_stale_seconds": 4, "purge_interval_seconds": 1}
     )
+    pipeline = InProcessReplyPipeline(settings, app.state.services.pipeline.generator, recording)
     await pipeline.start(run_sweeper=True)
     try:
         await asyncio.wait_for(recording.ran.wait(), 10)

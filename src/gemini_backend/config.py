@@ -195,6 +195,9 @@ class Settings(BaseSettings):
     context_max_tokens: int = Field(default=8000, ge=256)
     ai_max_attempts: int = Field(default=4, ge=1)
     ai_timeout_seconds: float = Field(default=60.0, gt=0)
+    # The pause before the first retry, doubled at each further one (at most 30 s), unless
+    # the provider said how long to wait (Retry-After).
+    ai_retry_delay_seconds: float = Field(default=0.5, gt=0, le=30)
     reply_stale_seconds: int = Field(default=60, ge=1)
     reply_stream_ttl_seconds: int = Field(default=3600, ge=1)
     # How often each sweeper purges expired OTPs, refresh tokens, login guards, idempotency keys.

@@ -26,6 +26,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.routing import BaseRoute
 
+from tests.servers import PromptServer
+
 
 class _Recorded(Protocol):
     @property
@@ -96,7 +98,7 @@ def cut_short(reply: _Ending) -> bool:
     return reply.error_event is not None or reply.break_after or reply.stall_after
 
 
-class _Server(uvicorn.Server):
+class _Server(PromptServer):
     def __init__(self, config: uvicorn.Config, owner: LoopbackServer[Any, Any]) -> None:
         super().__init__(config)
         self.owner = owner
@@ -156,7 +158,7 @@ class LoopbackServer(Generic[A, R]):
     def stop(self) -> None:
         if self._loop is not None and self._release is not None:
             self._loop.call_soon_threadsafe(self._release.set)  # let hanging handlers end
-        self._server.should_exit = True
+        self._server.exit()
         self._thread.join(15)
         self._socket.close()
 

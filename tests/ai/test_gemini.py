@@ -294,7 +294,7 @@ async def test_an_error_event_before_any_chunk_is_mapped_by_its_code(fake, provi
 
 async def test_a_hang_is_a_retryable_timeout(fake):
     fake.script(Hang())
-    provider = make_provider(fake, timeout_seconds=2)
+    provider = make_provider(fake, timeout_seconds=0.5)  # what is tested is the timeout
     try:
         items, error = await collect(provider)
     finally:
@@ -307,7 +307,7 @@ async def test_a_hang_is_a_retryable_timeout(fake):
 
 async def test_a_stall_after_chunks_is_a_timeout_that_keeps_the_text(fake):
     fake.script(Reply(chunks=("Half of it",), stall_after=True))
-    provider = make_provider(fake, timeout_seconds=2)
+    provider = make_provider(fake, timeout_seconds=1)
     try:
         items, error = await collect(provider)
     finally:
@@ -567,7 +567,7 @@ async def test_a_safety_block_ends_the_reply_blocked(
 
 
 @pytest.mark.parametrize(
-    "settings_overrides", [{"ai_timeout_seconds": 2, "ai_max_attempts": 2}], indirect=True
+    "settings_overrides", [{"ai_timeout_seconds": 1, "ai_max_attempts": 2}], indirect=True
 )
 async def test_a_hanging_server_times_out_after_all_attempts(client, fake, alice):
     room = await create_room(client, alice, name="r")

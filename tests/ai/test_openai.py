@@ -47,7 +47,8 @@ def fake(openai_server: FakeOpenAI) -> FakeOpenAI:
 
 
 @pytest.fixture
-def settings_overrides(fake: FakeOpenAI) -> dict[str, Any]:
+def settings_overrides(fake: FakeOpenAI, request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The app talks to the fake; a test changes more with indirect parametrization."""
     return {
         "ai_provider": "openai",
         "openai_base_url": fake.url + "/v1",
@@ -57,12 +58,13 @@ def settings_overrides(fake: FakeOpenAI) -> dict[str, Any]:
         # request counts below are exact; hang tests pay it per attempt.
         "ai_timeout_seconds": 3,
         "ai_max_attempts": MAX_ATTEMPTS,
+        **getattr(request, "param", {}),
     }
 
 
 @pytest.fixture
 async def provider(fake: FakeOpenAI) -> AsyncIterator[OpenAIProvider]:
-    made = OpenAIProvider(base_url=fake.url + "/v1", api_key=KEY, model=MODEL, timeout_seconds=2)
+    made = OpenAIProvider(base_url=fake.url + "/v1", api_key=KEY, model=MODEL, timeout_seconds=1)
     yield made
     await made.aclose()
 
@@ -457,8 +459,13 @@ async def test_reply_streams_and_the_conversation_is_sent(client, alice, room, f
     assert fake.plain_completions == []  # a named room asks for no title
 
 
+# The two timeout cases wait out AI_TIMEOUT_SECONDS on every attempt: 1 s rather than the
+# module's 3 s (a healthy call here answers within milliseconds).
+QUICK_TIMEOUT = {"ai_timeout_seconds": 1}
+
+
 @pytest.mark.parametrize(
-    ("script", "status", "error", "content", "requests"),
+    ("script", "status", "error", "content", "requests", "settings_overrides"),
     [
         (
             [rate_limited(**{"retry-after-ms": "10"}), Reply(chunks=["Fine", "."])],
@@ -466,32 +473,43 @@ async def test_reply_streams_and_the_conversation_is_sent(client, alice, room, f
             None,
             "Fine.",
             2,
+            {},
         ),
-        ([server_error()], "failed", "provider_unavailable", "", MAX_ATTEMPTS),
-        ([bad_request()], "failed", "provider_bad_request", "", 1),
-        ([quota_exhausted()], "failed", "provider_quota_exhausted", "", 1),
+        ([server_error()], "failed", "provider_unavailable", "", MAX_ATTEMPTS, {}),
+        ([bad_request()], "failed", "provider_bad_request", "", 1, {}),
+        ([quota_exhausted()], "failed", "provider_quota_exhausted", "", 1, {}),
         (
             [Fail(401, "Invalid API key.", "invalid_request_error")],
             "failed",
             "provider_auth",
             "",
             1,
+            {},
         ),
-        ([Hang()], "failed", "provider_timeout", "", MAX_ATTEMPTS),
+        ([Hang()], "failed", "provider_timeout", "", MAX_ATTEMPTS, QUICK_TIMEOUT),
         (
             [Reply(chunks=["Partial ", "answer"], break_after=True)],
             "failed",
             "provider_stream_error",
             "Partial answer",
             1,
+            {},
         ),
-        ([Reply(chunks=["Half"], stall_after=True)], "failed", "provider_timeout", "Half", 1),
+        (
+            [Reply(chunks=["Half"], stall_after=True)],
+            "failed",
+            "provider_timeout",
+            "Half",
+            1,
+            QUICK_TIMEOUT,
+        ),
         (
             [Reply(chunks=[], break_after=True), Reply(chunks=["Second", " try"])],
             "completed",
             None,
             "Second try",
             2,
+            {},
         ),
     ],
     ids=[
@@ -505,6 +523,7 @@ async def test_reply_streams_and_the_conversation_is_sent(client, alice, room, f
         "stall-mid-stream",
         "break-before-text",
     ],
+    indirect=["settings_overrides"],
 )
 async def test_provider_failures_end_to_end(
     client, alice, room, fake, script: list[Behaviour], status, error, content, requests

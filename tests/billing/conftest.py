@@ -14,6 +14,7 @@ import uvicorn
 
 from gemini_backend.billing.gateway import mock_api_key
 from tests.processes import free_port
+from tests.servers import PromptServer
 
 
 @pytest.fixture
@@ -33,7 +34,7 @@ async def live(app: Any, live_port: int) -> AsyncIterator[httpx.AsyncClient]:
     config = uvicorn.Config(
         app, host="127.0.0.1", port=live_port, lifespan="off", log_config=None, access_log=False
     )
-    server = uvicorn.Server(config)
+    server = PromptServer(config)
     serving = asyncio.create_task(server.serve())
     while not server.started:
         if serving.done():
@@ -45,7 +46,7 @@ async def live(app: Any, live_port: int) -> AsyncIterator[httpx.AsyncClient]:
         ) as client:
             yield client
     finally:
-        server.should_exit = True
+        server.exit()
         await asyncio.wait_for(serving, 15)
 
 

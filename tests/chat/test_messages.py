@@ -433,12 +433,18 @@ async def test_stopping_the_sweeper_lets_a_sweep_in_progress_finish(app):
     # A cancel inside a sweep's database call invalidated its connection, and a second cancel
     # during that connection's close left a task that never ended (the test run's event loop
     # then hung at its close): the sweeper is asked to stop between sweeps instead.
-    settings = app.state.services.settings
+    # Sweeps 1 s apart (the shortest interval); the first, at start, goes through.
+    settings = app.state.services.settings.model_copy(update={"reply_stale_seconds": 4})
     pipeline = InProcessReplyPipeline(settings, app.state.services.pipeline.generator)
     in_sweep, release = asyncio.Event(), asyncio.Event()
     finished: list[bool] = []
+    sweeps = 0
 
     async def slow_sweep(**_: object) -> list[int]:
+        nonlocal sweeps
+        sweeps += 1
+        if sweeps == 1:
+            return []
         in_sweep.set()
         await release.wait()
         finished.append(True)
@@ -446,7 +452,7 @@ async def test_stopping_the_sweeper_lets_a_sweep_in_progress_finish(app):
 
     pipeline.sweep_once = slow_sweep  # type: ignore[method-assign]
     await pipeline.start(run_sweeper=True)
-    await asyncio.wait_for(in_sweep.wait(), 5)
+    await asyncio.wait_for(in_sweep.wait(), 10)
     stopping = asyncio.create_task(pipeline.stop(grace_seconds=5))
     release.set()  # the stop runs first: it has the sweep in progress to deal with
     await asyncio.wait_for(stopping, 10)

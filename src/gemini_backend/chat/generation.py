@@ -461,7 +461,9 @@ class ReplyGenerator:
             # Retried only before the first chunk: a client may already show the partial text.
             if progress.produced or not error.retryable or attempt >= self.settings.ai_max_attempts:
                 return progress.outcome(ReplyStatus.FAILED, error.code)
-            delay = error.retry_after or min(30.0, 0.5 * 2 ** (attempt - 1))
+            delay = error.retry_after or min(
+                30.0, self.settings.ai_retry_delay_seconds * 2 ** (attempt - 1)
+            )
             await asyncio.sleep(delay * random.uniform(0.8, 1.2))  # noqa: S311 - jitter
 
     async def _attempt(

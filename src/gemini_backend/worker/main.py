@@ -37,8 +37,6 @@ async def run_worker(
 ) -> None:
     """`settle_heap_at_startup`: the process runs only this worker (core/heap.py)."""
     services = Services.build(settings, clock or SystemClock())
-    if on_started is not None:
-        on_started(services)
     pipeline = services.pipeline
     if not isinstance(pipeline, StreamReplyPipeline):
         raise RuntimeError("the queue worker is for production mode (Redis Streams)")
@@ -62,6 +60,8 @@ async def run_worker(
             propagate_exceptions=False,
             wait_tasks_timeout=shutdown_grace_seconds,
         )
+        if on_started is not None:
+            on_started(services)
         if settle_heap_at_startup:
             settle_heap()
         log.info(

@@ -34,6 +34,7 @@ log = structlog.get_logger(__name__)
 # A reply's `updated_at` is set before its send commits; its job's stream id after. A reply
 # queued later than this before the oldest waiting job may be that job's (or a later one's).
 ENQUEUE_MARGIN = timedelta(seconds=1)
+FIRST_PURGE_AFTER = 60.0  # seconds after a start, at most
 
 
 class ReplyPipeline:
@@ -67,6 +68,8 @@ class ReplyPipeline:
         await self._start_queue()
         if run_sweeper:
             self._stop_sweeping.clear()
+            # The first round before the process takes any job: what a stopped one left.
+            await self._sweep_round()
             self._sweeper = asyncio.create_task(self._sweep_forever(), name="reply-sweeper")
 
     async def stop(self, grace_seconds: float = 10.0) -> None:
@@ -94,14 +97,19 @@ class ReplyPipeline:
             self.enqueue, stale_seconds=stale_seconds, queued_before=queued_before
         )
 
+    async def _sweep_round(self) -> None:
+        try:
+            await self.sweep_once()
+        except Exception:
+            log.exception("sweep_failed")
+
     async def _sweep_forever(self) -> None:
+        """After `start`'s first sweep: a sweep every interval until stopped, and a purge every
+        PURGE_INTERVAL_SECONDS, the first one at most a minute after the start (not during it,
+        when the process has its first requests and the stuck replies to deal with)."""
         interval = max(1.0, min(10.0, self.settings.reply_stale_seconds / 4))
-        purge_at = time.monotonic()  # the first round purges too
-        while not self._stop_sweeping.is_set():
-            try:
-                await self.sweep_once()
-            except Exception:
-                log.exception("sweep_failed")
+        purge_at = time.monotonic() + min(self.settings.purge_interval_seconds, FIRST_PURGE_AFTER)
+        while True:
             if self.housekeeping is not None and time.monotonic() >= purge_at:
                 purge_at = time.monotonic() + self.settings.purge_interval_seconds
                 try:
@@ -110,6 +118,9 @@ class ReplyPipeline:
                     log.exception("purge_failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop_sweeping.wait(), interval)
+            if self._stop_sweeping.is_set():
+                return
+            await self._sweep_round()
 
 
 class InProcessReplyPipeline(ReplyPipeline):
