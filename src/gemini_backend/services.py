@@ -8,12 +8,11 @@ This is the one place that chooses between the embedded and the production imple
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import structlog
 from fastapi import Depends
 from pwdlib.hashers.argon2 import Argon2Hasher
-from redis.asyncio import Redis
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import HTTPConnection
@@ -50,6 +49,9 @@ from gemini_backend.worker.runtime import (
     ReplyPipeline,
     StreamReplyPipeline,
 )
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 
 @dataclass

@@ -35,8 +35,8 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
-from redis.asyncio import Redis
 from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -44,6 +44,9 @@ from gemini_backend.auth.models import AuthSession
 from gemini_backend.billing.models import Subscription
 from gemini_backend.core.notices import NoticeFed
 from gemini_backend.users.models import User
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,19 +31,20 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
-from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
-from redis.exceptions import RedisError
 
 from gemini_backend.core.cache import Cache
 from gemini_backend.core.metrics import CACHE_REQUESTS
 from gemini_backend.core.notices import NoticeFed
+from gemini_backend.core.redis import unavailable
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from redis.asyncio.client import Pipeline
 
 log = structlog.get_logger(__name__)
-_UNAVAILABLE = (RedisError, OSError)
 
 _LIST_HIT = CACHE_REQUESTS.labels("chatroom_list", "hit")
 _LIST_MISS = CACHE_REQUESTS.labels("chatroom_list", "miss")
@@ -68,7 +69,7 @@ LOCAL_MAX_ENTRIES_PER_USER = 32
 _CHANGES_REMEMBERED = 100_000
 
 
-Along = Callable[[Pipeline], Awaitable[None]]
+Along = Callable[["Pipeline"], Awaitable[None]]
 
 
 class SharedLists(Protocol):
@@ -212,7 +213,7 @@ class ChatroomCache(NoticeFed):
             return Lookup(body)
         try:
             version, body = await self._shared.read(user_id, page)
-        except _UNAVAILABLE as exc:
+        except unavailable() as exc:
             _LIST_ERROR.inc()
             log.warning("cache_unavailable", error=type(exc).__name__)
             return Lookup(None)
@@ -229,7 +230,7 @@ class ChatroomCache(NoticeFed):
             return
         try:
             await self._shared.write(user_id, found.version, page, body, self._ttl)
-        except _UNAVAILABLE as exc:
+        except unavailable() as exc:
             log.warning("cache_unavailable", error=type(exc).__name__)
 
     # --- room details (in process only) --------------------------------------------------
@@ -270,7 +271,7 @@ class ChatroomCache(NoticeFed):
         keep = max(self._ttl * 2, 60)
         try:
             await self._shared.bump(user_id, keep, self._notice(user_id), along)
-        except _UNAVAILABLE as exc:
+        except unavailable() as exc:
             log.warning("cache_invalidation_failed", user_id=user_id, error=type(exc).__name__)
             if along is not None:
                 raise  # what went along is lost too: the caller's to report
@@ -280,7 +281,7 @@ class ChatroomCache(NoticeFed):
         self.forget(user_id)
         try:
             await self._publish(user_id)
-        except _UNAVAILABLE as exc:
+        except unavailable() as exc:
             log.warning("cache_invalidation_failed", user_id=user_id, error=type(exc).__name__)
 
     async def rooms_changed(self, user_ids: Collection[int]) -> None:
@@ -291,7 +292,7 @@ class ChatroomCache(NoticeFed):
             self.forget(user_id)
         try:
             await self._publish_many(user_ids)
-        except _UNAVAILABLE as exc:
+        except unavailable() as exc:
             log.warning("cache_invalidation_failed", users=len(user_ids), error=type(exc).__name__)
 
     def room_changed_notice(self, user_id: int) -> tuple[str, str] | None:

@@ -15,15 +15,16 @@ import uuid
 from collections.abc import Iterator
 from contextvars import ContextVar
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
-from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
-from redis.exceptions import RedisError, ResponseError
 
 from gemini_backend.config import Settings
-from gemini_backend.core.redis import as_text
+from gemini_backend.core.redis import as_text, unavailable
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from redis.asyncio.client import Pipeline
 
 GENERATE_REPLY = "generate_reply"
 log = structlog.get_logger(__name__)
@@ -75,6 +76,8 @@ class RedisJobQueue:
     async def declare_group(self) -> None:
         """The workers' consumer group, from the stream's first entry (as the broker declares
         it): `waiting_since` reads its position, also before any worker has started."""
+        from redis.exceptions import ResponseError
+
         try:
             await self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
         except ResponseError as exc:
@@ -106,7 +109,7 @@ class RedisJobQueue:
             if last is None:
                 return None
             waiting: Any = await self.redis.xrange(self.stream, min=f"({as_text(last)}", count=1)
-        except (RedisError, OSError) as exc:
+        except unavailable() as exc:
             log.warning("queue_position_unknown", error=type(exc).__name__)
             return None
         if not waiting:

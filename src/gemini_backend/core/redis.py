@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import redis
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.driver_info import DriverInfo
+from functools import cache
+from typing import TYPE_CHECKING
 
 from gemini_backend.config import Settings
 
-_DRIVER = DriverInfo(name="redis-py", lib_version=redis.__version__)
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 
 def create_redis(settings: Settings) -> Redis | None:
@@ -16,6 +16,11 @@ def create_redis(settings: Settings) -> Redis | None:
     (redis-py's default pool fails at once with MaxConnectionsError instead)."""
     if not settings.redis_url:
         return None
+    # Imported here: an embedded process never loads redis-py (a third of its start-up imports).
+    import redis
+    from redis.asyncio import BlockingConnectionPool, Redis
+    from redis.driver_info import DriverInfo
+
     pool = BlockingConnectionPool.from_url(
         settings.redis_url,
         max_connections=settings.redis_max_connections,
@@ -26,7 +31,7 @@ def create_redis(settings: Settings) -> Redis | None:
         health_check_interval=30,
         # Named once: by default every new connection reads redis-py's version from its
         # installed metadata (a scan of sys.path, about 0.4 ms).
-        driver_info=_DRIVER,
+        driver_info=DriverInfo(name="redis-py", lib_version=redis.__version__),
     )
     return Redis.from_pool(pool)  # closing the client closes the pool
 
@@ -35,3 +40,11 @@ def as_text(value: bytes | str) -> str:
     """A value of a Redis reply as text (this project's clients answer bytes, `decode_responses`
     off)."""
     return value.decode() if isinstance(value, bytes) else value
+
+
+@cache
+def unavailable() -> tuple[type[Exception], ...]:
+    """What an unreachable or failing Redis raises, for an `except` (loaded on first use)."""
+    from redis.exceptions import RedisError
+
+    return (RedisError, OSError)

@@ -13,14 +13,14 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
-
-from redis.asyncio import Redis
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gemini_backend.core.notices import SHUTDOWN_SECONDS
 from gemini_backend.core.redis import as_text
 from gemini_backend.core.tasks import cancel_and_wait
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,6 +366,8 @@ async def _bounded(seconds: float) -> AsyncIterator[None]:
         async with asyncio.timeout(seconds):
             yield
     except TimeoutError as exc:
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
         raise RedisTimeoutError(f"no answer from Redis within {seconds} s") from exc
 
 

@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from limits import RateLimitItem, parse
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.storage.redis.redispy import RedispyBridge
 from limits.aio.strategies import MovingWindowRateLimiter
-from redis.asyncio import Redis
 
 from gemini_backend.config import Settings
 from gemini_backend.core.errors import TooManyRequests
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 
 def _redis_storage_uri(redis_url: str) -> str:
@@ -36,7 +38,7 @@ def _redis_give_back(storage: RedisStorage) -> Callable[[str], Awaitable[None]]:
     bridge = cast(RedispyBridge, storage.bridge)  # from_settings asks for redis-py
 
     async def give_back(key: str) -> None:
-        client = cast(Redis, bridge.get_connection())
+        client = cast("Redis", bridge.get_connection())
         await client.lpop(bridge.prefixed_key(key))  # the newest entry
 
     return give_back
