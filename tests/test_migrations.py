@@ -674,3 +674,46 @@ def test_0016_finds_a_reply_of_a_backlog_by_id(fresh_settings):
     else:
         scans = {n.get("Index Name") for n in _nodes(plan["Plan"])}
         assert "ix_messages_reply_to" in scans, plan
+
+
+# The lookups of one reply in progress by id, as chat/repository.py writes them.
+_BY_ID = [
+    "UPDATE messages SET status = 'generating' WHERE id = ANY('{2}'::bigint[]) "
+    "AND status = 'queued' AND role = 'assistant'",
+    "UPDATE messages SET updated_at = now() WHERE id = 2 AND status = 'generating' "
+    "AND attempts = 1",
+    "SELECT id FROM messages WHERE role = 'assistant' AND status IN ('queued', 'generating') "
+    "AND updated_at < now()",
+]
+
+
+@pytest.mark.parametrize("revision", ["0016", "0017"])
+def test_0017_no_lookup_by_id_can_read_the_live_reply_index(fresh_settings, revision):
+    """The planner took `uq_messages_live_reply` for the lookups by id (a scan of the whole
+    index, a heap row per entry) over the index on id whenever its statistics made them tie
+    (bench/README.md: 10M rows). Here the other ways in are dropped (in a transaction rolled
+    back) and sequential scans made prohibitive: at 0016 the planner takes the unique index;
+    after 0017 it cannot."""
+    if not fresh_settings.database_url.startswith("postgresql"):
+        pytest.skip("a PostgreSQL planner's choice")
+    command.upgrade(alembic_config(fresh_settings), revision)
+
+    async def used_indexes() -> set[str]:
+        conn = await asyncpg.connect(_asyncpg_dsn(fresh_settings.database_url))
+        rollback = conn.transaction()
+        await rollback.start()
+        try:
+            await conn.execute("DROP INDEX ix_messages_in_progress")
+            await conn.execute("ALTER TABLE messages DROP CONSTRAINT pk_messages CASCADE")
+            await conn.execute("SET LOCAL enable_seqscan = off")
+            used: set[str] = set()
+            for query in _BY_ID:
+                plan = json.loads(await conn.fetchval(f"EXPLAIN (FORMAT JSON) {query}"))
+                used |= {n.get("Index Name") for n in _nodes(plan[0]["Plan"])} - {None}
+            return used
+        finally:
+            await rollback.rollback()
+            await conn.close()
+
+    used = asyncio.run(used_indexes())
+    assert ("uq_messages_live_reply" in used) == (revision == "0016"), used

@@ -27,6 +27,9 @@ DEFAULT_ROOM_NAME = "New chat"
 _IN_PROGRESS = text(f"status IN ('{ReplyStatus.QUEUED}', '{ReplyStatus.GENERATING}')")
 _HAS_QUOTA_DAY = text("quota_day IS NOT NULL")
 _ANSWERS = text("reply_to IS NOT NULL")
+# The replies in progress as only a lookup by reply_to implies (migration 0017): a lookup by
+# id, which states _IN_PROGRESS, cannot take the unique index for a scan of all of it.
+_LIVE_ANSWERS = text(f"reply_to IS NOT NULL AND {_IN_PROGRESS.text}")
 LIVE_REPLY_INDEX = "uq_messages_live_reply"
 
 
@@ -116,8 +119,7 @@ class Message(Base):
             sqlite_where=_HAS_QUOTA_DAY,
         ),
         # The replies in progress by id: the claim, heartbeat and finish of one reply, and the
-        # sweeper's scan (migration 0016). Its predicate is theirs, so PostgreSQL does not
-        # read the whole of uq_messages_live_reply to find one row of a backlog instead.
+        # sweeper's scan (migrations 0016, 0017): the one partial index their predicate implies.
         Index(
             "ix_messages_in_progress",
             "id",
@@ -133,8 +135,8 @@ class Message(Base):
             LIVE_REPLY_INDEX,
             "reply_to",
             unique=True,
-            postgresql_where=_IN_PROGRESS,
-            sqlite_where=_IN_PROGRESS,
+            postgresql_where=_LIVE_ANSWERS,
+            sqlite_where=_LIVE_ANSWERS,
         ),
         # SQLite: a deleted message's id (its reply stream, its cancel flag) is never reused.
         {"sqlite_autoincrement": True},
