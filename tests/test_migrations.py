@@ -31,7 +31,12 @@ from gemini_backend.search.repository import FIRST, PostgresqlSearch, SqliteSear
 from gemini_backend.search.schema import SEARCH_TABLES, SQLITE_TRIGGERS, is_search_object
 from tests.conftest import BACKEND, JWT_SECRET, TEST_DATABASE_URL
 
-KINDS = ["sqlite", "postgresql"] if BACKEND == "production" else ["sqlite"]
+if BACKEND != "production":
+    KINDS = ["sqlite"]
+elif os.environ.get("GB_TEST_MODE_FREE_ONCE") == "1":
+    KINDS = ["postgresql"]  # `make test-fast`: the SQLite cases, the same in both, run embedded
+else:
+    KINDS = ["sqlite", "postgresql"]
 
 
 def _settings(url: str, data_dir: Path) -> Settings:
