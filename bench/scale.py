@@ -13,8 +13,9 @@ is removed at the end) and a Redis key prefix of its own:
 2. one `gemini-backend serve` and one `gemini-backend worker`; for each backlog K (`--queued`,
    default 10 and 10,000): the worker is stopped (SIGSTOP), K messages are sent into one room
    (as issue 22 measured: a backlog in one room, so the room's conversation is as deep as the
-   backlog), the worker is let go (SIGCONT) and drains them; the CPU the worker and the
-   instance's PostgreSQL processes spent meanwhile (/proc/<pid>/stat; the harness's own poll
+   backlog; `--spread M`: into new rooms of M messages each, a backlog of as deep
+   conversations as K = M), the worker is let go (SIGCONT) and drains them; the CPU the worker
+   and the instance's PostgreSQL processes spent meanwhile (/proc/<pid>/stat; the harness's own poll
    backend left out) divided by K, and pg_stat_statements' statements of the drain. K = 10 is
    repeated `--small-rounds` times (CPU time comes in 10 ms ticks);
 3. the hot statements under `EXPLAIN (ANALYZE, BUFFERS)`, each run through the code's own
@@ -268,13 +269,13 @@ class Poller:
         assert self.conn is not None
         await self.conn.close()
 
-    async def unfinished(self, room: int) -> int:
+    async def unfinished(self, rooms: list[int]) -> int:
         assert self.conn is not None
         return int(
             await self.conn.fetchval(
-                "SELECT count(*) FROM messages WHERE chatroom_id = $1 AND role = 'assistant' "
-                "AND status IN ('queued', 'generating')",
-                room,
+                "SELECT count(*) FROM messages WHERE chatroom_id = ANY($1::bigint[]) "
+                "AND role = 'assistant' AND status IN ('queued', 'generating')",
+                rooms,
             )
         )
 
@@ -298,14 +299,22 @@ ORDER BY total_exec_time DESC LIMIT 12"""
 
 
 async def drain_once(
-    pg: PgInstance, url: str, api: Api, user: User, worker: int, queued: int
+    pg: PgInstance, url: str, api: Api, user: User, worker: int, queued: int, spread: int
 ) -> dict[str, Any]:
-    """K messages sent into a new room while the worker is stopped, then drained by it."""
-    room = await api.create_room(user.token, f"backlog of {queued}")
+    """K messages sent into a new room (`spread`: into new rooms of that many each) while the
+    worker is stopped, then drained by it."""
+    per_room = spread or queued
+    rooms = [
+        await api.create_room(user.token, f"backlog of {queued}")
+        for _ in range(-(-queued // per_room))
+    ]
     os.kill(worker, signal.SIGSTOP)
     try:
         await bounded(
-            [lambda i=i: api.send(user.token, room, f"{SEND_BODY} ({i})") for i in range(queued)],
+            [
+                lambda i=i: api.send(user.token, rooms[i // per_room], f"{SEND_BODY} ({i})")
+                for i in range(queued)
+            ],
             8,
         )
     except BaseException:
@@ -319,13 +328,13 @@ async def drain_once(
         os.kill(worker, signal.SIGCONT)
         # Often enough for a short drain, rarely enough not to load the machine in a long one.
         pause = 0.02 if queued < 1000 else 0.25
-        while await poll.unfinished(room):  # noqa: ASYNC110 (the database is polled)
+        while await poll.unfinished(rooms):  # noqa: ASYNC110 (the database is polled)
             await asyncio.sleep(pause)
         seconds = time.monotonic() - t0
         worker1, pg1 = _cpu([worker]), _pg_cpu(pg, poll.pid)
         statements = [dict(r) for r in await poll.conn.fetch(STATEMENTS)]
     return {
-        "room": room,
+        "room": rooms[0],
         "seconds": seconds,
         "worker_cpu_s": worker1 - worker0,
         "pg_cpu_s": pg1 - pg0,
@@ -342,7 +351,7 @@ async def drains(
             rounds = args.small_rounds if queued < 1000 else 1
             runs = []
             for _ in range(rounds):
-                runs.append(await drain_once(pg, url, api, user, worker, queued))
+                runs.append(await drain_once(pg, url, api, user, worker, queued, args.spread))
             messages = queued * rounds
             worker_s = sum(r["worker_cpu_s"] for r in runs)
             pg_s = sum(r["pg_cpu_s"] for r in runs)
@@ -508,6 +517,7 @@ def measure_size(run: Run, pg: PgInstance, rows: int) -> dict[str, Any]:
     stack = Stack(run, "production")
     stack.prefix = f"scale:{stack.tag}"  # this branch's Redis keys
     stack.base_env["REDIS_KEY_PREFIX"] = stack.prefix
+    stack.base_env["MAX_CHATROOMS_PER_USER"] = "1000000"  # --spread's rooms
     create_database(run, stack.database)
     prefix, redis_url = stack.prefix, stack.redis_url
     run.cleanup.add(f"redis keys {prefix}*", lambda: delete_redis_prefix(redis_url, prefix))
@@ -619,6 +629,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__)
     p.add_argument("--rows", type=ints, default=[10_000, 10_000_000], help="table sizes N")
     p.add_argument("--queued", type=ints, default=[10, 10_000], help="backlogs K")
+    p.add_argument(
+        "--spread",
+        type=int,
+        default=0,
+        help="a backlog in rooms of this many messages each (0: one room, as issue 22 measured)",
+    )
     p.add_argument("--small-rounds", type=int, default=40, help="rounds of a backlog < 1,000")
     p.add_argument("--fill-sessions", type=int, default=2, help="sessions filling in parallel")
     p.add_argument("--src", default=None, help="a tree's src directory to run instead")
