@@ -232,11 +232,9 @@ async def app(
             )
         )
         # Started (its first sweep done) before the test runs, as a deployed worker would be.
-        await asyncio.wait(
-            [worker, asyncio.ensure_future(started.wait())],
-            timeout=30,
-            return_when=asyncio.FIRST_COMPLETED,
-        )
+        waiting = asyncio.ensure_future(started.wait())
+        await asyncio.wait([worker, waiting], timeout=30, return_when=asyncio.FIRST_COMPLETED)
+        waiting.cancel()
         if worker.done():
             worker.result()  # raises why it stopped
         assert started.is_set(), "the worker did not start within 30 s"

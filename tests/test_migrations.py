@@ -681,7 +681,8 @@ def test_0016_finds_a_reply_of_a_backlog_by_id(fresh_settings):
         assert "ix_messages_reply_to" in scans, plan
 
 
-# The lookups of one reply in progress by id, as chat/repository.py writes them.
+# The shapes of chat/repository.py's lookups of replies in progress: the claim, the heartbeat
+# (the finish has its WHERE) and the sweeper's scan; none names reply_to.
 _BY_ID = [
     "UPDATE messages SET status = 'generating' WHERE id = ANY('{2}'::bigint[]) "
     "AND status = 'queued' AND role = 'assistant'",
