@@ -19,7 +19,7 @@ from gemini_backend.attachments.service import largest_upload_body
 from gemini_backend.auth.router import router as auth_router
 from gemini_backend.billing import mock as stripe_mock
 from gemini_backend.billing.router import router as billing_router
-from gemini_backend.chat.fastpath import CachedReadMiddleware
+from gemini_backend.chat.fastpath import FastPathMiddleware
 from gemini_backend.chat.router import router as chat_router
 from gemini_backend.config import Settings
 from gemini_backend.core.client_address import ClientAddressMiddleware, parse_networks
@@ -174,7 +174,7 @@ def _add_routes(app: FastAPI, settings: Settings) -> None:
 
 def _add_middleware(app: FastAPI, settings: Settings) -> None:
     # Added last = outermost.
-    app.add_middleware(CachedReadMiddleware)  # innermost: behind CORS and the request context
+    app.add_middleware(FastPathMiddleware)  # innermost: behind CORS and the request context
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -1,19 +1,27 @@
-"""Cached reads answered before routing: `GET /chatroom` and `GET /chatroom/{id}`.
+"""Requests answered before routing: the cached reads `GET /chatroom` and `GET /chatroom/{id}`,
+and the plain send `POST /chatroom/{id}/message`.
 
-These are the reads clients repeat (a room list on every screen, a room polled while a reply is
-produced). When everything the answer needs is already in this process's memory (the principal
-of a live session, auth/principals.py, and the body the route served last for that user and
-page or room, chat/cache.py) the answer is those bytes. This middleware sends them without
-FastAPI's routing, dependency resolution and response handling, which measured about two thirds
-of the CPU of such a read (bench/README.md).
+These are the requests clients repeat (a room list on every screen, a room polled while a reply
+is produced, a message after each reply). FastAPI's routing, dependency resolution and response
+handling measured about two thirds of the CPU of a cached read and a sixth of a send's
+(bench/README.md); this middleware does the same work without them.
 
-It only ever answers with a body the route itself produced, under the rules that keep that body
-current (dropped on every change, in every process). Anything else goes on to the routes
-untouched, which answer (and fill the caches) as always: no token or one that does not verify,
-an expired token, a principal or body not in memory, a query string or room id other than the
-plain forms of chat/reads.py (the module the routes take their query rules and the page's cache
-key from), any other method or path. It sits inside the request middleware (request id,
-security headers, metrics and the access line apply) and inside CORS.
+A read is only ever answered with a body the route itself produced, under the rules that keep
+that body current (dropped on every change, in every process): when everything the answer needs
+is already in this process's memory (the principal of a live session, auth/principals.py, and
+the body the route served last for that user and page or room, chat/cache.py), the answer is
+those bytes. A send is answered only when its principal is in memory and its body is JSON that
+`MessageCreate` accepts as it is; it then calls the route's own sender (chat/sending.py) with
+what the route would pass, answers its errors as the app's handler does, and its receipt as
+FastAPI serialises the route's return value.
+
+Anything else goes on to the routes untouched (a send with its body replayed), which answer (and
+fill the caches) as always: no token or one that does not verify, an expired token, a principal
+or body not in memory, a query string or room id other than the plain forms of chat/reads.py
+(the module the routes take their query rules and the page's cache key from), a send body that
+is chunked, not declared as JSON, or one the model refuses, any other method or path. It sits
+inside the request middleware (request id, security headers, metrics and the access line apply),
+inside the body limit and inside CORS.
 """
 
 from __future__ import annotations
@@ -22,36 +30,119 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from starlette.types import ASGIApp, Receive, Scope, Send
+from pydantic import TypeAdapter, ValidationError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gemini_backend.chat.reads import page_key_of_query, room_id_of
-from gemini_backend.core.errors import AppError
+from gemini_backend.chat.schemas import MessageCreate, SendReceipt
+from gemini_backend.core.errors import AppError, error_response
 
 if TYPE_CHECKING:  # the root imports the chat domain; this runs before any route
+    from gemini_backend.auth.principals import SignedInUser
     from gemini_backend.services import Services
 
 LIST_PATH = "/chatroom"
 ROOM_PREFIX = "/chatroom/"
 ROOM_ROUTE = "/chatroom/{chatroom_id}"
+SEND_SUFFIX = "/message"
+SEND_ROUTE = "/chatroom/{chatroom_id}/message"
+_ROUTES = {(LIST_PATH, "GET"), (ROOM_ROUTE, "GET"), (SEND_ROUTE, "POST")}
+# FastAPI's serialiser of the route's return value (its `dump_json` path: the same bytes).
+_RECEIPT = TypeAdapter(SendReceipt)
 
 
-class CachedReadMiddleware:
+class FastPathMiddleware:
     """A plain function, not a coroutine, in front of the app: a request it does not answer is
     handed on without a frame of its own staying alive for the request's lifetime (an open
     stream holds every coroutine frame of the stack)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self._routes: dict[str, Any] | None = None
+        self._routes: dict[tuple[str, str], Any] | None = None
 
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
-        if scope["type"] == "http" and scope["method"] == "GET":
+        if scope["type"] == "http":
             path: str = scope["path"]
-            if path == LIST_PATH or path.startswith(ROOM_PREFIX):
-                found = self._cached(scope, path)
-                if found is not None:
-                    return self._send(send, *found)
+            if scope["method"] == "GET":
+                if path == LIST_PATH or path.startswith(ROOM_PREFIX):
+                    found = self._cached(scope, path)
+                    if found is not None:
+                        return self._answer(send, *found)
+            elif scope["method"] == "POST" and path.endswith(SEND_SUFFIX):
+                answered = self._plain_send(scope, receive, send, path)
+                if answered is not None:
+                    return answered
         return self.app(scope, receive, send)
+
+    def _plain_send(
+        self, scope: Scope, receive: Receive, send: Send, path: str
+    ) -> Awaitable[None] | None:
+        """The send's handler when the request's line and headers are the plain form."""
+        if scope["query_string"] or not path.startswith(ROOM_PREFIX):
+            return None
+        room = room_id_of(path[len(ROOM_PREFIX) : -len(SEND_SUFFIX)])
+        services: Services | None = getattr(scope["app"].state, "services", None)
+        if room is None or services is None:
+            return None
+        json_body = declared = False
+        key: str | None = None
+        for name, value in scope["headers"]:
+            if name == b"content-type":
+                kind = value.partition(b";")[0].strip().lower()
+                json_body = kind == b"application/json"
+            elif name == b"content-length":
+                declared = True
+            elif name == b"transfer-encoding":
+                return None
+            elif name == b"idempotency-key" and key is None:
+                key = value.decode("latin-1")
+        if not (json_body and declared):
+            return None
+        user = self._principal(scope, services)
+        if user is None:
+            return None
+        return self._post_message(scope, receive, send, services, user, room, key)
+
+    async def _post_message(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        services: Services,
+        user: SignedInUser,
+        room_id: int,
+        key: str | None,
+    ) -> None:
+        body = await _whole_body(receive)
+        if body is None:  # the client left before its body arrived: nobody to answer
+            return
+        try:
+            draft = MessageCreate.model_validate_json(body)
+        except ValidationError:  # the route answers it, with its own error
+            await self.app(scope, _replayed(body, receive), send)
+            return
+        structlog.contextvars.bind_contextvars(user_id=user.id)
+        scope["route"] = self._route(scope, SEND_ROUTE, "POST")
+        sender = services.message_sender
+        try:
+            receipt, quota = await sender.send(
+                user, room_id, draft.content, key, draft.parent_id, draft.attachment_ids
+            )
+        except AppError as exc:  # as the app's handler answers it (core/errors.py)
+            answer = error_response(exc.status_code, exc.code, exc.detail, exc.headers)
+            await answer(scope, receive, send)
+            return
+        content = _RECEIPT.dump_json(receipt, by_alias=True)
+        headers = [
+            (b"content-length", str(len(content)).encode()),
+            (b"content-type", b"application/json"),
+        ]
+        headers += [
+            (name.lower().encode("latin-1"), value.encode("latin-1"))
+            for name, value in quota.headers(sender.clock.now()).items()
+        ]
+        await send({"type": "http.response.start", "status": 202, "headers": headers})
+        await send({"type": "http.response.body", "body": content})
 
     def _cached(self, scope: Scope, path: str) -> tuple[bytes, list[tuple[bytes, bytes]]] | None:
         services: Services | None = getattr(scope["app"].state, "services", None)
@@ -76,11 +167,11 @@ class CachedReadMiddleware:
         if body is None:
             return None
         structlog.contextvars.bind_contextvars(user_id=user.id)
-        scope["route"] = self._route(scope, template)  # the metrics' route label
+        scope["route"] = self._route(scope, template, "GET")  # the metrics' route label
         return body, extra
 
     @staticmethod
-    async def _send(send: Send, body: bytes, extra: list[tuple[bytes, bytes]]) -> None:
+    async def _answer(send: Send, body: bytes, extra: list[tuple[bytes, bytes]]) -> None:
         await send(
             {
                 "type": "http.response.start",
@@ -113,12 +204,38 @@ class CachedReadMiddleware:
             return None  # the route answers 401
         return services.principals.cached(claims.user_id, claims.session_id)
 
-    def _route(self, scope: Scope, template: str) -> Any:
+    def _route(self, scope: Scope, template: str, method: str) -> Any:
         if self._routes is None:
             self._routes = {
-                route.path: route
+                (route.path, verb): route
                 for route in scope["app"].routes
-                if getattr(route, "path", None) in (LIST_PATH, ROOM_ROUTE)
-                and "GET" in (getattr(route, "methods", None) or ())
+                for verb in getattr(route, "methods", None) or ()
+                if (getattr(route, "path", None), verb) in _ROUTES
             }
-        return self._routes.get(template)
+        return self._routes.get((template, method))
+
+
+async def _whole_body(receive: Receive) -> bytes | None:
+    """The request's body, or None if the client disconnected first."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replayed(body: bytes, receive: Receive) -> Receive:
+    """`receive` with the body already read delivered first, for the route."""
+    pending = True
+
+    async def again() -> Message:
+        nonlocal pending
+        if pending:
+            pending = False
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return again
