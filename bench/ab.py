@@ -269,10 +269,20 @@ def runtime_pins(lock: Path) -> dict[str, set[str]]:
     return pins
 
 
-def venv_mismatches(lock: Path) -> list[str]:
-    """The side's locked runtime packages this venv lacks or has at another version."""
+def venv_mismatches(lock: Path, other: Path | None = None) -> list[str]:
+    """The side's locked runtime packages this venv lacks or has at another version, and those
+    only the other side locks that are installed here (a package one side adds, such as a
+    parser redis-py picks up when present, would change the other side too)."""
     wrong = []
-    for name, versions in sorted(runtime_pins(lock).items()):
+    pins = runtime_pins(lock)
+    if other is not None and other.exists():
+        for name in sorted(set(runtime_pins(other)) - set(pins)):
+            try:
+                have = importlib.metadata.version(name)
+            except importlib.metadata.PackageNotFoundError:
+                continue
+            wrong.append(f"{name} (not locked, here {have})")
+    for name, versions in sorted(pins.items()):
         try:
             have = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
@@ -283,13 +293,13 @@ def venv_mismatches(lock: Path) -> list[str]:
     return wrong
 
 
-def choose_python(ab: AB, side: Side) -> None:
+def choose_python(ab: AB, side: Side, other: Side) -> None:
     lock = side.tree / "uv.lock"
     mode = ab.args.venv
     if mode == "auto":
         if not lock.exists():
             raise SystemExit(f"{side.name}: no uv.lock; use --venv shared to run it on this venv")
-        wrong = venv_mismatches(lock)
+        wrong = venv_mismatches(lock, other.tree / "uv.lock")
         side.extra["dependency_differences"] = wrong
         mode = "own" if wrong else "shared"
         if wrong:
@@ -886,9 +896,9 @@ def setup(ab: AB) -> list[User]:
     args = ab.args
     ab.old = resolve_side(ab, "old", args.old)
     ab.new = resolve_side(ab, "new", args.new)
-    for side in (ab.old, ab.new):
+    for side, other in ((ab.old, ab.new), (ab.new, ab.old)):
         log(f"{side.name}: {side.subject} ({side.tree})")
-        choose_python(ab, side)
+        choose_python(ab, side, other)
         check_import(ab, side)
     prefix, url = ab.prefix, args.redis_url
     ab.cleanup.add(

@@ -382,9 +382,9 @@ def main(argv: list[str] | None = None) -> int:
         run.base_env["REDIS_URL"] = run.redis_url
         run.old = resolve_side(run, "old", args.old)
         run.new = resolve_side(run, "new", args.new)
-        for side in (run.old, run.new):
+        for side, other in ((run.old, run.new), (run.new, run.old)):
             log(f"{side.name}: {side.subject} ({side.tree})")
-            choose_python(run, side)
+            choose_python(run, side, other)
             check_import(run, side)
         prepare_database(run)
         for side in (run.old, run.new):

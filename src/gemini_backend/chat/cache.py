@@ -14,7 +14,7 @@ Two levels:
   changed: create, rename, delete, a send, a title) or `room_changed(user_id)` (only a room's
   messages changed: a reply claimed, finished, swept or cancelled) after its commit. The
   calling process drops the user's bodies before it answers; in production the same call
-  publishes the user id on a Redis Pub/Sub channel (in the same transaction as the version bump
+  publishes the user id on a Redis Pub/Sub channel (in the same script as the version bump
   for lists) and every API process drops that user's bodies when the notice arrives. The rules
   of the principal cache hold (core/notices.py): no caching while not subscribed, emptied on
   every (re)subscription, and a body read before a change is never stored after it (a
@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -42,7 +42,6 @@ from gemini_backend.core.redis import unavailable
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
-    from redis.asyncio.client import Pipeline
 
 log = structlog.get_logger(__name__)
 
@@ -60,6 +59,21 @@ redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 return 1
 """
+# A new version: KEYS: version, pages hash, then one stream per entry to add (a job going
+# along). ARGV: seconds the version outlives its pages, the notice's channel ('' for none)
+# and message, then each entry's `data` field.
+_BUMP = """
+for i = 3, #KEYS do
+  redis.call('XADD', KEYS[i], '*', 'data', ARGV[i + 1])
+end
+redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('DEL', KEYS[2])
+if ARGV[2] ~= '' then
+  redis.call('PUBLISH', ARGV[2], ARGV[3])
+end
+return 1
+"""
 
 # Bounds of the in-process level (per API process).
 LOCAL_MAX_BYTES = 64 * 1024 * 1024
@@ -69,7 +83,8 @@ LOCAL_MAX_ENTRIES_PER_USER = 32
 _CHANGES_REMEMBERED = 100_000
 
 
-Along = Callable[["Pipeline"], Awaitable[None]]
+# Stream entries (stream, `data`) added in the bump's own command: a send's job.
+Along = Sequence[tuple[str, bytes]]
 
 
 class SharedLists(Protocol):
@@ -85,21 +100,22 @@ class SharedLists(Protocol):
         ...
 
     async def bump(
-        self, user_id: int, keep: int, notice: tuple[str, str] | None, along: Along | None
+        self, user_id: int, keep: int, notice: tuple[str, str] | None, along: Along
     ) -> None:
-        """A new version (outliving its pages by `keep` seconds); with `along`'s commands and
-        the notice in the same transaction when on Redis."""
+        """A new version (outliving its pages by `keep` seconds); with `along`'s entries and
+        the notice in the same script when on Redis."""
         ...
 
 
 class RedisLists:
     """Production: one hash of pages per user, with its version; a lookup is one round trip,
-    the bump one transaction, a store a small script (only if the version is still current)."""
+    the bump and a store each a small script (a store only if the version is still current)."""
 
     def __init__(self, redis: Redis, prefix: str) -> None:
         self._redis = redis
         self._prefix = prefix
         self._put_script: Any = redis.register_script(_PUT_IF_CURRENT)
+        self._bump_script: Any = redis.register_script(_BUMP)
 
     def _keys(self, user_id: int) -> tuple[str, str]:
         # One hash slot per user ({...}): the script's two keys stay together on a cluster.
@@ -120,18 +136,14 @@ class RedisLists:
         await self._put_script(keys=list(self._keys(user_id)), args=[version, page, body, ttl])
 
     async def bump(
-        self, user_id: int, keep: int, notice: tuple[str, str] | None, along: Along | None
+        self, user_id: int, keep: int, notice: tuple[str, str] | None, along: Along
     ) -> None:
-        version_key, pages_key = self._keys(user_id)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            if along is not None:
-                await along(pipe)
-            pipe.incr(version_key)
-            pipe.expire(version_key, keep)
-            pipe.delete(pages_key)
-            if notice is not None:
-                pipe.publish(*notice)
-            await pipe.execute()
+        # One script rather than MULTI/EXEC: one command to pack and one reply to parse
+        # (about half the client's CPU of the transaction, bench/README.md).
+        channel, message = notice or ("", "")
+        keys = [*self._keys(user_id), *(stream for stream, _ in along)]
+        args = [keep, channel, message, *(data for _, data in along)]
+        await self._bump_script(keys=keys, args=args)
 
 
 class MemoryLists:
@@ -154,7 +166,7 @@ class MemoryLists:
         await self._cache.set(f"chatrooms:{user_id}:{version}:{page}", body, ttl)
 
     async def bump(
-        self, user_id: int, keep: int, notice: tuple[str, str] | None, along: Along | None
+        self, user_id: int, keep: int, notice: tuple[str, str] | None, along: Along
     ) -> None:
         await self._cache.incr(self._version_key(user_id), keep)
 
@@ -261,10 +273,10 @@ class ChatroomCache(NoticeFed):
 
     # --- changes -------------------------------------------------------------------------
 
-    async def invalidate(self, user_id: int, *, along: Along | None = None) -> None:
-        """The user's list changed (and maybe a room): call after the commit. `along` adds other
-        commands (the send's job) to the invalidation's transaction, in its one round trip; it
-        runs only when the cache is on Redis (services.py then gives the sender that way)."""
+    async def invalidate(self, user_id: int, *, along: Along = ()) -> None:
+        """The user's list changed (and maybe a room): call after the commit. `along`: stream
+        entries (the send's job) added by the invalidation's own script, in its one round
+        trip; only when the cache is on Redis (services.py then gives the sender that way)."""
         self.forget(user_id)
         # The version outlives every page stored under it. An invalidation lost to an outage
         # leaves the user's cached list stale for at most CHATROOM_CACHE_TTL.
@@ -273,7 +285,7 @@ class ChatroomCache(NoticeFed):
             await self._shared.bump(user_id, keep, self._notice(user_id), along)
         except unavailable() as exc:
             log.warning("cache_invalidation_failed", user_id=user_id, error=type(exc).__name__)
-            if along is not None:
+            if along:
                 raise  # what went along is lost too: the caller's to report
 
     async def room_changed(self, user_id: int) -> None:

@@ -28,7 +28,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 from limits import RateLimitItem, parse
@@ -59,16 +59,13 @@ from gemini_backend.core.cache import Cache
 from gemini_backend.core.clock import Clock
 from gemini_backend.core.db import Database, after_commit, run_after_commit
 from gemini_backend.core.errors import BadRequest, Conflict, TooManyRequests, ValidationFailed
-from gemini_backend.core.jobs import kicks_into
+from gemini_backend.core.jobs import StreamEntries, kicks_into
 from gemini_backend.core.metrics import QUOTA_REJECTIONS
 from gemini_backend.core.sql import violates_unique
 from gemini_backend.core.streams import ReplyStream
 from gemini_backend.core.throttle import Throttle
 from gemini_backend.quota.service import Quota, QuotaState
 from gemini_backend.users.tier import Tier, tier_of
-
-if TYPE_CHECKING:
-    from redis.asyncio.client import Pipeline
 
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
 MAX_IDEMPOTENCY_KEY = 255
@@ -180,7 +177,7 @@ class MessageSender:
         enqueue_with_invalidation: bool = False,
     ) -> None:
         """`enqueue_with_invalidation`: the queue and the chatroom cache are both on Redis
-        (services.py), so a send's job goes in its invalidation's transaction."""
+        (services.py), so a send's job goes in its invalidation's script."""
         self.database = database
         self.sql = statements
         self._announce = (
@@ -631,15 +628,14 @@ class MessageSender:
 
     async def _announce_together(self, user_id: int, reply_id: int) -> None:
         """`_announce_apart` when the jobs and the cache are both on Redis: the job goes in
-        the invalidation's transaction, one round trip."""
+        the invalidation's script, one round trip."""
         structlog.contextvars.bind_contextvars(reply_id=reply_id)
 
-        async def enqueue_into(pipe: Pipeline) -> None:
-            with kicks_into(pipe):
-                await self.queue.enqueue(reply_id)
-
         async def both() -> None:
-            await self.chatrooms.invalidate(user_id, along=enqueue_into)
+            jobs = StreamEntries()
+            with kicks_into(jobs):
+                await self.queue.enqueue(reply_id)
+            await self.chatrooms.invalidate(user_id, along=jobs.items)
 
         await run_after_commit([both])
 

@@ -24,20 +24,31 @@ from gemini_backend.core.redis import as_text, unavailable
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
-    from redis.asyncio.client import Pipeline
 
 GENERATE_REPLY = "generate_reply"
 log = structlog.get_logger(__name__)
 
-_KICKS_INTO: ContextVar[Pipeline | None] = ContextVar("kicks_into", default=None)
+
+class StreamEntries:
+    """Stream entries (stream, the `data` field's value) for the caller to add with its own
+    command, collected by `kicks_into`."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, bytes]] = []
+
+    def add(self, stream: str, data: bytes) -> None:
+        self.items.append((stream, data))
+
+
+_KICKS_INTO: ContextVar[StreamEntries | None] = ContextVar("kicks_into", default=None)
 
 
 @contextlib.contextmanager
-def kicks_into(pipe: Pipeline) -> Iterator[None]:
-    """Jobs enqueued meanwhile (by this task) on Redis Streams are added to `pipe` instead of
-    sent: they go out when the caller executes it, with its other commands, in one round
-    trip. A send's job thus travels in its cache invalidation's transaction."""
-    token = _KICKS_INTO.set(pipe)
+def kicks_into(entries: StreamEntries) -> Iterator[None]:
+    """Jobs enqueued meanwhile (by this task) on Redis Streams are collected in `entries`
+    instead of sent: the caller adds them with its own command, in one round trip. A send's
+    job thus travels in its cache invalidation's script."""
+    token = _KICKS_INTO.set(entries)
     try:
         yield
     finally:
@@ -85,11 +96,12 @@ class RedisJobQueue:
                 raise
 
     async def enqueue(self, reply_id: int) -> None:
-        fields: Any = {b"data": job_message(GENERATE_REPLY, reply_id)}
+        data = job_message(GENERATE_REPLY, reply_id)
         into = _KICKS_INTO.get()
         if into is not None:  # sent by the caller, with its own commands
-            into.xadd(self.stream, fields)
+            into.add(self.stream, data)
             return
+        fields: Any = {b"data": data}
         await self.redis.xadd(self.stream, fields)
 
     async def waiting_since(self) -> datetime | None:

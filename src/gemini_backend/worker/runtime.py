@@ -41,7 +41,7 @@ class ReplyPipeline:
     """What both modes share; InProcessReplyPipeline and StreamReplyPipeline differ in how a
     job is queued and run, and in what it takes to stop and to sweep."""
 
-    queues_on_redis = False  # whether `core.queue.kicks_into` applies to its jobs
+    queues_on_redis = False  # whether `core.jobs.kicks_into` applies to its jobs
 
     def __init__(
         self,
