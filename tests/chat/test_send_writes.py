@@ -8,6 +8,7 @@ the ids returned: these tests hold the receipt against the stored rows.
 from __future__ import annotations
 
 from datetime import date
+from typing import Any
 
 import pytest
 from sqlalchemy import event, func, select
@@ -194,22 +195,38 @@ async def test_a_send_refused_by_the_daily_limit_spends_no_per_minute_slot(clien
 
 async def test_a_send_is_one_statement_on_postgresql(client, app, alice, room):
     """Without an Idempotency-Key: the room check, the slot, both inserts and the room's
-    counters in one statement (and no ORM session)."""
+    counters in one statement, on the driver (no ORM session, no SQLAlchemy execution)."""
     if app.state.services.database.engine.dialect.name != "postgresql":
         pytest.skip("SQLite chains the steps in one transaction")
     seen: list[str] = []
+    sent: list[str] = []
+    drivers: list[Any] = []
 
     def record(_conn, _cursor, statement, *_args):
         seen.append(statement)
 
+    def log_queries(query: Any) -> None:
+        sent.append(query.query)
+
+    def checkout(dbapi_connection, _record, _proxy):
+        driver = dbapi_connection.driver_connection
+        if driver not in drivers:
+            drivers.append(driver)
+            driver.add_query_logger(log_queries)
+
     engine = app.state.services.database.engine.sync_engine
     event.listen(engine, "before_cursor_execute", record)
+    event.listen(engine, "checkout", checkout)
     try:
         assert (await send(client, alice, room)).status_code == 202
     finally:
         event.remove(engine, "before_cursor_execute", record)
-    assert len(seen) == 1, seen
-    assert seen[0].startswith("WITH room AS")
+        event.remove(engine, "checkout", checkout)
+        for driver in drivers:
+            driver.remove_query_logger(log_queries)
+    assert seen == []
+    assert len(sent) == 1, sent
+    assert sent[0].startswith("WITH room AS")
 
 
 @pytest.mark.parametrize("settings_overrides", [{"basic_daily_limit": 1}])

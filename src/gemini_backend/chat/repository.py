@@ -46,7 +46,7 @@ from gemini_backend.billing.models import Subscription
 from gemini_backend.chat.models import Chatroom, IdempotencyKey, Message, RoomView
 from gemini_backend.chat.states import ReplyStatus
 from gemini_backend.core.db import BigIntId, UTCDateTime
-from gemini_backend.core.sql import bounded_delete
+from gemini_backend.core.sql import DriverStatement, bounded_delete
 from gemini_backend.quota.repository import daily_slot_upsert
 from gemini_backend.users.models import User
 
@@ -631,6 +631,11 @@ async def _insert_exchange_sqlite(
     return Exchange(used, params["answers"], reply_id, parent_id)
 
 
+@cache
+def _send_on_driver(limited: bool) -> DriverStatement:
+    return DriverStatement(_exchange_postgresql(limited, True, True))
+
+
 async def send_to_owned_room(
     conn: AsyncConnection,
     slot: dict[str, Any],
@@ -639,14 +644,20 @@ async def send_to_owned_room(
     room_id: int,
     now: datetime,
     content: str,
+    alone: bool = False,
 ) -> tuple[bool, Exchange | None]:
     """PostgreSQL: `insert_exchange` of a new user message with the room's ownership checked in
     the same single statement. (False, None): no such room of this user; (True, None): the slot
     was not taken; nothing is written in either case. The caller judges the count and rolls
-    back on a refusal, as with `insert_exchange`."""
+    back on a refusal, as with `insert_exchange`. `alone`: `conn` is in autocommit and runs
+    nothing else, so the statement goes to the driver directly (`DriverStatement`)."""
     params = {**slot, "room_id": room_id, "owner": user_id, "now": now, "body": content}
-    stmt = _exchange_postgresql("slot_limit" in slot, True, True)
-    found, used, message_id, reply_id, parent_id = (await conn.execute(stmt, params)).one()
+    limited = "slot_limit" in slot
+    if alone:
+        row = await _send_on_driver(limited).row(conn, params)
+    else:
+        row = (await conn.execute(_exchange_postgresql(limited, True, True), params)).one()
+    found, used, message_id, reply_id, parent_id = row
     if not found or used is None:
         return bool(found), None
     return True, Exchange(used, message_id, reply_id, parent_id)

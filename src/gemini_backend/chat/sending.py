@@ -13,9 +13,10 @@ the message edited or a sibling reply.
 
 On PostgreSQL a send without an Idempotency-Key or a `parent_id` is ONE statement (a
 data-modifying CTE, chat/repository.py `send_to_owned_room`: the room check and lock, the
-slot, the two inserts and the room's counters) run in autocommit on a Core connection of its
-own, with no ORM session: the room's and the quota's row locks last the statement and its
-commit inside PostgreSQL, with no client round trip (BEGIN, COMMIT) while they are held.
+slot, the two inserts and the room's counters) run in autocommit on a pooled connection of its
+own, on the driver directly (core/sql.py `DriverStatement`), with no ORM session: the room's and
+the quota's row locks last the statement and its commit inside PostgreSQL, with no client round
+trip (BEGIN, COMMIT) while they are held.
 Otherwise, or on SQLite, the steps run in a session of their own (prebuilt Core statements; on
 PostgreSQL the slot, inserts and counters are still one statement). The receipt is built from
 the values written and the ids returned (the rows hold nothing else the receipt shows).
@@ -187,11 +188,11 @@ class MessageSender:
         self._send_new = (
             self._send_one_statement if statements.one_statement_send else self._send_default
         )
-        # Autocommit: the row locks last only the statement. A token reservation must share
-        # the slot's transaction, so with a budget configured the statement runs in one.
-        self._one_statement_engine = (
-            database.engine if quota.tokens_tracked else database.autocommit_engine
-        )
+        # Autocommit: the row locks last only the statement, which then runs alone, on the
+        # driver. A token reservation must share the slot's transaction, so with a budget
+        # configured the statement runs in one, through SQLAlchemy.
+        self._alone = not quota.tokens_tracked
+        self._one_statement_engine = database.autocommit_engine if self._alone else database.engine
         self.settings = settings
         self.clock = clock
         self.quota = quota
@@ -293,7 +294,9 @@ class MessageSender:
         limit = self.quota.limit_for(tier)
         if limit is not None and limit < 1:  # the upsert would take a first slot of the day
             self.quota.admit(None, tier, now)
-        async with self._one_statement_engine.connect() as conn, conn.begin():
+        async with self._one_statement_engine.connect() as conn:
+            if not self._alone:
+                await conn.begin()
             found, exchange = await repo.send_to_owned_room(
                 conn,
                 self.quota.slot_params(user_id, tier, now),
@@ -301,11 +304,14 @@ class MessageSender:
                 room_id=room_id,
                 now=now,
                 content=content,
+                alone=self._alone,
             )
             if not found:
                 raise ChatroomNotFound()
             structlog.contextvars.bind_contextvars(chatroom_id=room_id)
             exchange, quota = await self._admit(conn, exchange, user_id, tier, now)
+            if not self._alone:
+                await conn.commit()
         return self._send_receipt(room_id, content, exchange, now), quota, exchange.reply_id
 
     async def _send_default(
