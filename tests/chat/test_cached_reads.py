@@ -40,10 +40,11 @@ def without_varying(headers: Any) -> dict[str, str]:
     return {k: v for k, v in headers.items() if k not in {"x-request-id", "x-cache"}}
 
 
-async def requests_counted(client, route: str) -> int:
+async def requests_counted(client, route: str, method: str = "GET", status: int = 200) -> int:
     text = (await client.get("/metrics")).text
     pattern = (
-        rf'http_requests_total\{{method="GET",route="{re.escape(route)}",status="200"\}} (\S+)'
+        rf'http_requests_total\{{method="{method}",route="{re.escape(route)}",'
+        rf'status="{status}"\}} (\S+)'
     )
     found = re.search(pattern, text)
     return int(float(found.group(1))) if found else 0

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from gemini_backend.chat.fastpath import SEND_ROUTE
-from tests.chat.test_cached_reads import without_varying
+from tests.chat.test_cached_reads import requests_counted, without_varying
 from tests.helpers import bearer, sign_in
 
 
@@ -106,20 +106,13 @@ async def test_a_plain_send_is_answered_before_routing_as_the_route_answers(
     assert usage["used_today"] == 3
 
 
-async def test_a_fast_send_is_counted_under_its_route(client, alice, room):
+async def test_a_fast_send_is_counted_under_its_route(app, client, alice, room):
     url, body = f"/chatroom/{room}/message", b'{"content": "hi"}'
-    before = await requests_counted_post(client, 202)
-    assert (await via_fast_path(client, url, body, alice)).status_code == 202
-    assert await requests_counted_post(client, 202) == before + 1
-
-
-async def requests_counted_post(client, status: int) -> int:
-    text = (await client.get("/metrics")).text
-    marker = f'http_requests_total{{method="POST",route="{SEND_ROUTE}",status="{status}"}} '
-    for line in text.splitlines():
-        if line.startswith(marker):
-            return int(float(line[len(marker) :]))
-    return 0
+    before = await requests_counted(client, SEND_ROUTE, "POST", 202)
+    with route_calls(app) as calls:
+        assert (await via_fast_path(client, url, body, alice)).status_code == 202
+    assert calls == []
+    assert await requests_counted(client, SEND_ROUTE, "POST", 202) == before + 1
 
 
 @pytest.mark.parametrize(
