@@ -144,11 +144,11 @@ async def _current_row(
 TERMINAL_EVENTS = frozenset({"done", "error"})
 
 
-async def needs_replay(streams: ReplyStream, snapshot: MessageOut) -> bool:
+async def needs_replay(streams: ReplyStream, reply_id: int, status: str) -> bool:
     """Whether a stream of this reply is replayed from the database: it is finished and its
     stream has expired. Asked before the response starts, so that a Redis that does not answer
     is a 503, not a stream cut short."""
-    return snapshot.status in FINAL_STATES and not await streams.exists(snapshot.id)
+    return status in FINAL_STATES and not await streams.exists(reply_id)
 
 
 def _replayed_parts(message: MessageOut) -> list[tuple[str, str]]:
@@ -187,20 +187,20 @@ def reply_events(
     *,
     streams: ReplyStream,
     sessionmaker: async_sessionmaker[AsyncSession],
-    snapshot: MessageOut,
+    reply_id: int,
     last_event_id: str | None,
-    replay: bool = False,
+    replay: MessageOut | None = None,
     ping_seconds: float | None = None,
 ) -> EventSource:
-    """The events of a reply (`replay`: from the finished `snapshot`, its stream gone; see
+    """The events of a reply (`replay`: from this finished form of it, its stream gone; see
     `needs_replay`); `None` after a quiet read (nothing to send, see the module docstring); a
     ping comment after `ping_seconds` (default PING_SECONDS) without an event."""
-    if replay:
-        return _replayed(snapshot)
+    if replay is not None:
+        return _replayed(replay)
     after = last_event_id if last_event_id and not last_event_id.startswith("db-") else None
     ping_every = PING_SECONDS if ping_seconds is None else ping_seconds
     # Only the id goes on: an open stream holds as little as it can.
-    return _live_events(streams, sessionmaker, snapshot.id, after, ping_every)
+    return _live_events(streams, sessionmaker, reply_id, after, ping_every)
 
 
 async def _live_events(

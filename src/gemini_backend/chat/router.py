@@ -460,8 +460,11 @@ async def stream_reply(
     if message.role != "assistant":
         raise NotAReply()
     state = services_of(request)
-    snapshot = await message_out(session, message)
-    replay = await needs_replay(state.reply_streams, snapshot)
+    # Only a finished reply whose stream has expired is shown from the database (its
+    # siblings read); any other streams live from its id.
+    replay = None
+    if await needs_replay(state.reply_streams, message.id, message.status):
+        replay = await message_out(session, message)
     slots: StreamSlots = state.stream_slots
     give_back = slots.take(user.id)
     # The request's session ends when this returns: no connection is held while streaming.
@@ -469,7 +472,7 @@ async def stream_reply(
         reply_events(
             streams=state.reply_streams,
             sessionmaker=state.database.sessionmaker,
-            snapshot=snapshot,
+            reply_id=message.id,
             last_event_id=last_event_id,
             replay=replay,
         ),
