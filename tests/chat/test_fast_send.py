@@ -192,7 +192,7 @@ async def test_an_idempotency_key_replays_the_receipt_through_the_fast_path(
 
 @pytest.mark.parametrize(
     "variant",
-    ["query", "not-json", "no-principal", "no-token", "odd-id", "chunked"],
+    ["query", "not-json", "two-types", "no-principal", "no-token", "odd-id", "chunked"],
 )
 async def test_anything_but_the_plain_form_goes_to_the_route(app, client, alice, room, variant):
     url, body = f"/chatroom/{room}/message", b'{"content": "hi"}'
@@ -204,6 +204,14 @@ async def test_anything_but_the_plain_form_goes_to_the_route(app, client, alice,
     elif variant == "not-json":
         headers["Content-Type"] = "text/plain"
         expected = 415
+    elif variant == "two-types":  # the first one counts, as the route reads it
+        headers = {**alice}
+        content = body
+        extra = [("Content-Type", "text/plain"), ("Content-Type", "application/json")]
+        with route_calls(app) as calls:
+            response = await client.post(url, content=content, headers=[*headers.items(), *extra])
+        assert (response.status_code, calls) == (415, [1])
+        return
     elif variant == "no-principal":
         headers = {**bearer(await sign_in(client)), "Content-Type": "application/json"}
         expected = 404  # the room is alice's
@@ -218,3 +226,46 @@ async def test_anything_but_the_plain_form_goes_to_the_route(app, client, alice,
         response = await client.post(url, content=content, headers=headers)
     assert response.status_code == expected, response.text
     assert calls == [1]
+
+
+async def test_a_client_that_leaves_mid_body_is_answered_by_the_route(app, client, alice, room):
+    """The route's answer and its metrics label, as for a send the fast path never saw."""
+    before = await requests_counted(client, SEND_ROUTE, "POST", 400)
+    incoming = [
+        {"type": "http.request", "body": b'{"content": "hel', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return incoming.pop(0) if incoming else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": f"/chatroom/{room}/message",
+        "raw_path": f"/chatroom/{room}/message".encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [
+            (b"host", b"testserver"),
+            (b"authorization", alice["Authorization"].encode()),
+            (b"content-type", b"application/json"),
+            (b"content-length", b"40"),
+        ],
+        "client": ("198.51.100.7", 40000),
+        "server": ("testserver", 80),
+    }
+    with route_calls(app) as calls:
+        await app(scope, receive, send)
+    assert calls == [1]
+    assert sent[0]["status"] == 400
+    assert await requests_counted(client, SEND_ROUTE, "POST", 400) == before + 1
+    usage = (await client.get("/chatroom/usage", headers=alice)).json()
+    assert usage["used_today"] == 0

@@ -19,7 +19,8 @@ Anything else goes on to the routes untouched (a send with its body replayed), w
 fill the caches) as always: no token or one that does not verify, an expired token, a principal
 or body not in memory, a query string or room id other than the plain forms of chat/reads.py
 (the module the routes take their query rules and the page's cache key from), a send body that
-is chunked, not declared as JSON, or one the model refuses, any other method or path. It sits
+is chunked, not declared as JSON (or declared twice), cut off by the client, or one the model
+refuses, any other method or path. It sits
 inside the request middleware (request id, security headers, metrics and the access line apply),
 inside the body limit and inside CORS.
 """
@@ -84,10 +85,13 @@ class FastPathMiddleware:
         services: Services | None = getattr(scope["app"].state, "services", None)
         if room is None or services is None:
             return None
-        json_body = declared = False
+        json_body: bool | None = None
+        declared = False
         key: str | None = None
         for name, value in scope["headers"]:
             if name == b"content-type":
+                if json_body is not None:  # two of them: the route tells which counts
+                    return None
                 kind = value.partition(b";")[0].strip().lower()
                 json_body = kind == b"application/json"
             elif name == b"content-length":
@@ -113,13 +117,15 @@ class FastPathMiddleware:
         room_id: int,
         key: str | None,
     ) -> None:
-        body = await _whole_body(receive)
-        if body is None:  # the client left before its body arrived: nobody to answer
+        received = await _whole_body(receive)
+        if isinstance(received, list):  # the client left mid-body: the route answers that
+            await self.app(scope, _replayed(received, receive), send)
             return
         try:
-            draft = MessageCreate.model_validate_json(body)
+            draft = MessageCreate.model_validate_json(received)
         except ValidationError:  # the route answers it, with its own error
-            await self.app(scope, _replayed(body, receive), send)
+            body: Message = {"type": "http.request", "body": received, "more_body": False}
+            await self.app(scope, _replayed([body], receive), send)
             return
         structlog.contextvars.bind_contextvars(user_id=user.id)
         scope["route"] = self._route(scope, SEND_ROUTE, "POST")
@@ -215,27 +221,25 @@ class FastPathMiddleware:
         return self._routes.get((template, method))
 
 
-async def _whole_body(receive: Receive) -> bytes | None:
-    """The request's body, or None if the client disconnected first."""
-    chunks: list[bytes] = []
+async def _whole_body(receive: Receive) -> bytes | list[Message]:
+    """The request's body, or the messages received up to the client's disconnect."""
+    received: list[Message] = []
     while True:
         message = await receive()
+        received.append(message)
         if message["type"] != "http.request":
-            return None
-        chunks.append(message.get("body", b""))
+            return received
         if not message.get("more_body", False):
-            return b"".join(chunks)
+            return b"".join(m.get("body", b"") for m in received)
 
 
-def _replayed(body: bytes, receive: Receive) -> Receive:
-    """`receive` with the body already read delivered first, for the route."""
-    pending = True
+def _replayed(messages: list[Message], receive: Receive) -> Receive:
+    """`receive` with the messages already read delivered first, for the route."""
+    pending = list(messages)
 
     async def again() -> Message:
-        nonlocal pending
         if pending:
-            pending = False
-            return {"type": "http.request", "body": body, "more_body": False}
+            return pending.pop(0)
         return await receive()
 
     return again
