@@ -277,20 +277,23 @@ def venv_mismatches(lock: Path, other: Path | None = None) -> list[str]:
     pins = runtime_pins(lock)
     if other is not None and other.exists():
         for name in sorted(set(runtime_pins(other)) - set(pins)):
-            try:
-                have = importlib.metadata.version(name)
-            except importlib.metadata.PackageNotFoundError:
-                continue
-            wrong.append(f"{name} (not locked, here {have})")
+            if (have := _installed(name)) is not None:
+                wrong.append(f"{name} (not locked, here {have})")
     for name, versions in sorted(pins.items()):
-        try:
-            have = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            wrong.append(f"{name} (locked {'/'.join(sorted(versions))}, not installed)")
-            continue
-        if all(Version(have) != Version(v) for v in versions):
-            wrong.append(f"{name} (locked {'/'.join(sorted(versions))}, here {have})")
+        locked = "/".join(sorted(versions))
+        if (have := _installed(name)) is None:
+            wrong.append(f"{name} (locked {locked}, not installed)")
+        elif all(Version(have) != Version(v) for v in versions):
+            wrong.append(f"{name} (locked {locked}, here {have})")
     return wrong
+
+
+def _installed(name: str) -> str | None:
+    """The version of `name` in this venv, or None."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def choose_python(ab: AB, side: Side, other: Side) -> None:

@@ -20,9 +20,8 @@ fill the caches) as always: no token or one that does not verify, an expired tok
 or body not in memory, a query string or room id other than the plain forms of chat/reads.py
 (the module the routes take their query rules and the page's cache key from), a send body that
 is chunked, not declared as JSON (or declared twice), cut off by the client, or one the model
-refuses, any other method or path. It sits
-inside the request middleware (request id, security headers, metrics and the access line apply),
-inside the body limit and inside CORS.
+refuses, any other method or path. It sits inside the request middleware (request id, security
+headers, metrics and the access line apply), inside the body limit and inside CORS.
 """
 
 from __future__ import annotations
@@ -36,7 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gemini_backend.chat.reads import page_key_of_query, room_id_of
 from gemini_backend.chat.schemas import MessageCreate, SendReceipt
-from gemini_backend.core.errors import AppError, error_response
+from gemini_backend.core.errors import AppError, app_error_response
 
 if TYPE_CHECKING:  # the root imports the chat domain; this runs before any route
     from gemini_backend.auth.principals import SignedInUser
@@ -134,21 +133,14 @@ class FastPathMiddleware:
             receipt, quota = await sender.send(
                 user, room_id, draft.content, key, draft.parent_id, draft.attachment_ids
             )
-        except AppError as exc:  # as the app's handler answers it (core/errors.py)
-            answer = error_response(exc.status_code, exc.code, exc.detail, exc.headers)
-            await answer(scope, receive, send)
+        except AppError as exc:  # as the app's handler answers it
+            await app_error_response(exc)(scope, receive, send)
             return
-        content = _RECEIPT.dump_json(receipt, by_alias=True)
-        headers = [
-            (b"content-length", str(len(content)).encode()),
-            (b"content-type", b"application/json"),
-        ]
-        headers += [
+        quota_headers = [
             (name.lower().encode("latin-1"), value.encode("latin-1"))
             for name, value in quota.headers(sender.clock.now()).items()
         ]
-        await send({"type": "http.response.start", "status": 202, "headers": headers})
-        await send({"type": "http.response.body", "body": content})
+        await self._answer(send, _RECEIPT.dump_json(receipt, by_alias=True), quota_headers, 202)
 
     def _cached(self, scope: Scope, path: str) -> tuple[bytes, list[tuple[bytes, bytes]]] | None:
         services: Services | None = getattr(scope["app"].state, "services", None)
@@ -177,11 +169,13 @@ class FastPathMiddleware:
         return body, extra
 
     @staticmethod
-    async def _answer(send: Send, body: bytes, extra: list[tuple[bytes, bytes]]) -> None:
+    async def _answer(
+        send: Send, body: bytes, extra: list[tuple[bytes, bytes]], status: int = 200
+    ) -> None:
         await send(
             {
                 "type": "http.response.start",
-                "status": 200,
+                "status": status,
                 "headers": [
                     (b"content-length", str(len(body)).encode()),
                     (b"content-type", b"application/json"),

@@ -25,7 +25,7 @@ the values written and the ids returned (the rows hold nothing else the receipt 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
@@ -294,9 +294,10 @@ class MessageSender:
         limit = self.quota.limit_for(tier)
         if limit is not None and limit < 1:  # the upsert would take a first slot of the day
             self.quota.admit(None, tier, now)
-        async with self._one_statement_engine.connect() as conn:
-            if not self._alone:
-                await conn.begin()
+        async with (
+            self._one_statement_engine.connect() as conn,
+            nullcontext() if self._alone else conn.begin(),
+        ):
             found, exchange = await repo.send_to_owned_room(
                 conn,
                 self.quota.slot_params(user_id, tier, now),
@@ -310,8 +311,6 @@ class MessageSender:
                 raise ChatroomNotFound()
             structlog.contextvars.bind_contextvars(chatroom_id=room_id)
             exchange, quota = await self._admit(conn, exchange, user_id, tier, now)
-            if not self._alone:
-                await conn.commit()
         return self._send_receipt(room_id, content, exchange, now), quota, exchange.reply_id
 
     async def _send_default(

@@ -160,9 +160,14 @@ def _clean_validation_errors(errors: Any) -> list[dict[str, Any]]:
     return cleaned
 
 
+def app_error_response(exc: AppError) -> JSONResponse:
+    """The answer to a domain error: its status, code, detail and headers."""
+    return error_response(exc.status_code, exc.code, exc.detail, exc.headers)
+
+
 async def _app_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, AppError)
-    return error_response(exc.status_code, exc.code, exc.detail, exc.headers)
+    return app_error_response(exc)
 
 
 async def _validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
@@ -253,7 +258,7 @@ def unexpected_error_response(exc: Exception, method: str, path: str) -> JSONRes
     if is_outage(exc):
         log.warning("dependency_unavailable", path=path, method=method, error=type(exc).__name__)
         outage = BackingServiceUnavailable(headers={"Retry-After": "2"})
-        return error_response(outage.status_code, outage.code, outage.detail, outage.headers)
+        return app_error_response(outage)
     log.error("unhandled_error", path=path, method=method, exc_info=exc)
     return error_response(500, "internal_error", "An internal error occurred.")
 
